@@ -1,0 +1,326 @@
+"""SuperPoint (DeTone, Malisiewicz, Rabinovich 2018) and the keypoint extraction script.
+
+Network: a VGG-style encoder with stride ``cell`` (8), a detector head of ``cell² + 1``
+channels (one per pixel of a cell plus "no keypoint") and a descriptor head whose dense
+map is sampled bilinearly at the keypoints and L2-normalised.
+
+    python SuperPoint.py --input data/preprocessed --output data/features
+
+writes one ``.npz`` per image with ``keypoints`` (N×2, x y, pixel centres at integers, in
+the input image's own pixel frame), ``scores`` (N), ``descriptors`` (N×D) and
+``image_size`` (width, height).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import config
+from config import SuperPointConfig
+from utils import PipelineError, atomic_path, list_images, load_image, normalize_for_network
+
+CHECKPOINT_KIND = "SuperPoint"
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3×3 conv + BN + ReLU layers."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+def _head(c_in: int, hidden: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, c_out, 1),
+    )
+
+
+def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """Keep only the local maxima of ``scores`` (B, H, W) within a (2r+1)² window; others → 0.
+
+    Two suppression rounds as in the reference implementation, so a weaker peak next to a
+    suppressed stronger one can come back.
+    """
+    if radius <= 0:
+        return scores
+
+    def max_pool(x):
+        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+    zeros = torch.zeros_like(scores)
+    max_mask = scores == max_pool(scores)
+    for _ in range(2):
+        supp_mask = max_pool(max_mask.float()) > 0
+        supp_scores = torch.where(supp_mask, zeros, scores)
+        new_max_mask = supp_scores == max_pool(supp_scores)
+        max_mask = max_mask | (new_max_mask & (~supp_mask))
+    return torch.where(max_mask, scores, zeros)
+
+
+def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, cell: int) -> torch.Tensor:
+    """Bilinearly sample a dense descriptor map at keypoints and L2-normalise.
+
+    Args:
+        keypoints: (B, N, 2) x y in image pixels, pixel centres at integers.
+        descriptors: (B, D, Hc, Wc) map; its cell (i, j) covers image pixels
+            ``cell*j .. cell*j + cell - 1`` horizontally, so its centre is at
+            ``cell*j + (cell - 1) / 2``.
+        cell: stride of the map.
+    Returns:
+        (B, N, D) unit descriptors.
+    """
+    _, _, hc, wc = descriptors.shape
+    grid = (keypoints - (cell - 1) / 2.0) / cell  # map-cell coordinates, centres at integers
+    grid = grid / grid.new_tensor([max(wc - 1, 1), max(hc - 1, 1)]) * 2 - 1
+    sampled = F.grid_sample(descriptors, grid[:, None], mode="bilinear", align_corners=True)
+    return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
+
+
+class SuperPoint(nn.Module):
+    """SuperPoint with configurable widths, descriptor size and input bands.
+
+    ``SuperPoint(config)`` builds random weights; ``SuperPoint.from_checkpoint(path)`` loads.
+    """
+
+    def __init__(self, cfg: SuperPointConfig | None = None):
+        super().__init__()
+        self.config = cfg = cfg or SuperPointConfig()
+        widths = (cfg.in_channels,) + tuple(cfg.channels)
+        self.blocks = nn.ModuleList(_block(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.pool = nn.MaxPool2d(2, 2)
+        self.detector = _head(cfg.channels[-1], cfg.head_dim, cfg.cell ** 2 + 1)
+        self.descriptor = _head(cfg.channels[-1], cfg.head_dim, cfg.descriptor_dim)
+
+    # ------------------------------------------------------------------ dense outputs
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense outputs for a batch ``image`` (B, C, H, W), H and W multiples of ``cell``.
+
+        Returns ``logits`` (B, cell²+1, H/cell, W/cell) and ``descriptors_dense``
+        (B, D, H/cell, W/cell), L2-normalised along D.
+        """
+        x = image
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i < len(self.blocks) - 1:
+                x = self.pool(x)
+        return {"logits": self.detector(x), "descriptors_dense": F.normalize(self.descriptor(x), dim=1)}
+
+    @staticmethod
+    def heatmap(logits: torch.Tensor) -> torch.Tensor:
+        """Detector logits (B, cell²+1, Hc, Wc) → per-pixel keypoint probability (B, H, W)."""
+        cell = int(round((logits.shape[1] - 1) ** 0.5))
+        prob = logits.softmax(dim=1)[:, :-1]
+        return F.pixel_shuffle(prob, cell)[:, 0]
+
+    # ------------------------------------------------------------------ sparse outputs
+    @torch.no_grad()
+    def extract(self, image: torch.Tensor, valid: torch.Tensor | None = None,
+                max_keypoints: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Keypoints, scores and descriptors for a batch ``image`` (B, C, H, W) of any size.
+
+        ``valid`` (B, H, W) bool masks out nodata / cloud pixels. Returns one dict per image
+        with ``keypoints`` (N, 2) x y, ``scores`` (N) and ``descriptors`` (N, D).
+        """
+        cfg = self.config
+        if image.dim() != 4 or image.shape[1] != cfg.in_channels:
+            raise PipelineError(f"SuperPoint takes (B, {cfg.in_channels}, H, W) images, got {tuple(image.shape)}")
+        b, _, h, w = image.shape
+        pad_h, pad_w = (-h) % cfg.cell, (-w) % cfg.cell
+        out = self(F.pad(image, (0, pad_w, 0, pad_h), mode="replicate"))
+        heat = self.heatmap(out["logits"])[:, :h, :w]
+        scores = simple_nms(heat, cfg.nms_radius)
+        border = cfg.remove_borders
+        if border > 0:
+            scores[:, :border] = 0
+            scores[:, :, :border] = 0
+            scores[:, h - border:] = 0
+            scores[:, :, w - border:] = 0
+        if valid is not None:
+            # drop keypoints whose neighbourhood touches invalid pixels
+            invalid = F.max_pool2d((~valid).float()[:, None], 2 * border + 1, 1, border)[:, 0] > 0
+            scores = scores.masked_fill(invalid, 0)
+        k = cfg.max_keypoints if max_keypoints is None else max_keypoints
+        results = []
+        for i in range(b):
+            ys, xs = torch.nonzero(scores[i] > cfg.detection_threshold, as_tuple=True)
+            s = scores[i, ys, xs]
+            if k is not None and k >= 0 and len(s) > k:
+                s, order = s.topk(k)
+                ys, xs = ys[order], xs[order]
+            kpts = torch.stack([xs, ys], dim=-1).float()
+            if cfg.subpixel and len(kpts):
+                kpts = self._refine(heat[i], kpts)
+            desc = sample_descriptors(kpts[None], out["descriptors_dense"][i:i + 1], cfg.cell)[0]
+            results.append({"keypoints": kpts, "scores": s, "descriptors": desc})
+        return results
+
+    @staticmethod
+    def _refine(heat: torch.Tensor, kpts: torch.Tensor, radius: int = 1) -> torch.Tensor:
+        """Soft-argmax of the heatmap in a (2r+1)² window around each integer peak."""
+        h, w = heat.shape
+        offsets = torch.arange(-radius, radius + 1, device=heat.device, dtype=torch.float32)
+        dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+        x = (kpts[:, 0, None] + dx.reshape(1, -1)).clamp(0, w - 1)
+        y = (kpts[:, 1, None] + dy.reshape(1, -1)).clamp(0, h - 1)
+        weights = heat[y.long(), x.long()]
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.stack([(weights * x).sum(1), (weights * y).sum(1)], dim=-1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, training: dict | None = None) -> dict:
+        """A dict holding the config, the weights and the training record."""
+        return {"kind": CHECKPOINT_KIND, "config": config.as_dict(self.config),
+                "state_dict": self.state_dict(), "training": training or {}}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SuperPoint":
+        """Load a checkpoint written by ``train_superpoint.py`` (never runs code from the file)."""
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND, device)
+        model = cls(config.from_dict(SuperPointConfig, ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise PipelineError(f"{path}: weights do not fit the SuperPoint config stored in it ({first}); "
+                                "re-train or re-export the checkpoint") from exc
+        model.training_record = ckpt.get("training", {})
+        return model.to(device).eval()
+
+
+def load_checkpoint(path: str | Path, kind: str, device="cpu") -> dict:
+    """Read a checkpoint dict safely (``weights_only``) and check it holds a ``kind`` model."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob(f"{kind.lower()}*.pt"))
+        if not candidates:
+            raise PipelineError(f"{path}: no {kind.lower()}*.pt checkpoint in this folder; "
+                                f"train one with train_{kind.lower()}.py or pass the file")
+        path = candidates[0]
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such checkpoint; train one with train_{kind.lower()}.py")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}); "
+                            "re-download or re-train it") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise PipelineError(f"{path}: not a checkpoint of this project (no config/state_dict); "
+                            f"use one written by train_{kind.lower()}.py")
+    if ckpt.get("kind") != kind:
+        raise PipelineError(f"{path}: holds a {ckpt.get('kind', 'unknown')} model, not {kind}; "
+                            "pass the matching checkpoint")
+    return ckpt
+
+
+def default_checkpoint() -> Path:
+    """The shipped SuperPoint checkpoint."""
+    return config.CHECKPOINT_DIR / "superpoint.pt"
+
+
+# ----------------------------------------------------------------------------- script
+def image_tensor(image: np.ndarray, channels: int, device="cpu") -> torch.Tensor:
+    """Image array → normalised (1, C, H, W) tensor (1-99 percentile stretch)."""
+    return torch.from_numpy(normalize_for_network(image, channels))[None].to(device)
+
+
+def extract_features(model: SuperPoint, image: np.ndarray, valid: np.ndarray | None = None,
+                     max_keypoints: int | None = None) -> dict[str, np.ndarray]:
+    """Features of one image array, as numpy, in the image's own pixel frame.
+
+    A blank, uniform or fully masked image gives an empty result, not an error.
+    """
+    h, w = image.shape[:2]
+    d = model.config.descriptor_dim
+    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
+             "descriptors": np.zeros((0, d), np.float32), "image_size": np.array([w, h])}
+    if min(h, w) < model.config.cell:
+        raise PipelineError(f"image of {w}×{h} px is smaller than one {model.config.cell}-px network cell")
+    if valid is not None and not valid.any():
+        return empty
+    device = next(model.parameters()).device
+    x = image_tensor(image, model.config.in_channels, device)
+    if float(x.std()) < 1e-3:
+        return empty
+    v = None if valid is None else torch.from_numpy(valid)[None].to(device)
+    feats = model.extract(x, v, max_keypoints)[0]
+    return {"keypoints": feats["keypoints"].cpu().numpy().astype(np.float32),
+            "scores": feats["scores"].cpu().numpy().astype(np.float32),
+            "descriptors": feats["descriptors"].cpu().numpy().astype(np.float32),
+            "image_size": np.array([w, h])}
+
+
+def load_valid_mask(image_path: Path) -> np.ndarray | None:
+    """The nodata mask written beside a preprocessed image (``<stem>_nodata.png``), as valid=True."""
+    mask_path = image_path.with_name(image_path.stem + "_nodata.png")
+    if not mask_path.exists():
+        return None
+    return load_image(mask_path) == 0
+
+
+def main(argv=None) -> int:
+    cfg = SuperPointConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", type=Path, default=config.PREPROCESSED_DIR,
+                        help="an image file or a folder of images (searched recursively)")
+    parser.add_argument("--output", type=Path, default=config.FEATURES_DIR, help="folder for the .npz files")
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(), help="SuperPoint checkpoint")
+    parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="-1 keeps all")
+    parser.add_argument("--detection-threshold", type=float, default=None,
+                        help="heatmap threshold (default: the checkpoint's)")
+    parser.add_argument("--nms-radius", type=int, default=None, help="NMS radius in px (default: the checkpoint's)")
+    parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--overwrite", action="store_true", help="redo images already extracted")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    try:
+        model = SuperPoint.from_checkpoint(args.checkpoint, args.device)
+        model.config = config.replace(model.config, detection_threshold=args.detection_threshold,
+                                      nms_radius=args.nms_radius)
+        if args.input.is_file():
+            root, images = args.input.parent, [args.input]
+        elif args.input.is_dir():
+            root, images = args.input, list_images(args.input)
+        else:
+            raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
+        if not images:
+            raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
+        args.output.mkdir(parents=True, exist_ok=True)
+        start, done, failed = time.time(), 0, []
+        for path in tqdm(images, desc="SuperPoint", unit="img"):
+            out = args.output / path.relative_to(root).with_suffix(".npz")
+            if out.exists() and not args.overwrite:
+                continue
+            try:
+                feats = extract_features(model, load_image(path), load_valid_mask(path), args.max_keypoints)
+            except PipelineError as exc:
+                failed.append(f"{path}: {exc}")
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **feats)
+            done += 1
+        print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
+              f"({len(images) - done - len(failed)} already done, {len(failed)} failed) → {args.output}")
+        for line in failed:
+            print(f"  failed: {line}", file=sys.stderr)
+        return 1 if failed else 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

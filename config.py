@@ -1,0 +1,169 @@
+"""Shared constants and defaults for every stage of the pipeline.
+
+One place for every knob: the scripts expose the same names as command-line flags
+(``--size`` is ``PreprocessConfig.size`` and so on), and the models store the config they
+were built with inside their checkpoints.
+
+Coordinate convention used throughout the project: keypoints are ``(x, y)`` in the image's
+own pixel frame, with pixel *centres* at integer coordinates (the centre of the top-left
+pixel is ``(0, 0)``; its outer corner is ``(-0.5, -0.5)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# ----------------------------------------------------------------------------- paths
+ROOT = Path(__file__).resolve().parent
+DATA_DIR = ROOT / "data"
+PREPROCESSED_DIR = DATA_DIR / "preprocessed"
+FEATURES_DIR = DATA_DIR / "features"
+MATCHES_DIR = DATA_DIR / "matches"
+RESULTS_DIR = DATA_DIR / "results"
+OUTPUT_DIR = DATA_DIR / "output"
+SAMPLE_DIR = DATA_DIR / "sample"
+CHECKPOINT_DIR = ROOT / "model_checkpoints"
+# Where the real training / evaluation data lives on a development machine. Every script
+# takes it as a flag (``--data``); this is only the default.
+SHARED_DATA_DIR = ROOT.parent / "shared" / "data"
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SEED = 0
+
+# ----------------------------------------------------------------------------- Sentinel-2
+# Native ground sampling distance (metres) of each of the 13 MSI bands.
+S2_BAND_RESOLUTION = {
+    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
+    "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
+}
+S2_BANDS = tuple(S2_BAND_RESOLUTION)
+# Band index used by the metadata's per-band lists (RADIO_ADD_OFFSET band_id="3" is B04).
+S2_BAND_ID = {name: i for i, name in enumerate(S2_BANDS)}
+S2_NODATA_DN = 0
+# Products from processing baseline 04.00 on add 1000 to every digital number (the
+# metadata then carries RADIO_ADD_OFFSET / BOA_ADD_OFFSET of -1000).
+S2_OFFSET_BASELINE = (4, 0)
+S2_DEFAULT_QUANTIFICATION = 10000.0
+
+
+@dataclass
+class PreprocessConfig:
+    """Defaults of ``data_preprocess.py``."""
+
+    bands: tuple[str, ...] = ("B04", "B03", "B02")  # true colour, R-G-B order
+    size: int = 1024                 # overview side in pixels (the original project used 224)
+    tile: int = 0                    # native-resolution tile side; 0 = no tiles
+    overlap: int = 64                # overlap between neighbouring tiles, pixels
+    format: str = "jpeg"             # jpeg | png | tif
+    # Fixed reflectance range mapped to 0..255: the same for every date, so one place looks
+    # the same on every date (no per-image min/max).
+    reflectance_min: float = 0.0
+    reflectance_max: float = 0.3
+    gamma: float = 1.0               # applied after clipping; 1 = linear
+    jpeg_quality: int = 95
+    masks: bool = True               # also write cloud / nodata masks when the product has them
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class SuperPointConfig:
+    """Architecture and extraction settings of SuperPoint (stored in its checkpoint)."""
+
+    in_channels: int = 1                          # grey; 3 = RGB, 4 = RGB+NIR
+    channels: tuple[int, ...] = (32, 32, 64, 64)  # encoder widths, one per VGG block
+    head_dim: int = 128                           # hidden width of both heads
+    descriptor_dim: int = 128
+    nms_radius: int = 4
+    detection_threshold: float = 0.005
+    max_keypoints: int = 1024                     # -1 = all above the threshold
+    remove_borders: int = 4
+    subpixel: bool = True                         # soft-argmax refinement of each peak
+
+    @property
+    def cell(self) -> int:
+        """Side of one detector cell: each VGG block but the last halves the resolution."""
+        return 2 ** (len(self.channels) - 1)
+
+
+# The paper's configuration (DeTone et al. 2018): 1.3 M parameters.
+SUPERPOINT_PAPER = SuperPointConfig(channels=(64, 64, 128, 128), head_dim=256, descriptor_dim=256)
+
+
+@dataclass
+class SuperPointTrainConfig:
+    """Defaults of ``train_superpoint.py``."""
+
+    crop: int = 160
+    batch_size: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_steps: int = 100_000
+    minutes: float = 0.0              # wall-clock budget; 0 = none
+    val_every: int = 250
+    val_pairs: int = 48
+    save_every_minutes: float = 5.0
+    difficulty: str = "train"         # homography difficulty of the training warps
+    num_labels: int = 200             # pseudo-ground-truth keypoints per crop
+    num_desc_points: int = 256        # points per crop for the descriptor loss
+    desc_temperature: float = 0.05    # dual-softmax temperature
+    desc_weight: float = 1.0
+    negative_radius: float = 6.0      # other points closer than this are not negatives (px)
+    synthetic_fraction: float = 0.0   # pairs made from one image + warp (no second date)
+    workers: int = 1
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclass
+class HomographyDifficulty:
+    """Range of the random homographies of one difficulty level."""
+
+    max_angle: float      # degrees, uniform in [-max_angle, max_angle]
+    scale: tuple[float, float]  # log-uniform zoom range
+    perspective: float    # corner displacement of the projective part, fraction of side
+    translation: float    # fraction of the side
+
+
+DIFFICULTIES = {
+    "easy": HomographyDifficulty(max_angle=10, scale=(0.9, 1.1), perspective=0.03, translation=0.05),
+    "medium": HomographyDifficulty(max_angle=30, scale=(0.75, 1.33), perspective=0.08, translation=0.1),
+    "hard": HomographyDifficulty(max_angle=60, scale=(0.6, 1.66), perspective=0.15, translation=0.15),
+    # what the networks are trained on: a little beyond medium
+    "train": HomographyDifficulty(max_angle=45, scale=(0.7, 1.43), perspective=0.1, translation=0.15),
+}
+
+
+@dataclass
+class EvalConfig:
+    """Defaults of ``evaluate.py``."""
+
+    crop: int = 512
+    difficulty: str = "medium"
+    ransac_threshold: float = 3.0     # px, the same USAC_MAGSAC for every method
+    correct_threshold: float = 3.0    # px, a match is correct below this reprojection error
+    auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0)
+    max_keypoints: int = 1024
+    sift_ratio: float = 0.8
+
+
+def as_dict(cfg) -> dict:
+    """A dataclass as a plain dict (tuples kept as lists, for JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, values: dict):
+    """Build dataclass ``cls`` from ``values``, ignoring unknown keys, restoring tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key in names:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
+def replace(cfg, **overrides):
+    """``cfg`` with the given fields replaced; ``None`` values are ignored (unset flags)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+

@@ -1,0 +1,537 @@
+"""Sentinel-2 products → normalised, geo-referenced images for the matching stages.
+
+    python data_preprocess.py --input PATH --output data/preprocessed [--bands B04,B03,B02]
+                              [--size 1024] [--tile 1024 --overlap 64] [--format jpeg|png|tif]
+
+``PATH`` is a ``.SAFE`` folder, a zipped ``.SAFE`` as downloaded from the Copernicus
+browser, a folder holding several of either, or plain GeoTIFF / JP2 band files (a file,
+or a folder of files named by band such as ``B04.tif``). Level-1C and Level-2A layouts.
+
+Per product, written to ``<output>/<product name>/`` (all or nothing: the folder is built
+under a temporary name and renamed when complete):
+    * ``overview.<ext>``: the whole tile at ``--size`` px on its longer side, read from the
+      JPEG 2000 resolution levels (decimated reads), never the full 10980² raster;
+    * ``tiles/r<row>_c<col>.<ext>`` with ``--tile``: native 10 m tiles with ``--overlap``;
+    * beside each image a ``.json`` sidecar (CRS, affine transform of *that image's own*
+      pixel grid, tile id, sensing date, bands, processing baseline, offsets, source), a
+      ``_nodata.png`` mask (255 = no data) and, when the product has them, ``_cloud.png``
+      (cloud probability 0-100 for L2A, 255 = opaque cloud or cirrus for L1C) and ``_scl.png``.
+
+Radiometry: reflectance = (DN + offset) / QUANTIFICATION_VALUE, with the offset of -1000
+that products from processing baseline 04.00 on carry (RADIO_ADD_OFFSET / BOA_ADD_OFFSET),
+then clipped to a fixed range (``--reflectance-range``, default 0-0.3) and optionally
+gamma-corrected: the same mapping for every date, so one place looks alike on all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import config
+from config import PreprocessConfig
+from utils import PipelineError, atomic_path, write_json
+
+FORMATS = {"jpeg": ".jpg", "png": ".png", "tif": ".tif"}
+_BAND_RE = re.compile(r"_(B\d[\dA])(?:_(\d\d)m)?\.jp2$")
+
+
+@dataclass
+class Product:
+    """One input product: where its band files are and how to turn DN into reflectance."""
+
+    name: str
+    source: str                               # path as given (folder, zip or band file)
+    level: str                                # "L1C", "L2A" or "raster"
+    band_files: dict[str, dict[int, str]]     # band → {resolution m: GDAL path}
+    tile_id: str = ""
+    sensing_date: str = ""
+    product_id: str = ""
+    processing_baseline: str = ""
+    quantification: float = config.S2_DEFAULT_QUANTIFICATION
+    offsets: dict[str, float] = field(default_factory=dict)
+    masks: dict[str, str] = field(default_factory=dict)   # "cloud_prob" | "scl" | "classi" → path
+    band_index: dict[str, int] = field(default_factory=dict)  # band → 1-based index in a multi-band file
+
+
+# ----------------------------------------------------------------------------- discovery
+def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset: float = 0.0) -> list:
+    """Products under ``path``; a list of ``Product`` or ``(source, error message)`` for inputs
+    that could not be opened (reported, not fatal)."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: no such file or folder; pass a .SAFE folder, a zipped .SAFE, "
+                            "a folder of them, or GeoTIFF/JP2 band files")
+    if _is_safe(path):
+        return [_try(open_safe, path)]
+    if path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
+        return [_try(open_band_files, [path], scale, offset)]
+    if path.is_file():
+        raise PipelineError(f"{path}: not a Sentinel-2 product (expected a .SAFE folder, a .zip holding "
+                            "one, or a .tif/.jp2 band file)")
+    safes = sorted(p for p in path.iterdir() if _is_safe(p))
+    if safes:
+        return [_try(open_safe, p) for p in safes]
+    rasters = _rasters(path)
+    if rasters:
+        return [_try(open_band_files, rasters, scale, offset)]
+    # a folder of band-file folders, one per date (e.g. OSCD's imgs_1/, imgs_2/)
+    dated = [_try(open_band_files, r, scale, offset) for d in sorted(path.iterdir()) if (r := _rasters(d))]
+    if dated:
+        return dated
+    raise PipelineError(f"{path}: holds no .SAFE product, zipped .SAFE or .tif/.jp2 band file")
+
+
+def _rasters(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except PipelineError as exc:
+        return (str(args[0]), str(exc))
+
+
+def _is_safe(p: Path) -> bool:
+    if p.is_dir():
+        return p.suffix.upper() == ".SAFE" or any(p.glob("MTD_MSIL*.xml"))
+    return p.suffix.lower() == ".zip"
+
+
+def _xml_text(root: ET.Element, tag: str) -> str | None:
+    for el in root.iter():
+        if el.tag.split("}")[-1] == tag:
+            return (el.text or "").strip()
+    return None
+
+
+def _xml_all(root: ET.Element, tag: str) -> list[ET.Element]:
+    return [el for el in root.iter() if el.tag.split("}")[-1] == tag]
+
+
+def open_safe(path: Path) -> Product:
+    """Read a Level-1C or Level-2A ``.SAFE`` (folder or zip) without extracting anything."""
+    path = Path(path)
+    if path.is_file():  # zipped SAFE: files are read in place through GDAL's /vsizip/
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                mtd = [n for n in names if re.search(r"\.SAFE/MTD_MSIL(1C|2A)\.xml$", n)]
+                if not mtd:
+                    raise PipelineError(f"{path}: the zip holds no .SAFE product (no MTD_MSIL1C.xml / "
+                                        "MTD_MSIL2A.xml); download the full product")
+                root = ET.fromstring(zf.read(mtd[0]))
+                tl_names = [n for n in names if re.search(r"/GRANULE/[^/]+/MTD_TL\.xml$", n)]
+                tile_root = ET.fromstring(zf.read(tl_names[0])) if tl_names else None
+        except zipfile.BadZipFile as exc:
+            raise PipelineError(f"{path}: not a readable zip ({exc}); download it again") from exc
+        except ET.ParseError as exc:
+            raise PipelineError(f"{path}: corrupt metadata inside the zip ({exc}); download it again") from exc
+        safe_prefix = mtd[0].rsplit("/", 1)[0]
+        files = [n[len(safe_prefix) + 1:] for n in names if n.startswith(safe_prefix + "/")]
+        gdal_root = f"/vsizip/{path.resolve()}/{safe_prefix}"
+    else:
+        mtd_files = sorted(path.glob("MTD_MSIL*.xml"))
+        if not mtd_files:
+            raise PipelineError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml; not a Sentinel-2 .SAFE product")
+        try:
+            root = ET.parse(mtd_files[0]).getroot()
+        except ET.ParseError as exc:
+            raise PipelineError(f"{mtd_files[0]}: corrupt product metadata ({exc}); download it again") from exc
+        files = [str(p.relative_to(path)).replace("\\", "/") for p in path.rglob("*") if p.is_file()]
+        gdal_root = str(path.resolve())
+        tl_files = sorted(path.glob("GRANULE/*/MTD_TL.xml"))
+        try:
+            tile_root = ET.parse(tl_files[0]).getroot() if tl_files else None
+        except ET.ParseError as exc:
+            raise PipelineError(f"{tl_files[0]}: corrupt granule metadata ({exc}); download it again") from exc
+
+    level = "L2A" if "2A" in (_xml_text(root, "PRODUCT_TYPE") or _xml_text(root, "PROCESSING_LEVEL") or "") else "L1C"
+    product_uri = _xml_text(root, "PRODUCT_URI") or path.name
+    product_id = re.sub(r"\.(SAFE|zip)$", "", product_uri)
+    baseline = _xml_text(root, "PROCESSING_BASELINE") or ""
+    # the granule's MTD_TL.xml has the tile id and sensing time; the product id has them too
+    start = ((_xml_text(tile_root, "SENSING_TIME") if tile_root is not None else None)
+             or _xml_text(root, "PRODUCT_START_TIME") or _xml_text(root, "DATATAKE_SENSING_START") or "")
+    tile_text = _xml_text(tile_root, "TILE_ID") if tile_root is not None else None
+    tile = re.search(r"_T(\d\d[A-Z]{3})_", tile_text or product_id)
+    q = _xml_text(root, "QUANTIFICATION_VALUE") or _xml_text(root, "BOA_QUANTIFICATION_VALUE")
+    offsets = {}
+    for el in _xml_all(root, "RADIO_ADD_OFFSET") + _xml_all(root, "BOA_ADD_OFFSET"):
+        offsets[config.S2_BANDS[int(el.get("band_id"))]] = float(el.text)
+    if not offsets and _baseline_tuple(baseline) >= config.S2_OFFSET_BASELINE:
+        # every product from baseline 04.00 on carries the offset; a missing list means edited metadata
+        raise PipelineError(f"{path}: baseline {baseline} but no RADIO_ADD_OFFSET/BOA_ADD_OFFSET in the metadata; "
+                            "the metadata file is incomplete, download the product again")
+
+    band_files: dict[str, dict[int, str]] = {}
+    masks: dict[str, str] = {}
+    for rel in files:
+        if "/IMG_DATA/" in rel and (m := _BAND_RE.search(rel)):
+            band, res = m.group(1), int(m.group(2) or config.S2_BAND_RESOLUTION.get(m.group(1), 10))
+            band_files.setdefault(band, {})[res] = f"{gdal_root}/{rel}"
+        elif re.search(r"/QI_DATA/MSK_CLDPRB_20m\.jp2$", rel):
+            masks["cloud_prob"] = f"{gdal_root}/{rel}"
+        elif re.search(r"/IMG_DATA/R20m/.*_SCL_20m\.jp2$", rel):
+            masks["scl"] = f"{gdal_root}/{rel}"
+        elif re.search(r"/QI_DATA/MSK_CLASSI_B00\.jp2$", rel):
+            masks["classi"] = f"{gdal_root}/{rel}"
+    if not band_files:
+        raise PipelineError(f"{path}: no band files under GRANULE/*/IMG_DATA; the product is incomplete, "
+                            "download it again")
+    return Product(
+        name=product_id, source=str(path), level=level, band_files=band_files,
+        tile_id=f"T{tile.group(1)}" if tile else "", sensing_date=start[:10].replace("-", ""),
+        product_id=product_id, processing_baseline=baseline,
+        quantification=float(q) if q else config.S2_DEFAULT_QUANTIFICATION, offsets=offsets, masks=masks)
+
+
+def _baseline_tuple(baseline: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", baseline or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
+    """Plain GeoTIFF / JP2 band files: single-band files named by band (``B04.tif``,
+    ``T36UYA_20190601_B04.jp2``) or one multi-band file whose band descriptions are band names."""
+    import rasterio
+
+    band_files: dict[str, dict[int, str]] = {}
+    band_index: dict[str, int] = {}
+    for f in files:
+        m = re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", f.stem)
+        if m:
+            band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
+            continue
+        try:
+            with rasterio.open(f) as src:
+                descriptions = src.descriptions
+        except rasterio.errors.RasterioIOError as exc:
+            raise PipelineError(f"{f}: cannot read ({exc}); the file is corrupt or not a raster") from exc
+        for k, d in enumerate(descriptions, start=1):
+            if d in config.S2_BAND_RESOLUTION:
+                band_files.setdefault(d, {})[10] = str(f)
+                band_index[d] = k
+    if not band_files:
+        raise PipelineError(f"{files[0].parent}: no band recognised in {[f.name for f in files][:5]}; name "
+                            "single-band files by band (B04.tif) or set band descriptions")
+    first = Path(files[0])
+    date = re.search(r"(20\d{6})", str(first))
+    place = first.stem if len(files) == 1 else first.parent.name
+    oscd = re.fullmatch(r"imgs_(\d)", first.parent.name)
+    if oscd:  # OSCD layout: <city>/imgs_N/B04.tif with the dates in <city>/dates.txt
+        place = first.parent.parent.name
+        dates_txt = first.parent.parent / "dates.txt"
+        if dates_txt.exists():
+            date = re.search(rf"date_{oscd.group(1)}:\s*(\d{{8}})", dates_txt.read_text())
+    name = place if len(files) == 1 else f"{place}_{date.group(1) if date else first.parent.name}"
+    return Product(name=name, source=str(first if len(files) == 1 else first.parent), level="raster",
+                   band_files=band_files, tile_id=place, sensing_date=date.group(1) if date else "",
+                   product_id=name, quantification=scale, offsets={b: offset for b in band_files},
+                   band_index=band_index)
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Grid:
+    """An output pixel grid: affine transform (map units), size, CRS."""
+
+    transform: object
+    width: int
+    height: int
+    crs: object
+
+
+def reference_grid(product: Product, bands: list[str]) -> Grid:
+    """The product's 10 m grid (20 m and 60 m bands are resampled onto it); for plain band
+    files without a 10 m band, the finest grid among the requested bands."""
+    tenm = [files[10] for files in product.band_files.values() if 10 in files]
+    path = tenm[0] if tenm else min((product.band_files[b][min(product.band_files[b])] for b in bands),
+                                    key=lambda p: _resolution_of(p))
+    with _open(path) as src:
+        return Grid(src.transform, src.width, src.height, src.crs)
+
+
+def _resolution_of(path: str) -> float:
+    with _open(path) as src:
+        return src.res[0]
+
+
+def _open(path: str):
+    import rasterio
+
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise PipelineError(f"{path}: cannot open ({str(exc).splitlines()[0]}); the file is corrupt or "
+                            "truncated, download the product again") from exc
+
+
+def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
+                 resampling_up: str = "bilinear", band: int = 1) -> np.ndarray:
+    """Read one band into a window of the reference grid at ``out_shape`` = (rows, cols).
+
+    ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels. The band is
+    read only over that window, at the decimation the output needs: JPEG 2000 resolution
+    levels / overviews make an overview read touch a fraction of the data. Finer bands are
+    averaged down, coarser bands resampled up (``resampling_up``).
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import from_bounds
+
+    col, row, w, h = window_px
+    left, top = grid.transform @ (col, row)
+    right, bottom = grid.transform @ (col + w, row + h)
+    with _open(path) as src:
+        win = from_bounds(left, bottom, right, top, transform=src.transform)
+        out_res = (right - left) / out_shape[1]
+        resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
+        try:
+            return src.read(band, window=win, out_shape=out_shape, resampling=resampling, boundless=False)
+        except rasterio.errors.RasterioIOError as exc:
+            raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
+                                "truncated, download the product again") from exc
+
+
+def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
+    """DN → reflectance (with the baseline offset) → fixed range → 0..1 (gamma) float32."""
+    refl = (dn.astype(np.float32) + offset) / quantification
+    x = np.clip((refl - cfg.reflectance_min) / (cfg.reflectance_max - cfg.reflectance_min), 0.0, 1.0)
+    return x ** (1.0 / cfg.gamma) if cfg.gamma != 1.0 else x
+
+
+def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape, cfg: PreprocessConfig):
+    """Normalised bands (rows, cols, C) float 0..1 and the nodata mask (True = no data)."""
+    channels, nodata = [], np.zeros(out_shape, bool)
+    for b in bands:
+        res = min(product.band_files[b])
+        path = product.band_files[b][res]
+        dn = read_to_grid(path, grid, window_px, out_shape, band=product.band_index.get(b, 1))
+        # a pixel is nodata where the band is nodata (DN 0), judged without blending in neighbours
+        nn = read_to_grid(path, grid, window_px, out_shape, "nearest", band=product.band_index.get(b, 1))
+        nodata |= (nn == config.S2_NODATA_DN) | ~np.isfinite(nn)
+        channels.append(normalise(np.nan_to_num(dn), product.offsets.get(b, 0.0), product.quantification, cfg))
+    image = np.stack(channels, -1)
+    image[nodata] = 0
+    return image, nodata
+
+
+def render_masks(product: Product, grid: Grid, window_px, out_shape) -> dict[str, np.ndarray]:
+    """Cloud and scene-classification masks of the product on the output grid (uint8)."""
+    out = {}
+    if "cloud_prob" in product.masks:
+        out["cloud"] = read_to_grid(product.masks["cloud_prob"], grid, window_px, out_shape, "bilinear").astype(np.uint8)
+    elif "classi" in product.masks:  # L1C from baseline 04.00: bands opaque clouds, cirrus, snow
+        opaque = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=1)
+        cirrus = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=2)
+        out["cloud"] = ((opaque > 0) | (cirrus > 0)).astype(np.uint8) * 255
+    if "scl" in product.masks:
+        out["scl"] = read_to_grid(product.masks["scl"], grid, window_px, out_shape, "nearest").astype(np.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+def write_image(path: Path, image01: np.ndarray, fmt: str, transform=None, crs=None, quality: int = 95) -> None:
+    """0..1 image (H, W) or (H, W, C) → 8-bit file; GeoTIFF keeps the georeferencing inside."""
+    data = np.clip(np.round(image01 * 255), 0, 255).astype(np.uint8)
+    if data.ndim == 3 and data.shape[2] == 1:
+        data = data[..., 0]
+    with atomic_path(path) as tmp:
+        if fmt == "tif":
+            import rasterio
+
+            bands = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
+            with rasterio.open(tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0],
+                               count=bands.shape[0], dtype="uint8", crs=crs, transform=transform,
+                               compress="deflate") as dst:
+                dst.write(bands)
+        else:
+            from PIL import Image
+
+            im = Image.fromarray(data if data.ndim == 2 or data.shape[2] in (3, 4) else data[..., :3])
+            if fmt == "jpeg":
+                im.save(tmp, format="JPEG", quality=quality)
+            else:
+                im.save(tmp, format="PNG")
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def write_output(folder: Path, stem: str, product: Product, bands, grid: Grid, window_px, out_shape,
+                 cfg: PreprocessConfig, kind: str) -> None:
+    """One image with its sidecar JSON and masks."""
+    from rasterio.transform import Affine
+
+    image, nodata = render(product, bands, grid, window_px, out_shape, cfg)
+    col, row, w, h = window_px
+    # affine of this output's own pixel grid: the window's origin, pixels scaled to the output size
+    transform = grid.transform @ Affine.translation(col, row) @ Affine.scale(w / out_shape[1], h / out_shape[0])
+    ext = FORMATS[cfg.format]
+    write_image(folder / f"{stem}{ext}", image, cfg.format, transform, grid.crs, cfg.jpeg_quality)
+    masks = {"nodata": nodata.astype(np.uint8) * 255}
+    if cfg.masks:
+        masks.update(render_masks(product, grid, window_px, out_shape))
+    for name, m in masks.items():
+        write_mask(folder / f"{stem}_{name}.png", m)
+    write_json(folder / f"{stem}.json", {
+        "image": f"{stem}{ext}", "output": kind, "size": [out_shape[1], out_shape[0]],
+        "crs": grid.crs.to_string() if grid.crs else None, "transform": list(transform)[:6],
+        "window_10m": {"col_off": col, "row_off": row, "width": w, "height": h},
+        "tile_id": product.tile_id, "sensing_date": product.sensing_date, "product_id": product.product_id,
+        "processing_level": product.level, "processing_baseline": product.processing_baseline,
+        "bands": list(bands), "quantification": product.quantification,
+        "offsets": {b: product.offsets.get(b, 0.0) for b in bands},
+        "reflectance_range": [cfg.reflectance_min, cfg.reflectance_max], "gamma": cfg.gamma,
+        "nodata_fraction": round(float(nodata.mean()), 4),
+        "masks": {name: f"{stem}_{name}.png" for name in masks}, "source": product.source,
+    })
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap``;
+    the last tile is aligned to the end."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def preprocess_product(product: Product, output: Path, bands: list[str], cfg: PreprocessConfig,
+                       progress: bool = True) -> int:
+    """Write every output of one product; all or nothing. Returns the number of images."""
+    from tqdm import tqdm
+
+    missing = [b for b in bands if b not in product.band_files]
+    if missing:
+        raise PipelineError(f"{product.source}: band {', '.join(missing)} not in this product (it has "
+                            f"{', '.join(sorted(product.band_files))}); choose others with --bands")
+    grid = reference_grid(product, bands)
+    jobs = []
+    if cfg.size > 0:
+        scale = min(cfg.size / max(grid.width, grid.height), 1.0)  # never above native resolution
+        shape = (max(1, round(grid.height * scale)), max(1, round(grid.width * scale)))
+        jobs.append(("overview", "overview", (0, 0, grid.width, grid.height), shape))
+    if cfg.tile > 0:
+        for r in tile_origins(grid.height, cfg.tile, cfg.overlap):
+            for c in tile_origins(grid.width, cfg.tile, cfg.overlap):
+                w, h = min(cfg.tile, grid.width - c), min(cfg.tile, grid.height - r)
+                jobs.append((f"tiles/r{r:05d}_c{c:05d}", "tile", (c, r, w, h), (h, w)))
+    final = output / product.name
+    tmp = output / f".{product.name}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "tiles").mkdir(parents=True) if cfg.tile > 0 else tmp.mkdir(parents=True)
+    try:
+        for stem, kind, window, shape in tqdm(jobs, desc=product.name[:40], unit="img", disable=not progress,
+                                              leave=False):
+            write_output(tmp, stem, product, bands, grid, window, shape, cfg, kind)
+        if final.exists():
+            old = output / f".{product.name}.old"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(jobs)
+
+
+# ----------------------------------------------------------------------------- script
+def parse_bands(text: str) -> list[str]:
+    bands = [b.strip().upper() for b in text.split(",") if b.strip()]
+    bands = [b if b == "B8A" else re.sub(r"^B(\d)$", r"B0\1", b) for b in bands]
+    unknown = [b for b in bands if b not in config.S2_BAND_RESOLUTION]
+    if unknown or not bands:
+        raise PipelineError(f"--bands: unknown band {', '.join(unknown) or '(none)'}; choose from "
+                            f"{', '.join(config.S2_BANDS)}")
+    return bands
+
+
+def main(argv=None) -> int:
+    d = PreprocessConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", type=Path, required=True,
+                        help=".SAFE folder, zipped .SAFE, folder of several, or GeoTIFF/JP2 band file(s)")
+    parser.add_argument("--output", type=Path, default=config.PREPROCESSED_DIR, help="output folder")
+    parser.add_argument("--bands", default=",".join(d.bands),
+                        help="comma-separated bands, e.g. B04,B03,B02 (true colour) or B08 (NIR)")
+    parser.add_argument("--size", type=int, default=d.size,
+                        help="overview side in px (longer side, at most native; the original project used 224); 0 = none")
+    parser.add_argument("--tile", type=int, default=d.tile, help="native-resolution tile side in px; 0 = no tiles")
+    parser.add_argument("--overlap", type=int, default=d.overlap, help="overlap between tiles in px")
+    parser.add_argument("--format", choices=sorted(FORMATS), default=d.format,
+                        help="jpeg (small), png (lossless) or tif (georeferencing inside)")
+    parser.add_argument("--reflectance-range", type=float, nargs=2, default=(d.reflectance_min, d.reflectance_max),
+                        metavar=("MIN", "MAX"), help="reflectance mapped to 0..255, the same for every date")
+    parser.add_argument("--gamma", type=float, default=d.gamma, help="gamma after clipping (1 = linear)")
+    parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    parser.add_argument("--no-masks", action="store_true", help="skip cloud / scene-classification masks")
+    parser.add_argument("--scale", type=float, default=config.S2_DEFAULT_QUANTIFICATION,
+                        help="plain band files only: DN per unit reflectance")
+    parser.add_argument("--offset", type=float, default=0.0,
+                        help="plain band files only: offset added to DN (-1000 for baseline >= 04.00 data)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        bands = parse_bands(args.bands)
+        if args.size <= 0 and args.tile <= 0:
+            raise PipelineError("nothing to write: give --size > 0 and/or --tile > 0")
+        if args.tile > 0 and not 0 <= args.overlap < args.tile:
+            raise PipelineError(f"--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}")
+        if args.reflectance_range[1] <= args.reflectance_range[0] or args.gamma <= 0:
+            raise PipelineError("--reflectance-range MIN MAX needs MIN < MAX, and --gamma must be > 0")
+        cfg = config.replace(d, size=args.size, tile=args.tile, overlap=args.overlap, format=args.format,
+                             reflectance_min=args.reflectance_range[0], reflectance_max=args.reflectance_range[1],
+                             gamma=args.gamma, jpeg_quality=args.jpeg_quality, masks=not args.no_masks)
+        products = find_products(args.input, args.scale, args.offset)
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+            probe = args.output / ".write_test"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise PipelineError(f"{args.output}: cannot write here ({exc.strerror}); choose another --output") from exc
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    written, failed = 0, []
+    for product in tqdm(products, desc="products", unit="product", disable=len(products) < 2):
+        if isinstance(product, tuple):
+            failed.append(product)
+            continue
+        try:
+            written += preprocess_product(product, args.output, bands, cfg)
+        except PipelineError as exc:
+            failed.append((product.source, str(exc)))
+    ok = len(products) - len(failed)
+    print(f"{ok} of {len(products)} products, {written} images written to {args.output} "
+          f"in {time.time() - start:.1f} s" + (f"; {len(failed)} failed:" if failed else ""))
+    for source, message in failed:
+        print(f"error: {message}" if message.startswith(source) else f"error: {source}: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

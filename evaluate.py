@@ -1,0 +1,258 @@
+"""Benchmark of matching methods on real cross-date Sentinel-2 pairs of held-out places.
+
+    python evaluate.py --data ../shared/data --methods sift,orb,akaze,superpoint --difficulty medium
+
+For every validation pair (``dataset.evaluation_pairs``): a centre crop of one date
+(default 512 px), the other date viewed through a seeded random homography of the chosen
+difficulty, features matched by each method, and a homography estimated from the matches
+with the **same** OpenCV USAC_MAGSAC at 3 px for every method. Reported per method and
+pair category: AUC of the mean corner error at 1/3/5/10 px, precision of the matches at
+3 px, number of correct matches, keypoint repeatability, and the median seconds per pair
+(detect + describe both images + match) and per image (detect + describe) on this machine.
+Every input image gets the same 1-99 percentile contrast stretch, for every method.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import config
+from config import EvalConfig
+from dataset import evaluation_pairs, make_eval_sample
+from utils import (PipelineError, corner_error, estimate_homography, mutual_nearest_neighbours, percentile_stretch,
+                   pose_auc, to_uint8, warp_points, write_json)
+
+
+# ----------------------------------------------------------------------------- methods
+class OpenCVMethod:
+    """Detect-describe-match with an OpenCV feature (SIFT + ratio test, ORB/AKAZE + mutual NN)."""
+
+    def __init__(self, name: str, max_keypoints: int, ratio: float):
+        self.name, self.ratio, self.max_keypoints = name, ratio, max_keypoints
+        if name == "sift":
+            self.feature = cv2.SIFT_create(nfeatures=max(max_keypoints, 0))
+            self.norm = cv2.NORM_L2
+        elif name == "orb":
+            self.feature = cv2.ORB_create(nfeatures=max_keypoints if max_keypoints > 0 else 100_000)
+            self.norm = cv2.NORM_HAMMING
+        elif name == "akaze":
+            self.feature = cv2.AKAZE_create(threshold=1e-4)
+            self.norm = cv2.NORM_HAMMING
+        else:
+            raise PipelineError(f"unknown OpenCV method {name!r}")
+
+    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
+        kps, desc = self.feature.detectAndCompute(to_uint8(image01), valid.astype(np.uint8) * 255)
+        if self.max_keypoints > 0 and len(kps) > self.max_keypoints:  # AKAZE has no budget of its own
+            order = np.argsort([-k.response for k in kps])[: self.max_keypoints]
+            kps, desc = [kps[i] for i in order], desc[order]
+        pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
+        return {"keypoints": pts, "descriptors": desc}
+
+    def match(self, f0: dict, f1: dict) -> np.ndarray:
+        matches0 = np.full(len(f0["keypoints"]), -1, np.int64)
+        if f0["descriptors"] is None or f1["descriptors"] is None or len(f1["keypoints"]) < 2:
+            return matches0
+        matcher = cv2.BFMatcher(self.norm, crossCheck=self.name != "sift")
+        if self.name == "sift":
+            for pair in matcher.knnMatch(f0["descriptors"], f1["descriptors"], k=2):
+                if len(pair) == 2 and pair[0].distance < self.ratio * pair[1].distance:
+                    matches0[pair[0].queryIdx] = pair[0].trainIdx
+        else:
+            for m in matcher.match(f0["descriptors"], f1["descriptors"]):
+                matches0[m.queryIdx] = m.trainIdx
+        return matches0
+
+
+class SuperPointMethod:
+    """The shipped SuperPoint with mutual nearest-neighbour matching."""
+
+    name = "superpoint"
+
+    def __init__(self, checkpoint: Path, max_keypoints: int, device: str = "cpu", model=None):
+        from SuperPoint import SuperPoint
+
+        self.model = model if model is not None else SuperPoint.from_checkpoint(checkpoint, device)
+        self.max_keypoints = max_keypoints
+        self.device = device
+
+    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
+        x = torch.from_numpy(image01.astype(np.float32))[None, None].to(self.device)
+        v = torch.from_numpy(valid)[None].to(self.device)
+        f = self.model.extract(x, v, self.max_keypoints)[0]
+        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64),
+                "descriptors": f["descriptors"].cpu().numpy()}
+
+    def match(self, f0: dict, f1: dict) -> np.ndarray:
+        return mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
+
+
+def build_methods(names: list[str], checkpoint: Path, cfg: EvalConfig, device: str) -> list:
+    methods = []
+    for name in names:
+        if name in ("sift", "orb", "akaze"):
+            methods.append(OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio))
+        elif name == "superpoint":
+            methods.append(SuperPointMethod(checkpoint, cfg.max_keypoints, device))
+        else:
+            raise PipelineError(f"unknown method {name!r}; choose from sift, orb, akaze, superpoint")
+    return methods
+
+
+# ----------------------------------------------------------------------------- metrics
+def repeatability(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, valid0: np.ndarray,
+                  valid1: np.ndarray, threshold: float) -> float:
+    """Share of keypoints, among those seen by both images, with a partner within ``threshold`` px
+    (SuperPoint paper's definition, both directions)."""
+    def visible(pts, valid):
+        xi, yi = np.round(pts).astype(int).T if len(pts) else (np.zeros(0, int),) * 2
+        h, w = valid.shape
+        ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        ok[ok] = valid[yi[ok], xi[ok]]
+        return ok
+
+    w0 = warp_points(kpts0, H)
+    w1 = warp_points(kpts1, np.linalg.inv(H))
+    a = kpts0[visible(kpts0, valid0) & visible(w0, valid1)]
+    b = kpts1[visible(kpts1, valid1) & visible(w1, valid0)]
+    if len(a) + len(b) == 0:
+        return 0.0
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    d = np.linalg.norm(warp_points(a, H)[:, None] - b[None], axis=-1)
+    return float(((d.min(1) < threshold).sum() + (d.min(0) < threshold).sum()) / (len(a) + len(b)))
+
+
+def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
+    """Run one method on one warped pair and measure it."""
+    img0 = percentile_stretch(sample["image0"], valid=sample["valid0"])
+    img1 = percentile_stretch(sample["image1"], valid=sample["valid1"])
+    t0 = time.perf_counter()
+    f0 = method.extract(img0, sample["valid0"])
+    t1 = time.perf_counter()
+    f1 = method.extract(img1, sample["valid1"])
+    t2 = time.perf_counter()
+    matches0 = method.match(f0, f1)
+    t3 = time.perf_counter()
+    H_gt = sample["H_0to1"]
+    k0, k1 = f0["keypoints"], f1["keypoints"]
+    m = matches0 > -1
+    mk0, mk1 = k0[m], k1[matches0[m]]
+    H_est, _ = estimate_homography(mk0, mk1, cfg.ransac_threshold)
+    h, w = sample["image0"].shape
+    reproj = np.linalg.norm(warp_points(mk0, H_gt) - mk1, axis=1) if len(mk0) else np.zeros(0)
+    correct = int((reproj < cfg.correct_threshold).sum())
+    return {
+        "name": sample["name"], "category": sample["category"],
+        "corner_error": corner_error(H_est, H_gt, (w, h)),
+        "num_keypoints": (len(k0) + len(k1)) / 2, "num_matches": int(m.sum()), "num_correct": correct,
+        "precision": correct / max(int(m.sum()), 1),
+        "repeatability": repeatability(k0, k1, H_gt, sample["valid0"], sample["valid1"], cfg.correct_threshold),
+        "seconds_pair": t3 - t0, "seconds_image": ((t1 - t0) + (t2 - t1)) / 2,
+    }
+
+
+def summarise(records: list[dict], cfg: EvalConfig) -> dict:
+    """Aggregate per-pair records: AUCs over pairs, means of counts, medians of times."""
+    aucs = pose_auc([r["corner_error"] for r in records], cfg.auc_thresholds)
+    out = {f"auc@{t:g}px": a for t, a in zip(cfg.auc_thresholds, aucs)}
+    for key in ("precision", "num_correct", "num_matches", "num_keypoints", "repeatability"):
+        out[key] = float(np.mean([r[key] for r in records]))
+    for key in ("seconds_pair", "seconds_image"):
+        out[key] = float(np.median([r[key] for r in records]))
+    out["pairs"] = len(records)
+    return out
+
+
+def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True) -> dict:
+    """Evaluate every method on every sample; methods interleaved per pair so that machine
+    noise hits them alike. Returns ``{method: {"records": [...], "overall": {...},
+    "by_category": {...}}}``."""
+    from tqdm import tqdm
+
+    records = defaultdict(list)
+    for sample in tqdm(samples, desc="pairs", unit="pair", disable=not progress):
+        for method in methods:
+            records[method.name].append(evaluate_sample(method, sample, cfg))
+    results = {}
+    for name, recs in records.items():
+        cats = defaultdict(list)
+        for r in recs:
+            cats[r["category"]].append(r)
+        results[name] = {"overall": summarise(recs, cfg),
+                         "by_category": {c: summarise(v, cfg) for c, v in sorted(cats.items())},
+                         "records": recs}
+    return results
+
+
+def markdown_table(results: dict, cfg: EvalConfig) -> str:
+    """Markdown tables: overall, then AUC@5px per category."""
+    auc_cols = [f"auc@{t:g}px" for t in cfg.auc_thresholds]
+    head = ["method", *[c.replace("auc@", "AUC@") for c in auc_cols], "prec@3px", "correct", "matches",
+            "repeat.", "s/pair", "s/image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, res in results.items():
+        o = res["overall"]
+        lines.append("| " + " | ".join([name, *[f"{o[c]:.3f}" for c in auc_cols], f"{o['precision']:.3f}",
+                                        f"{o['num_correct']:.0f}", f"{o['num_matches']:.0f}",
+                                        f"{o['repeatability']:.3f}", f"{o['seconds_pair']:.3f}",
+                                        f"{o['seconds_image']:.3f}"]) + " |")
+    cats = sorted({c for res in results.values() for c in res["by_category"]})
+    lines += ["", "AUC@5px by pair category (pairs):", "",
+              "| method | " + " | ".join(f"{c} ({next(iter(results.values()))['by_category'][c]['pairs']})"
+                                        for c in cats) + " |", "|" + "---|" * (len(cats) + 1)]
+    for name, res in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{res['by_category'][c]['auc@5px']:.3f}" for c in cats) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    cfg = EvalConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
+                        help="folder with oscd/, ombria/, ukraine_T36UYA/ (validation places are used)")
+    parser.add_argument("--methods", default="sift,orb,akaze,superpoint", help="comma-separated")
+    parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
+    parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
+    parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
+    parser.add_argument("--repeats", type=int, default=1, help="random warps per pair")
+    parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt")
+    parser.add_argument("--seed", type=int, default=config.SEED)
+    parser.add_argument("--device", default="cpu", help="timings are reported for this device")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON results (default data/results/eval_<difficulty>.json)")
+    args = parser.parse_args(argv)
+    cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
+    try:
+        torch.set_grad_enabled(False)
+        methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint,
+                                cfg, args.device)
+        pairs = evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None)
+        samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
+                   for p in pairs for r in range(args.repeats)]
+        results = run_benchmark(methods, samples, cfg)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = markdown_table(results, cfg)
+    print(f"\n{len(samples)} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
+          f"{torch.get_num_threads()} threads\n\n{table}")
+    out = args.output or config.RESULTS_DIR / f"eval_{cfg.difficulty}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed,
+                     "results": results, "table": table})
+    print(f"\nresults → {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

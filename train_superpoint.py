@@ -1,0 +1,236 @@
+"""Train SuperPoint from scratch on real cross-date Sentinel-2 pairs (CPU-sized recipe).
+
+    python train_superpoint.py --data ../shared/data --minutes 60
+
+Recipe (one stage, no synthetic-shapes pre-training): each step draws pairs of two dates
+of one place (identity ground truth), views the second through a random homography and
+changes both photometrically (``dataset.TrainingPairs``).
+    * Detector: cross-entropy of the 65-way cell softmax against keypoints that are corners
+      on *both* dates (``dataset.repeatable_corners``), in both images.
+    * Descriptor: dual-softmax (InfoNCE both ways) over points seen in both images; a point's
+      positive is its true correspondent, other points closer than ``negative_radius`` px
+      are not used as negatives.
+Validation every ``--val-every`` steps runs the benchmark of ``evaluate.py`` (mutual NN,
+USAC_MAGSAC, AUC of the corner error) on held-out places; the best checkpoint by AUC@5px
+is written to ``--output``. ``--resume`` continues from ``<run-dir>/last.pt`` with the
+same step count and the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import config
+from config import SuperPointConfig, SuperPointTrainConfig
+from dataset import TrainingPairs, evaluation_pairs, load_scenes, make_eval_sample
+from SuperPoint import SuperPoint, sample_descriptors
+from utils import PipelineError, atomic_path
+
+
+def detector_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, cell²+1, Hc, Wc) logits against (B, Hc, Wc) classes (-1 ignored)."""
+    return F.cross_entropy(logits, labels, ignore_index=-1)
+
+
+def descriptor_loss(desc0: torch.Tensor, desc1: torch.Tensor, points1: torch.Tensor, mask: torch.Tensor,
+                    temperature: float, negative_radius: float) -> torch.Tensor:
+    """Dual-softmax loss of corresponding descriptors.
+
+    Args:
+        desc0, desc1: (B, P, D) unit descriptors; ``desc0[b, k]`` corresponds to ``desc1[b, k]``.
+        points1: (B, P, 2) positions in image 1, to exclude near neighbours as negatives.
+        mask: (B, P) which points take part.
+    """
+    sim = desc0 @ desc1.transpose(1, 2) / temperature                       # (B, P, P)
+    near = torch.cdist(points1, points1) < negative_radius
+    eye = torch.eye(sim.shape[1], dtype=torch.bool, device=sim.device)[None]
+    pair_ok = mask[:, :, None] & mask[:, None, :] & (~near | eye)
+    sim = sim.masked_fill(~pair_ok, -1e4)
+    diag = torch.diagonal(sim.log_softmax(2), dim1=1, dim2=2) + torch.diagonal(sim.log_softmax(1), dim1=1, dim2=2)
+    return -(diag * mask).sum() / (2 * mask.sum().clamp_min(1))
+
+
+def training_step(model: SuperPoint, batch: dict, cfg: SuperPointTrainConfig) -> dict[str, torch.Tensor]:
+    images = torch.cat([batch["image0"], batch["image1"]])
+    out = model(images)
+    b = batch["image0"].shape[0]
+    labels = torch.cat([batch["labels0"], batch["labels1"]])
+    det = detector_loss(out["logits"], labels)
+    dense = out["descriptors_dense"]
+    cell = model.config.cell
+    d0 = sample_descriptors(batch["points0"], dense[:b], cell)
+    d1 = sample_descriptors(batch["points1"], dense[b:], cell)
+    desc = descriptor_loss(d0, d1, batch["points1"], batch["point_mask"], cfg.desc_temperature, cfg.negative_radius)
+    return {"loss": det + cfg.desc_weight * desc, "detector": det, "descriptor": desc}
+
+
+def validate(model: SuperPoint, samples: list[dict]) -> dict:
+    """The benchmark's metrics (mutual NN + MAGSAC) on fixed held-out samples."""
+    from evaluate import SuperPointMethod, evaluate_sample, summarise
+
+    cfg = config.EvalConfig()
+    model.eval()
+    method = SuperPointMethod(None, cfg.max_keypoints, model=model)
+    with torch.no_grad():
+        records = [evaluate_sample(method, s, cfg) for s in samples]
+    model.train()
+    summary = summarise(records, cfg)
+    return {k: summary[k] for k in ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "num_correct",
+                                    "repeatability")}
+
+
+def lr_factor(progress: float, decay_from: float = 0.7, final: float = 0.1) -> float:
+    """Constant learning rate, then a linear decay to ``final`` over the last 30% of the budget
+    (steps or minutes, whichever runs out first)."""
+    if progress <= decay_from:
+        return 1.0
+    return 1.0 - (1.0 - final) * min((progress - decay_from) / (1.0 - decay_from), 1.0)
+
+
+def collate(items: list[dict]) -> dict:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, output: Path, run_dir: Path,
+          resume: bool = False, seed: int = config.SEED, val_crop: int = 256, repeat_batch: bool = False,
+          command: str = "", progress: bool = True) -> dict:
+    """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    scenes = load_scenes(data, "train")
+    dataset = TrainingPairs(scenes, cfg, cell=model_cfg.cell, seed=seed)
+    val_samples = [make_eval_sample(p, val_crop, "medium", seed) for p in evaluation_pairs(data)]
+    if cfg.val_pairs and len(val_samples) > cfg.val_pairs:
+        keep = np.linspace(0, len(val_samples) - 1, cfg.val_pairs).round().astype(int)
+        val_samples = [val_samples[k] for k in keep]
+
+    model = SuperPoint(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
+              "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
+              "train_scenes": len(scenes), "val_pairs": len(val_samples),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    last = run_dir / "last.pt"
+    if resume:
+        if not last.exists():
+            raise PipelineError(f"{last}: nothing to resume; start without --resume")
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        record = state["record"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def checkpoint_state():
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
+                "torch_rng": torch.get_rng_state()}
+
+    model.train()
+    start_step, start_seconds = record["steps"], record["seconds"]
+    t_start = time.time()
+    last_save = t_start
+    budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train SuperPoint", unit="step", disable=not progress)
+    fixed = collate([dataset[k] for k in range(cfg.batch_size)]) if repeat_batch else None
+    step = start_step
+    log_every = 1 if cfg.max_steps <= 100 else 50
+    while step < cfg.max_steps and record["seconds"] < budget:  # the budget counts resumed time too
+        batch = fixed if repeat_batch else collate([dataset[step * cfg.batch_size + k] for k in range(cfg.batch_size)])
+        progress_frac = max(step / cfg.max_steps, record["seconds"] / budget)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(progress_frac)
+        losses = training_step(model, batch, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        step += 1
+        record["steps"] = step
+        record["seconds"] = start_seconds + time.time() - t_start
+        entry = {k: round(v.item(), 4) for k, v in losses.items()}
+        bar.set_postfix(entry)
+        bar.update(1)
+        if step % log_every == 0:
+            record.setdefault("losses", []).append([step, entry["loss"], entry["detector"], entry["descriptor"]])
+        is_last = step >= cfg.max_steps or record["seconds"] >= budget
+        if step % cfg.val_every == 0 or is_last:
+            metrics = validate(model, val_samples)
+            metrics.update(step=step, seconds=round(record["seconds"], 1))
+            record["history"].append(metrics)
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                     if k not in ("step",)))
+            if record["best"] is None or metrics["auc@5px"] >= record["best"]["auc@5px"]:
+                record["best"] = metrics
+                output.parent.mkdir(parents=True, exist_ok=True)
+                save_state(output, model.checkpoint(training=record))
+        if time.time() - last_save > cfg.save_every_minutes * 60 or is_last:
+            save_state(last, checkpoint_state())
+            last_save = time.time()
+    bar.close()
+    save_state(last, checkpoint_state())
+    return record
+
+
+def main(argv=None) -> int:
+    tcfg, mcfg = SuperPointTrainConfig(), SuperPointConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
+                        help="training data: folder with oscd/, ombria/, ukraine_T36UYA/ or preprocessed outputs")
+    parser.add_argument("--output", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
+                        help="best checkpoint (by validation AUC@5px)")
+    parser.add_argument("--run-dir", type=Path, default=config.DATA_DIR / "runs" / "superpoint",
+                        help="resumable state (last.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
+                        help="slim: 32-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
+    parser.add_argument("--max-steps", type=int, default=tcfg.max_steps)
+    parser.add_argument("--minutes", type=float, default=tcfg.minutes, help="wall-clock budget, 0 = none")
+    parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
+    parser.add_argument("--crop", type=int, default=tcfg.crop)
+    parser.add_argument("--lr", type=float, default=tcfg.lr)
+    parser.add_argument("--val-every", type=int, default=tcfg.val_every)
+    parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = default")
+    parser.add_argument("--seed", type=int, default=config.SEED)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny run that overfits one small batch (used by the tests)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mcfg = config.SUPERPOINT_PAPER if args.arch == "paper" else mcfg
+    tcfg = config.replace(tcfg, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
+                          crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs)
+    if args.smoke:
+        mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
+        tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=min(args.max_steps, 12), val_every=10 ** 9,
+                              val_pairs=2, num_labels=40, num_desc_points=64)
+    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    try:
+        record = train(mcfg, tcfg, args.data, args.output, args.run_dir, args.resume, args.seed,
+                       val_crop=128 if args.smoke else 256, repeat_batch=args.smoke, command=command)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = record["best"] or {}
+    print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best AUC@5px "
+          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Shared helpers: safe file writing, image loading and normalisation, geometry, metrics.
+
+Pure functions only: nothing here knows about networks or training. Coordinates are
+``(x, y)`` with pixel centres at integer values (see ``config.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import config
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2"}
+RASTER_SUFFIXES = {".tif", ".tiff", ".jp2"}
+
+
+class PipelineError(Exception):
+    """A problem with the user's input: printed as one line by the scripts, no traceback."""
+
+
+# ----------------------------------------------------------------------------- files
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    Readers never see a half-written file, and a failure leaves nothing behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        aux = tmp.with_name(tmp.name + ".aux.xml")  # GDAL may leave statistics beside a raster
+        if aux.exists():
+            aux.unlink()
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted; masks are skipped."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.stem.endswith(("_mask", "_cloud", "_scl", "_nodata")))
+
+
+# ----------------------------------------------------------------------------- images
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an array ``(H, W)`` or ``(H, W, C)``, in its own dtype.
+
+    JPEG/PNG go through Pillow; GeoTIFF/JP2 through rasterio (bands last).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; check the path")
+    try:
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            import rasterio
+
+            with rasterio.open(path) as src:
+                data = src.read()
+            return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except PipelineError:
+        raise
+    except Exception as exc:  # corrupt or truncated file
+        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` array as float32 grey ``(H, W)``.
+
+    Three channels are taken as R, G, B (ITU-R 601 luma); any other count is averaged.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    if image.ndim != 3:
+        raise PipelineError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
+    if image.shape[2] == 3:
+        return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return image.astype(np.float32).mean(axis=2)
+
+
+def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
+                       valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-image contrast stretch: the ``low``..``high`` percentiles map to 0..1 (clipped).
+
+    ``valid`` (bool, same ``H, W``) excludes nodata from the percentiles. Channels are
+    stretched together. A uniform image gives zeros. Returns float32.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    values = image[valid] if valid is not None else image
+    if values.size == 0:
+        return np.zeros_like(image)
+    lo, hi = np.percentile(values, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(image)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def normalize_for_network(image: np.ndarray, channels: int = 1) -> np.ndarray:
+    """Any image array → float32 ``(C, H, W)`` in 0..1 with a 1-99 percentile stretch.
+
+    The same input normalisation is used for training, extraction and the baselines, so
+    dark or hazy chips (e.g. OMBRIA's false-colour composites) get full contrast.
+    """
+    image = np.asarray(image)
+    if channels == 1:
+        return percentile_stretch(to_gray(image))[None]
+    if image.ndim != 3 or image.shape[2] < channels:
+        raise PipelineError(f"the model takes {channels} bands but the image has shape {image.shape}")
+    return np.moveaxis(percentile_stretch(image[..., :channels]), -1, 0)
+
+
+def to_uint8(image01: np.ndarray) -> np.ndarray:
+    """0..1 float image → uint8."""
+    return np.clip(np.round(np.asarray(image01) * 255.0), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- geometry
+def warp_points(points: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Apply homography ``H`` (3×3) to ``points`` (N×2, x y). Returns N×2 float64."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    homog = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ np.asarray(H, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return homog[:, :2] / homog[:, 2:3]
+
+
+def translation(tx: float, ty: float) -> np.ndarray:
+    return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], dtype=np.float64)
+
+
+def sample_homography(rng: np.random.Generator, size: tuple[int, int],
+                      difficulty: str | config.HomographyDifficulty = "medium") -> np.ndarray:
+    """Random homography about the centre of an image of ``size`` = (width, height).
+
+    Composed of a projective tilt, rotation, log-uniform zoom and translation, each drawn
+    from the ranges of ``difficulty`` (see ``config.DIFFICULTIES``). Maps image-0 pixels to
+    image-1 pixels.
+    """
+    d = config.DIFFICULTIES[difficulty] if isinstance(difficulty, str) else difficulty
+    w, h = size
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    half = max(w, h) / 2.0
+    p = rng.uniform(-1, 1, size=2) * d.perspective / half
+    P = np.array([[1, 0, 0], [0, 1, 0], [p[0], p[1], 1]], dtype=np.float64)
+    a = np.deg2rad(rng.uniform(-d.max_angle, d.max_angle))
+    s = np.exp(rng.uniform(np.log(d.scale[0]), np.log(d.scale[1])))
+    RS = np.array([[s * np.cos(a), -s * np.sin(a), 0], [s * np.sin(a), s * np.cos(a), 0], [0, 0, 1]])
+    t = rng.uniform(-1, 1, size=2) * d.translation * np.array([w, h])
+    H = translation(cx + t[0], cy + t[1]) @ RS @ P @ translation(-cx, -cy)
+    return H / H[2, 2]
+
+
+def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, size: tuple[int, int]) -> float:
+    """Mean distance (px) between the image-0 corners mapped by ``H_est`` and by ``H_gt``.
+
+    ``size`` = (width, height) of image 0. ``inf`` when ``H_est`` is None or degenerate.
+    """
+    if H_est is None:
+        return float("inf")
+    w, h = size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+    err = np.linalg.norm(warp_points(corners, H_est) - warp_points(corners, H_gt), axis=1).mean()
+    return float(err) if np.isfinite(err) else float("inf")
+
+
+def estimate_homography(mkpts0: np.ndarray, mkpts1: np.ndarray, threshold: float = 3.0,
+                        seed: int = config.SEED):
+    """Homography from matched points with OpenCV's USAC_MAGSAC (the same for every method).
+
+    Returns ``(H, inliers)``; ``(None, all-False)`` with fewer than 4 matches or on failure.
+    """
+    inliers = np.zeros(len(mkpts0), dtype=bool)
+    if len(mkpts0) < 4:
+        return None, inliers
+    cv2.setRNGSeed(seed)
+    H, mask = cv2.findHomography(np.float64(mkpts0), np.float64(mkpts1), cv2.USAC_MAGSAC,
+                                 threshold, maxIters=10000, confidence=0.9999)
+    if H is None or not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-8:
+        return None, inliers
+    return H, mask.ravel().astype(bool)
+
+
+# ----------------------------------------------------------------------------- metrics
+def pose_auc(errors, thresholds) -> list[float]:
+    """Area under the recall-vs-error curve up to each threshold, normalised to 0..1.
+
+    As SuperGlue / glue-factory report homography accuracy: errors sorted, recall at each,
+    trapezoid integration from 0 to the threshold. Failures are ``inf``.
+    """
+    errors = np.sort(np.asarray(errors, dtype=np.float64))
+    recall = (np.arange(len(errors)) + 1) / max(len(errors), 1)
+    errors = np.concatenate([[0.0], errors])
+    recall = np.concatenate([[0.0], recall])
+    aucs = []
+    for t in thresholds:
+        last = np.searchsorted(errors, t)
+        e = np.concatenate([errors[:last], [t]])
+        r = np.concatenate([recall[:last], [recall[last - 1]]])
+        aucs.append(float(np.trapezoid(r, x=e) / t))
+    return aucs
+
+
+def mutual_nearest_neighbours(desc0: np.ndarray, desc1: np.ndarray, min_similarity: float = -1.0) -> np.ndarray:
+    """Mutual nearest neighbours of two sets of unit descriptors (N×D, M×D).
+
+    Returns ``matches0`` (N): index into set 1, or -1 where the nearest neighbour is not
+    mutual or its cosine similarity is below ``min_similarity``.
+    """
+    matches0 = np.full(len(desc0), -1, dtype=np.int64)
+    if len(desc0) == 0 or len(desc1) == 0:
+        return matches0
+    sim = desc0 @ desc1.T
+    nn01 = sim.argmax(1)
+    nn10 = sim.argmax(0)
+    mutual = (nn10[nn01] == np.arange(len(desc0))) & (sim[np.arange(len(desc0)), nn01] >= min_similarity)
+    matches0[mutual] = nn01[mutual]
+    return matches0
