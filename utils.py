@@ -127,7 +127,7 @@ def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
     lo, hi = np.percentile(values, [low, high])
     if hi - lo < 1e-6:
         return np.zeros_like(image)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((image - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def normalize_for_network(image: np.ndarray, channels: int = 1) -> np.ndarray:
@@ -249,3 +249,33 @@ def mutual_nearest_neighbours(desc0: np.ndarray, desc1: np.ndarray, min_similari
     mutual = (nn10[nn01] == np.arange(len(desc0))) & (sim[np.arange(len(desc0)), nn01] >= min_similarity)
     matches0[mutual] = nn01[mutual]
     return matches0
+
+
+def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, positive: float = 3.0,
+                         negative: float = 5.0, valid1: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth assignment of two keypoint sets related by homography ``H`` (0 → 1).
+
+    A pair is positive when the two are mutual nearest neighbours (after warping image 0's
+    keypoint into image 1) within ``positive`` px. A keypoint without a positive is
+    unmatched (-1, its match is the dustbin) when its nearest neighbour in the other image
+    is farther than ``negative`` px, and ignored (-2) in between. Returns ``(matches0,
+    matches1)`` as int arrays (N0), (N1).
+    """
+    m0 = np.full(len(kpts0), -1, np.int64)
+    m1 = np.full(len(kpts1), -1, np.int64)
+    if len(kpts0) == 0 or len(kpts1) == 0:
+        return m0, m1
+    w0 = warp_points(kpts0, H)
+    w1 = warp_points(kpts1, np.linalg.inv(H))
+    d = np.linalg.norm(w0[:, None] - kpts1[None], axis=-1)                  # in image 1
+    d_back = np.linalg.norm(kpts0[:, None] - w1[None], axis=-1)             # in image 0
+    dist = np.maximum(d, d_back)                                             # symmetric
+    nn01, nn10 = dist.argmin(1), dist.argmin(0)
+    mutual = nn10[nn01] == np.arange(len(kpts0))
+    pos = mutual & (dist[np.arange(len(kpts0)), nn01] < positive)
+    m0[pos] = nn01[pos]
+    m1[nn01[pos]] = np.nonzero(pos)[0]
+    ignore0 = (m0 < 0) & (dist.min(1) <= negative)
+    ignore1 = (m1 < 0) & (dist.min(0) <= negative)
+    m0[ignore0], m1[ignore1] = -2, -2
+    return m0, m1

@@ -1,0 +1,371 @@
+"""SuperGlue (Sarlin, DeTone, Malisiewicz, Rabinovich 2020) and the matching script.
+
+Network: a keypoint encoder (MLP on normalised position and score) added to each
+descriptor, an attentional graph network alternating self- and cross-attention layers
+(multi-head attention, message MLPs, residual updates), a final projection, the score
+matrix with a learned dustbin score, differentiable optimal transport by log-space
+Sinkhorn iterations, and mutual-check + threshold match extraction.
+
+    python SuperGlue_architecture.py --features data/features --pairs pairs.txt --output data/matches
+    python SuperGlue_architecture.py --features data/features --all-pairs --output data/matches
+
+writes one ``.npz`` per pair with ``keypoints0/1`` (N×2, x y), ``matches0`` (index into
+image 1, -1 = none), ``matching_scores0``, and ``matches1`` / ``matching_scores1``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import config
+from config import SuperGlueConfig
+from SuperPoint import load_checkpoint
+from utils import PipelineError, atomic_path
+
+CHECKPOINT_KIND = "SuperGlue"
+
+
+def mlp(channels: list[int], norm_last: bool = False) -> nn.Sequential:
+    """1×1 convolutions with batch norm and ReLU between them (none after the last)."""
+    layers = []
+    for i in range(1, len(channels)):
+        layers.append(nn.Conv1d(channels[i - 1], channels[i], 1, bias=True))
+        if i < len(channels) - 1 or norm_last:
+            layers += [nn.BatchNorm1d(channels[i]), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def normalize_keypoints(kpts: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """(B, N, 2) pixel keypoints → centred, scaled by 0.7 × the longer side (as in SuperGlue).
+
+    ``size`` (B, 2) is (width, height) of each image.
+    """
+    size = size.to(kpts)
+    center = (size - 1) / 2
+    scale = size.max(dim=1, keepdim=True).values * 0.7
+    return (kpts - center[:, None]) / scale[:, None]
+
+
+class KeypointEncoder(nn.Module):
+    """MLP on (x, y, score) whose output is added to the descriptor."""
+
+    def __init__(self, dim: int, layers: tuple[int, ...]):
+        super().__init__()
+        self.encoder = mlp([3, *layers, dim])
+        nn.init.constant_(self.encoder[-1].bias, 0.0)
+
+    def forward(self, kpts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.encoder(torch.cat([kpts.transpose(1, 2), scores[:, None]], dim=1))
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, heads: int, dim: int):
+        super().__init__()
+        assert dim % heads == 0, "descriptor_dim must be divisible by heads"
+        self.heads, self.head_dim = heads, dim // heads
+        self.proj = nn.ModuleList(nn.Conv1d(dim, dim, 1) for _ in range(3))
+        self.merge = nn.Conv1d(dim, dim, 1)
+
+    def forward(self, query, key, value, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, N) query, (B, D, M) key/value; ``key_mask`` (B, M) True for real keypoints."""
+        b = query.shape[0]
+        q, k, v = (p(x).view(b, self.head_dim, self.heads, -1) for p, x in zip(self.proj, (query, key, value)))
+        scores = torch.einsum("bdhn,bdhm->bhnm", q, k) / self.head_dim ** 0.5
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None], float("-inf"))
+        prob = scores.softmax(dim=-1)
+        if key_mask is not None:  # a side without any keypoint sends no message
+            prob = torch.nan_to_num(prob, nan=0.0)
+        out = torch.einsum("bhnm,bdhm->bdhn", prob, v)
+        return self.merge(out.reshape(b, self.head_dim * self.heads, -1))
+
+
+class AttentionalPropagation(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = MultiHeadAttention(heads, dim)
+        self.mlp = mlp([2 * dim, 2 * dim, dim])
+        nn.init.constant_(self.mlp[-1].bias, 0.0)
+
+    def forward(self, x, source, source_mask=None):
+        return self.mlp(torch.cat([x, self.attn(x, source, source, source_mask)], dim=1))
+
+
+class AttentionalGNN(nn.Module):
+    """Alternating self ('self') and cross ('cross') attention layers with residual updates."""
+
+    def __init__(self, dim: int, layer_names: list[str], heads: int):
+        super().__init__()
+        self.layers = nn.ModuleList(AttentionalPropagation(dim, heads) for _ in layer_names)
+        self.names = layer_names
+
+    def forward(self, desc0, desc1, mask0=None, mask1=None):
+        for layer, name in zip(self.layers, self.names):
+            if name == "cross":
+                src0, src1, m0, m1 = desc1, desc0, mask1, mask0
+            else:
+                src0, src1, m0, m1 = desc0, desc1, mask0, mask1
+            delta0, delta1 = layer(desc0, src0, m0), layer(desc1, src1, m1)
+            desc0, desc1 = desc0 + delta0, desc1 + delta1
+        return desc0, desc1
+
+
+def log_optimal_transport(scores: torch.Tensor, alpha: torch.Tensor, iters: int,
+                          mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-space Sinkhorn with a dustbin row and column.
+
+    Args:
+        scores: (B, M, N) similarity scores.
+        alpha: scalar dustbin score.
+        iters: Sinkhorn iterations.
+        mask0, mask1: (B, M), (B, N) True for real keypoints; padded ones get no mass, so a
+            padded batch gives the same result as its pairs one by one.
+    Returns:
+        (B, M+1, N+1) log assignment matrix: in probability, each real keypoint's row and
+        column sum to 1, the dustbin row to N and the dustbin column to M.
+    """
+    b, m, n = scores.shape
+    dev = scores.device
+    mask0 = torch.ones(b, m, dtype=torch.bool, device=dev) if mask0 is None else mask0
+    mask1 = torch.ones(b, n, dtype=torch.bool, device=dev) if mask1 is None else mask1
+    ms, ns = mask0.sum(1).to(scores), mask1.sum(1).to(scores)                    # real counts (B,)
+    bins0 = alpha.expand(b, m, 1)
+    bins1 = alpha.expand(b, 1, n)
+    corner = alpha.expand(b, 1, 1)
+    couplings = torch.cat([torch.cat([scores, bins0], -1), torch.cat([bins1, corner], -1)], 1)
+    valid0 = torch.cat([mask0, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)   # (B, M+1)
+    valid1 = torch.cat([mask1, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)   # (B, N+1)
+    valid = valid0[:, :, None] & valid1[:, None, :]
+    couplings = couplings.masked_fill(~valid, float("-inf"))
+
+    norm = -(ms + ns).log()                                                        # (B,)
+    log_mu = torch.cat([norm[:, None].expand(b, m), (ns.log() + norm)[:, None]], 1)
+    log_nu = torch.cat([norm[:, None].expand(b, n), (ms.log() + norm)[:, None]], 1)
+    u, v = torch.zeros_like(log_mu), torch.zeros_like(log_nu)
+    for _ in range(iters):
+        u = torch.where(valid0, log_mu - torch.logsumexp(couplings + v[:, None, :], dim=2), 0.0)
+        v = torch.where(valid1, log_nu - torch.logsumexp(couplings + u[:, :, None], dim=1), 0.0)
+    return couplings + u[:, :, None] + v[:, None, :] - norm[:, None, None]
+
+
+def extract_matches(log_assignment: torch.Tensor, threshold: float,
+                    mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> dict:
+    """Mutual-best matches above ``threshold`` (probability) from a (B, M+1, N+1) log assignment."""
+    scores = log_assignment[:, :-1, :-1]
+    max0, max1 = scores.max(2), scores.max(1)
+    idx0, idx1 = max0.indices, max1.indices
+    ar0 = torch.arange(idx0.shape[1], device=scores.device)[None]
+    ar1 = torch.arange(idx1.shape[1], device=scores.device)[None]
+    mutual0 = ar0 == idx1.gather(1, idx0)
+    mutual1 = ar1 == idx0.gather(1, idx1)
+    zero = scores.new_tensor(0)
+    mscores0 = torch.where(mutual0, max0.values.exp(), zero)
+    mscores1 = torch.where(mutual1, mscores0.gather(1, idx1), zero)
+    valid0 = mutual0 & (mscores0 > threshold)
+    valid1 = mutual1 & valid0.gather(1, idx1)
+    if mask0 is not None:
+        valid0 &= mask0
+    if mask1 is not None:
+        valid1 &= mask1
+    return {"matches0": torch.where(valid0, idx0, -1), "matches1": torch.where(valid1, idx1, -1),
+            "matching_scores0": torch.where(valid0, mscores0, zero),
+            "matching_scores1": torch.where(valid1, mscores1, zero)}
+
+
+class SuperGlue(nn.Module):
+    """SuperGlue matcher. ``SuperGlue(config)`` builds random weights; ``from_checkpoint`` loads.
+
+    Input dict (batched, padded to the longest side with masks):
+        keypoints0/1 (B, N, 2) x y pixels; scores0/1 (B, N); descriptors0/1 (B, N, D);
+        image_size0/1 (B, 2) width, height; optional mask0/1 (B, N) bool.
+    Output: ``log_assignment`` (B, N0+1, N1+1), ``matches0/1``, ``matching_scores0/1``.
+    """
+
+    def __init__(self, cfg: SuperGlueConfig | None = None):
+        super().__init__()
+        self.config = cfg = cfg or SuperGlueConfig()
+        self.kenc = KeypointEncoder(cfg.descriptor_dim, cfg.keypoint_encoder)
+        self.gnn = AttentionalGNN(cfg.descriptor_dim, ["self", "cross"] * cfg.layers, cfg.heads)
+        self.final_proj = nn.Conv1d(cfg.descriptor_dim, cfg.descriptor_dim, 1)
+        self.bin_score = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, data: dict) -> dict:
+        cfg = self.config
+        desc0 = data["descriptors0"].transpose(1, 2)
+        desc1 = data["descriptors1"].transpose(1, 2)
+        b, _, n0 = desc0.shape
+        n1 = desc1.shape[2]
+        mask0, mask1 = data.get("mask0"), data.get("mask1")
+        if n0 == 0 or n1 == 0:
+            empty0 = torch.full((b, n0), -1, dtype=torch.long, device=desc0.device)
+            empty1 = torch.full((b, n1), -1, dtype=torch.long, device=desc0.device)
+            return {"log_assignment": desc0.new_zeros(b, n0 + 1, n1 + 1), "matches0": empty0, "matches1": empty1,
+                    "matching_scores0": desc0.new_zeros(b, n0), "matching_scores1": desc0.new_zeros(b, n1)}
+        k0 = normalize_keypoints(data["keypoints0"], data["image_size0"])
+        k1 = normalize_keypoints(data["keypoints1"], data["image_size1"])
+        desc0 = desc0 + self.kenc(k0, data["scores0"])
+        desc1 = desc1 + self.kenc(k1, data["scores1"])
+        desc0, desc1 = self.gnn(desc0, desc1, mask0, mask1)
+        mdesc0, mdesc1 = self.final_proj(desc0), self.final_proj(desc1)
+        scores = torch.einsum("bdn,bdm->bnm", mdesc0, mdesc1) / cfg.descriptor_dim ** 0.5
+        log_assignment = log_optimal_transport(scores, self.bin_score, cfg.sinkhorn_iterations, mask0, mask1)
+        out = extract_matches(log_assignment, cfg.match_threshold, mask0, mask1)
+        out["log_assignment"] = log_assignment
+        return out
+
+    def checkpoint(self, training: dict | None = None) -> dict:
+        return {"kind": CHECKPOINT_KIND, "config": config.as_dict(self.config),
+                "state_dict": self.state_dict(), "training": training or {}}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SuperGlue":
+        ckpt = load_checkpoint(path, CHECKPOINT_KIND, device)
+        model = cls(config.from_dict(SuperGlueConfig, ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise PipelineError(f"{path}: weights do not fit the SuperGlue config stored in it ({first}); "
+                                "re-train or re-export the checkpoint") from exc
+        model.training_record = ckpt.get("training", {})
+        return model.to(device).eval()
+
+
+def default_checkpoint() -> Path:
+    return config.CHECKPOINT_DIR / "superglue.pt"
+
+
+# ----------------------------------------------------------------------------- batching
+def pad_batch(features0: list[dict], features1: list[dict]) -> dict:
+    """Per-image numpy/torch features → one padded batch with masks (see ``SuperGlue``)."""
+    def stack(feats, i):
+        n = max(len(f["keypoints"]) for f in feats)
+        d = feats[0]["descriptors"].shape[1]
+        b = len(feats)
+        kp, sc, de = torch.zeros(b, n, 2), torch.zeros(b, n), torch.zeros(b, n, d)
+        mask = torch.zeros(b, n, dtype=torch.bool)
+        size = torch.zeros(b, 2)
+        for j, f in enumerate(feats):
+            k = len(f["keypoints"])
+            kp[j, :k] = torch.as_tensor(np.asarray(f["keypoints"]), dtype=torch.float32)
+            sc[j, :k] = torch.as_tensor(np.asarray(f["scores"]), dtype=torch.float32)
+            de[j, :k] = torch.as_tensor(np.asarray(f["descriptors"]), dtype=torch.float32)
+            mask[j, :k] = True
+            size[j] = torch.as_tensor(np.asarray(f["image_size"]), dtype=torch.float32)
+        return {f"keypoints{i}": kp, f"scores{i}": sc, f"descriptors{i}": de, f"mask{i}": mask,
+                f"image_size{i}": size}
+
+    return {**stack(features0, 0), **stack(features1, 1)}
+
+
+@torch.no_grad()
+def match_features(model: SuperGlue, f0: dict, f1: dict) -> dict[str, np.ndarray]:
+    """Match two images' features (dicts of numpy arrays as written by SuperPoint.py)."""
+    device = next(model.parameters()).device
+    if f0["descriptors"].shape[1] != model.config.descriptor_dim:
+        raise PipelineError(f"features have {f0['descriptors'].shape[1]}-d descriptors but the SuperGlue "
+                            f"checkpoint expects {model.config.descriptor_dim}-d; extract them with the "
+                            "SuperPoint it was trained on")
+    data = {k: v.to(device) for k, v in pad_batch([f0], [f1]).items()}
+    out = model(data)
+    return {"keypoints0": np.asarray(f0["keypoints"], np.float32), "keypoints1": np.asarray(f1["keypoints"], np.float32),
+            "matches0": out["matches0"][0].cpu().numpy(), "matches1": out["matches1"][0].cpu().numpy(),
+            "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
+            "matching_scores1": out["matching_scores1"][0].cpu().numpy()}
+
+
+# ----------------------------------------------------------------------------- script
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise PipelineError(f"{path}:{line_no}: expected two image names on the line, got {line.strip()!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def _features_path(folder: Path, name: str) -> Path:
+    p = folder / name
+    return p if p.suffix == ".npz" else p.with_suffix(".npz")
+
+
+def load_features(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise PipelineError(f"{path}: no features; run SuperPoint.py on that image first")
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("keypoints", "scores", "descriptors", "image_size")}
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a features file of SuperPoint.py ({exc}); re-extract it") from exc
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--features", type=Path, default=config.FEATURES_DIR, help="folder of SuperPoint .npz")
+    parser.add_argument("--pairs", type=Path, help="text file: two image (or .npz) names a line, relative "
+                                                   "to --features")
+    parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
+    parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
+    parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    try:
+        if bool(args.pairs) == args.all_pairs:
+            raise PipelineError("give either --pairs FILE or --all-pairs")
+        if not args.features.is_dir():
+            raise PipelineError(f"{args.features}: no such folder; run SuperPoint.py first or fix --features")
+        if args.all_pairs:
+            names = sorted(str(p.relative_to(args.features)) for p in args.features.rglob("*.npz"))
+            pairs = list(itertools.combinations(names, 2))
+        else:
+            if not args.pairs.is_file():
+                raise PipelineError(f"{args.pairs}: no such pairs file")
+            pairs = read_pairs(args.pairs)
+        model = SuperGlue.from_checkpoint(args.checkpoint, args.device)
+        model.config = config.replace(model.config, match_threshold=args.match_threshold)
+        args.output.mkdir(parents=True, exist_ok=True)
+        start, done, failed = time.time(), 0, []
+        for a, b in tqdm(pairs, desc="SuperGlue", unit="pair"):
+            stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
+            out = args.output / f"{stem(a)}__{stem(b)}.npz"
+            if out.exists() and not args.overwrite:
+                continue
+            try:
+                result = match_features(model, load_features(_features_path(args.features, a)),
+                                        load_features(_features_path(args.features, b)))
+            except PipelineError as exc:
+                failed.append(str(exc))
+                continue
+            with atomic_path(out) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **result)
+            done += 1
+        print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s → {args.output}"
+              + (f"; {len(failed)} failed" if failed else ""))
+        for line in failed:
+            print(f"error: {line}", file=sys.stderr)
+        return 1 if failed else 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""SuperGlue network: Sinkhorn, masks, checkpoints, matching script; ground-truth assignment."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import utils
+from SuperGlue_architecture import SuperGlue, extract_matches, log_optimal_transport, main, pad_batch
+
+SLIM = config.SuperGlueConfig(descriptor_dim=32, keypoint_encoder=(16, 32), layers=2, heads=4)
+
+
+def test_sinkhorn_marginals_and_permutation():
+    torch.manual_seed(0)
+    perm = torch.randperm(6)
+    scores = torch.full((1, 6, 6), -5.0)
+    scores[0, torch.arange(6), perm] = 5.0
+    la = log_optimal_transport(scores, torch.tensor(0.0), iters=200)
+    p = la.exp()[0]
+    # real rows and columns carry mass 1 each, the dustbins N and M
+    np.testing.assert_allclose(p.sum(1).numpy(), [1] * 6 + [6], atol=1e-3)
+    np.testing.assert_allclose(p.sum(0).numpy(), [1] * 6 + [6], atol=1e-3)
+    out = extract_matches(la, threshold=0.01)
+    assert torch.equal(out["matches0"][0], perm)
+    assert torch.equal(out["matches1"][0][perm], torch.arange(6))
+
+
+def test_sinkhorn_unmatched_go_to_dustbin():
+    scores = torch.full((1, 3, 2), -5.0)
+    scores[0, 0, 1] = scores[0, 2, 0] = 5.0
+    out = extract_matches(log_optimal_transport(scores, torch.tensor(0.0), iters=100), threshold=0.2)
+    assert out["matches0"][0].tolist() == [1, -1, 0]
+
+
+def random_features(n, dim, seed):
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, dim)).astype(np.float32)
+    return {"keypoints": rng.uniform(0, 200, (n, 2)).astype(np.float32), "scores": rng.random(n).astype(np.float32),
+            "descriptors": d / np.linalg.norm(d, axis=1, keepdims=True), "image_size": np.array([200, 160])}
+
+
+def test_masked_batch_equals_pairs_one_by_one():
+    torch.manual_seed(0)
+    model = SuperGlue(SLIM).eval()
+    f = [random_features(n, 32, s) for s, n in enumerate([12, 7, 5, 9])]
+    with torch.no_grad():
+        batch = model(pad_batch([f[0], f[2]], [f[1], f[3]]))
+        for b, (a, c) in enumerate([(0, 1), (2, 3)]):
+            single = model(pad_batch([f[a]], [f[c]]))
+            n0, n1 = len(f[a]["keypoints"]), len(f[c]["keypoints"])
+            torch.testing.assert_close(batch["log_assignment"][b, :n0, :n1], single["log_assignment"][0, :n0, :n1],
+                                       atol=1e-4, rtol=1e-4)
+            for sl in ((-1, slice(0, n1)), (slice(0, n0), -1)):   # dustbin row and column
+                torch.testing.assert_close(batch["log_assignment"][b][sl], single["log_assignment"][0][sl],
+                                           atol=1e-4, rtol=1e-4)
+            assert torch.equal(batch["matches0"][b, :n0], single["matches0"][0])
+            assert (batch["matches0"][b, n0:] == -1).all()
+
+
+def test_no_keypoints_on_one_side():
+    model = SuperGlue(SLIM).eval()
+    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
+             "descriptors": np.zeros((0, 32), np.float32), "image_size": np.array([64, 64])}
+    with torch.no_grad():
+        out = model(pad_batch([random_features(5, 32, 0)], [empty]))
+    assert out["matches0"].shape == (1, 5) and (out["matches0"] == -1).all()
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    model = SuperGlue(SLIM).eval()
+    torch.save(model.checkpoint({"steps": 1}), tmp_path / "sg.pt")
+    loaded = SuperGlue.from_checkpoint(tmp_path / "sg.pt")
+    assert loaded.config == model.config
+    data = pad_batch([random_features(6, 32, 1)], [random_features(8, 32, 2)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(data)["log_assignment"], loaded(data)["log_assignment"])
+    ckpt = model.checkpoint()
+    ckpt["config"]["layers"] = 3
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(utils.PipelineError, match="do not fit the SuperGlue config"):
+        SuperGlue.from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_matching_script(tmp_path, capsys):
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for i, n in enumerate([10, 0, 7]):
+        f = random_features(n, 32, i)
+        np.savez(feats / f"img{i}.npz", **f)
+    torch.save(SuperGlue(SLIM).checkpoint(), tmp_path / "sg.pt")
+    assert main(["--features", str(feats), "--all-pairs", "--output", str(tmp_path / "m"),
+                 "--checkpoint", str(tmp_path / "sg.pt")]) == 0
+    out = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert out == ["img0__img1.npz", "img0__img2.npz", "img1__img2.npz"]
+    r = np.load(tmp_path / "m" / "img0__img1.npz")
+    assert r["matches0"].shape == (10,) and (r["matches0"] == -1).all()
+    (tmp_path / "pairs.txt").write_text("img0.npz img9.npz\n")
+    assert main(["--features", str(feats), "--pairs", str(tmp_path / "pairs.txt"), "--output",
+                 str(tmp_path / "m"), "--checkpoint", str(tmp_path / "sg.pt")]) == 1
+    assert "img9.npz: no features" in capsys.readouterr().err
+
+
+def test_ground_truth_assignment():
+    H = utils.translation(10, 0)
+    k0 = np.array([[0, 0], [50, 50], [100, 100], [150, 150]], np.float32)
+    k1 = np.array([[11, 0],        # 1 px from the warp of k0[0]: positive
+                   [64, 50],       # 4 px from the warp of k0[1]: ignored (between 3 and 5)
+                   [300, 300]],    # far from everything: dustbin
+                  np.float32)
+    m0, m1 = utils.ground_truth_matches(k0, k1, H)
+    assert m0.tolist() == [0, -2, -1, -1]
+    assert m1.tolist() == [0, -2, -1]
