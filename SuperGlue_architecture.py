@@ -31,6 +31,7 @@ from SuperPoint import load_checkpoint
 from utils import PipelineError, atomic_path
 
 CHECKPOINT_KIND = "SuperGlue"
+MASKED = -1e9  # score of padded (masked) entries
 
 
 def mlp(channels: list[int], norm_last: bool = False) -> nn.Sequential:
@@ -79,11 +80,11 @@ class MultiHeadAttention(nn.Module):
         b = query.shape[0]
         q, k, v = (p(x).view(b, self.head_dim, self.heads, -1) for p, x in zip(self.proj, (query, key, value)))
         scores = torch.einsum("bdhn,bdhm->bhnm", q, k) / self.head_dim ** 0.5
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None], float("-inf"))
+        if key_mask is not None:  # finite fill: -inf would give NaN gradients for an empty side
+            scores = scores.masked_fill(~key_mask[:, None, None], MASKED)
         prob = scores.softmax(dim=-1)
         if key_mask is not None:  # a side without any keypoint sends no message
-            prob = torch.nan_to_num(prob, nan=0.0)
+            prob = prob * key_mask.any(dim=1)[:, None, None, None]
         out = torch.einsum("bhnm,bdhm->bdhn", prob, v)
         return self.merge(out.reshape(b, self.head_dim * self.heads, -1))
 
@@ -144,7 +145,9 @@ def log_optimal_transport(scores: torch.Tensor, alpha: torch.Tensor, iters: int,
     valid0 = torch.cat([mask0, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)   # (B, M+1)
     valid1 = torch.cat([mask1, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)   # (B, N+1)
     valid = valid0[:, :, None] & valid1[:, None, :]
-    couplings = couplings.masked_fill(~valid, float("-inf"))
+    # padded entries get a huge negative score: exp() is exactly 0, and unlike -inf it keeps
+    # the gradients of fully padded rows finite
+    couplings = couplings.masked_fill(~valid, MASKED)
 
     norm = -(ms + ns).log()                                                        # (B,)
     log_mu = torch.cat([norm[:, None].expand(b, m), (ns.log() + norm)[:, None]], 1)

@@ -134,6 +134,26 @@ class SuperPointTrainConfig:
     workers: int = 1
 
 
+@dataclass
+class SuperGlueTrainConfig:
+    """Defaults of ``train_superglue.py``."""
+
+    crop: int = 256
+    batch_size: int = 8
+    max_keypoints: int = 512          # SuperPoint keypoints per training image
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    max_steps: int = 100_000
+    minutes: float = 0.0
+    val_every: int = 250
+    val_pairs: int = 48
+    save_every_minutes: float = 5.0
+    difficulty: str = "train"
+    positive_threshold: float = 3.0   # px: mutual nearest within this → a match
+    negative_threshold: float = 5.0   # px: nearest beyond this → unmatched (dustbin); between: ignored
+    synthetic_fraction: float = 0.0
+
+
 # ----------------------------------------------------------------------------- geometry
 @dataclass
 class HomographyDifficulty:

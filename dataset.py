@@ -277,14 +277,20 @@ class TrainingPairs(torch.utils.data.Dataset):
             return pair
         raise PipelineError("could not draw a valid training pair in 50 tries; check the training data")
 
-    def __getitem__(self, k):
+    def pair(self, k: int) -> tuple[np.random.Generator, dict]:
+        """Pair ``k``: stretched, photometrically changed images (0..1) with ``valid0/1``,
+        ``visible0/1`` (not under a synthetic cloud) and ``H_0to1``; and the rng to go on with."""
         rng = np.random.default_rng([self.seed, k])
-        cfg, cell = self.cfg, self.cell
         pair = self._sample_pair(rng)
-        img0 = percentile_stretch(pair["image0"], valid=pair["valid0"])
-        img1 = percentile_stretch(pair["image1"], valid=pair["valid1"])
-        img0, vis0 = photometric(rng, img0)
-        img1, vis1 = photometric(rng, img1)
+        for i in "01":
+            image = percentile_stretch(pair[f"image{i}"], valid=pair[f"valid{i}"])
+            pair[f"image{i}"], pair[f"visible{i}"] = photometric(rng, image)
+        return rng, pair
+
+    def __getitem__(self, k):
+        cfg, cell = self.cfg, self.cell
+        rng, pair = self.pair(k)
+        img0, img1, vis0, vis1 = pair["image0"], pair["image1"], pair["visible0"], pair["visible1"]
         v0, v1, H = pair["valid0"], pair["valid1"], pair["H_0to1"]
         kp0 = repeatable_corners(img0, img1, v0 & vis0, v1 & vis1, H, cfg.num_labels)
         kp1 = np.round(warp_points(kp0, H)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Benchmark of matching methods on real cross-date Sentinel-2 pairs of held-out places.
 
-    python evaluate.py --data ../shared/data --methods sift,orb,akaze,superpoint --difficulty medium
+    python evaluate.py --data ../shared/data --methods sift,orb,akaze,superpoint,superpoint+superglue
 
 For every validation pair (``dataset.evaluation_pairs``): a centre crop of one date
 (default 512 px), the other date viewed through a seeded random homography of the chosen
@@ -94,15 +94,44 @@ class SuperPointMethod:
         return mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
 
 
-def build_methods(names: list[str], checkpoint: Path, cfg: EvalConfig, device: str) -> list:
+class SuperGlueMethod(SuperPointMethod):
+    """The shipped SuperPoint with the shipped SuperGlue matcher."""
+
+    name = "superpoint+superglue"
+
+    def __init__(self, superpoint_path: Path | None, superglue_path: Path | None, max_keypoints: int,
+                 device: str = "cpu", superpoint=None, superglue=None):
+        from SuperGlue_architecture import SuperGlue
+
+        super().__init__(superpoint_path, max_keypoints, device, model=superpoint)
+        self.superglue = superglue if superglue is not None else SuperGlue.from_checkpoint(superglue_path, device)
+
+    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
+        x = torch.from_numpy(image01.astype(np.float32))[None, None].to(self.device)
+        f = self.model.extract(x, torch.from_numpy(valid)[None].to(self.device), self.max_keypoints)[0]
+        h, w = image01.shape
+        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
+                "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
+
+    def match(self, f0: dict, f1: dict) -> np.ndarray:
+        from SuperGlue_architecture import match_features
+
+        return match_features(self.superglue, f0, f1)["matches0"]
+
+
+def build_methods(names: list[str], checkpoint: Path, cfg: EvalConfig, device: str,
+                  superglue: Path | None = None) -> list:
     methods = []
     for name in names:
         if name in ("sift", "orb", "akaze"):
             methods.append(OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio))
         elif name == "superpoint":
             methods.append(SuperPointMethod(checkpoint, cfg.max_keypoints, device))
+        elif name == "superpoint+superglue":
+            methods.append(SuperGlueMethod(checkpoint, superglue, cfg.max_keypoints, device))
         else:
-            raise PipelineError(f"unknown method {name!r}; choose from sift, orb, akaze, superpoint")
+            raise PipelineError(f"unknown method {name!r}; choose from sift, orb, akaze, superpoint, "
+                                "superpoint+superglue")
     return methods
 
 
@@ -171,6 +200,14 @@ def summarise(records: list[dict], cfg: EvalConfig) -> dict:
     return out
 
 
+def validation_metrics(method, samples: list[dict], cfg: EvalConfig | None = None) -> dict:
+    """The headline metrics of ``method`` on ``samples`` (used for validation while training)."""
+    cfg = cfg or EvalConfig()
+    summary = summarise([evaluate_sample(method, s, cfg) for s in samples], cfg)
+    keys = [f"auc@{t:g}px" for t in cfg.auc_thresholds] + ["precision", "num_correct", "repeatability"]
+    return {k: summary[k] for k in keys}
+
+
 def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True) -> dict:
     """Evaluate every method on every sample; methods interleaved per pair so that machine
     noise hits them alike. Returns ``{method: {"records": [...], "overall": {...},
@@ -225,7 +262,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
     parser.add_argument("--repeats", type=int, default=1, help="random warps per pair")
     parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya")
-    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
+                        help="SuperPoint checkpoint")
+    parser.add_argument("--superglue", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
+                        help="SuperGlue checkpoint (method superpoint+superglue)")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--device", default="cpu", help="timings are reported for this device")
     parser.add_argument("--output", type=Path, default=None,
@@ -235,7 +275,7 @@ def main(argv=None) -> int:
     try:
         torch.set_grad_enabled(False)
         methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint,
-                                cfg, args.device)
+                                cfg, args.device, args.superglue)
         pairs = evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None)
         samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
                    for p in pairs for r in range(args.repeats)]

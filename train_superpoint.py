@@ -74,17 +74,9 @@ def training_step(model: SuperPoint, batch: dict, cfg: SuperPointTrainConfig) ->
 
 def validate(model: SuperPoint, samples: list[dict]) -> dict:
     """The benchmark's metrics (mutual NN + MAGSAC) on fixed held-out samples."""
-    from evaluate import SuperPointMethod, evaluate_sample, summarise
+    from evaluate import SuperPointMethod, validation_metrics
 
-    cfg = config.EvalConfig()
-    model.eval()
-    method = SuperPointMethod(None, cfg.max_keypoints, model=model)
-    with torch.no_grad():
-        records = [evaluate_sample(method, s, cfg) for s in samples]
-    model.train()
-    summary = summarise(records, cfg)
-    return {k: summary[k] for k in ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "num_correct",
-                                    "repeatability")}
+    return validation_metrics(SuperPointMethod(None, config.EvalConfig().max_keypoints, model=model), samples)
 
 
 def lr_factor(progress: float, decay_from: float = 0.7, final: float = 0.1) -> float:
@@ -100,31 +92,34 @@ def collate(items: list[dict]) -> dict:
 
 
 def save_state(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary file, renamed when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, output: Path, run_dir: Path,
-          resume: bool = False, seed: int = config.SEED, val_crop: int = 256, repeat_batch: bool = False,
-          command: str = "", progress: bool = True) -> dict:
-    """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test)."""
+def select_val_samples(data: Path, crop: int, count: int, seed: int) -> list[dict]:
+    """A fixed, evenly spread subset of the benchmark's held-out pairs (medium warps)."""
+    samples = [make_eval_sample(p, crop, "medium", seed) for p in evaluation_pairs(data)]
+    if count and len(samples) > count:
+        keep = np.linspace(0, len(samples) - 1, count).round().astype(int)
+        samples = [samples[k] for k in keep]
+    return samples
+
+
+def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, run_dir: Path, record: dict,
+        resume: bool = False, desc: str = "train", progress: bool = True) -> dict:
+    """The training loop shared by SuperPoint and SuperGlue.
+
+    ``next_batch(step)`` gives the batch of a step (a pure function of the step, so a resumed
+    run sees the same data), ``step_fn(model, batch)`` the dict of losses (``loss`` first),
+    ``validate_fn(model)`` a dict of metrics with ``auc@5px``. Budgets: ``cfg.max_steps`` and
+    ``cfg.minutes`` (counting resumed time too); learning rate by ``lr_factor``. The best
+    model by validation AUC@5px goes to ``output``; ``<run_dir>/last.pt`` holds the state
+    to resume from. Every file is written atomically.
+    """
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    scenes = load_scenes(data, "train")
-    dataset = TrainingPairs(scenes, cfg, cell=model_cfg.cell, seed=seed)
-    val_samples = [make_eval_sample(p, val_crop, "medium", seed) for p in evaluation_pairs(data)]
-    if cfg.val_pairs and len(val_samples) > cfg.val_pairs:
-        keep = np.linspace(0, len(val_samples) - 1, cfg.val_pairs).round().astype(int)
-        val_samples = [val_samples[k] for k in keep]
-
-    model = SuperPoint(model_cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
-              "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
-              "train_scenes": len(scenes), "val_pairs": len(val_samples),
-              "parameters": sum(p.numel() for p in model.parameters())}
     last = run_dir / "last.pt"
     if resume:
         if not last.exists():
@@ -135,25 +130,22 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
         record = state["record"]
         torch.set_rng_state(state["torch_rng"])
 
-    def checkpoint_state():
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
-                "torch_rng": torch.get_rng_state()}
+    def save_last():
+        save_state(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "record": record,
+                          "torch_rng": torch.get_rng_state()})
 
     model.train()
     start_step, start_seconds = record["steps"], record["seconds"]
-    t_start = time.time()
-    last_save = t_start
+    t_start = last_save = time.time()
     budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train SuperPoint", unit="step", disable=not progress)
-    fixed = collate([dataset[k] for k in range(cfg.batch_size)]) if repeat_batch else None
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, unit="step", disable=not progress)
     step = start_step
     log_every = 1 if cfg.max_steps <= 100 else 50
-    while step < cfg.max_steps and record["seconds"] < budget:  # the budget counts resumed time too
-        batch = fixed if repeat_batch else collate([dataset[step * cfg.batch_size + k] for k in range(cfg.batch_size)])
-        progress_frac = max(step / cfg.max_steps, record["seconds"] / budget)
+    while step < cfg.max_steps and record["seconds"] < budget:
+        batch = next_batch(step)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(progress_frac)
-        losses = training_step(model, batch, cfg)
+            group["lr"] = cfg.lr * lr_factor(max(step / cfg.max_steps, record["seconds"] / budget))
+        losses = step_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -164,24 +156,49 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
         bar.set_postfix(entry)
         bar.update(1)
         if step % log_every == 0:
-            record.setdefault("losses", []).append([step, entry["loss"], entry["detector"], entry["descriptor"]])
+            record.setdefault("losses", []).append([step, *entry.values()])
         is_last = step >= cfg.max_steps or record["seconds"] >= budget
         if step % cfg.val_every == 0 or is_last:
-            metrics = validate(model, val_samples)
+            model.eval()
+            with torch.no_grad():
+                metrics = validate_fn(model)
+            model.train()
             metrics.update(step=step, seconds=round(record["seconds"], 1))
             record["history"].append(metrics)
-            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
-                                                     if k not in ("step",)))
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "step"))
             if record["best"] is None or metrics["auc@5px"] >= record["best"]["auc@5px"]:
                 record["best"] = metrics
-                output.parent.mkdir(parents=True, exist_ok=True)
                 save_state(output, model.checkpoint(training=record))
         if time.time() - last_save > cfg.save_every_minutes * 60 or is_last:
-            save_state(last, checkpoint_state())
+            save_last()
             last_save = time.time()
     bar.close()
-    save_state(last, checkpoint_state())
+    save_last()
     return record
+
+
+def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, output: Path, run_dir: Path,
+          resume: bool = False, seed: int = config.SEED, val_crop: int = 256, repeat_batch: bool = False,
+          command: str = "", progress: bool = True) -> dict:
+    """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test)."""
+    torch.manual_seed(seed)
+    scenes = load_scenes(data, "train")
+    dataset = TrainingPairs(scenes, cfg, cell=model_cfg.cell, seed=seed)
+    val_samples = select_val_samples(data, val_crop, cfg.val_pairs, seed)
+    model = SuperPoint(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
+              "loss_names": ["loss", "detector", "descriptor"],
+              "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
+              "train_scenes": len(scenes), "val_pairs": len(val_samples),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    fixed = collate([dataset[k] for k in range(cfg.batch_size)]) if repeat_batch else None
+
+    def next_batch(step):
+        return fixed if repeat_batch else collate([dataset[step * cfg.batch_size + k] for k in range(cfg.batch_size)])
+
+    return fit(model, optimizer, cfg, next_batch, lambda m, b: training_step(m, b, cfg),
+               lambda m: validate(m, val_samples), output, run_dir, record, resume, "train SuperPoint", progress)
 
 
 def main(argv=None) -> int:
@@ -196,8 +213,8 @@ def main(argv=None) -> int:
                         help="resumable state (last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
-                        help="slim: 32-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
-    parser.add_argument("--max-steps", type=int, default=tcfg.max_steps)
+                        help="slim: 16-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
+    parser.add_argument("--max-steps", type=int, default=None, help=f"default {tcfg.max_steps} (--smoke: 12)")
     parser.add_argument("--minutes", type=float, default=tcfg.minutes, help="wall-clock budget, 0 = none")
     parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
     parser.add_argument("--crop", type=int, default=tcfg.crop)
@@ -217,7 +234,7 @@ def main(argv=None) -> int:
                           crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs)
     if args.smoke:
         mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
-        tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=min(args.max_steps, 12), val_every=10 ** 9,
+        tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=args.max_steps or 12, val_every=10 ** 9,
                               val_pairs=2, num_labels=40, num_desc_points=64)
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     try:

@@ -112,3 +112,32 @@ def test_ground_truth_assignment():
     m0, m1 = utils.ground_truth_matches(k0, k1, H)
     assert m0.tolist() == [0, -2, -1, -1]
     assert m1.tolist() == [0, -2, -1]
+
+
+def test_assignment_loss_on_known_case():
+    from train_superglue import assignment_loss
+
+    la = torch.log(torch.tensor([[[0.5, 0.1, 0.4], [0.2, 0.2, 0.6], [0.3, 0.7, 0.0]]]))
+    gt0 = torch.tensor([[0, -1]])        # keypoint 0 ↔ 0, keypoint 1 → dustbin
+    gt1 = torch.tensor([[0, -2]])        # keypoint 1 of image 1 ignored
+    expected = -(np.log(0.5) + np.log(0.6)) / 2
+    assert float(assignment_loss(la, gt0, gt1)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_smoke_training_loss_decreases(tmp_path):
+    import SuperPoint as sp
+    import train_superglue
+    from tests import safe_fixture as fx
+
+    (tmp_path / "oscd").mkdir()
+    for name in ("pisa", "pisa_copy"):
+        (tmp_path / "oscd" / name).symlink_to(fx.SAMPLE.resolve())
+    torch.manual_seed(0)
+    spc = config.replace(config.SuperPointConfig(), detection_threshold=0.0)   # random weights: keep all peaks
+    torch.save(sp.SuperPoint(spc).checkpoint(), tmp_path / "sp.pt")
+    assert train_superglue.main(["--smoke", "--data", str(tmp_path), "--superpoint", str(tmp_path / "sp.pt"),
+                                 "--output", str(tmp_path / "sg.pt"), "--run-dir", str(tmp_path / "run")]) == 0
+    record = torch.load(tmp_path / "sg.pt", weights_only=True)["training"]
+    losses = [entry[1] for entry in record["losses"]]
+    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0]
+    assert record["history"][-1]["step"] == 12

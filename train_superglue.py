@@ -1,0 +1,167 @@
+"""Train SuperGlue from scratch on SuperPoint keypoints of real cross-date Sentinel-2 pairs.
+
+    python train_superglue.py --data ../shared/data --minutes 60
+
+Each step draws cross-date pairs with a random homography and photometric changes
+(``dataset.TrainingPairs``, the same pairs as SuperPoint's training), extracts keypoints
+with the shipped SuperPoint (frozen), and derives the ground-truth assignment from the
+known homography (``utils.ground_truth_matches``): mutual nearest within 3 px → a match,
+nearest beyond 5 px → the dustbin, in between ignored. The loss is the negative
+log-likelihood of that assignment under the network's log assignment matrix, dustbins
+included. Validation, checkpoints, ``--resume`` and budgets as in ``train_superpoint.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+from config import SuperGlueConfig, SuperGlueTrainConfig
+from dataset import TrainingPairs, load_scenes
+from SuperGlue_architecture import SuperGlue, pad_batch
+from SuperPoint import SuperPoint
+from train_superpoint import fit, select_val_samples
+from utils import PipelineError, ground_truth_matches
+
+
+def assignment_loss(log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the ground-truth assignment.
+
+    Args:
+        log_assignment: (B, N0+1, N1+1), the last row / column being the dustbins.
+        gt0: (B, N0) index of the match in image 1, -1 unmatched (dustbin), -2 ignored / padding.
+        gt1: (B, N1) likewise for image 1.
+    """
+    b, n0, n1 = log_assignment.shape[0], gt0.shape[1], gt1.shape[1]
+    rows = torch.arange(n0, device=gt0.device)[None].expand(b, n0)
+    matched = gt0 >= 0
+    pos = log_assignment[torch.arange(b)[:, None].expand(b, n0)[matched], rows[matched], gt0[matched]]
+    un0 = log_assignment[:, :-1, -1][gt0 == -1]
+    un1 = log_assignment[:, -1, :-1][gt1 == -1]
+    terms = torch.cat([pos, un0, un1])
+    return -terms.mean() if len(terms) else log_assignment.sum() * 0
+
+
+class GlueBatches:
+    """Batches of SuperPoint features with ground truth, a pure function of the step."""
+
+    def __init__(self, dataset: TrainingPairs, superpoint: SuperPoint, cfg: SuperGlueTrainConfig):
+        self.dataset, self.superpoint, self.cfg = dataset, superpoint, cfg
+
+    @torch.no_grad()
+    def features(self, image: np.ndarray, valid: np.ndarray) -> dict:
+        f = self.superpoint.extract(torch.from_numpy(image)[None, None], torch.from_numpy(valid)[None],
+                                    self.cfg.max_keypoints)[0]
+        h, w = image.shape
+        return {"keypoints": f["keypoints"].numpy(), "scores": f["scores"].numpy(),
+                "descriptors": f["descriptors"].numpy(), "image_size": np.array([w, h])}
+
+    def __call__(self, step: int) -> dict:
+        cfg = self.cfg
+        feats0, feats1, gts0, gts1 = [], [], [], []
+        for k in range(cfg.batch_size):
+            _, pair = self.dataset.pair(step * cfg.batch_size + k)
+            f0 = self.features(pair["image0"], pair["valid0"] & pair["visible0"])
+            f1 = self.features(pair["image1"], pair["valid1"] & pair["visible1"])
+            g0, g1 = ground_truth_matches(f0["keypoints"], f1["keypoints"], pair["H_0to1"],
+                                          cfg.positive_threshold, cfg.negative_threshold)
+            feats0.append(f0), feats1.append(f1), gts0.append(g0), gts1.append(g1)
+        batch = pad_batch(feats0, feats1)
+        for name, gts in (("gt0", gts0), ("gt1", gts1)):
+            n = max(len(g) for g in gts)
+            batch[name] = torch.tensor(np.stack([np.pad(g, (0, n - len(g)), constant_values=-2) for g in gts]))
+        return batch
+
+
+def training_step(model: SuperGlue, batch: dict) -> dict[str, torch.Tensor]:
+    out = model(batch)
+    loss = assignment_loss(out["log_assignment"], batch["gt0"], batch["gt1"])
+    return {"loss": loss, "positives": (batch["gt0"] >= 0).sum(1).float().mean()}
+
+
+def validate(superpoint: SuperPoint, superglue: SuperGlue, samples: list[dict]) -> dict:
+    from evaluate import SuperGlueMethod, validation_metrics
+
+    method = SuperGlueMethod(None, None, config.EvalConfig().max_keypoints, superpoint=superpoint, superglue=superglue)
+    return validation_metrics(method, samples)
+
+
+def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, superpoint_path: Path, output: Path,
+          run_dir: Path, resume: bool = False, seed: int = config.SEED, val_crop: int = 256,
+          repeat_batch: bool = False, command: str = "", progress: bool = True) -> dict:
+    torch.manual_seed(seed)
+    superpoint = SuperPoint.from_checkpoint(superpoint_path)
+    if superpoint.config.descriptor_dim != model_cfg.descriptor_dim:
+        model_cfg = config.replace(model_cfg, descriptor_dim=superpoint.config.descriptor_dim)
+    scenes = load_scenes(data, "train")
+    batches = GlueBatches(TrainingPairs(scenes, cfg, cell=superpoint.config.cell, seed=seed), superpoint, cfg)
+    val_samples = select_val_samples(data, val_crop, cfg.val_pairs, seed)
+    model = SuperGlue(model_cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
+              "loss_names": ["loss", "positives"], "train_config": config.as_dict(cfg), "data": str(data),
+              "seed": seed, "superpoint": str(superpoint_path), "train_scenes": len(scenes),
+              "val_pairs": len(val_samples), "parameters": sum(p.numel() for p in model.parameters())}
+    fixed = batches(0) if repeat_batch else None
+    return fit(model, optimizer, cfg, (lambda s: fixed) if repeat_batch else batches, training_step,
+               lambda m: validate(superpoint, m, val_samples), output, run_dir, record, resume,
+               "train SuperGlue", progress)
+
+
+def main(argv=None) -> int:
+    tcfg = SuperGlueTrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
+                        help="training data: folder with oscd/, ombria/, ukraine_T36UYA/ or preprocessed outputs")
+    parser.add_argument("--superpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
+                        help="frozen SuperPoint checkpoint giving the keypoints")
+    parser.add_argument("--output", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
+                        help="best checkpoint (by validation AUC@5px)")
+    parser.add_argument("--run-dir", type=Path, default=config.DATA_DIR / "runs" / "superglue")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
+                        help="slim: 3 self/cross pairs, 20 Sinkhorn iterations; paper: 9 pairs, 100 iterations")
+    parser.add_argument("--max-steps", type=int, default=None, help=f"default {tcfg.max_steps} (--smoke: 12)")
+    parser.add_argument("--minutes", type=float, default=tcfg.minutes, help="wall-clock budget, 0 = none")
+    parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
+    parser.add_argument("--crop", type=int, default=tcfg.crop)
+    parser.add_argument("--max-keypoints", type=int, default=tcfg.max_keypoints)
+    parser.add_argument("--lr", type=float, default=tcfg.lr)
+    parser.add_argument("--val-every", type=int, default=tcfg.val_every)
+    parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = default")
+    parser.add_argument("--seed", type=int, default=config.SEED)
+    parser.add_argument("--smoke", action="store_true", help="tiny run that overfits one small batch (tests)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mcfg = config.SUPERGLUE_PAPER if args.arch == "paper" else SuperGlueConfig()
+    tcfg = config.replace(tcfg, max_steps=args.max_steps or tcfg.max_steps, minutes=args.minutes,
+                          batch_size=args.batch_size, crop=args.crop, max_keypoints=args.max_keypoints, lr=args.lr,
+                          val_every=args.val_every, val_pairs=args.val_pairs)
+    if args.smoke:
+        mcfg = config.replace(mcfg, keypoint_encoder=(16, 32), layers=1)
+        tcfg = config.replace(tcfg, crop=96, batch_size=2, max_keypoints=64, max_steps=args.max_steps or 12,
+                              val_every=10 ** 9, val_pairs=2, lr=1e-3)
+    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
+    try:
+        record = train(mcfg, tcfg, args.data, args.superpoint, args.output, args.run_dir, args.resume, args.seed,
+                       val_crop=128 if args.smoke else 256, repeat_batch=args.smoke, command=command)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    best = record["best"] or {}
+    print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best AUC@5px "
+          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
