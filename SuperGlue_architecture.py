@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import config
 from config import SuperGlueConfig
-from SuperPoint import load_checkpoint
+from SuperPoint import CheckpointMixin
 from utils import PipelineError, atomic_path
 
 CHECKPOINT_KIND = "SuperGlue"
@@ -183,7 +182,7 @@ def extract_matches(log_assignment: torch.Tensor, threshold: float,
             "matching_scores1": torch.where(valid1, mscores1, zero)}
 
 
-class SuperGlue(nn.Module):
+class SuperGlue(CheckpointMixin, nn.Module):
     """SuperGlue matcher. ``SuperGlue(config)`` builds random weights; ``from_checkpoint`` loads.
 
     Input dict (batched, padded to the longest side with masks):
@@ -191,6 +190,9 @@ class SuperGlue(nn.Module):
         image_size0/1 (B, 2) width, height; optional mask0/1 (B, N) bool.
     Output: ``log_assignment`` (B, N0+1, N1+1), ``matches0/1``, ``matching_scores0/1``.
     """
+
+    kind = CHECKPOINT_KIND
+    config_class = SuperGlueConfig
 
     def __init__(self, cfg: SuperGlueConfig | None = None):
         super().__init__()
@@ -223,23 +225,6 @@ class SuperGlue(nn.Module):
         out = extract_matches(log_assignment, cfg.match_threshold, mask0, mask1)
         out["log_assignment"] = log_assignment
         return out
-
-    def checkpoint(self, training: dict | None = None) -> dict:
-        return {"kind": CHECKPOINT_KIND, "config": config.as_dict(self.config),
-                "state_dict": self.state_dict(), "training": training or {}}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SuperGlue":
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND, device)
-        model = cls(config.from_dict(SuperGlueConfig, ckpt["config"]))
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise PipelineError(f"{path}: weights do not fit the SuperGlue config stored in it ({first}); "
-                                "re-train or re-export the checkpoint") from exc
-        model.training_record = ckpt.get("training", {})
-        return model.to(device).eval()
 
 
 def default_checkpoint() -> Path:

@@ -77,11 +77,45 @@ def sample_descriptors(keypoints: torch.Tensor, descriptors: torch.Tensor, cell:
     return F.normalize(sampled[:, :, 0].transpose(1, 2), p=2, dim=-1)
 
 
-class SuperPoint(nn.Module):
+class CheckpointMixin:
+    """``checkpoint()`` / ``from_checkpoint()`` for a model built from one config dataclass.
+
+    A checkpoint is a plain dict (kind, config, weights, training record), loaded with
+    ``weights_only=True``: a file can never run code, and a mismatched file fails with a
+    clear message instead of a shape error deep inside torch.
+    """
+
+    kind: str
+    config_class: type
+
+    def checkpoint(self, training: dict | None = None) -> dict:
+        """A dict holding the config, the weights and the training record."""
+        return {"kind": self.kind, "config": config.as_dict(self.config),
+                "state_dict": self.state_dict(), "training": training or {}}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):
+        """Load a checkpoint written by the model's training script."""
+        ckpt = load_checkpoint(path, cls.kind, device)
+        model = cls(config.from_dict(cls.config_class, ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise PipelineError(f"{path}: weights do not fit the {cls.kind} config stored in it ({first}); "
+                                "re-train or re-export the checkpoint") from exc
+        model.training_record = ckpt.get("training", {})
+        return model.to(device).eval()
+
+
+class SuperPoint(CheckpointMixin, nn.Module):
     """SuperPoint with configurable widths, descriptor size and input bands.
 
     ``SuperPoint(config)`` builds random weights; ``SuperPoint.from_checkpoint(path)`` loads.
     """
+
+    kind = CHECKPOINT_KIND
+    config_class = SuperPointConfig
 
     def __init__(self, cfg: SuperPointConfig | None = None):
         super().__init__()
@@ -166,26 +200,6 @@ class SuperPoint(nn.Module):
         weights = heat[y.long(), x.long()]
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return torch.stack([(weights * x).sum(1), (weights * y).sum(1)], dim=-1)
-
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, training: dict | None = None) -> dict:
-        """A dict holding the config, the weights and the training record."""
-        return {"kind": CHECKPOINT_KIND, "config": config.as_dict(self.config),
-                "state_dict": self.state_dict(), "training": training or {}}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SuperPoint":
-        """Load a checkpoint written by ``train_superpoint.py`` (never runs code from the file)."""
-        ckpt = load_checkpoint(path, CHECKPOINT_KIND, device)
-        model = cls(config.from_dict(SuperPointConfig, ckpt["config"]))
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise PipelineError(f"{path}: weights do not fit the SuperPoint config stored in it ({first}); "
-                                "re-train or re-export the checkpoint") from exc
-        model.training_record = ckpt.get("training", {})
-        return model.to(device).eval()
 
 
 def load_checkpoint(path: str | Path, kind: str, device="cpu") -> dict:

@@ -12,8 +12,6 @@ included. Validation, checkpoints, ``--resume`` and budgets as in ``train_superp
 """
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from config import SuperGlueConfig, SuperGlueTrainConfig
 from dataset import TrainingPairs, load_scenes
 from SuperGlue_architecture import SuperGlue, pad_batch
 from SuperPoint import SuperPoint
-from train_superpoint import fit, select_val_samples
-from utils import PipelineError, ground_truth_matches
+from train_superpoint import fit, run_training, select_val_samples, train_config_from_args, training_parser
+from utils import ground_truth_matches
 
 
 def assignment_loss(log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor) -> torch.Tensor:
@@ -37,7 +35,7 @@ def assignment_loss(log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.
         gt0: (B, N0) index of the match in image 1, -1 unmatched (dustbin), -2 ignored / padding.
         gt1: (B, N1) likewise for image 1.
     """
-    b, n0, n1 = log_assignment.shape[0], gt0.shape[1], gt1.shape[1]
+    b, n0 = log_assignment.shape[0], gt0.shape[1]
     rows = torch.arange(n0, device=gt0.device)[None].expand(b, n0)
     matched = gt0 >= 0
     pos = log_assignment[torch.arange(b)[:, None].expand(b, n0)[matched], rows[matched], gt0[matched]]
@@ -115,52 +113,22 @@ def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, sup
 
 def main(argv=None) -> int:
     tcfg = SuperGlueTrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
-                        help="training data: folder with oscd/, ombria/, ukraine_T36UYA/ or preprocessed outputs")
+    parser = training_parser(__doc__, tcfg, "superglue")
     parser.add_argument("--superpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
                         help="frozen SuperPoint checkpoint giving the keypoints")
-    parser.add_argument("--output", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
-                        help="best checkpoint (by validation AUC@5px)")
-    parser.add_argument("--run-dir", type=Path, default=config.DATA_DIR / "runs" / "superglue")
-    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
                         help="slim: 3 self/cross pairs, 20 Sinkhorn iterations; paper: 9 pairs, 100 iterations")
-    parser.add_argument("--max-steps", type=int, default=None, help=f"default {tcfg.max_steps} (--smoke: 12)")
-    parser.add_argument("--minutes", type=float, default=tcfg.minutes, help="wall-clock budget, 0 = none")
-    parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
-    parser.add_argument("--crop", type=int, default=tcfg.crop)
-    parser.add_argument("--max-keypoints", type=int, default=tcfg.max_keypoints)
-    parser.add_argument("--lr", type=float, default=tcfg.lr)
-    parser.add_argument("--val-every", type=int, default=tcfg.val_every)
-    parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = default")
-    parser.add_argument("--seed", type=int, default=config.SEED)
-    parser.add_argument("--smoke", action="store_true", help="tiny run that overfits one small batch (tests)")
+    parser.add_argument("--max-keypoints", type=int, default=tcfg.max_keypoints, help="per training image")
     args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     mcfg = config.SUPERGLUE_PAPER if args.arch == "paper" else SuperGlueConfig()
-    tcfg = config.replace(tcfg, max_steps=args.max_steps or tcfg.max_steps, minutes=args.minutes,
-                          batch_size=args.batch_size, crop=args.crop, max_keypoints=args.max_keypoints, lr=args.lr,
-                          val_every=args.val_every, val_pairs=args.val_pairs)
+    tcfg = config.replace(train_config_from_args(tcfg, args), max_keypoints=args.max_keypoints)
     if args.smoke:
         mcfg = config.replace(mcfg, keypoint_encoder=(16, 32), layers=1)
         tcfg = config.replace(tcfg, crop=96, batch_size=2, max_keypoints=64, max_steps=args.max_steps or 12,
                               val_every=10 ** 9, val_pairs=2, lr=1e-3)
-    command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
-    try:
-        record = train(mcfg, tcfg, args.data, args.superpoint, args.output, args.run_dir, args.resume, args.seed,
-                       val_crop=128 if args.smoke else 256, repeat_batch=args.smoke, command=command)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    best = record["best"] or {}
-    print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best AUC@5px "
-          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {args.output}")
-    return 0
+    return run_training(lambda command: train(mcfg, tcfg, args.data, args.superpoint, args.output, args.run_dir,
+                                              args.resume, args.seed, val_crop=128 if args.smoke else 256,
+                                              repeat_batch=args.smoke, command=command), argv, args.output)
 
 
 if __name__ == "__main__":

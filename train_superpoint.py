@@ -201,52 +201,68 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
                lambda m: validate(m, val_samples), output, run_dir, record, resume, "train SuperPoint", progress)
 
 
-def main(argv=None) -> int:
-    tcfg, mcfg = SuperPointTrainConfig(), SuperPointConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
+    """The flags every training script shares (defaults from its train config)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="training data: folder with oscd/, ombria/, ukraine_T36UYA/ or preprocessed outputs")
-    parser.add_argument("--output", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
+    parser.add_argument("--output", type=Path, default=config.CHECKPOINT_DIR / f"{name}.pt",
                         help="best checkpoint (by validation AUC@5px)")
-    parser.add_argument("--run-dir", type=Path, default=config.DATA_DIR / "runs" / "superpoint",
+    parser.add_argument("--run-dir", type=Path, default=config.DATA_DIR / "runs" / name,
                         help="resumable state (last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
-    parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
-                        help="slim: 16-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
     parser.add_argument("--max-steps", type=int, default=None, help=f"default {tcfg.max_steps} (--smoke: 12)")
-    parser.add_argument("--minutes", type=float, default=tcfg.minutes, help="wall-clock budget, 0 = none")
+    parser.add_argument("--minutes", type=float, default=tcfg.minutes,
+                        help="wall-clock budget, resumed time included; 0 = none")
     parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
-    parser.add_argument("--crop", type=int, default=tcfg.crop)
+    parser.add_argument("--crop", type=int, default=tcfg.crop, help="training crop side, px")
     parser.add_argument("--lr", type=float, default=tcfg.lr)
-    parser.add_argument("--val-every", type=int, default=tcfg.val_every)
-    parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs)
+    parser.add_argument("--val-every", type=int, default=tcfg.val_every, help="steps between validations")
+    parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs, help="held-out pairs for validation")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = default")
     parser.add_argument("--seed", type=int, default=config.SEED)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny run that overfits one small batch (used by the tests)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help="tiny run that overfits one small batch (tests)")
+    return parser
 
+
+def train_config_from_args(tcfg, args):
+    """``tcfg`` with the shared flags applied."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    mcfg = config.SUPERPOINT_PAPER if args.arch == "paper" else mcfg
-    tcfg = config.replace(tcfg, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
+    return config.replace(tcfg, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
                           crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs)
-    if args.smoke:
-        mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
-        tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=args.max_steps or 12, val_every=10 ** 9,
-                              val_pairs=2, num_labels=40, num_desc_points=64)
+
+
+def run_training(train_fn, argv, output: Path) -> int:
+    """Call ``train_fn(command)``; report the result, or a bad input as one line (exit 2)."""
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
     try:
-        record = train(mcfg, tcfg, args.data, args.output, args.run_dir, args.resume, args.seed,
-                       val_crop=128 if args.smoke else 256, repeat_batch=args.smoke, command=command)
+        record = train_fn(command)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = record["best"] or {}
     print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best AUC@5px "
-          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {args.output}")
+          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {output}")
     return 0
+
+
+def main(argv=None) -> int:
+    tcfg = SuperPointTrainConfig()
+    parser = training_parser(__doc__, tcfg, "superpoint")
+    parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
+                        help="slim: 16-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
+    args = parser.parse_args(argv)
+    mcfg = config.SUPERPOINT_PAPER if args.arch == "paper" else SuperPointConfig()
+    tcfg = train_config_from_args(tcfg, args)
+    if args.smoke:
+        mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
+        tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=args.max_steps or 12, val_every=10 ** 9,
+                              val_pairs=2, num_labels=40, num_desc_points=64)
+    return run_training(lambda command: train(mcfg, tcfg, args.data, args.output, args.run_dir, args.resume,
+                                              args.seed, val_crop=128 if args.smoke else 256,
+                                              repeat_batch=args.smoke, command=command), argv, args.output)
 
 
 if __name__ == "__main__":
