@@ -250,3 +250,22 @@ def test_rerun_replaces_outputs(products, tmp_path):
     assert run(products["new"], tmp_path, "--size", 32, *PNG) == 0
     assert read(overview(tmp_path)).shape[:2] == (32, 32)
     assert_clean(tmp_path)
+
+
+def test_multiband_file_with_band_descriptions(tmp_path):
+    """One file holding several bands, named by its band descriptions (as in turb_parana)."""
+    bands = {}
+    for b in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(fx.SAMPLE / "imgs_1" / f"{b}.tif") as src:
+            bands[b], profile = src.read(1), src.profile
+    order = ["B08", "B02", "B04", "B03"]           # any order: the descriptions decide
+    profile.update(count=4, driver="GTiff")
+    path = tmp_path / "stack_20150704.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        for i, b in enumerate(order, start=1):
+            dst.write(bands[b], i)
+            dst.set_band_description(i, b)
+    assert run(path, tmp_path / "a", "--size", 128, *PNG) == 0
+    assert run(fx.SAMPLE / "imgs_1", tmp_path / "b", "--size", 128, *PNG) == 0
+    np.testing.assert_array_equal(read(overview(tmp_path / "a")), read(overview(tmp_path / "b")))
+    assert sidecar(overview(tmp_path / "a"))["sensing_date"] == "20150704"
