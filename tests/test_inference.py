@@ -1,0 +1,145 @@
+"""ImageMatcher: coordinate frames, inputs, ranking, georeferenced output, bad input."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+
+import config
+import data_preprocess
+import inference
+import utils
+from inference import ImageMatcher
+from tests import safe_fixture as fx
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return ImageMatcher(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The shipped Pisa pair preprocessed (true colour JPEG + sidecars), 512×512."""
+    out = tmp_path_factory.mktemp("pre")
+    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(out), "--format", "png"]) == 0
+    return out / "pisa_20150704" / "overview.png", out / "pisa_20180211" / "overview.png"
+
+
+def rgb(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_known_warp_recovered_in_each_frame(sample):
+    """Images larger than the network size: the returned homography still maps image-0 pixels
+    to image-1 pixels in their own frames (here 768 px, the network seeing 512)."""
+    m = ImageMatcher(device="cpu", resize=512)
+    big0 = cv2.resize(rgb(sample[0]), (768, 768), interpolation=cv2.INTER_CUBIC)
+    H = utils.sample_homography(np.random.default_rng(3), (768, 768), "easy")
+    big1 = cv2.warpPerspective(big0, H, (768, 768), flags=cv2.INTER_LINEAR)
+    result = m.match_images(big0, big1)
+    assert result.num_inliers > 50
+    assert utils.corner_error(result.homography, H, (768, 768)) < 2.0
+    assert result.keypoints0[:, 0].max() > 600   # the input's own frame, not the network's
+
+
+def test_arrays_and_paths_give_the_same_result(matcher, sample):
+    by_path = matcher.match_images(sample[0], sample[1])
+    by_array = matcher.match_images(rgb(sample[0]), rgb(sample[1]))
+    np.testing.assert_array_equal(by_path.matches0, by_array.matches0)
+    np.testing.assert_allclose(by_path.mkpts0, by_array.mkpts0)
+    assert by_path.crs == "EPSG:4326" and by_array.crs is None   # only files carry georeferencing
+
+
+def test_different_input_sizes(matcher, sample):
+    small = cv2.resize(rgb(sample[1]), (300, 300), interpolation=cv2.INTER_AREA)
+    r = matcher.match_images(rgb(sample[0]), small)
+    assert r.image_size0 == (512, 512) and r.image_size1 == (300, 300)
+    assert r.num_inliers > 20
+    # the true mapping is a scale by 300/512 about pixel corners
+    s = 300 / 512
+    H_true = utils.translation(-0.5, -0.5) @ np.diag([s, s, 1]) @ utils.translation(0.5, 0.5)
+    assert utils.corner_error(r.homography, H_true, (512, 512)) < 3.0
+    assert set(r) >= {"keypoints0", "keypoints1", "matches0", "matching_scores0", "mkpts0", "mkpts1", "mconf",
+                      "homography", "inliers"}
+    assert r.mkpts0.shape == r.mkpts1.shape == (len(r.mconf), 2)
+
+
+def test_rank_puts_the_true_partner_first(matcher, sample, tmp_path):
+    query = rgb(sample[0])[:256, :256]
+    winter = rgb(sample[1])
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.fromarray(winter[256:, 256:]).save(gallery / "a_other_district.png")
+    Image.fromarray(winter[:256, 256:]).save(gallery / "b_other_district.png")
+    Image.fromarray(winter[:256, :256]).save(gallery / "c_partner.png")
+    Image.fromarray(winter[256:, :256]).save(gallery / "d_other_district.png")
+    Image.fromarray(query).save(tmp_path / "query.png")
+    ranking = matcher.rank(tmp_path / "query.png", gallery, progress=False)
+    assert ranking[0]["candidate"].endswith("c_partner.png")
+    assert ranking[0]["num_inliers"] > 2 * ranking[1]["num_inliers"]
+
+
+def test_geojson_of_a_known_pixel(matcher, sample, tmp_path):
+    r = matcher.match_images(sample[0], sample[1])
+    paths = matcher.write_geo(r, tmp_path)
+    meta = json.loads(sample[0].with_suffix(".json").read_text())
+    t = rasterio.Affine(*meta["transform"])
+    x, y = map(float, r.mkpts0[0])
+    lon, lat = t @ (x + 0.5, y + 0.5)          # EPSG:4326: map coordinates are lon, lat
+    feature = json.loads(paths[0].read_text())["features"][0]
+    assert feature["geometry"]["coordinates"] == pytest.approx([lon, lat], abs=1e-9)
+    assert feature["properties"]["x0"] == pytest.approx(float(x))
+    assert paths[1].read_text().splitlines()[0].startswith("x0,y0,x1,y1")
+    # co-registered dates: the shift is small (a pixel or two at 10 m)
+    assert r.shift_m["distance_median"] < 25 and r.shift_m["points"] == r.num_inliers
+
+
+def test_main_job_on_the_sample(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "PREPROCESSED_DIR", tmp_path / "pre")
+    assert inference.main(["--output", str(tmp_path / "out")]) == 0
+    info = json.loads((tmp_path / "out" / "matches.json").read_text())
+    assert info["inliers"] > 100 and (tmp_path / "out" / "matches.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "matches.geojson").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs(matcher, sample, tmp_path):
+    with pytest.raises(utils.PipelineError, match="no such file"):
+        matcher.match_images(tmp_path / "missing.png", sample[1])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(utils.PipelineError, match="broken.png: cannot read image"):
+        matcher.match_images(tmp_path / "broken.png", sample[1])
+    with pytest.raises(utils.PipelineError, match="smaller than one 8-px network cell"):
+        matcher.match_images(np.zeros((5, 40), np.uint8), sample[1])
+    with pytest.raises(utils.PipelineError, match="4-band uint16 image; choose the bands"):
+        matcher.match_images(np.zeros((64, 64, 4), np.uint16), sample[1])
+
+
+def test_band_choice_for_multiband_input(sample):
+    m = ImageMatcher(device="cpu", bands=(2, 1, 0))
+    stack = np.concatenate([rgb(sample[0])[..., ::-1], np.zeros((512, 512, 1), np.uint8)], axis=2)  # B, G, R, 0
+    r = m.match_images(stack, np.concatenate([rgb(sample[1])[..., ::-1], np.zeros((512, 512, 1), np.uint8)], 2))
+    assert r.num_inliers > 100
+
+
+def test_blank_image_gives_empty_result_with_reason(matcher, sample):
+    r = matcher.match_images(np.full((256, 256, 3), 255, np.uint8), sample[1])
+    assert len(r.mkpts0) == 0 and r.homography is None and "blank" in r.reason
+
+
+def test_mismatched_checkpoint(tmp_path):
+    import SuperPoint as sp
+
+    ckpt = sp.SuperPoint(config.SuperPointConfig()).checkpoint()
+    ckpt["config"]["channels"] = [8, 8, 8, 8]
+    torch.save(ckpt, tmp_path / "superpoint.pt")
+    with pytest.raises(utils.PipelineError, match="do not fit the SuperPoint config"):
+        ImageMatcher(model_path=tmp_path)
+    with pytest.raises(utils.PipelineError, match="no such checkpoint"):
+        ImageMatcher(model_path=tmp_path / "empty_dir_that_is_missing")
