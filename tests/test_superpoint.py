@@ -1,0 +1,268 @@
+"""SuperPoint network, extraction, dataset geometry, benchmark metrics and training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import dataset
+import evaluate
+import SuperPoint as sp
+import train_superpoint
+import utils
+from tests import safe_fixture as fx
+
+SLIM = config.SuperPointConfig()
+SHIPPED = sp.default_checkpoint()
+
+
+def sample_gray(date="imgs_1"):
+    """Real 512×512 grey image of the Pisa sample (float, DN)."""
+    import rasterio
+
+    bands = []
+    for band in ("B04", "B03", "B02"):
+        with rasterio.open(fx.SAMPLE / date / f"{band}.tif") as src:
+            bands.append(src.read(1).astype(np.float32))
+    return utils.to_gray(np.stack(bands, -1))
+
+
+# ----------------------------------------------------------------------------- network
+@pytest.mark.parametrize("cfg", [SLIM, config.SUPERPOINT_PAPER], ids=["slim", "paper"])
+def test_dense_output_shapes(cfg):
+    model = sp.SuperPoint(cfg).eval()
+    out = model(torch.rand(2, cfg.in_channels, 64, 96))
+    assert out["logits"].shape == (2, 65, 8, 12)
+    assert out["descriptors_dense"].shape == (2, cfg.descriptor_dim, 8, 12)
+    assert torch.allclose(out["descriptors_dense"].norm(dim=1), torch.ones(2, 8, 12), atol=1e-5)
+    assert sp.SuperPoint.heatmap(out["logits"]).shape == (2, 64, 96)
+
+
+def test_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 1.2e6 < count(sp.SuperPoint(config.SUPERPOINT_PAPER)) < 1.4e6   # the paper's 1.3 M
+    assert count(sp.SuperPoint(SLIM)) < 0.5e6
+
+
+def test_multispectral_input():
+    model = sp.SuperPoint(config.replace(SLIM, in_channels=4)).eval()
+    feats = model.extract(torch.rand(1, 4, 64, 64))
+    assert feats[0]["descriptors"].shape[1] == SLIM.descriptor_dim
+    with pytest.raises(utils.PipelineError, match="takes"):
+        model.extract(torch.rand(1, 1, 64, 64))
+
+
+def test_nms_keeps_local_maxima_only():
+    scores = torch.zeros(1, 20, 20)
+    scores[0, 5, 5], scores[0, 5, 7], scores[0, 15, 15] = 0.9, 0.5, 0.3
+    kept = sp.simple_nms(scores, radius=2)
+    assert kept[0, 5, 5] == 0.9 and kept[0, 15, 15] == 0.3
+    assert kept[0, 5, 7] == 0  # within 2 px of a stronger peak
+    assert (kept > 0).sum() == 2
+
+
+def test_extract_on_any_size_and_border():
+    model = sp.SuperPoint(config.replace(SLIM, detection_threshold=0.0, max_keypoints=50)).eval()
+    feats = model.extract(torch.rand(1, 1, 70, 83))[0]
+    k = feats["keypoints"]
+    assert len(k) == 50 and feats["descriptors"].shape == (50, SLIM.descriptor_dim)
+    b = SLIM.remove_borders
+    assert (k[:, 0] >= b - 1).all() and (k[:, 0] <= 83 - b).all()
+    assert (k[:, 1] >= b - 1).all() and (k[:, 1] <= 70 - b).all()
+    assert torch.all(feats["scores"][:-1] >= feats["scores"][1:])
+
+
+def test_descriptor_sampling_at_known_positions():
+    cell = 8
+    dense = torch.zeros(1, 2, 4, 5)
+    dense[0, 0] = torch.arange(5, dtype=torch.float32)            # channel 0 = cell column
+    dense[0, 1] = torch.arange(4, dtype=torch.float32)[:, None]   # channel 1 = cell row
+    # the centre of cell (row 2, col 3) is pixel (3 * 8 + 3.5, 2 * 8 + 3.5)
+    kpts = torch.tensor([[[27.5, 19.5], [31.5, 19.5]]])
+    d = sp.sample_descriptors(kpts, dense, cell)[0]
+    expected = torch.tensor([[3.0, 2.0], [3.5, 2.0]])
+    np.testing.assert_allclose(d.numpy(), (expected / expected.norm(dim=1, keepdim=True)).numpy(), atol=1e-5)
+
+
+def test_subpixel_refinement_moves_towards_heat():
+    heat = torch.zeros(10, 10)
+    heat[5, 5], heat[5, 6] = 0.6, 0.3
+    refined = sp.SuperPoint._refine(heat, torch.tensor([[5.0, 5.0]]))
+    assert refined[0, 0] == pytest.approx(5 + 1 / 3, abs=1e-5) and refined[0, 1] == pytest.approx(5.0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    model = sp.SuperPoint(config.replace(SLIM, descriptor_dim=64)).eval()
+    path = tmp_path / "sp.pt"
+    torch.save(model.checkpoint(training={"steps": 3}), path)
+    loaded = sp.SuperPoint.from_checkpoint(path)
+    assert loaded.config == model.config and loaded.training_record == {"steps": 3}
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.equal(model(x)["logits"], loaded(x)["logits"])
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = sp.SuperPoint(SLIM).checkpoint()
+    ckpt["config"]["descriptor_dim"] = 256          # config says 256, weights are 128
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(utils.PipelineError, match="do not fit the SuperPoint config"):
+        sp.SuperPoint.from_checkpoint(tmp_path / "bad.pt")
+    ckpt["kind"] = "SuperGlue"
+    torch.save(ckpt, tmp_path / "glue.pt")
+    with pytest.raises(utils.PipelineError, match="holds a SuperGlue model, not SuperPoint"):
+        sp.SuperPoint.from_checkpoint(tmp_path / "glue.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(utils.PipelineError, match="not a readable PyTorch checkpoint"):
+        sp.SuperPoint.from_checkpoint(tmp_path / "junk.pt")
+
+
+def test_shipped_checkpoint_loads_and_is_small():
+    assert SHIPPED.stat().st_size < 50e6
+    model = sp.SuperPoint.from_checkpoint(SHIPPED)
+    assert model.training_record["steps"] > 0 and "command" in model.training_record
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_extraction_script_on_real_crop(tmp_path):
+    from PIL import Image
+
+    img = utils.to_uint8(utils.percentile_stretch(sample_gray()))
+    Image.fromarray(img).save(tmp_path / "pisa.png")
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "blank.png")
+    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f"), "--max-keypoints", "500"]) == 0
+    f = np.load(tmp_path / "f" / "pisa.npz")
+    k = f["keypoints"]
+    assert 100 < len(k) <= 500 and f["descriptors"].shape == (len(k), f["descriptors"].shape[1])
+    assert list(f["image_size"]) == [512, 512]
+    assert (k >= 0).all() and (k <= 511).all()
+    np.testing.assert_allclose(np.linalg.norm(f["descriptors"], axis=1), 1, atol=1e-4)
+    blank = np.load(tmp_path / "f" / "blank.npz")
+    assert len(blank["keypoints"]) == 0 and blank["descriptors"].shape[0] == 0
+    # second run skips what exists
+    mtime = (tmp_path / "f" / "pisa.npz").stat().st_mtime_ns
+    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "pisa.npz").stat().st_mtime_ns == mtime
+
+
+def test_extraction_script_bad_input(tmp_path, capsys):
+    assert sp.main(["--input", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
+    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 1
+    assert "cannot read image" in capsys.readouterr().err
+    assert not (tmp_path / "f" / "x.npz").exists()
+
+
+def test_features_found_again_across_dates():
+    """Shipped model on the real summer/winter pair: matches agree with the identity ground truth."""
+    model = sp.SuperPoint.from_checkpoint(SHIPPED)
+    method = evaluate.SuperPointMethod(None, 1024, model=model)
+    a, b = (utils.percentile_stretch(sample_gray(d)) for d in ("imgs_1", "imgs_2"))
+    ones = np.ones(a.shape, bool)
+    f0, f1 = method.extract(a, ones), method.extract(b, ones)
+    m = method.match(f0, f1)
+    ok = m > -1
+    err = np.linalg.norm(f0["keypoints"][ok] - f1["keypoints"][m[ok]], axis=1)
+    assert ok.sum() > 50 and (err < 3).mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_homography_sampler_ranges():
+    rng = np.random.default_rng(0)
+    for name in ("easy", "medium", "hard"):
+        d = config.DIFFICULTIES[name]
+        for _ in range(20):
+            H = utils.sample_homography(rng, (256, 256), name)
+            centre = utils.warp_points([[127.5, 127.5]], H)[0]
+            assert np.all(np.abs(centre - 127.5) <= d.translation * 256 + d.perspective * 256)
+            assert np.linalg.det(H[:2, :2]) > 0
+
+
+def test_warped_pair_ground_truth():
+    """A point of image 0 and its warp by H show the same ground in image 1."""
+    img = sample_gray()
+    scene = dataset.Scene("pisa", "test", [img, img.copy()], [np.ones(img.shape, bool)] * 2)
+    H = utils.sample_homography(np.random.default_rng(1), (256, 256), "medium")
+    pair = dataset.warp_pair(scene, 0, 1, 100, 120, (256, 256), H)
+    pts = np.random.default_rng(2).uniform(40, 215, size=(200, 2))
+    warped = utils.warp_points(pts, H)
+    inside = (warped > 1).all(1) & (warped < 254).all(1)
+    import cv2
+
+    v0 = cv2.remap(pair["image0"], *np.float32(pts[inside, None].transpose(2, 0, 1)), cv2.INTER_LINEAR)
+    v1 = cv2.remap(pair["image1"], *np.float32(warped[inside, None].transpose(2, 0, 1)), cv2.INTER_LINEAR)
+    assert inside.sum() > 100
+    assert np.median(np.abs(v0 - v1)) < 0.02 * (img.max() - img.min())
+
+
+def test_keypoint_labels():
+    valid = np.ones((16, 16), bool)
+    valid[8:, 8:] = False
+    labels = dataset.keypoint_labels(np.array([[3, 2], [12, 1], [13, 1]], np.float32), valid, 8)
+    assert labels[0, 0] == 2 * 8 + 3          # row 2, col 3 within the cell
+    assert labels[0, 1] == 1 * 8 + 4          # the first (strongest) keypoint of the cell wins
+    assert labels[1, 0] == 64 and labels[1, 1] == -1
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_auc_perfect_and_shifted_matches():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 512, size=(300, 2))
+    H_gt = utils.sample_homography(rng, (512, 512), "medium")
+    H, inl = utils.estimate_homography(pts, utils.warp_points(pts, H_gt))
+    err = utils.corner_error(H, H_gt, (512, 512))
+    assert err < 1e-3 and inl.all()
+    assert utils.pose_auc([err] * 10, [1, 3, 5, 10]) == pytest.approx([1, 1, 1, 1], abs=1e-3)
+    # every match shifted by 4 px: the homography is off by 4 px at every corner
+    H4, _ = utils.estimate_homography(pts, utils.warp_points(pts, H_gt) + [4, 0])
+    err4 = utils.corner_error(H4, H_gt, (512, 512))
+    assert err4 == pytest.approx(4.0, abs=1e-3)
+    auc = utils.pose_auc([err4] * 1000, [1, 3, 5, 10])
+    assert auc == pytest.approx([0.0, 0.0, 0.2, 0.6], abs=2e-3)
+    assert utils.pose_auc([float("inf")] * 3, [5]) == [0.0]
+
+
+def test_benchmark_scores_sift_on_identity_pairs():
+    img = utils.percentile_stretch(sample_gray())
+    valid = np.ones((256, 256), bool)
+    sample = {"image0": img[:256, :256], "image1": img[:256, :256], "valid0": valid, "valid1": valid,
+              "H_0to1": np.eye(3), "name": "id", "category": "test"}
+    cfg = config.EvalConfig()
+    rec = evaluate.evaluate_sample(evaluate.OpenCVMethod("sift", 1024, 0.8), sample, cfg)
+    assert rec["corner_error"] < 0.5 and rec["precision"] > 0.99 and rec["repeatability"] > 0.99
+    out = evaluate.summarise([rec], cfg)
+    assert out["auc@5px"] > 0.9
+
+
+# ----------------------------------------------------------------------------- training
+def test_smoke_training_loss_decreases(tmp_path):
+    (tmp_path / "oscd").mkdir()
+    for name in ("pisa", "pisa_copy"):       # pisa is a validation place; the copy trains
+        (tmp_path / "oscd" / name).symlink_to(fx.SAMPLE.resolve())
+    assert train_superpoint.main(["--smoke", "--data", str(tmp_path), "--output", str(tmp_path / "sp.pt"),
+                                  "--run-dir", str(tmp_path / "run")]) == 0
+    record = torch.load(tmp_path / "sp.pt", weights_only=True)["training"]
+    losses = [loss for _, loss, _, _ in record["losses"]]
+    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0]
+    assert record["history"] and "auc@5px" in record["history"][-1]
+    # resume continues with the same step count
+    assert train_superpoint.main(["--smoke", "--max-steps", "14", "--data", str(tmp_path), "--output",
+                                  str(tmp_path / "sp.pt"), "--run-dir", str(tmp_path / "run"), "--resume"]) == 0
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["record"]["steps"] == 14
+
+
+def test_preprocessed_outputs_are_a_training_source(tmp_path):
+    import data_preprocess
+
+    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(tmp_path), "--size", "256"]) == 0
+    (scene,) = dataset.load_scenes(tmp_path, "train")
+    assert scene.source == "preprocessed" and scene.dates == ["20150704", "20180211"]
+    assert scene.images[0].shape == scene.images[1].shape == (256, 256)
+    cfg = config.replace(config.SuperPointTrainConfig(), crop=96, num_desc_points=64, num_labels=30)
+    item = dataset.TrainingPairs([scene], cfg)[5]
+    again = dataset.TrainingPairs([scene], cfg)[5]
+    assert torch.equal(item["image1"], again["image1"])          # deterministic under the seed
+    assert item["labels0"].shape == (12, 12) and item["point_mask"].sum() > 10
