@@ -151,8 +151,6 @@ def repeatability(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, valid0: n
     w1 = warp_points(kpts1, np.linalg.inv(H))
     a = kpts0[visible(kpts0, valid0) & visible(w0, valid1)]
     b = kpts1[visible(kpts1, valid1) & visible(w1, valid0)]
-    if len(a) + len(b) == 0:
-        return 0.0
     if len(a) == 0 or len(b) == 0:
         return 0.0
     d = np.linalg.norm(warp_points(a, H)[:, None] - b[None], axis=-1)
