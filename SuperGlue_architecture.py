@@ -27,7 +27,7 @@ from torch import nn
 import config
 from config import SuperGlueConfig
 from SuperPoint import CheckpointMixin
-from utils import PipelineError, atomic_path
+from utils import PipelineError, write_npz
 
 CHECKPOINT_KIND = "SuperGlue"
 MASKED = -1e9  # score of padded (masked) entries
@@ -341,9 +341,7 @@ def main(argv=None) -> int:
             except PipelineError as exc:
                 failed.append(str(exc))
                 continue
-            with atomic_path(out) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, **result)
+            write_npz(out, result)
             done += 1
         print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s → {args.output}"
               + (f"; {len(failed)} failed" if failed else ""))

@@ -24,7 +24,7 @@ from torch import nn
 
 import config
 from config import SuperPointConfig
-from utils import PipelineError, atomic_path, list_images, load_image, normalize_for_network
+from utils import PipelineError, list_images, load_image, normalize_for_network, write_npz
 
 CHECKPOINT_KIND = "SuperPoint"
 
@@ -314,9 +314,7 @@ def main(argv=None) -> int:
                 failed.append(f"{path}: {exc}")
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(out) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, **feats)
+            write_npz(out, feats)
             done += 1
         print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
               f"({len(images) - done - len(failed)} already done, {len(failed)} failed) → {args.output}")

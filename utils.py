@@ -56,6 +56,13 @@ def write_json(path: str | os.PathLike, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Write arrays to an ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
