@@ -201,6 +201,27 @@ class SuperGlue(CheckpointMixin, nn.Module):
         self.gnn = AttentionalGNN(cfg.descriptor_dim, ["self", "cross"] * cfg.layers, cfg.heads)
         self.final_proj = nn.Conv1d(cfg.descriptor_dim, cfg.descriptor_dim, 1)
         self.bin_score = nn.Parameter(torch.tensor(1.0))
+        if cfg.warm_start:
+            self._warm_start()
+
+    def _warm_start(self) -> None:
+        """Start as Sinkhorn on the SuperPoint descriptors' cosine similarity.
+
+        Every residual branch (keypoint encoder, attention messages) starts at zero and the
+        final projection at a scaled identity, so the initial scores are cos / temperature and
+        the dustbin score sits between typical matching and non-matching similarities. Training
+        then learns corrections instead of rediscovering descriptor matching, which is what lets
+        SuperGlue become useful within a CPU-sized budget.
+        """
+        cfg = self.config
+        nn.init.zeros_(self.kenc.encoder[-1].weight)
+        for layer in self.gnn.layers:
+            nn.init.zeros_(layer.mlp[-1].weight)
+        scale = (cfg.descriptor_dim ** 0.5 / cfg.warm_start_temperature) ** 0.5
+        with torch.no_grad():
+            self.final_proj.weight.copy_(torch.eye(cfg.descriptor_dim)[:, :, None] * scale)
+            self.final_proj.bias.zero_()
+            self.bin_score.fill_(cfg.warm_start_bin / cfg.warm_start_temperature)
 
     def forward(self, data: dict) -> dict:
         cfg = self.config

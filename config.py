@@ -104,6 +104,11 @@ class SuperGlueConfig:
     heads: int = 4
     sinkhorn_iterations: int = 20
     match_threshold: float = 0.2
+    # initialisation: start as Sinkhorn on cosine similarity / temperature, the dustbin at
+    # cosine warm_start_bin (see SuperGlue._warm_start); False = the paper's random init
+    warm_start: bool = True
+    warm_start_temperature: float = 0.05
+    warm_start_bin: float = 0.5
 
 
 # The paper's configuration (Sarlin et al. 2020): 9 self/cross pairs, 256-d, 100 iterations.

@@ -120,7 +120,10 @@ def test_assignment_loss_on_known_case():
     la = torch.log(torch.tensor([[[0.5, 0.1, 0.4], [0.2, 0.2, 0.6], [0.3, 0.7, 0.0]]]))
     gt0 = torch.tensor([[0, -1]])        # keypoint 0 ↔ 0, keypoint 1 → dustbin
     gt1 = torch.tensor([[0, -2]])        # keypoint 1 of image 1 ignored
-    expected = -(np.log(0.5) + np.log(0.6)) / 2
+    expected = -(np.log(0.5) + np.log(0.6)) / 2      # one match, one dustbin: equal weights
+    assert float(assignment_loss(la, gt0, gt1)) == pytest.approx(expected, rel=1e-5)
+    gt0 = torch.tensor([[-1, -1]])       # no match: the dustbin terms alone
+    expected = -(np.log(0.4) + np.log(0.6)) / 2
     assert float(assignment_loss(la, gt0, gt1)) == pytest.approx(expected, rel=1e-5)
 
 
