@@ -127,6 +127,7 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        state["record"].setdefault("resumed_with", []).append(record["command"])
         record = state["record"]
         torch.set_rng_state(state["torch_rng"])
 
