@@ -1,0 +1,60 @@
+"""Time detect-and-describe at 512×512 on this machine: the shipped SuperPoint beside SIFT.
+
+    python benchmarks/extraction_speed.py [--repeats 30] [--size 512]
+
+Both run on the same stretched crop of the shipped Pisa sample, interleaved, with the same
+budget of 1024 keypoints; the medians and their ratio are printed, and the whole pair
+(two extractions + SuperGlue matching) beside SIFT's (two extractions + ratio-test matching).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import config  # noqa: E402
+from evaluate import OpenCVMethod, SuperGlueMethod  # noqa: E402
+from tests.test_superpoint import sample_gray  # noqa: E402
+from utils import percentile_stretch  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    s = args.size
+    a = percentile_stretch(sample_gray("imgs_1"))[:s, :s]
+    b = percentile_stretch(sample_gray("imgs_2"))[:s, :s]
+    valid = np.ones(a.shape, bool)
+    sift = OpenCVMethod("sift", 1024, 0.8)
+    glue = SuperGlueMethod(config.CHECKPOINT_DIR / "superpoint.pt", config.CHECKPOINT_DIR / "superglue.pt", 1024)
+    times = {k: [] for k in ("sift_image", "sp_image", "sift_pair", "spsg_pair")}
+    for _ in range(args.repeats + 2):          # the first two are warm-up
+        for name, m in (("sift", sift), ("sp", glue)):
+            t0 = time.perf_counter()
+            f0 = m.extract(a, valid)
+            t1 = time.perf_counter()
+            f1 = m.extract(b, valid)
+            m.match(f0, f1)
+            t2 = time.perf_counter()
+            times[f"{name}_image"].append(t1 - t0)
+            times["sift_pair" if name == "sift" else "spsg_pair"].append(t2 - t0)
+    med = {k: float(np.median(v[2:])) for k, v in times.items()}
+    print(f"{s}×{s}, {torch.get_num_threads()} threads, median of {args.repeats}:\n"
+          f"| | SIFT | SuperPoint (+SuperGlue) | ratio |\n|---|---|---|---|\n"
+          f"| detect + describe one image | {med['sift_image']:.3f} s | {med['sp_image']:.3f} s | "
+          f"{med['sp_image'] / med['sift_image']:.2f}× |\n"
+          f"| whole pair (2 extractions + matching) | {med['sift_pair']:.3f} s | {med['spsg_pair']:.3f} s | "
+          f"{med['spsg_pair'] / med['sift_pair']:.2f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
