@@ -144,3 +144,28 @@ def test_smoke_training_loss_decreases(tmp_path):
     losses = [entry[1] for entry in record["losses"]]
     assert len(losses) == 12 and losses[-1] < 0.8 * losses[0]
     assert record["history"][-1]["step"] == 12
+
+
+def test_shipped_superglue_matches_real_crops_consistently():
+    """Shipped SuperPoint + SuperGlue on the real summer/winter Pisa pair, winter warped by a known H:
+    most matches agree with the known transform, and more than mutual nearest neighbours find."""
+    from evaluate import SuperGlueMethod
+    from tests.test_superpoint import sample_gray
+
+    a = utils.percentile_stretch(sample_gray("imgs_1"))
+    H = utils.sample_homography(np.random.default_rng(5), (512, 512), "medium")
+    import cv2
+
+    b = cv2.warpPerspective(utils.percentile_stretch(sample_gray("imgs_2")), H, (512, 512))
+    valid1 = cv2.warpPerspective(np.ones((512, 512), np.uint8), H, (512, 512)) > 0
+    method = SuperGlueMethod(config.CHECKPOINT_DIR / "superpoint.pt", config.CHECKPOINT_DIR / "superglue.pt", 1024)
+    f0, f1 = method.extract(a, np.ones((512, 512), bool)), method.extract(b, valid1)
+    m = method.match(f0, f1)
+    ok = m > -1
+    err = np.linalg.norm(utils.warp_points(f0["keypoints"][ok], H) - f1["keypoints"][m[ok]], axis=1)
+    assert ok.sum() > 100 and (err < 3).mean() > 0.5
+    mnn = utils.mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
+    ok_mnn = mnn > -1
+    err_mnn = np.linalg.norm(utils.warp_points(f0["keypoints"][ok_mnn], H) - f1["keypoints"][mnn[ok_mnn]], axis=1)
+    assert (err < 3).sum() > (err_mnn < 3).sum() and (err < 3).mean() > (err_mnn < 3).mean()
+    assert SuperGlue.from_checkpoint(config.CHECKPOINT_DIR / "superglue.pt").training_record["steps"] > 0
