@@ -84,11 +84,13 @@ class SuperPointMethod:
         self.device = device
 
     def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
+        """Features of a (H, W) 0..1 image as numpy, in the layout SuperGlue takes."""
         x = torch.from_numpy(image01.astype(np.float32))[None, None].to(self.device)
         v = torch.from_numpy(valid)[None].to(self.device)
         f = self.model.extract(x, v, self.max_keypoints)[0]
-        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64),
-                "descriptors": f["descriptors"].cpu().numpy()}
+        h, w = image01.shape
+        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
+                "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
 
     def match(self, f0: dict, f1: dict) -> np.ndarray:
         return mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
@@ -105,13 +107,6 @@ class SuperGlueMethod(SuperPointMethod):
 
         super().__init__(superpoint_path, max_keypoints, device, model=superpoint)
         self.superglue = superglue if superglue is not None else SuperGlue.from_checkpoint(superglue_path, device)
-
-    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
-        x = torch.from_numpy(image01.astype(np.float32))[None, None].to(self.device)
-        f = self.model.extract(x, torch.from_numpy(valid)[None].to(self.device), self.max_keypoints)[0]
-        h, w = image01.shape
-        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
-                "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
 
     def match(self, f0: dict, f1: dict) -> np.ndarray:
         from SuperGlue_architecture import match_features

@@ -32,7 +32,8 @@ import torch
 import config
 from SuperPoint import SuperPoint
 from utils import (IMAGE_SUFFIXES, RASTER_SUFFIXES, PipelineError, atomic_path, estimate_homography, list_images,
-                   load_image, mutual_nearest_neighbours, normalize_for_network, write_json)
+                   load_image, mutual_nearest_neighbours, normalize_for_network, percentile_stretch, to_gray,
+                   write_json)
 
 DEFAULT_RESIZE = 1024          # longer side the network sees, px
 MIN_TEXTURE = 1e-3             # std of a normalised image below which it counts as blank
@@ -313,8 +314,8 @@ class ImageMatcher:
                           max_lines: int = 250):
         """Side-by-side images with match lines coloured by confidence; inliers solid, outliers
         dashed red. Returns the matplotlib figure (shown inline in a notebook); saves a PNG."""
+        from matplotlib import colormaps
         from matplotlib.figure import Figure
-        from matplotlib import cm
 
         result = result if result is not None else self.match_images(image0, image1)
         l0, _ = self.features(image0)
@@ -333,7 +334,7 @@ class ImageMatcher:
         k0, k1 = result["mkpts0"], result["mkpts1"]
         inl, conf = result["inliers"], result["mconf"]
         order = np.argsort(-conf)[:max_lines]
-        cmap = cm.get_cmap("viridis") if hasattr(cm, "get_cmap") else __import__("matplotlib").colormaps["viridis"]
+        cmap = colormaps["viridis"]
         for i in order[::-1]:
             x = [k0[i, 0], k1[i, 0] + off]
             y = [k0[i, 1], k1[i, 1]]
@@ -362,8 +363,6 @@ class ImageMatcher:
     @staticmethod
     def _display(loaded: Loaded) -> np.ndarray:
         """The input as an RGB float image in its own frame (percentile-stretched)."""
-        from utils import percentile_stretch, to_gray
-
         img = loaded.image
         if img.ndim == 3 and img.shape[2] >= 3:
             rgb = percentile_stretch(img[..., :3].astype(np.float32))

@@ -53,15 +53,10 @@ class GlueBatches:
     """Batches of SuperPoint features with ground truth, a pure function of the step."""
 
     def __init__(self, dataset: TrainingPairs, superpoint: SuperPoint, cfg: SuperGlueTrainConfig):
-        self.dataset, self.superpoint, self.cfg = dataset, superpoint, cfg
+        from evaluate import SuperPointMethod
 
-    @torch.no_grad()
-    def features(self, image: np.ndarray, valid: np.ndarray) -> dict:
-        f = self.superpoint.extract(torch.from_numpy(image)[None, None], torch.from_numpy(valid)[None],
-                                    self.cfg.max_keypoints)[0]
-        h, w = image.shape
-        return {"keypoints": f["keypoints"].numpy(), "scores": f["scores"].numpy(),
-                "descriptors": f["descriptors"].numpy(), "image_size": np.array([w, h])}
+        self.dataset, self.cfg = dataset, cfg
+        self.features = SuperPointMethod(None, cfg.max_keypoints, model=superpoint).extract
 
     def __call__(self, step: int) -> dict:
         cfg = self.cfg
