@@ -125,6 +125,8 @@ class SuperPoint(CheckpointMixin, nn.Module):
         self.pool = nn.MaxPool2d(2, 2)
         self.detector = _head(cfg.channels[-1], cfg.head_dim, cfg.cell ** 2 + 1)
         self.descriptor = _head(cfg.channels[-1], cfg.head_dim, cfg.descriptor_dim)
+        # NHWC weights: oneDNN's convolutions run about twice as fast on CPU (same state_dict)
+        self.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ dense outputs
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -170,9 +172,10 @@ class SuperPoint(CheckpointMixin, nn.Module):
             scores[:, :, :border] = 0
             scores[:, h - border:] = 0
             scores[:, :, w - border:] = 0
-        if valid is not None:
-            # drop keypoints whose neighbourhood touches invalid pixels
-            invalid = F.max_pool2d((~valid).float()[:, None], 2 * border + 1, 1, border)[:, 0] > 0
+        if valid is not None and not bool(valid.all()):
+            # drop keypoints whose neighbourhood touches invalid pixels (separable dilation)
+            invalid = F.max_pool2d((~valid).float()[:, None], (1, 2 * border + 1), 1, (0, border))
+            invalid = F.max_pool2d(invalid, (2 * border + 1, 1), 1, (border, 0))[:, 0] > 0
             scores = scores.masked_fill(invalid, 0)
         k = cfg.max_keypoints if max_keypoints is None else max_keypoints
         results = []

@@ -7,7 +7,8 @@ import torch
 
 import config
 import utils
-from SuperGlue_architecture import SuperGlue, extract_matches, log_optimal_transport, main, pad_batch
+from SuperGlue_architecture import (MASKED, MultiHeadAttention, SuperGlue, _logsumexp, extract_matches,
+                                    log_optimal_transport, main, pad_batch)
 
 SLIM = config.SuperGlueConfig(descriptor_dim=32, keypoint_encoder=(16, 32), layers=2, heads=4)
 
@@ -32,6 +33,30 @@ def test_sinkhorn_unmatched_go_to_dustbin():
     scores[0, 0, 1] = scores[0, 2, 0] = 5.0
     out = extract_matches(log_optimal_transport(scores, torch.tensor(0.0), iters=100), threshold=0.2)
     assert out["matches0"][0].tolist() == [1, -1, 0]
+
+
+def test_logsumexp_matches_torch_on_spread_and_masked_scores():
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 30) * 80            # differences of hundreds of nats, as trained scores have
+    x[0, :, 25:] = MASKED                      # padded columns
+    for dim in (1, 2):
+        torch.testing.assert_close(_logsumexp(x, dim), torch.logsumexp(x, dim), atol=1e-4, rtol=1e-6)
+
+
+def test_attention_equals_explicit_softmax_with_padding():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(heads=4, dim=32).eval()
+    q, kv = torch.randn(2, 32, 7), torch.randn(2, 32, 9)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        out = attn(q, kv, kv, mask)
+        # reference: the SuperGlue paper's explicit formulation, head h = channels d * heads + h
+        qq, kk, vv = (p(x).view(2, 8, 4, -1) for p, x in zip(attn.proj, (q, kv, kv)))
+        logits = torch.einsum("bdhn,bdhm->bhnm", qq, kk) / 8 ** 0.5
+        prob = logits.masked_fill(~mask[:, None, None], float("-inf")).softmax(-1)
+        ref = attn.merge(torch.einsum("bhnm,bdhm->bdhn", prob, vv).reshape(2, 32, -1))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def random_features(n, dim, seed):
