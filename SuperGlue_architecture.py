@@ -10,7 +10,10 @@ Sinkhorn iterations, and mutual-check + threshold match extraction.
     python SuperGlue_architecture.py --features data/features --all-pairs --output data/matches
 
 writes one ``.npz`` per pair with ``keypoints0/1`` (N×2, x y), ``matches0`` (index into
-image 1, -1 = none), ``matching_scores0``, and ``matches1`` / ``matching_scores1``.
+image 1, -1 = none), ``matching_scores0``, and ``matches1`` / ``matching_scores1``. When
+the features carry SuperPoint's fine patches, each matched keypoint of image 1 is moved to
+where image 0's keypoint fits best (sub-pixel; ``keypoints1`` then holds the refined
+positions, ``refined1`` marks them); ``--no-refine`` keeps the detected positions.
 """
 from __future__ import annotations
 
@@ -297,8 +300,12 @@ def pad_batch(features0: list[dict], features1: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def match_features(model: SuperGlue, f0: dict, f1: dict) -> dict[str, np.ndarray]:
-    """Match two images' features (dicts of numpy arrays as written by SuperPoint.py)."""
+def match_features(model: SuperGlue, f0: dict, f1: dict, refine: bool = False) -> dict[str, np.ndarray]:
+    """Match two images' features (dicts of numpy arrays as written by SuperPoint.py).
+
+    With ``refine`` and fine features in both (``fine_descriptors``, ``fine_patches``,
+    ``fine_temperature``), image 1's matched keypoints are moved by ``SuperPoint.refine_matches``.
+    """
     device = next(model.parameters()).device
     if f0["descriptors"].shape[1] != model.config.descriptor_dim:
         raise PipelineError(f"features have {f0['descriptors'].shape[1]}-d descriptors but the SuperGlue "
@@ -306,10 +313,20 @@ def match_features(model: SuperGlue, f0: dict, f1: dict) -> dict[str, np.ndarray
                             "SuperPoint it was trained on")
     data = {k: v.to(device) for k, v in pad_batch([f0], [f1]).items()}
     out = model(data)
-    return {"keypoints0": np.asarray(f0["keypoints"], np.float32), "keypoints1": np.asarray(f1["keypoints"], np.float32),
-            "matches0": out["matches0"][0].cpu().numpy(), "matches1": out["matches1"][0].cpu().numpy(),
-            "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
-            "matching_scores1": out["matching_scores1"][0].cpu().numpy()}
+    result = {"keypoints0": np.asarray(f0["keypoints"], np.float32),
+              "keypoints1": np.asarray(f1["keypoints"], np.float32),
+              "matches0": out["matches0"][0].cpu().numpy(), "matches1": out["matches1"][0].cpu().numpy(),
+              "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
+              "matching_scores1": out["matching_scores1"][0].cpu().numpy()}
+    if refine and "fine_descriptors" in f0 and "fine_patches" in f1:
+        from SuperPoint import refine_matches
+
+        kpts1, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
+                                  torch.from_numpy(result["keypoints1"]), torch.from_numpy(result["matches0"]),
+                                  float(f1["fine_temperature"]))
+        result["keypoints1"] = kpts1.numpy()
+        result["refined1"] = result["matches1"] > -1
+    return result
 
 
 # ----------------------------------------------------------------------------- script
@@ -335,7 +352,9 @@ def load_features(path: Path) -> dict[str, np.ndarray]:
         raise PipelineError(f"{path}: no features; run SuperPoint.py on that image first")
     try:
         with np.load(path) as f:
-            return {k: f[k] for k in ("keypoints", "scores", "descriptors", "image_size")}
+            keys = ("keypoints", "scores", "descriptors", "image_size")
+            keys += ("fine_descriptors", "fine_patches", "fine_temperature") if "fine_patches" in f else ()
+            return {k: f[k] for k in keys}
     except Exception as exc:
         raise PipelineError(f"{path}: not a features file of SuperPoint.py ({exc}); re-extract it") from exc
 
@@ -350,6 +369,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="keep image 1's detected keypoints (default: refine matches with the fine patches "
+                             "when the features have them)")
     parser.add_argument("--device", default=config.DEVICE)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -379,7 +401,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 result = match_features(model, load_features(_features_path(args.features, a)),
-                                        load_features(_features_path(args.features, b)))
+                                        load_features(_features_path(args.features, b)), refine=not args.no_refine)
             except PipelineError as exc:
                 failed.append(str(exc))
                 continue

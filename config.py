@@ -83,11 +83,19 @@ class SuperPointConfig:
     max_keypoints: int = 1024                     # -1 = all above the threshold
     remove_borders: int = 4
     subpixel: bool = True                         # soft-argmax refinement of each peak
+    # fine head (0 = none): a dense map at stride 2 whose patches around each keypoint let a
+    # match be moved to the pixel in image 1 that best fits image 0's keypoint
+    fine_dim: int = 0
+    fine_hidden: int = 16                         # hidden width of the fine head
+    fine_radius: int = 3                          # search window: ±radius fine cells (±6 px)
+    fine_temperature: float = 0.1
 
     @property
     def cell(self) -> int:
         """Side of one detector cell: each VGG block but the last halves the resolution."""
         return 2 ** (len(self.channels) - 1)
+
+    fine_stride = 2                               # the fine head reads the second block's output
 
 
 # The paper's configuration (DeTone et al. 2018): 1.3 M parameters.
@@ -136,6 +144,7 @@ class SuperPointTrainConfig:
     desc_weight: float = 1.0
     negative_radius: float = 6.0      # other points closer than this are not negatives (px)
     synthetic_fraction: float = 0.0   # pairs made from one image + warp (no second date)
+    fine_max_shift: float = 5.0       # px: fine-head training moves the window off the truth by up to this
     workers: int = 1
 
 

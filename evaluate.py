@@ -1,6 +1,7 @@
 """Benchmark of matching methods on real cross-date Sentinel-2 pairs of held-out places.
 
-    python evaluate.py --data ../shared/data --methods sift,orb,akaze,superpoint,superpoint+superglue
+    python evaluate.py --data ../shared/data \
+        --methods sift,orb,akaze,superpoint,superpoint+superglue,superpoint+superglue+refine
 
 For every validation pair (``dataset.evaluation_pairs``): a centre crop of one date
 (default 512 px), the other date viewed through a seeded random homography of the chosen
@@ -8,8 +9,9 @@ difficulty, features matched by each method, and a homography estimated from the
 with the **same** OpenCV USAC_MAGSAC at 3 px for every method. Reported per method and
 pair category: AUC of the mean corner error at 1/3/5/10 px, precision of the matches at
 3 px, number of correct matches, keypoint repeatability, and the median seconds per pair
-(detect + describe both images + match) and per image (detect + describe) on this machine.
-Every input image gets the same 1-99 percentile contrast stretch, for every method.
+(detect + describe both images + match, + refine) and per image (detect + describe) on this
+machine. Every input image gets the same 1-99 percentile contrast stretch, for every method.
+``+refine`` moves each match's point in image 1 with SuperPoint's fine head (sub-pixel).
 """
 from __future__ import annotations
 
@@ -72,16 +74,23 @@ class OpenCVMethod:
 
 
 class SuperPointMethod:
-    """The shipped SuperPoint with mutual nearest-neighbour matching."""
+    """The shipped SuperPoint with mutual nearest-neighbour matching; with ``refine``, each
+    match's point in image 1 is then moved by the fine head (``SuperPoint.refine_matches``)."""
 
-    name = "superpoint"
+    base_name = "superpoint"
 
-    def __init__(self, checkpoint: Path, max_keypoints: int, device: str = "cpu", model=None):
+    def __init__(self, checkpoint: Path, max_keypoints: int, device: str = "cpu", model=None,
+                 refine: bool = False):
         from SuperPoint import SuperPoint
 
         self.model = model if model is not None else SuperPoint.from_checkpoint(checkpoint, device)
+        if refine and self.model.config.fine_dim == 0:
+            raise PipelineError(f"{checkpoint}: this SuperPoint has no fine head to refine matches with; "
+                                "train one with train_superpoint.py --fine")
         self.max_keypoints = max_keypoints
         self.device = device
+        self.refine_matches = refine
+        self.name = self.base_name + ("+refine" if refine else "")
 
     def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
         """Features of a (H, W) 0..1 image as numpy, in the layout SuperGlue takes."""
@@ -89,23 +98,39 @@ class SuperPointMethod:
         v = torch.from_numpy(valid)[None].to(self.device)
         f = self.model.extract(x, v, self.max_keypoints)[0]
         h, w = image01.shape
-        return {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
-                "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
+        out = {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
+               "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
+        if self.refine_matches:
+            out["fine_descriptors"] = f["fine_descriptors"].cpu().numpy()
+            out["fine_patches"] = f["fine_patches"].cpu().numpy()
+        return out
 
     def match(self, f0: dict, f1: dict) -> np.ndarray:
         return mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
+
+    def refine(self, f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarray:
+        """Image 1's keypoints with the matched ones moved by the fine head (if enabled)."""
+        if not self.refine_matches:
+            return f1["keypoints"]
+        from SuperPoint import refine_matches
+
+        cfg = self.model.config
+        kpts1, _ = refine_matches(torch.from_numpy(f0["fine_descriptors"]), torch.from_numpy(f1["fine_patches"]),
+                                  torch.from_numpy(f1["keypoints"]), torch.from_numpy(matches0),
+                                  cfg.fine_temperature)
+        return kpts1.numpy()
 
 
 class SuperGlueMethod(SuperPointMethod):
     """The shipped SuperPoint with the shipped SuperGlue matcher."""
 
-    name = "superpoint+superglue"
+    base_name = "superpoint+superglue"
 
     def __init__(self, superpoint_path: Path | None, superglue_path: Path | None, max_keypoints: int,
-                 device: str = "cpu", superpoint=None, superglue=None):
+                 device: str = "cpu", superpoint=None, superglue=None, refine: bool = False):
         from SuperGlue_architecture import SuperGlue
 
-        super().__init__(superpoint_path, max_keypoints, device, model=superpoint)
+        super().__init__(superpoint_path, max_keypoints, device, model=superpoint, refine=refine)
         self.superglue = superglue if superglue is not None else SuperGlue.from_checkpoint(superglue_path, device)
 
     def match(self, f0: dict, f1: dict) -> np.ndarray:
@@ -120,13 +145,14 @@ def build_methods(names: list[str], checkpoint: Path, cfg: EvalConfig, device: s
     for name in names:
         if name in ("sift", "orb", "akaze"):
             methods.append(OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio))
-        elif name == "superpoint":
-            methods.append(SuperPointMethod(checkpoint, cfg.max_keypoints, device))
-        elif name == "superpoint+superglue":
-            methods.append(SuperGlueMethod(checkpoint, superglue, cfg.max_keypoints, device))
+        elif name in ("superpoint", "superpoint+refine"):
+            methods.append(SuperPointMethod(checkpoint, cfg.max_keypoints, device, refine=name.endswith("+refine")))
+        elif name in ("superpoint+superglue", "superpoint+superglue+refine"):
+            methods.append(SuperGlueMethod(checkpoint, superglue, cfg.max_keypoints, device,
+                                           refine=name.endswith("+refine")))
         else:
             raise PipelineError(f"unknown method {name!r}; choose from sift, orb, akaze, superpoint, "
-                                "superpoint+superglue")
+                                "superpoint+refine, superpoint+superglue, superpoint+superglue+refine")
     return methods
 
 
@@ -162,9 +188,10 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
     f1 = method.extract(img1, sample["valid1"])
     t2 = time.perf_counter()
     matches0 = method.match(f0, f1)
+    k0 = f0["keypoints"]
+    k1 = method.refine(f0, f1, matches0) if hasattr(method, "refine") else f1["keypoints"]
     t3 = time.perf_counter()
     H_gt = sample["H_0to1"]
-    k0, k1 = f0["keypoints"], f1["keypoints"]
     m = matches0 > -1
     mk0, mk1 = k0[m], k1[matches0[m]]
     H_est, _ = estimate_homography(mk0, mk1, cfg.ransac_threshold)
@@ -176,7 +203,7 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
         "corner_error": corner_error(H_est, H_gt, (w, h)),
         "num_keypoints": (len(k0) + len(k1)) / 2, "num_matches": int(m.sum()), "num_correct": correct,
         "precision": correct / max(int(m.sum()), 1),
-        "repeatability": repeatability(k0, k1, H_gt, sample["valid0"], sample["valid1"], cfg.correct_threshold),
+        "repeatability": repeatability(k0, f1["keypoints"], H_gt, sample["valid0"], sample["valid1"], cfg.correct_threshold),
         "seconds_pair": t3 - t0, "seconds_image": ((t1 - t0) + (t2 - t1)) / 2,
     }
 
@@ -235,11 +262,12 @@ def markdown_table(results: dict, cfg: EvalConfig) -> str:
                                         f"{o['repeatability']:.3f}", f"{o['seconds_pair']:.3f}",
                                         f"{o['seconds_image']:.3f}"]) + " |")
     cats = sorted({c for res in results.values() for c in res["by_category"]})
-    lines += ["", "AUC@5px by pair category (pairs):", "",
-              "| method | " + " | ".join(f"{c} ({next(iter(results.values()))['by_category'][c]['pairs']})"
-                                        for c in cats) + " |", "|" + "---|" * (len(cats) + 1)]
-    for name, res in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{res['by_category'][c]['auc@5px']:.3f}" for c in cats) + " |")
+    for key, title in (("auc@5px", "AUC@5px"), ("precision", "Precision at 3 px")):
+        lines += ["", f"{title} by pair category (pairs):", "",
+                  "| method | " + " | ".join(f"{c} ({next(iter(results.values()))['by_category'][c]['pairs']})"
+                                            for c in cats) + " |", "|" + "---|" * (len(cats) + 1)]
+        for name, res in results.items():
+            lines.append(f"| {name} | " + " | ".join(f"{res['by_category'][c][key]:.3f}" for c in cats) + " |")
     return "\n".join(lines)
 
 
@@ -249,7 +277,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="folder with oscd/, ombria/, ukraine_T36UYA/ (validation places are used)")
-    parser.add_argument("--methods", default="sift,orb,akaze,superpoint", help="comma-separated")
+    parser.add_argument("--methods", default="sift,superpoint,superpoint+superglue,superpoint+superglue+refine",
+                        help="comma-separated, from sift, orb, akaze, superpoint, superpoint+refine, "
+                             "superpoint+superglue, superpoint+superglue+refine")
     parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
     parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")

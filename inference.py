@@ -120,12 +120,15 @@ class ImageMatcher:
         bands: for multi-band inputs, the 0-based channel indices to use (1, 3 or 4 of them,
             matching the model's input channels; grey models average them).
         ransac_threshold: px, in image 1's own frame.
+        refine: move each match's point in image 1 to where image 0's keypoint fits best,
+            with SuperPoint's fine head (sub-pixel; only if the checkpoint has one).
     """
 
     def __init__(self, model_path: str | Path = config.CHECKPOINT_DIR, device: str | None = None,
                  max_keypoints: int = config.SuperPointConfig.max_keypoints,
                  match_threshold: float = config.SuperGlueConfig.match_threshold, resize: int = DEFAULT_RESIZE,
-                 bands: tuple[int, ...] | None = None, ransac_threshold: float = config.EvalConfig.ransac_threshold):
+                 bands: tuple[int, ...] | None = None, ransac_threshold: float = config.EvalConfig.ransac_threshold,
+                 refine: bool = True):
         self.device = device or config.DEVICE
         model_path = Path(model_path)
         self.superpoint = SuperPoint.from_checkpoint(model_path, self.device)
@@ -138,11 +141,13 @@ class ImageMatcher:
             self.superglue.config = config.replace(self.superglue.config, match_threshold=match_threshold)
         self.max_keypoints, self.resize, self.bands = max_keypoints, resize, bands
         self.ransac_threshold = ransac_threshold
+        self.refine = refine and self.superpoint.config.fine_dim > 0
         self._cache: dict[str, tuple[Loaded, dict]] = {}
 
     @property
     def method(self) -> str:
-        return "superpoint+superglue" if self.superglue is not None else "superpoint+mnn"
+        name = "superpoint+superglue" if self.superglue is not None else "superpoint+mnn"
+        return name + ("+refine" if self.refine else "")
 
     # ------------------------------------------------------------------ inputs
     def load(self, image, name: str | None = None) -> Loaded:
@@ -215,6 +220,10 @@ class ImageMatcher:
         d = self.superpoint.config.descriptor_dim
         feats = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
                  "descriptors": np.zeros((0, d), np.float32), "image_size": np.array([w, h]), "reason": None}
+        spc = self.superpoint.config
+        if spc.fine_dim:
+            feats["fine_descriptors"] = np.zeros((0, spc.fine_dim), np.float32)
+            feats["fine_patches"] = np.zeros((0, (2 * spc.fine_radius + 1) ** 2, spc.fine_dim), np.float32)
         if loaded.valid is not None and not loaded.valid.any():
             feats["reason"] = f"{loaded.name}: no valid pixel (all nodata)"
         elif float(loaded.net.std()) < MIN_TEXTURE:
@@ -224,7 +233,7 @@ class ImageMatcher:
             v = None if loaded.valid is None else torch.from_numpy(loaded.valid)[None].to(self.device)
             with torch.no_grad():
                 f = self.superpoint.extract(x, v, self.max_keypoints)[0]
-            feats.update({k: f[k].cpu().numpy().astype(np.float32) for k in ("keypoints", "scores", "descriptors")})
+            feats.update({k: v.cpu().numpy().astype(np.float32) for k, v in f.items()})
             if len(feats["keypoints"]) == 0:
                 feats["reason"] = f"{loaded.name}: no keypoint found (blank or cloud-covered?)"
         feats["keypoints_image"] = ((feats["keypoints"] + 0.5) / loaded.scale - 0.5).astype(np.float32)
@@ -253,6 +262,14 @@ class ImageMatcher:
         valid = matches0 > -1
         k0, k1 = f0["keypoints_image"], f1["keypoints_image"]
         mkpts0, mkpts1 = k0[valid], k1[matches0[valid]]
+        if self.refine and valid.any():
+            from SuperPoint import refine_matches
+
+            spc = self.superpoint.config
+            refined, _ = refine_matches(torch.from_numpy(f0["fine_descriptors"]), torch.from_numpy(f1["fine_patches"]),
+                                        torch.from_numpy(f1["keypoints"]), torch.from_numpy(matches0),
+                                        spc.fine_temperature)
+            mkpts1 = ((refined.numpy()[matches0[valid]] + 0.5) / l1.scale - 0.5).astype(np.float32)
         H, inliers = estimate_homography(mkpts0, mkpts1, self.ransac_threshold)
         result = MatchResult(
             keypoints0=k0, keypoints1=k1, scores0=f0["scores"], scores1=f1["scores"],

@@ -14,6 +14,17 @@ Validation every ``--val-every`` steps runs the benchmark of ``evaluate.py`` (mu
 USAC_MAGSAC, AUC of the corner error) on held-out places; the best checkpoint by AUC@5px
 is written to ``--output``. ``--resume`` continues from ``<run-dir>/last.pt`` with the
 same step count and the same data.
+
+Second stage, the fine head (sub-pixel match refinement):
+
+    python train_superpoint.py --data ../shared/data --fine-from model_checkpoints/superpoint.pt \
+        --minutes 20 --output model_checkpoints/superpoint.pt
+
+adds a small head on the stride-2 features and trains only it, everything else frozen (so
+keypoints, descriptors and the SuperGlue trained on them stay valid): for points of image 0,
+cross-entropy of their true position in a ±6 px window of image 1 placed off the truth by up
+to ``fine_max_shift`` px, as a coarse match would be (``fine_loss``). Validation refines the
+shipped SuperGlue's matches; the best checkpoint is chosen by AUC@3px.
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ import torch.nn.functional as F
 import config
 from config import SuperPointConfig, SuperPointTrainConfig
 from dataset import TrainingPairs, evaluation_pairs, load_scenes, make_eval_sample
-from SuperPoint import SuperPoint, sample_descriptors
+from SuperPoint import SuperPoint, fine_patches, sample_descriptors, snap_to_fine_grid
 from utils import PipelineError, atomic_path
 
 
@@ -56,6 +67,77 @@ def descriptor_loss(desc0: torch.Tensor, desc1: torch.Tensor, points1: torch.Ten
     sim = sim.masked_fill(~pair_ok, -1e4)
     diag = torch.diagonal(sim.log_softmax(2), dim1=1, dim2=2) + torch.diagonal(sim.log_softmax(1), dim1=1, dim2=2)
     return -(diag * mask).sum() / (2 * mask.sum().clamp_min(1))
+
+
+def fine_loss(fine0: torch.Tensor, fine1: torch.Tensor, points0: torch.Tensor, points1: torch.Tensor,
+              mask: torch.Tensor, radius: int, temperature: float, max_shift: float,
+              generator: torch.Generator | None = None, stride: int = SuperPointConfig.fine_stride) -> torch.Tensor:
+    """Cross-entropy of the true position of each point of image 0 in a window of image 1.
+
+    The window (``fine_patches``) is centred on the true position shifted by up to
+    ``max_shift`` px, as a coarse match would be; the target is the true position spread
+    bilinearly over its four nearest window cells, so the softmax learns sub-cell position.
+
+    Args:
+        fine0, fine1: (B, C, H/stride, W/stride) unit fine maps.
+        points0, points1: (B, P, 2) corresponding points; ``mask`` (B, P) which take part.
+    """
+    side = 2 * radius + 1
+    shift = (torch.rand(points1.shape, generator=generator) * 2 - 1).to(points1) * max_shift
+    centre = snap_to_fine_grid(points1 + shift, stride)
+    d0 = sample_descriptors(points0, fine0, stride)                               # (B, P, C)
+    d1 = fine_patches(fine1, points1 + shift, radius, stride)                     # (B, P, side², C)
+    logp = (torch.einsum("bpwc,bpc->bpw", d1, d0) / temperature).log_softmax(-1)
+    u = (points1 - centre) / stride + radius                                      # truth in window cells
+    lo = u.floor().clamp(0, side - 2)
+    frac = (u - lo).clamp(0, 1)
+    target = torch.zeros_like(logp)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            wx = frac[..., 0] if dx else 1 - frac[..., 0]
+            wy = frac[..., 1] if dy else 1 - frac[..., 1]
+            idx = ((lo[..., 1] + dy) * side + lo[..., 0] + dx).long()
+            target.scatter_add_(2, idx[..., None], (wx * wy)[..., None])
+    loss = -(target * logp).sum(-1)
+    return (loss * mask).sum() / mask.sum().clamp_min(1)
+
+
+class FineHeadStage(torch.nn.Module):
+    """A trained SuperPoint with everything frozen (eval mode, no gradients) but its fine head.
+
+    Descriptors and keypoints stay exactly those the shipped SuperGlue was trained on.
+    """
+
+    def __init__(self, superpoint: SuperPoint):
+        super().__init__()
+        self.sp = superpoint
+        superpoint.requires_grad_(False)
+        superpoint.fine.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        super().train(False)
+        self.sp.fine.train(mode)
+        self.training = mode
+        return self
+
+    def checkpoint(self, training: dict | None = None) -> dict:
+        return self.sp.checkpoint(training)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.sp.pool(self.sp.blocks[0](images))
+            x = self.sp.blocks[1](x)
+        return F.normalize(self.sp.fine(x), dim=1)
+
+
+def fine_training_step(model: FineHeadStage, batch: dict, cfg: SuperPointTrainConfig) -> dict[str, torch.Tensor]:
+    b = batch["image0"].shape[0]
+    fine = model(torch.cat([batch["image0"], batch["image1"]]))
+    spc = model.sp.config
+    loss = fine_loss(fine[:b], fine[b:], batch["points0"], batch["points1"], batch["point_mask"].float(),
+                     spc.fine_radius, spc.fine_temperature, cfg.fine_max_shift,
+                     torch.Generator().manual_seed(int(batch["step"])))
+    return {"loss": loss}
 
 
 def training_step(model: SuperPoint, batch: dict, cfg: SuperPointTrainConfig) -> dict[str, torch.Tensor]:
@@ -108,14 +190,14 @@ def select_val_samples(data: Path, crop: int, count: int, seed: int) -> list[dic
 
 
 def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, run_dir: Path, record: dict,
-        resume: bool = False, desc: str = "train", progress: bool = True) -> dict:
+        resume: bool = False, desc: str = "train", progress: bool = True, select_by: str = "auc@5px") -> dict:
     """The training loop shared by SuperPoint and SuperGlue.
 
     ``next_batch(step)`` gives the batch of a step (a pure function of the step, so a resumed
     run sees the same data), ``step_fn(model, batch)`` the dict of losses (``loss`` first),
-    ``validate_fn(model)`` a dict of metrics with ``auc@5px``. Budgets: ``cfg.max_steps`` and
+    ``validate_fn(model)`` a dict of metrics with ``select_by``. Budgets: ``cfg.max_steps`` and
     ``cfg.minutes`` (counting resumed time too); learning rate by ``lr_factor``. The best
-    model by validation AUC@5px goes to ``output``; ``<run_dir>/last.pt`` holds the state
+    model by that validation metric goes to ``output``; ``<run_dir>/last.pt`` holds the state
     to resume from. Every file is written atomically.
     """
     from tqdm import tqdm
@@ -167,7 +249,8 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
             metrics.update(step=step, seconds=round(record["seconds"], 1))
             record["history"].append(metrics)
             tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "step"))
-            if record["best"] is None or metrics["auc@5px"] >= record["best"]["auc@5px"]:
+            record["selected_by"] = select_by
+            if record["best"] is None or metrics[select_by] >= record["best"][select_by]:
                 record["best"] = metrics
                 save_state(output, model.checkpoint(training=record))
         if time.time() - last_save > cfg.save_every_minutes * 60 or is_last:
@@ -178,28 +261,80 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
     return record
 
 
+def with_fine_head(path: Path, fine_dim: int, fine_hidden: int) -> SuperPoint:
+    """The SuperPoint of checkpoint ``path`` with a new, untrained fine head."""
+    trained = SuperPoint.from_checkpoint(path)
+    model = SuperPoint(config.replace(trained.config, fine_dim=fine_dim, fine_hidden=fine_hidden))
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("fine.") for k in missing):
+        raise PipelineError(f"{path}: its weights do not fit a SuperPoint with a fine head; pass the checkpoint "
+                            "of a SuperPoint trained by this script")
+    model.training_record = trained.training_record
+    return model
+
+
+def validate_fine(superpoint: SuperPoint, superglue_path: Path | None, samples: list[dict]) -> dict:
+    """The benchmark's metrics with refined matches (SuperGlue if given, else mutual NN)."""
+    from evaluate import SuperGlueMethod, SuperPointMethod, validation_metrics
+
+    k = config.EvalConfig().max_keypoints
+    if superglue_path is not None:
+        method = SuperGlueMethod(None, superglue_path, k, superpoint=superpoint, refine=True)
+    else:
+        method = SuperPointMethod(None, k, model=superpoint, refine=True)
+    return validation_metrics(method, samples)
+
+
 def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, output: Path, run_dir: Path,
           resume: bool = False, seed: int = config.SEED, val_crop: int = 256, repeat_batch: bool = False,
-          command: str = "", progress: bool = True) -> dict:
-    """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test)."""
+          command: str = "", progress: bool = True, fine_from: Path | None = None,
+          superglue: Path | None = None) -> dict:
+    """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test).
+
+    With ``fine_from`` (a trained SuperPoint checkpoint), only a new fine head is trained on
+    top of it (``model_cfg.fine_dim`` wide), everything else frozen; validation then refines
+    the matches of ``superglue`` (or mutual NN) and the best checkpoint is chosen by AUC@3px.
+    """
     torch.manual_seed(seed)
     scenes = load_scenes(data, "train")
     dataset = TrainingPairs(scenes, cfg, cell=model_cfg.cell, seed=seed)
     val_samples = select_val_samples(data, val_crop, cfg.val_pairs, seed)
-    model = SuperPoint(model_cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
               "loss_names": ["loss", "detector", "descriptor"],
               "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
-              "train_scenes": len(scenes), "val_pairs": len(val_samples),
-              "parameters": sum(p.numel() for p in model.parameters())}
+              "train_scenes": len(scenes), "val_pairs": len(val_samples)}
+    if fine_from is not None:
+        superpoint = with_fine_head(fine_from, model_cfg.fine_dim, model_cfg.fine_hidden)
+        model = FineHeadStage(superpoint)
+        record.update(loss_names=["loss"], stage="fine head", base=str(fine_from), base_training=superpoint.training_record)
+        params = list(superpoint.fine.parameters())
+
+        def step_fn(m, b):
+            return fine_training_step(m, b, cfg)
+
+        def validate_fn(m):
+            return validate_fine(m.sp, superglue, val_samples)
+        select_by = "auc@3px"
+    else:
+        model = SuperPoint(model_cfg)
+        params = list(model.parameters())
+
+        def step_fn(m, b):
+            return training_step(m, b, cfg)
+
+        def validate_fn(m):
+            return validate(m, val_samples)
+        select_by = "auc@5px"
+    record["parameters"] = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     fixed = collate([dataset[k] for k in range(cfg.batch_size)]) if repeat_batch else None
 
     def next_batch(step):
-        return fixed if repeat_batch else collate([dataset[step * cfg.batch_size + k] for k in range(cfg.batch_size)])
+        batch = fixed if repeat_batch else collate([dataset[step * cfg.batch_size + k] for k in range(cfg.batch_size)])
+        return {**batch, "step": torch.tensor(0 if repeat_batch else step)}
 
-    return fit(model, optimizer, cfg, next_batch, lambda m, b: training_step(m, b, cfg),
-               lambda m: validate(m, val_samples), output, run_dir, record, resume, "train SuperPoint", progress)
+    return fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output, run_dir, record, resume,
+               "train SuperPoint" + (" fine head" if fine_from else ""), progress, select_by)
 
 
 def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
@@ -243,9 +378,9 @@ def run_training(train_fn, argv, output: Path) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = record["best"] or {}
-    print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best AUC@5px "
-          f"{best.get('auc@5px', float('nan')):.3f} at step {best.get('step')} → {output}")
+    best, key = record["best"] or {}, record.get("selected_by", "auc@5px")
+    print(f"done: {record['steps']} steps in {record['seconds'] / 60:.1f} min; best {key.replace('auc', 'AUC')} "
+          f"{best.get(key, float('nan')):.3f} at step {best.get('step')} → {output}")
     return 0
 
 
@@ -254,8 +389,18 @@ def main(argv=None) -> int:
     parser = training_parser(__doc__, tcfg, "superpoint")
     parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
                         help="slim: 16-32-64-64, 128-d; paper: 64-64-128-128, 256-d")
+    parser.add_argument("--fine-from", type=Path, default=None,
+                        help="train only a fine head (sub-pixel match refinement) on top of this trained "
+                             "SuperPoint checkpoint, everything else frozen")
+    parser.add_argument("--fine-dim", type=int, default=16, help="fine descriptor size (with --fine-from)")
+    parser.add_argument("--fine-hidden", type=int, default=SuperPointConfig.fine_hidden,
+                        help="hidden width of the fine head (with --fine-from)")
+    parser.add_argument("--superglue", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
+                        help="matcher whose refined matches validate the fine head (mutual NN if missing)")
     args = parser.parse_args(argv)
     mcfg = config.SUPERPOINT_PAPER if args.arch == "paper" else SuperPointConfig()
+    if args.fine_from:
+        mcfg = config.replace(mcfg, fine_dim=args.fine_dim, fine_hidden=args.fine_hidden)
     tcfg = train_config_from_args(tcfg, args)
     if args.smoke:
         mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
@@ -263,7 +408,10 @@ def main(argv=None) -> int:
                               val_pairs=2, num_labels=40, num_desc_points=64)
     return run_training(lambda command: train(mcfg, tcfg, args.data, args.output, args.run_dir, args.resume,
                                               args.seed, val_crop=128 if args.smoke else 256,
-                                              repeat_batch=args.smoke, command=command), argv, args.output)
+                                              repeat_batch=args.smoke, command=command, fine_from=args.fine_from,
+                                              superglue=None if args.smoke or not args.superglue.exists()
+                                              else args.superglue),
+                        argv, args.output)
 
 
 if __name__ == "__main__":

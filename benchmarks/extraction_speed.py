@@ -4,7 +4,8 @@
 
 Both run on the same stretched crop of the shipped Pisa sample, interleaved, with the same
 budget of 1024 keypoints; the medians and their ratio are printed, and the whole pair
-(two extractions + SuperGlue matching) beside SIFT's (two extractions + ratio-test matching).
+(two extractions + SuperGlue matching + fine refinement, as ``ImageMatcher`` does it) beside
+SIFT's (two extractions + ratio-test matching).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config  # noqa: E402
 from evaluate import OpenCVMethod, SuperGlueMethod  # noqa: E402
+from SuperPoint import SuperPoint  # noqa: E402
 from tests.test_superpoint import sample_gray  # noqa: E402
 from utils import percentile_stretch  # noqa: E402
 
@@ -34,19 +36,26 @@ def main() -> int:
     b = percentile_stretch(sample_gray("imgs_2"))[:s, :s]
     valid = np.ones(a.shape, bool)
     sift = OpenCVMethod("sift", 1024, 0.8)
-    glue = SuperGlueMethod(config.CHECKPOINT_DIR / "superpoint.pt", config.CHECKPOINT_DIR / "superglue.pt", 1024)
+    superpoint = SuperPoint.from_checkpoint(config.CHECKPOINT_DIR / "superpoint.pt")
+    glue = SuperGlueMethod(None, config.CHECKPOINT_DIR / "superglue.pt", 1024, superpoint=superpoint,
+                           refine=superpoint.config.fine_dim > 0)
     times = {k: [] for k in ("sift_image", "sp_image", "sift_pair", "spsg_pair")}
+    counts = {}
     for _ in range(args.repeats + 2):          # the first two are warm-up
         for name, m in (("sift", sift), ("sp", glue)):
             t0 = time.perf_counter()
             f0 = m.extract(a, valid)
             t1 = time.perf_counter()
             f1 = m.extract(b, valid)
-            m.match(f0, f1)
+            matches0 = m.match(f0, f1)
+            if name == "sp":
+                m.refine(f0, f1, matches0)
             t2 = time.perf_counter()
+            counts[name] = (len(f0["keypoints"]), len(f1["keypoints"]), int((matches0 > -1).sum()))
             times[f"{name}_image"].append(t1 - t0)
             times["sift_pair" if name == "sift" else "spsg_pair"].append(t2 - t0)
     med = {k: float(np.median(v[2:])) for k, v in times.items()}
+    print(f"keypoints and matches: SIFT {counts['sift']}, SuperPoint {counts['sp']} ({glue.name})")
     print(f"{s}×{s}, {torch.get_num_threads()} threads, median of {args.repeats}:\n"
           f"| | SIFT | SuperPoint (+SuperGlue) | ratio |\n|---|---|---|---|\n"
           f"| detect + describe one image | {med['sift_image']:.3f} s | {med['sp_image']:.3f} s | "

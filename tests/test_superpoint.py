@@ -254,6 +254,69 @@ def test_smoke_training_loss_decreases(tmp_path):
     assert state["record"]["steps"] == 14
 
 
+def test_smoke_fine_head_training_leaves_the_rest_untouched(tmp_path):
+    (tmp_path / "oscd").mkdir()
+    for name in ("pisa", "pisa_copy"):
+        (tmp_path / "oscd" / name).symlink_to(fx.SAMPLE.resolve())
+    common = ["--smoke", "--data", str(tmp_path)]
+    assert train_superpoint.main(common + ["--output", str(tmp_path / "sp.pt"), "--run-dir", str(tmp_path / "r0")]) == 0
+    assert train_superpoint.main(common + ["--fine-from", str(tmp_path / "sp.pt"), "--fine-dim", "8", "--lr", "0.01", "--max-steps",
+                                           "20", "--output", str(tmp_path / "fine.pt"),
+                                           "--run-dir", str(tmp_path / "r1")]) == 0
+    base = sp.SuperPoint.from_checkpoint(tmp_path / "sp.pt")
+    fine = sp.SuperPoint.from_checkpoint(tmp_path / "fine.pt")
+    assert fine.config.fine_dim == 8 and fine.training_record["stage"] == "fine head"
+    losses = [loss for _, loss in fine.training_record["losses"]]
+    assert losses[-1] < 0.9 * losses[0]
+    for key, value in base.state_dict().items():       # frozen: batch-norm statistics included
+        assert torch.equal(value, fine.state_dict()[key]), key
+    image = torch.rand(1, 1, 64, 64)
+    a, b = base.extract(image)[0], fine.extract(image)[0]
+    assert torch.equal(a["keypoints"], b["keypoints"]) and torch.equal(a["descriptors"], b["descriptors"])
+    assert b["fine_patches"].shape == (len(b["keypoints"]), 49, 8)
+    assert b["fine_descriptors"].shape == (len(b["keypoints"]), 8)
+
+
+def test_refine_matches_moves_to_the_best_fitting_cell():
+    refine_matches = sp.refine_matches
+    side, c = 7, 4
+    fine0 = torch.eye(c)[:2]                                 # keypoint descriptors e0, e1
+    patches1 = torch.zeros(2, side * side, c)
+    patches1[:, :, 3] = 1.0                                  # background unlike both
+    patches1[0, 2 * side + 5] = torch.eye(c)[1]              # image 1 kp 0: e1 at (+2, -1) cells
+    patches1[1, 3 * side + 3] = torch.eye(c)[0]              # image 1 kp 1: e0 at its centre
+    kpts1 = torch.tensor([[50.0, 60.0], [10.0, 20.0]])       # windows centred on the cells at 50.5 60.5, 10.5 20.5
+    refined, conf = refine_matches(fine0, patches1, kpts1, torch.tensor([1, 0]), temperature=0.05)
+    torch.testing.assert_close(refined, torch.tensor([[54.5, 58.5], [10.5, 20.5]]), atol=1e-3, rtol=0)
+    assert (conf > 0.9).all()
+    refined, conf = refine_matches(fine0, patches1, kpts1, torch.tensor([-1, -1]), temperature=0.05)
+    assert torch.equal(refined, kpts1) and (conf == 0).all()
+
+
+def test_fine_patches_gather_the_cells_around_each_point():
+    fine = torch.arange(2 * 6 * 8, dtype=torch.float32).reshape(1, 2, 6, 8)   # (B, C, H/2, W/2)
+    patches = sp.fine_patches(fine, torch.tensor([[[6.4, 4.6], [0.0, 0.0]]]), radius=1)
+    assert patches.shape == (1, 2, 9, 2)
+    # (6.4, 4.6) is nearest to cell (3, 2) (centre 6.5, 4.5): its 3×3 neighbourhood, row-major
+    expected = torch.stack([fine[0, :, y, x] for y in (1, 2, 3) for x in (2, 3, 4)])
+    torch.testing.assert_close(patches[0, 0], expected)
+    assert (patches[0, 1, 0] == 0).all() and torch.equal(patches[0, 1, 4], fine[0, :, 0, 0])   # beyond: zero
+
+
+def test_fine_loss_prefers_the_true_position():
+    fine_patches = sp.fine_patches
+    from train_superpoint import fine_loss
+
+    torch.manual_seed(0)
+    fine = torch.nn.functional.normalize(torch.randn(1, 8, 32, 32), dim=1)
+    pts = torch.tensor([[[20.0, 24.0], [30.0, 36.0]]])
+    mask = torch.ones(1, 2)
+    same = fine_loss(fine, fine, pts, pts, mask, 3, 0.05, 3.0)
+    wrong = fine_loss(fine, fine, pts, pts + 4.0, mask, 3, 0.05, 3.0)
+    assert same < 0.5 * wrong
+    assert fine_patches(fine, pts, 3).shape == (1, 2, 49, 8)
+
+
 def test_preprocessed_outputs_are_a_training_source(tmp_path):
     import data_preprocess
 
