@@ -289,6 +289,8 @@ def main(argv=None) -> int:
                         help="SuperPoint checkpoint")
     parser.add_argument("--superglue", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
                         help="SuperGlue checkpoint (method superpoint+superglue)")
+    parser.add_argument("--match-threshold", type=float, default=None,
+                        help="SuperGlue's matching score threshold (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--device", default="cpu", help="timings are reported for this device")
     parser.add_argument("--output", type=Path, default=None,
@@ -299,6 +301,9 @@ def main(argv=None) -> int:
         torch.set_grad_enabled(False)
         methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint,
                                 cfg, args.device, args.superglue)
+        for method in methods:
+            if isinstance(method, SuperGlueMethod):
+                method.superglue.config = config.replace(method.superglue.config, match_threshold=args.match_threshold)
         pairs = evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None)
         samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
                    for p in pairs for r in range(args.repeats)]

@@ -90,7 +90,9 @@ def validate(superpoint: SuperPoint, superglue: SuperGlue, samples: list[dict]) 
 
 def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, superpoint_path: Path, output: Path,
           run_dir: Path, resume: bool = False, seed: int = config.SEED, val_crop: int = 256,
-          repeat_batch: bool = False, command: str = "", progress: bool = True) -> dict:
+          repeat_batch: bool = False, command: str = "", progress: bool = True, init: Path | None = None) -> dict:
+    """Train and return the training record; ``init`` continues from that checkpoint's weights
+    and config (fine-tuning, e.g. on larger crops), with a fresh optimiser."""
     torch.manual_seed(seed)
     superpoint = SuperPoint.from_checkpoint(superpoint_path)
     if superpoint.config.descriptor_dim != model_cfg.descriptor_dim:
@@ -98,12 +100,18 @@ def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, sup
     scenes = load_scenes(data, "train")
     batches = GlueBatches(TrainingPairs(scenes, cfg, cell=superpoint.config.cell, seed=seed), superpoint, cfg)
     val_samples = select_val_samples(data, val_crop, cfg.val_pairs, seed)
-    model = SuperGlue(model_cfg)
+    if init is not None:
+        model = SuperGlue.from_checkpoint(init).train()
+        origin = {"checkpoint": str(init), "steps": model.training_record.get("steps"),
+                  "seconds": model.training_record.get("seconds"), "command": model.training_record.get("command")}
+    else:
+        model, origin = SuperGlue(model_cfg), None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
               "loss_names": ["loss", "positives"], "train_config": config.as_dict(cfg), "data": str(data),
               "seed": seed, "superpoint": str(superpoint_path), "train_scenes": len(scenes),
-              "val_pairs": len(val_samples), "parameters": sum(p.numel() for p in model.parameters())}
+              "val_pairs": len(val_samples), "parameters": sum(p.numel() for p in model.parameters()),
+              "initialised_from": origin}
     fixed = batches(0) if repeat_batch else None
     return fit(model, optimizer, cfg, (lambda s: fixed) if repeat_batch else batches, training_step,
                lambda m: validate(superpoint, m, val_samples), output, run_dir, record, resume,
@@ -118,6 +126,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", choices=["slim", "paper"], default="slim",
                         help="slim: 3 self/cross pairs, 20 Sinkhorn iterations; paper: 9 pairs, 100 iterations")
     parser.add_argument("--max-keypoints", type=int, default=tcfg.max_keypoints, help="per training image")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="fine-tune: start from this SuperGlue checkpoint's weights and config")
+    parser.add_argument("--val-crop", type=int, default=256, help="side of the validation crops, px")
     args = parser.parse_args(argv)
     mcfg = config.SUPERGLUE_PAPER if args.arch == "paper" else SuperGlueConfig()
     tcfg = config.replace(train_config_from_args(tcfg, args), max_keypoints=args.max_keypoints)
@@ -126,7 +137,8 @@ def main(argv=None) -> int:
         tcfg = config.replace(tcfg, crop=96, batch_size=2, max_keypoints=64, max_steps=args.max_steps or 12,
                               val_every=10 ** 9, val_pairs=2, lr=1e-3)
     return run_training(lambda command: train(mcfg, tcfg, args.data, args.superpoint, args.output, args.run_dir,
-                                              args.resume, args.seed, val_crop=128 if args.smoke else 256,
+                                              args.resume, args.seed, val_crop=128 if args.smoke else args.val_crop,
+                                              init=args.init,
                                               repeat_batch=args.smoke, command=command), argv, args.output)
 
 

@@ -185,6 +185,13 @@ def test_smoke_training_loss_decreases(tmp_path):
     losses = [entry[1] for entry in record["losses"]]
     assert len(losses) == 12 and losses[-1] < 0.8 * losses[0]
     assert record["history"][-1]["step"] == 12
+    # fine-tuning starts from the given weights: its first loss is the first run's last, not the first
+    assert train_superglue.main(["--smoke", "--data", str(tmp_path), "--superpoint", str(tmp_path / "sp.pt"),
+                                 "--init", str(tmp_path / "sg.pt"), "--max-steps", "2", "--output",
+                                 str(tmp_path / "sg2.pt"), "--run-dir", str(tmp_path / "run2")]) == 0
+    record2 = torch.load(tmp_path / "sg2.pt", weights_only=True)["training"]
+    assert record2["initialised_from"]["steps"] == 12
+    assert record2["losses"][0][1] < 0.9 * losses[0]
 
 
 def test_shipped_superglue_matches_real_crops_consistently():
