@@ -233,7 +233,7 @@ class ImageMatcher:
             v = None if loaded.valid is None else torch.from_numpy(loaded.valid)[None].to(self.device)
             with torch.no_grad():
                 f = self.superpoint.extract(x, v, self.max_keypoints)[0]
-            feats.update({k: v.cpu().numpy().astype(np.float32) for k, v in f.items()})
+            feats.update({key: value.cpu().numpy().astype(np.float32) for key, value in f.items()})
             if len(feats["keypoints"]) == 0:
                 feats["reason"] = f"{loaded.name}: no keypoint found (blank or cloud-covered?)"
         feats["keypoints_image"] = ((feats["keypoints"] + 0.5) / loaded.scale - 0.5).astype(np.float32)
