@@ -321,6 +321,11 @@ def match_features(model: SuperGlue, f0: dict, f1: dict, refine: bool = False) -
     if refine and "fine_descriptors" in f0 and "fine_patches" in f1:
         from SuperPoint import refine_matches
 
+        if f0["fine_descriptors"].shape[-1] != f1["fine_patches"].shape[-1]:
+            raise PipelineError(f"fine features of {f0['fine_descriptors'].shape[-1]} and "
+                                f"{f1['fine_patches'].shape[-1]} channels: extract both images with the same "
+                                "SuperPoint checkpoint, or match with --no-refine")
+
         kpts1, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
                                   torch.from_numpy(result["keypoints1"]), torch.from_numpy(result["matches0"]),
                                   float(f1["fine_temperature"]))

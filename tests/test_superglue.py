@@ -137,6 +137,11 @@ def test_matching_script(tmp_path, capsys):
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ab.txt"), "--output", str(tmp_path / "r2"),
                  "--checkpoint", str(tmp_path / "sg.pt"), "--no-refine"]) == 0
     assert np.array_equal(np.load(tmp_path / "r2" / "a__b.npz")["keypoints1"], f["keypoints"])
+    np.savez(feats / "c.npz", **f, **{**fine, "fine_patches": rng.normal(size=(10, 49, 4)).astype(np.float16)})
+    (tmp_path / "ac.txt").write_text("a c\n")
+    assert main(["--features", str(feats), "--pairs", str(tmp_path / "ac.txt"), "--output", str(tmp_path / "r3"),
+                 "--checkpoint", str(tmp_path / "sg.pt")]) == 1
+    assert "same SuperPoint checkpoint" in capsys.readouterr().err and not (tmp_path / "r3" / "a__c.npz").exists()
     (tmp_path / "pairs.txt").write_text("img0.npz img9.npz\n")
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "pairs.txt"), "--output",
                  str(tmp_path / "m"), "--checkpoint", str(tmp_path / "sg.pt")]) == 1
