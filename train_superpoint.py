@@ -258,13 +258,17 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
             last_save = time.time()
     bar.close()
     save_last()
+    if output.exists():   # the best weights, with the whole run's record (not only up to their step)
+        best = torch.load(output, map_location="cpu", weights_only=True)
+        save_state(output, {**best, "training": record})
     return record
 
 
-def with_fine_head(path: Path, fine_dim: int, fine_hidden: int) -> SuperPoint:
+def with_fine_head(path: Path, fine_dim: int, fine_hidden: int, fine_radius: int) -> SuperPoint:
     """The SuperPoint of checkpoint ``path`` with a new, untrained fine head."""
     trained = SuperPoint.from_checkpoint(path)
-    model = SuperPoint(config.replace(trained.config, fine_dim=fine_dim, fine_hidden=fine_hidden))
+    model = SuperPoint(config.replace(trained.config, fine_dim=fine_dim, fine_hidden=fine_hidden,
+                                      fine_radius=fine_radius))
     missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
     if unexpected or any(not k.startswith("fine.") for k in missing):
         raise PipelineError(f"{path}: its weights do not fit a SuperPoint with a fine head; pass the checkpoint "
@@ -304,7 +308,7 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
               "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
               "train_scenes": len(scenes), "val_pairs": len(val_samples)}
     if fine_from is not None:
-        superpoint = with_fine_head(fine_from, model_cfg.fine_dim, model_cfg.fine_hidden)
+        superpoint = with_fine_head(fine_from, model_cfg.fine_dim, model_cfg.fine_hidden, model_cfg.fine_radius)
         model = FineHeadStage(superpoint)
         record.update(loss_names=["loss"], stage="fine head", base=str(fine_from), base_training=superpoint.training_record)
         params = list(superpoint.fine.parameters())
@@ -395,13 +399,17 @@ def main(argv=None) -> int:
     parser.add_argument("--fine-dim", type=int, default=16, help="fine descriptor size (with --fine-from)")
     parser.add_argument("--fine-hidden", type=int, default=SuperPointConfig.fine_hidden,
                         help="hidden width of the fine head (with --fine-from)")
+    parser.add_argument("--fine-radius", type=int, default=SuperPointConfig.fine_radius,
+                        help="search window of the refinement: ±radius cells of 2 px (with --fine-from)")
+    parser.add_argument("--fine-max-shift", type=float, default=tcfg.fine_max_shift,
+                        help="px: training windows are placed off the truth by up to this")
     parser.add_argument("--superglue", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
                         help="matcher whose refined matches validate the fine head (mutual NN if missing)")
     args = parser.parse_args(argv)
     mcfg = config.SUPERPOINT_PAPER if args.arch == "paper" else SuperPointConfig()
     if args.fine_from:
-        mcfg = config.replace(mcfg, fine_dim=args.fine_dim, fine_hidden=args.fine_hidden)
-    tcfg = train_config_from_args(tcfg, args)
+        mcfg = config.replace(mcfg, fine_dim=args.fine_dim, fine_hidden=args.fine_hidden, fine_radius=args.fine_radius)
+    tcfg = config.replace(train_config_from_args(tcfg, args), fine_max_shift=args.fine_max_shift)
     if args.smoke:
         mcfg = config.replace(mcfg, channels=(8, 8, 16, 16), head_dim=16, descriptor_dim=16)
         tcfg = config.replace(tcfg, crop=64, batch_size=2, max_steps=args.max_steps or 12, val_every=10 ** 9,

@@ -317,6 +317,31 @@ def test_fine_loss_prefers_the_true_position():
     assert fine_patches(fine, pts, 3).shape == (1, 2, 49, 8)
 
 
+def test_fit_keeps_best_weights_with_the_whole_record(tmp_path):
+    cfg = config.replace(config.SuperPointTrainConfig(), max_steps=6, val_every=2)
+    model = sp.SuperPoint(config.SuperPointConfig(channels=(4, 4, 8, 8), head_dim=8, descriptor_dim=8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scores = iter([0.5, 0.2, 0.1])                      # the first validation is the best
+
+    def step_fn(m, batch):
+        return {"loss": m(batch)["descriptors_dense"].sum()}
+
+    snapshots = []
+
+    def validate_fn(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"auc@5px": next(scores)}
+
+    record = {"command": "test", "steps": 0, "seconds": 0.0, "history": [], "best": None}
+    train_superpoint.fit(model, optimizer, cfg, lambda step: torch.rand(1, 1, 16, 16), step_fn, validate_fn,
+                         tmp_path / "best.pt", tmp_path / "run", record, progress=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["training"]["steps"] == 6 and len(best["training"]["history"]) == 3
+    assert best["training"]["best"]["step"] == 2
+    for key, value in snapshots[0].items():              # weights of step 2, not of the last step
+        assert torch.equal(best["state_dict"][key], value), key
+
+
 def test_preprocessed_outputs_are_a_training_source(tmp_path):
     import data_preprocess
 
