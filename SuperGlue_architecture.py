@@ -304,7 +304,7 @@ def match_features(model: SuperGlue, f0: dict, f1: dict, refine: bool = False) -
     """Match two images' features (dicts of numpy arrays as written by SuperPoint.py).
 
     With ``refine`` and fine features in both (``fine_descriptors``, ``fine_patches``,
-    ``fine_temperature``), image 1's matched keypoints are moved by ``SuperPoint.refine_matches``.
+    ``fine_temperature``), image 1's matched keypoints are moved by ``SuperPoint.refine_feature_matches``.
     """
     device = next(model.parameters()).device
     if f0["descriptors"].shape[1] != model.config.descriptor_dim:
@@ -319,17 +319,10 @@ def match_features(model: SuperGlue, f0: dict, f1: dict, refine: bool = False) -
               "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
               "matching_scores1": out["matching_scores1"][0].cpu().numpy()}
     if refine and "fine_descriptors" in f0 and "fine_patches" in f1:
-        from SuperPoint import refine_matches
+        from SuperPoint import refine_feature_matches
 
-        if f0["fine_descriptors"].shape[-1] != f1["fine_patches"].shape[-1]:
-            raise PipelineError(f"fine features of {f0['fine_descriptors'].shape[-1]} and "
-                                f"{f1['fine_patches'].shape[-1]} channels: extract both images with the same "
-                                "SuperPoint checkpoint, or match with --no-refine")
-
-        kpts1, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
-                                  torch.from_numpy(result["keypoints1"]), torch.from_numpy(result["matches0"]),
-                                  float(f1["fine_temperature"]))
-        result["keypoints1"] = kpts1.numpy()
+        kpts1 = refine_feature_matches(f0, f1, result["matches0"], float(f1["fine_temperature"]))
+        result["keypoints1"] = kpts1.astype(np.float32)
         result["refined1"] = result["matches1"] > -1
     return result
 

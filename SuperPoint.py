@@ -86,9 +86,14 @@ def window_offsets(radius: int, device=None) -> torch.Tensor:
     return torch.stack([dx.reshape(-1), dy.reshape(-1)], -1)
 
 
+def _fine_cell(points: torch.Tensor, stride: int) -> torch.Tensor:
+    """Index (x, y) of the fine-map cell nearest to each point; cell j is centred on stride·j + (stride−1)/2."""
+    return torch.round((points - (stride - 1) / 2) / stride)
+
+
 def snap_to_fine_grid(points: torch.Tensor, stride: int = SuperPointConfig.fine_stride) -> torch.Tensor:
     """Centre, in image pixels, of the fine-map cell nearest to each point."""
-    return stride * torch.round((points - (stride - 1) / 2) / stride) + (stride - 1) / 2
+    return stride * _fine_cell(points, stride) + (stride - 1) / 2
 
 
 def fine_patches(fine_dense: torch.Tensor, points: torch.Tensor, radius: int,
@@ -109,7 +114,7 @@ def fine_patches(fine_dense: torch.Tensor, points: torch.Tensor, radius: int,
     n = points.shape[1]
     padded = F.pad(fine_dense, (radius,) * 4).flatten(2)                          # (B, C, Hp*Wp)
     wp, hp = w + 2 * radius, h + 2 * radius
-    cell = torch.round((points - (stride - 1) / 2) / stride).long() + radius      # (B, N, 2) in the padded map
+    cell = _fine_cell(points, stride).long() + radius                             # (B, N, 2) in the padded map
     off = window_offsets(radius, points.device).long()                            # (P, 2)
     ix = (cell[:, :, None, 0] + off[:, 0]).clamp(0, wp - 1)
     iy = (cell[:, :, None, 1] + off[:, 1]).clamp(0, hp - 1)
@@ -157,6 +162,30 @@ def refine_matches(fine0: torch.Tensor, patches1: torch.Tensor, kpts1: torch.Ten
     refined[j1] = centre + stride * torch.stack([ex, ey], -1).to(kpts1.dtype)
     confidence[j1] = prob.max(dim=1).values.to(kpts1.dtype)
     return refined, confidence
+
+
+def refine_feature_matches(f0: dict, f1: dict, matches0: np.ndarray, temperature: float) -> np.ndarray:
+    """``refine_matches`` on two images' numpy features: image 1's ``keypoints`` with the matched
+    ones moved (``fine_descriptors`` of image 0, ``fine_patches`` of image 1)."""
+    c0, c1 = f0["fine_descriptors"].shape[-1], f1["fine_patches"].shape[-1]
+    if c0 != c1:
+        raise PipelineError(f"fine features of {c0} and {c1} channels: extract both images with the same "
+                            "SuperPoint checkpoint")
+    kpts1 = np.asarray(f1["keypoints"])
+    refined, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
+                                torch.from_numpy(kpts1), torch.as_tensor(matches0), temperature)
+    return refined.numpy()
+
+
+def empty_features(cfg: SuperPointConfig, width: int, height: int) -> dict[str, np.ndarray]:
+    """The features of an image without keypoints, with every array a model of ``cfg`` writes."""
+    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
+             "descriptors": np.zeros((0, cfg.descriptor_dim), np.float32), "image_size": np.array([width, height])}
+    if cfg.fine_dim:
+        empty["fine_descriptors"] = np.zeros((0, cfg.fine_dim), np.float16)
+        empty["fine_patches"] = np.zeros((0, (2 * cfg.fine_radius + 1) ** 2, cfg.fine_dim), np.float16)
+        empty["fine_temperature"] = np.float32(cfg.fine_temperature)
+    return empty
 
 
 class CheckpointMixin:
@@ -341,12 +370,7 @@ def extract_features(model: SuperPoint, image: np.ndarray, valid: np.ndarray | N
     """
     h, w = image.shape[:2]
     cfg = model.config
-    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
-             "descriptors": np.zeros((0, cfg.descriptor_dim), np.float32), "image_size": np.array([w, h])}
-    if cfg.fine_dim:
-        empty["fine_descriptors"] = np.zeros((0, cfg.fine_dim), np.float16)
-        empty["fine_patches"] = np.zeros((0, (2 * cfg.fine_radius + 1) ** 2, cfg.fine_dim), np.float16)
-        empty["fine_temperature"] = np.float32(cfg.fine_temperature)
+    empty = empty_features(cfg, w, h)
     if min(h, w) < model.config.cell:
         raise PipelineError(f"image of {w}×{h} px is smaller than one {model.config.cell}-px network cell")
     if valid is not None and not valid.any():

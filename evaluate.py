@@ -72,6 +72,10 @@ class OpenCVMethod:
                 matches0[m.queryIdx] = m.trainIdx
         return matches0
 
+    def refine(self, f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarray:
+        """Image 1's keypoints as detected: no refinement stage."""
+        return f1["keypoints"]
+
 
 class SuperPointMethod:
     """The shipped SuperPoint with mutual nearest-neighbour matching; with ``refine``, each
@@ -86,7 +90,7 @@ class SuperPointMethod:
         self.model = model if model is not None else SuperPoint.from_checkpoint(checkpoint, device)
         if refine and self.model.config.fine_dim == 0:
             raise PipelineError(f"{checkpoint}: this SuperPoint has no fine head to refine matches with; "
-                                "train one with train_superpoint.py --fine")
+                                "train one with train_superpoint.py --fine-from")
         self.max_keypoints = max_keypoints
         self.device = device
         self.refine_matches = refine
@@ -112,13 +116,9 @@ class SuperPointMethod:
         """Image 1's keypoints with the matched ones moved by the fine head (if enabled)."""
         if not self.refine_matches:
             return f1["keypoints"]
-        from SuperPoint import refine_matches
+        from SuperPoint import refine_feature_matches
 
-        cfg = self.model.config
-        kpts1, _ = refine_matches(torch.from_numpy(f0["fine_descriptors"]), torch.from_numpy(f1["fine_patches"]),
-                                  torch.from_numpy(f1["keypoints"]), torch.from_numpy(matches0),
-                                  cfg.fine_temperature)
-        return kpts1.numpy()
+        return refine_feature_matches(f0, f1, matches0, self.model.config.fine_temperature)
 
 
 class SuperGlueMethod(SuperPointMethod):
@@ -189,7 +189,7 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
     t2 = time.perf_counter()
     matches0 = method.match(f0, f1)
     k0 = f0["keypoints"]
-    k1 = method.refine(f0, f1, matches0) if hasattr(method, "refine") else f1["keypoints"]
+    k1 = method.refine(f0, f1, matches0)
     t3 = time.perf_counter()
     H_gt = sample["H_0to1"]
     m = matches0 > -1

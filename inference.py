@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import config
-from SuperPoint import SuperPoint
+from SuperPoint import SuperPoint, empty_features, refine_feature_matches
 from utils import (IMAGE_SUFFIXES, RASTER_SUFFIXES, PipelineError, atomic_path, estimate_homography, list_images,
                    load_image, mutual_nearest_neighbours, normalize_for_network, percentile_stretch, to_gray,
                    write_json)
@@ -217,13 +217,7 @@ class ImageMatcher:
             return self._cache[key]
         loaded = self.load(image, name)
         c, h, w = loaded.net.shape
-        d = self.superpoint.config.descriptor_dim
-        feats = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
-                 "descriptors": np.zeros((0, d), np.float32), "image_size": np.array([w, h]), "reason": None}
-        spc = self.superpoint.config
-        if spc.fine_dim:
-            feats["fine_descriptors"] = np.zeros((0, spc.fine_dim), np.float32)
-            feats["fine_patches"] = np.zeros((0, (2 * spc.fine_radius + 1) ** 2, spc.fine_dim), np.float32)
+        feats = {**empty_features(self.superpoint.config, w, h), "reason": None}
         if loaded.valid is not None and not loaded.valid.any():
             feats["reason"] = f"{loaded.name}: no valid pixel (all nodata)"
         elif float(loaded.net.std()) < MIN_TEXTURE:
@@ -263,13 +257,8 @@ class ImageMatcher:
         k0, k1 = f0["keypoints_image"], f1["keypoints_image"]
         mkpts0, mkpts1 = k0[valid], k1[matches0[valid]]
         if self.refine and valid.any():
-            from SuperPoint import refine_matches
-
-            spc = self.superpoint.config
-            refined, _ = refine_matches(torch.from_numpy(f0["fine_descriptors"]), torch.from_numpy(f1["fine_patches"]),
-                                        torch.from_numpy(f1["keypoints"]), torch.from_numpy(matches0),
-                                        spc.fine_temperature)
-            mkpts1 = ((refined.numpy()[matches0[valid]] + 0.5) / l1.scale - 0.5).astype(np.float32)
+            refined = refine_feature_matches(f0, f1, matches0, self.superpoint.config.fine_temperature)
+            mkpts1 = ((refined[matches0[valid]] + 0.5) / l1.scale - 0.5).astype(np.float32)
         H, inliers = estimate_homography(mkpts0, mkpts1, self.ransac_threshold)
         result = MatchResult(
             keypoints0=k0, keypoints1=k1, scores0=f0["scores"], scores1=f1["scores"],

@@ -218,6 +218,7 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
                           "torch_rng": torch.get_rng_state()})
 
     model.train()
+    record["selected_by"] = select_by
     start_step, start_seconds = record["steps"], record["seconds"]
     t_start = last_save = time.time()
     budget = cfg.minutes * 60 if cfg.minutes > 0 else math.inf
@@ -249,7 +250,6 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
             metrics.update(step=step, seconds=round(record["seconds"], 1))
             record["history"].append(metrics)
             tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "step"))
-            record["selected_by"] = select_by
             if record["best"] is None or metrics[select_by] >= record["best"][select_by]:
                 record["best"] = metrics
                 save_state(output, model.checkpoint(training=record))
@@ -277,13 +277,13 @@ def with_fine_head(path: Path, fine_dim: int, fine_hidden: int, fine_radius: int
     return model
 
 
-def validate_fine(superpoint: SuperPoint, superglue_path: Path | None, samples: list[dict]) -> dict:
-    """The benchmark's metrics with refined matches (SuperGlue if given, else mutual NN)."""
+def validate_fine(superpoint: SuperPoint, superglue, samples: list[dict]) -> dict:
+    """The benchmark's metrics with refined matches (``superglue`` if given, else mutual NN)."""
     from evaluate import SuperGlueMethod, SuperPointMethod, validation_metrics
 
     k = config.EvalConfig().max_keypoints
-    if superglue_path is not None:
-        method = SuperGlueMethod(None, superglue_path, k, superpoint=superpoint, refine=True)
+    if superglue is not None:
+        method = SuperGlueMethod(None, None, k, superpoint=superpoint, superglue=superglue, refine=True)
     else:
         method = SuperPointMethod(None, k, model=superpoint, refine=True)
     return validation_metrics(method, samples)
@@ -312,12 +312,17 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
         model = FineHeadStage(superpoint)
         record.update(loss_names=["loss"], stage="fine head", base=str(fine_from), base_training=superpoint.training_record)
         params = list(superpoint.fine.parameters())
+        matcher = None
+        if superglue is not None:   # loaded once, not at every validation
+            from SuperGlue_architecture import SuperGlue
+
+            matcher = SuperGlue.from_checkpoint(superglue)
 
         def step_fn(m, b):
             return fine_training_step(m, b, cfg)
 
         def validate_fn(m):
-            return validate_fine(m.sp, superglue, val_samples)
+            return validate_fine(m.sp, matcher, val_samples)
         select_by = "auc@3px"
     else:
         model = SuperPoint(model_cfg)

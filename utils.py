@@ -263,7 +263,7 @@ def mutual_nearest_neighbours(desc0: np.ndarray, desc1: np.ndarray, min_similari
 
 
 def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, positive: float = 3.0,
-                         negative: float = 5.0, valid1: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         negative: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth assignment of two keypoint sets related by homography ``H`` (0 → 1).
 
     A pair is positive when the two are mutual nearest neighbours (after warping image 0's
