@@ -190,11 +190,13 @@ DIFFICULTIES = {
 
 @dataclass
 class EvalConfig:
-    """Defaults of ``evaluate.py``."""
+    """Defaults of ``evaluate.py`` and of ``ImageMatcher``'s geometric verification."""
 
     crop: int = 512
     difficulty: str = "medium"
     ransac_threshold: float = 3.0     # px, the same USAC_MAGSAC for every method
+    min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (no homography)
+    wrong_error: float = 10.0         # px of mean corner error: a verified homography above it is wrong
     correct_threshold: float = 3.0    # px, a match is correct below this reprojection error
     auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0)
     max_keypoints: int = 1024

@@ -8,7 +8,10 @@ For every validation pair (``dataset.evaluation_pairs``): a centre crop of one d
 difficulty, features matched by each method, and a homography estimated from the matches
 with the **same** OpenCV USAC_MAGSAC at 3 px for every method. Reported per method and
 pair category: AUC of the mean corner error at 1/3/5/10 px, precision of the matches at
-3 px, number of correct matches, keypoint repeatability, and the median seconds per pair
+3 px, number of correct matches, keypoint repeatability, geometric verification as
+``ImageMatcher`` does it (a pair is verified with at least ``min_inliers`` RANSAC inliers;
+the precision of the inliers it hands over, and how often a verified homography is wrong),
+and the median seconds per pair
 (detect + describe both images + match, + refine) and per image (detect + describe) on this
 machine. Every input image gets the same 1-99 percentile contrast stretch, for every method.
 ``+refine`` moves each match's point in image 1 with SuperPoint's fine head (sub-pixel).
@@ -194,15 +197,22 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
     H_gt = sample["H_0to1"]
     m = matches0 > -1
     mk0, mk1 = k0[m], k1[matches0[m]]
-    H_est, _ = estimate_homography(mk0, mk1, cfg.ransac_threshold)
+    H_est, inliers = estimate_homography(mk0, mk1, cfg.ransac_threshold)
     h, w = sample["image0"].shape
     reproj = np.linalg.norm(warp_points(mk0, H_gt) - mk1, axis=1) if len(mk0) else np.zeros(0)
-    correct = int((reproj < cfg.correct_threshold).sum())
+    is_correct = reproj < cfg.correct_threshold
+    correct = int(is_correct.sum())
+    error = corner_error(H_est, H_gt, (w, h))
+    # what ImageMatcher hands over: the RANSAC inliers, or nothing when too few verify the pair
+    verified = int(inliers.sum()) >= cfg.min_inliers
     return {
         "name": sample["name"], "category": sample["category"],
-        "corner_error": corner_error(H_est, H_gt, (w, h)),
+        "corner_error": error,
         "num_keypoints": (len(k0) + len(k1)) / 2, "num_matches": int(m.sum()), "num_correct": correct,
         "precision": correct / max(int(m.sum()), 1),
+        "num_inliers": int(inliers.sum()), "verified": float(verified),
+        "verified_precision": float(is_correct[inliers].mean()) if verified else 0.0,
+        "verified_wrong": float(verified and error > cfg.wrong_error),
         "repeatability": repeatability(k0, f1["keypoints"], H_gt, sample["valid0"], sample["valid1"], cfg.correct_threshold),
         "seconds_pair": t3 - t0, "seconds_image": ((t1 - t0) + (t2 - t1)) / 2,
     }
@@ -212,8 +222,11 @@ def summarise(records: list[dict], cfg: EvalConfig) -> dict:
     """Aggregate per-pair records: AUCs over pairs, means of counts, medians of times."""
     aucs = pose_auc([r["corner_error"] for r in records], cfg.auc_thresholds)
     out = {f"auc@{t:g}px": a for t, a in zip(cfg.auc_thresholds, aucs)}
-    for key in ("precision", "num_correct", "num_matches", "num_keypoints", "repeatability"):
+    for key in ("precision", "num_correct", "num_matches", "num_keypoints", "repeatability", "num_inliers",
+                "verified", "verified_precision", "verified_wrong"):
         out[key] = float(np.mean([r[key] for r in records]))
+    verified = [r["verified_precision"] for r in records if r["verified"]]
+    out["precision_where_verified"] = float(np.mean(verified)) if verified else float("nan")
     for key in ("seconds_pair", "seconds_image"):
         out[key] = float(np.median([r[key] for r in records]))
     out["pairs"] = len(records)
@@ -250,7 +263,7 @@ def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress:
 
 
 def markdown_table(results: dict, cfg: EvalConfig) -> str:
-    """Markdown tables: overall, then AUC@5px per category."""
+    """Markdown tables: overall, geometric verification, then AUC@5px and precisions per category."""
     auc_cols = [f"auc@{t:g}px" for t in cfg.auc_thresholds]
     head = ["method", *[c.replace("auc@", "AUC@") for c in auc_cols], "prec@3px", "correct", "matches",
             "repeat.", "s/pair", "s/image"]
@@ -261,8 +274,18 @@ def markdown_table(results: dict, cfg: EvalConfig) -> str:
                                         f"{o['num_correct']:.0f}", f"{o['num_matches']:.0f}",
                                         f"{o['repeatability']:.3f}", f"{o['seconds_pair']:.3f}",
                                         f"{o['seconds_image']:.3f}"]) + " |")
+    lines += ["", f"Geometric verification (USAC_MAGSAC at {cfg.ransac_threshold:g} px; a pair is verified with at least "
+              f"{cfg.min_inliers} inliers, wrong when its homography's corner error exceeds {cfg.wrong_error:g} px; "
+              "precision of the inliers of verified pairs, a rejected pair counts 0):", "",
+              "| method | inliers | pairs verified | verified but wrong | verified prec@3px | same, over verified pairs |",
+              "|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        o = res["overall"]
+        lines.append(f"| {name} | {o['num_inliers']:.0f} | {o['verified']:.3f} | {o['verified_wrong']:.3f} | "
+                     f"{o['verified_precision']:.3f} | {o['precision_where_verified']:.3f} |")
     cats = sorted({c for res in results.values() for c in res["by_category"]})
-    for key, title in (("auc@5px", "AUC@5px"), ("precision", "Precision at 3 px")):
+    for key, title in (("auc@5px", "AUC@5px"), ("precision", "Precision at 3 px"),
+                       ("verified_precision", "Precision at 3 px of the verified matches")):
         lines += ["", f"{title} by pair category (pairs):", "",
                   "| method | " + " | ".join(f"{c} ({next(iter(results.values()))['by_category'][c]['pairs']})"
                                             for c in cats) + " |", "|" + "---|" * (len(cats) + 1)]

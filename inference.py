@@ -122,13 +122,16 @@ class ImageMatcher:
         ransac_threshold: px, in image 1's own frame.
         refine: move each match's point in image 1 to where image 0's keypoint fits best,
             with SuperPoint's fine head (sub-pixel; only if the checkpoint has one).
+        min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
+            ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
+            chance agreements, not a transform).
     """
 
     def __init__(self, model_path: str | Path = config.CHECKPOINT_DIR, device: str | None = None,
                  max_keypoints: int = config.SuperPointConfig.max_keypoints,
                  match_threshold: float = config.SuperGlueConfig.match_threshold, resize: int = DEFAULT_RESIZE,
                  bands: tuple[int, ...] | None = None, ransac_threshold: float = config.EvalConfig.ransac_threshold,
-                 refine: bool = True):
+                 refine: bool = True, min_inliers: int = config.EvalConfig.min_inliers):
         self.device = device or config.DEVICE
         model_path = Path(model_path)
         self.superpoint = SuperPoint.from_checkpoint(model_path, self.device)
@@ -140,7 +143,7 @@ class ImageMatcher:
             self.superglue = SuperGlue.from_checkpoint(glue[0], self.device)
             self.superglue.config = config.replace(self.superglue.config, match_threshold=match_threshold)
         self.max_keypoints, self.resize, self.bands = max_keypoints, resize, bands
-        self.ransac_threshold = ransac_threshold
+        self.ransac_threshold, self.min_inliers = ransac_threshold, min_inliers
         self.refine = refine and self.superpoint.config.fine_dim > 0
         self._cache: dict[str, tuple[Loaded, dict]] = {}
 
@@ -260,13 +263,18 @@ class ImageMatcher:
             refined = refine_feature_matches(f0, f1, matches0, self.superpoint.config.fine_temperature)
             mkpts1 = ((refined[matches0[valid]] + 0.5) / l1.scale - 0.5).astype(np.float32)
         H, inliers = estimate_homography(mkpts0, mkpts1, self.ransac_threshold)
+        verified = H is not None and int(inliers.sum()) >= self.min_inliers
+        reason = f0["reason"] or f1["reason"] or (None if valid.any() else "no match found")
+        if not verified:
+            H = None
+            reason = reason or (f"{int(inliers.sum())} RANSAC inliers < min_inliers={self.min_inliers}: no reliable "
+                                "geometric match (snow, cloud, water or no overlap?)")
         result = MatchResult(
             keypoints0=k0, keypoints1=k1, scores0=f0["scores"], scores1=f1["scores"],
             matches0=matches0, matching_scores0=mscores0, mkpts0=mkpts0, mkpts1=mkpts1, mconf=mscores0[valid],
-            homography=H, inliers=inliers, num_inliers=int(inliers.sum()), image_size0=l0.size, image_size1=l1.size,
-            method=self.method, reason=f0["reason"] or f1["reason"] or (None if valid.any() else "no match found"),
-            names=(l0.name, l1.name))
-        result.update(self.georeference(l0, l1, mkpts0, mkpts1, inliers))
+            homography=H, inliers=inliers, num_inliers=int(inliers.sum()), verified=verified,
+            image_size0=l0.size, image_size1=l1.size, method=self.method, reason=reason, names=(l0.name, l1.name))
+        result.update(self.georeference(l0, l1, mkpts0, mkpts1, inliers if verified else np.zeros_like(inliers)))
         return result
 
     @staticmethod
@@ -311,8 +319,8 @@ class ImageMatcher:
                     and Path(cand).resolve() == Path(query).resolve():
                 continue
             r = self.match_images(query, cand)
-            ranking.append({"candidate": name, "num_inliers": r.num_inliers, "num_matches": len(r.mkpts0),
-                            "reason": r.reason})
+            ranking.append({"candidate": name, "num_inliers": r.num_inliers, "verified": r.verified,
+                            "num_matches": len(r.mkpts0), "reason": r.reason})
         return sorted(ranking, key=lambda x: (-x["num_inliers"], -x["num_matches"]))
 
     # ------------------------------------------------------------------ output
@@ -413,6 +421,7 @@ class ImageMatcher:
 def summary(result: MatchResult, seconds: float) -> dict:
     out = {"images": list(result["names"]), "method": result["method"], "keypoints": [len(result["keypoints0"]),
            len(result["keypoints1"])], "matches": len(result["mkpts0"]), "inliers": result["num_inliers"],
+           "verified": result["verified"],
            "homography": None if result["homography"] is None else np.round(result["homography"], 6).tolist(),
            "crs": result.get("crs"), "shift_m": result.get("shift_m"), "reason": result.get("reason"),
            "seconds": round(seconds, 2)}
@@ -458,7 +467,7 @@ def main(argv=None) -> int:
             args.output.mkdir(parents=True, exist_ok=True)
             write_json(args.output / "ranking.json", {"query": str(args.query), "ranking": ranking})
             for i, r in enumerate(ranking, 1):
-                print(f"{i:3d}. {r['num_inliers']:5d} inliers  {r['candidate']}")
+                print(f"{i:3d}. {r['num_inliers']:5d} inliers  {r['candidate']}" + ("" if r["verified"] else "  (not verified)"))
             print(f"ranking → {args.output / 'ranking.json'}")
             return 0
         if len(args.images) not in (0, 2):

@@ -101,6 +101,15 @@ def test_rank_puts_the_true_partner_first(matcher, sample, tmp_path):
     ranking = matcher.rank(tmp_path / "query.png", gallery, progress=False)
     assert ranking[0]["candidate"].endswith("c_partner.png")
     assert ranking[0]["num_inliers"] > 2 * ranking[1]["num_inliers"]
+    # other districts: a few chance agreements, not verified
+    assert ranking[0]["verified"] and not any(r["verified"] for r in ranking[1:])
+
+
+def test_unverified_pair_has_no_homography_nor_shift(sample):
+    strict = ImageMatcher(device="cpu", min_inliers=10 ** 6).match_images(sample[0], sample[1])
+    assert not strict.verified and strict.homography is None and strict.shift_m is None
+    assert strict.num_inliers > 100 and "min_inliers" in strict.reason
+    assert len(strict.mkpts0) > 100            # the matches themselves are still returned
 
 
 def test_geojson_of_a_known_pixel(matcher, sample, tmp_path):
@@ -115,7 +124,7 @@ def test_geojson_of_a_known_pixel(matcher, sample, tmp_path):
     assert feature["properties"]["x0"] == pytest.approx(float(x))
     assert paths[1].read_text().splitlines()[0].startswith("x0,y0,x1,y1")
     # co-registered dates: the shift is small (a pixel or two at 10 m)
-    assert r.shift_m["distance_median"] < 25 and r.shift_m["points"] == r.num_inliers
+    assert r.verified and r.shift_m["distance_median"] < 25 and r.shift_m["points"] == r.num_inliers
 
 
 def test_main_job_on_the_sample(tmp_path, monkeypatch):
@@ -148,7 +157,7 @@ def test_band_choice_for_multiband_input(sample):
 
 def test_blank_image_gives_empty_result_with_reason(matcher, sample):
     r = matcher.match_images(np.full((256, 256, 3), 255, np.uint8), sample[1])
-    assert len(r.mkpts0) == 0 and r.homography is None and "blank" in r.reason
+    assert len(r.mkpts0) == 0 and r.homography is None and not r.verified and "blank" in r.reason
 
 
 def test_mismatched_checkpoint(tmp_path):

@@ -232,8 +232,18 @@ def test_benchmark_scores_sift_on_identity_pairs():
     cfg = config.EvalConfig()
     rec = evaluate.evaluate_sample(evaluate.OpenCVMethod("sift", 1024, 0.8), sample, cfg)
     assert rec["corner_error"] < 0.5 and rec["precision"] > 0.99 and rec["repeatability"] > 0.99
-    out = evaluate.summarise([rec], cfg)
-    assert out["auc@5px"] > 0.9
+    assert rec["verified"] == 1 and rec["verified_precision"] > 0.99 and rec["verified_wrong"] == 0
+    # the truth says identity but image 1 is turned half a turn: SIFT verifies the turn, which is wrong
+    turned = evaluate.evaluate_sample(evaluate.OpenCVMethod("sift", 1024, 0.8),
+                                      {**sample, "image1": np.ascontiguousarray(img[:256, :256][::-1, ::-1])}, cfg)
+    assert turned["verified"] == 1 and turned["verified_wrong"] == 1 and turned["verified_precision"] < 0.1
+    # too few inliers for the pair to count as verified: its matches count as none
+    strict = evaluate.evaluate_sample(evaluate.OpenCVMethod("sift", 1024, 0.8), sample,
+                                      config.replace(cfg, min_inliers=10 ** 6))
+    assert strict["verified"] == 0 and strict["verified_precision"] == 0 and strict["precision"] > 0.99
+    out = evaluate.summarise([rec, strict], cfg)
+    assert out["auc@5px"] > 0.9 and out["verified"] == 0.5 and out["precision_where_verified"] > 0.99
+    assert out["verified_precision"] == pytest.approx(rec["verified_precision"] / 2)
 
 
 # ----------------------------------------------------------------------------- training
