@@ -279,17 +279,28 @@ def _open(path: str):
 
 
 def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
-                 resampling_up: str = "bilinear", band: int = 1) -> np.ndarray:
+                 resampling_up: str = "bilinear", band: int = 1, with_nodata: bool = False):
     """Read one band into a window of the reference grid at ``out_shape`` = (rows, cols).
 
     ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels. The band is
     read only over that window, at the decimation the output needs: JPEG 2000 resolution
     levels / overviews make an overview read touch a fraction of the data. Finer bands are
     averaged down, coarser bands resampled up (``resampling_up``).
+
+    With ``with_nodata``, returns ``(data, nodata)``: a pixel is nodata where the band is
+    (DN 0), judged without blending in neighbours — from the same read when it is pixel for
+    pixel (full-resolution tiles), else from a second, nearest-neighbour read.
     """
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
+
+    def read(src, win, resampling):
+        try:
+            return src.read(band, window=win, out_shape=out_shape, resampling=resampling, boundless=False)
+        except rasterio.errors.RasterioIOError as exc:
+            raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
+                                "truncated, download the product again") from exc
 
     col, row, w, h = window_px
     left, top = grid.transform @ (col, row)
@@ -298,11 +309,14 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         win = from_bounds(left, bottom, right, top, transform=src.transform)
         out_res = (right - left) / out_shape[1]
         resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
-        try:
-            return src.read(band, window=win, out_shape=out_shape, resampling=resampling, boundless=False)
-        except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
-                                "truncated, download the product again") from exc
+        data = read(src, win, resampling)
+        if not with_nodata:
+            return data
+        pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
+                           and abs(win.col_off - round(win.col_off)) < 1e-6
+                           and abs(win.row_off - round(win.row_off)) < 1e-6)
+        nearest = data if pixel_for_pixel else read(src, win, Resampling.nearest)
+    return data, (nearest == config.S2_NODATA_DN) | ~np.isfinite(nearest)
 
 
 def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
@@ -318,10 +332,9 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
     for b in bands:
         res = min(product.band_files[b])
         path = product.band_files[b][res]
-        dn = read_to_grid(path, grid, window_px, out_shape, band=product.band_index.get(b, 1))
-        # a pixel is nodata where the band is nodata (DN 0), judged without blending in neighbours
-        nn = read_to_grid(path, grid, window_px, out_shape, "nearest", band=product.band_index.get(b, 1))
-        nodata |= (nn == config.S2_NODATA_DN) | ~np.isfinite(nn)
+        dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, band=product.band_index.get(b, 1),
+                                       with_nodata=True)
+        nodata |= band_nodata
         channels.append(normalise(np.nan_to_num(dn), product.offsets.get(b, 0.0), product.quantification, cfg))
     image = np.stack(channels, -1)
     image[nodata] = 0

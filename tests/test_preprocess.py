@@ -151,6 +151,33 @@ def test_nodata_kept_as_mask(pixels, tmp_path):
     assert 0.2 < sidecar(folder / "overview.png")["nodata_fraction"] < 0.3
 
 
+def test_full_resolution_tiles_read_each_band_once(pixels, tmp_path, monkeypatch):
+    """Pixel-for-pixel reads take the nodata mask from the same read; resampled reads need a
+    second, nearest-neighbour one. The masks are the same either way."""
+    holed = {b: v.copy() for b, v in pixels.items()}
+    for b in holed:
+        holed[b][: holed[b].shape[0] // 2, : holed[b].shape[1] // 2] = 0
+    fx.make_l1c(tmp_path / "in", holed)
+    reads = []
+    original = rasterio.io.DatasetReader.read
+
+    def counting_read(self, *args, **kwargs):
+        reads.append(kwargs.get("resampling"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", counting_read)
+    # 10 m bands at 10 m: one read each (4 bands, one tile); the 20 m cloud mask is separate
+    assert run(tmp_path / "in", tmp_path / "tiles", "--size", 0, "--tile", 640, "--no-masks", *PNG) == 0
+    assert len(reads) == 3
+    (tile,) = sorted((overview(tmp_path / "tiles").parent / "tiles").glob("r*_c?????.png"))
+    full = read(tile.with_name(tile.stem + "_nodata.png"))
+    reads.clear()
+    assert run(tmp_path / "in", tmp_path / "half", "--size", 160, "--tile", 0, "--no-masks", *PNG) == 0
+    assert len(reads) == 6                     # decimated: data + nearest for each band
+    half = read(overview(tmp_path / "half").parent / "overview_nodata.png")
+    np.testing.assert_array_equal(half, full[::2, ::2])
+
+
 def test_plain_geotiff_band_files(tmp_path):
     folder = fx.SAMPLE / "imgs_1"
     assert run(folder, tmp_path, "--size", 100, *PNG) == 0
