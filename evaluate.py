@@ -31,8 +31,8 @@ import torch
 import config
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample
-from utils import (PipelineError, corner_error, estimate_homography, mutual_nearest_neighbours, percentile_stretch,
-                   pose_auc, to_uint8, warp_points, write_json)
+from utils import (PipelineError, corner_error, estimate_homography, is_verified, mutual_nearest_neighbours,
+                   percentile_stretch, pose_auc, to_uint8, warp_points, write_json)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -204,7 +204,7 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
     correct = int(is_correct.sum())
     error = corner_error(H_est, H_gt, (w, h))
     # what ImageMatcher hands over: the RANSAC inliers, or nothing when too few verify the pair
-    verified = int(inliers.sum()) >= cfg.min_inliers
+    verified = is_verified(H_est, inliers, cfg.min_inliers)
     return {
         "name": sample["name"], "category": sample["category"],
         "corner_error": error,

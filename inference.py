@@ -31,9 +31,9 @@ import torch
 
 import config
 from SuperPoint import SuperPoint, empty_features, refine_feature_matches
-from utils import (IMAGE_SUFFIXES, RASTER_SUFFIXES, PipelineError, atomic_path, estimate_homography, list_images,
-                   load_image, mutual_nearest_neighbours, normalize_for_network, percentile_stretch, to_gray,
-                   write_json)
+from utils import (IMAGE_SUFFIXES, RASTER_SUFFIXES, PipelineError, atomic_path, estimate_homography, is_verified,
+                   list_images, load_image, mutual_nearest_neighbours, normalize_for_network, percentile_stretch,
+                   to_gray, write_json)
 
 DEFAULT_RESIZE = 1024          # longer side the network sees, px
 MIN_TEXTURE = 1e-3             # std of a normalised image below which it counts as blank
@@ -263,7 +263,7 @@ class ImageMatcher:
             refined = refine_feature_matches(f0, f1, matches0, self.superpoint.config.fine_temperature)
             mkpts1 = ((refined[matches0[valid]] + 0.5) / l1.scale - 0.5).astype(np.float32)
         H, inliers = estimate_homography(mkpts0, mkpts1, self.ransac_threshold)
-        verified = H is not None and int(inliers.sum()) >= self.min_inliers
+        verified = is_verified(H, inliers, self.min_inliers)
         reason = f0["reason"] or f1["reason"] or (None if valid.any() else "no match found")
         if not verified:
             H = None
@@ -290,17 +290,16 @@ class ImageMatcher:
             x, y = warp(l1.crs, l0.crs, map1[:, 0], map1[:, 1])
             map1 = np.stack([x, y], -1)
         out = {"crs": l0.crs.to_string(), "map_points0": map0, "map_points1": map1, "shift_m": None}
-        use = inliers if inliers.any() else np.zeros(len(map0), bool)
-        if use.sum() >= 1:
-            m0, metric = to_metres(map0[use], l0.crs)
-            m1, _ = to_metres(map1[use], l0.crs) if not l0.crs.is_projected else (map1[use], metric)
+        if inliers.any():
+            m0, metric = to_metres(map0[inliers], l0.crs)
+            m1, _ = to_metres(map1[inliers], l0.crs) if not l0.crs.is_projected else (map1[inliers], metric)
             d = m1 - m0
             dist = np.linalg.norm(d, axis=1)
             med = np.median(d, axis=0)
             out["shift_m"] = {"dx_median": float(med[0]), "dy_median": float(med[1]),
                               "distance_median": float(np.median(dist)),
                               "distance_mad": float(np.median(np.abs(dist - np.median(dist)))),
-                              "distance_p90": float(np.percentile(dist, 90)), "points": int(use.sum()),
+                              "distance_p90": float(np.percentile(dist, 90)), "points": int(inliers.sum()),
                               "metric_crs": metric.to_string()}
         return out
 

@@ -225,6 +225,12 @@ def estimate_homography(mkpts0: np.ndarray, mkpts1: np.ndarray, threshold: float
     return H, mask.ravel().astype(bool)
 
 
+def is_verified(H, inliers: np.ndarray, min_inliers: int) -> bool:
+    """Whether a homography from ``estimate_homography`` verifies the pair: found, with at
+    least ``min_inliers`` inliers (fewer are chance agreements on snow, cloud or water)."""
+    return H is not None and int(inliers.sum()) >= min_inliers
+
+
 # ----------------------------------------------------------------------------- metrics
 def pose_auc(errors, thresholds) -> list[float]:
     """Area under the recall-vs-error curve up to each threshold, normalised to 0..1.
