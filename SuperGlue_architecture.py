@@ -10,12 +10,16 @@ Sinkhorn iterations, and mutual-check + threshold match extraction.
     python SuperGlue_architecture.py --features data/features --all-pairs --output data/matches
 
 writes one ``.npz`` per pair with ``keypoints0/1`` (N×2, x y), ``matches0`` (index into
-image 1, -1 = none), ``matching_scores0``, and ``matches1`` / ``matching_scores1``. When
-the features carry SuperPoint's fine patches, each matched keypoint of image 1 is moved to
-where image 0's keypoint fits best (sub-pixel; ``keypoints1`` then holds the refined
-positions, ``refined1`` marks them); ``--no-refine`` keeps the detected positions.
+image 1, -1 = none), ``matching_scores0``, ``matches1`` / ``matching_scores1``, and the
+geometric verification of ``matching.MatchingPipeline``: ``homography`` (NaN when not
+verified), ``inliers``, ``num_inliers``, ``verified`` and ``reason``. When the features carry
+SuperPoint's fine patches, each matched keypoint of image 1 is moved to where image 0's keypoint
+fits best (sub-pixel; ``keypoints1`` then holds the refined positions, ``refined1`` marks them);
+``--no-refine`` keeps the detected positions.
 """
 from __future__ import annotations
+
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
 import argparse
 import itertools
@@ -28,10 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import config
+from checkpoints import CheckpointMixin
 from config import SuperGlueConfig
-from SuperPoint import CheckpointMixin
-from utils import PipelineError, write_npz
+from utils import PipelineError, set_threads, write_npz
 
 CHECKPOINT_KIND = "SuperGlue"
 MASKED = -1e9  # score of padded (masked) entries
@@ -299,34 +302,6 @@ def pad_batch(features0: list[dict], features1: list[dict]) -> dict:
     return {**stack(features0, 0), **stack(features1, 1)}
 
 
-@torch.no_grad()
-def match_features(model: SuperGlue, f0: dict, f1: dict, refine: bool = False) -> dict[str, np.ndarray]:
-    """Match two images' features (dicts of numpy arrays as written by SuperPoint.py).
-
-    With ``refine`` and fine features in both (``fine_descriptors``, ``fine_patches``,
-    ``fine_temperature``), image 1's matched keypoints are moved by ``SuperPoint.refine_feature_matches``.
-    """
-    device = next(model.parameters()).device
-    if f0["descriptors"].shape[1] != model.config.descriptor_dim:
-        raise PipelineError(f"features have {f0['descriptors'].shape[1]}-d descriptors but the SuperGlue "
-                            f"checkpoint expects {model.config.descriptor_dim}-d; extract them with the "
-                            "SuperPoint it was trained on")
-    data = {k: v.to(device) for k, v in pad_batch([f0], [f1]).items()}
-    out = model(data)
-    result = {"keypoints0": np.asarray(f0["keypoints"], np.float32),
-              "keypoints1": np.asarray(f1["keypoints"], np.float32),
-              "matches0": out["matches0"][0].cpu().numpy(), "matches1": out["matches1"][0].cpu().numpy(),
-              "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
-              "matching_scores1": out["matching_scores1"][0].cpu().numpy()}
-    if refine and "fine_descriptors" in f0 and "fine_patches" in f1:
-        from SuperPoint import refine_feature_matches
-
-        kpts1 = refine_feature_matches(f0, f1, result["matches0"], float(f1["fine_temperature"]))
-        result["keypoints1"] = kpts1.astype(np.float32)
-        result["refined1"] = result["matches1"] > -1
-    return result
-
-
 # ----------------------------------------------------------------------------- script
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     pairs = []
@@ -345,16 +320,19 @@ def _features_path(folder: Path, name: str) -> Path:
     return p if p.suffix == ".npz" else p.with_suffix(".npz")
 
 
-def load_features(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise PipelineError(f"{path}: no features; run SuperPoint.py on that image first")
-    try:
-        with np.load(path) as f:
-            keys = ("keypoints", "scores", "descriptors", "image_size")
-            keys += ("fine_descriptors", "fine_patches", "fine_temperature") if "fine_patches" in f else ()
-            return {k: f[k] for k in keys}
-    except Exception as exc:
-        raise PipelineError(f"{path}: not a features file of SuperPoint.py ({exc}); re-extract it") from exc
+def result_to_file(result: dict) -> dict:
+    """The arrays of a verified match result to write to an ``.npz``: SuperGlue's names, image
+    1's refined keypoints, and the verification (``homography`` NaN when not verified)."""
+    out = {"keypoints0": result["keypoints0"], "keypoints1": result["refined_keypoints1"],
+           "matches0": result["matches0"], "matching_scores0": result["matching_scores0"],
+           "matches1": result["matches1"], "matching_scores1": result["matching_scores1"],
+           "refined1": result["refined1"],
+           "homography": result["homography"] if result["homography"] is not None else np.full((3, 3), np.nan),
+           "inliers": result["inliers"], "num_inliers": np.int64(result["num_inliers"]),
+           "verified": np.bool_(result["verified"]), "method": np.array(result["method"])}
+    if result.get("reason"):
+        out["reason"] = np.array(result["reason"])
+    return out
 
 
 def main(argv=None) -> int:
@@ -365,18 +343,25 @@ def main(argv=None) -> int:
                                                    "to --features")
     parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
-    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
+    parser.add_argument("--matcher", default="superglue", help="a registered matcher: superglue or mnn")
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(), help="the matcher's checkpoint")
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--no-refine", action="store_true",
                         help="keep image 1's detected keypoints (default: refine matches with the fine patches "
                              "when the features have them)")
+    parser.add_argument("--min-inliers", type=int, default=config.MatchingConfig.min_inliers,
+                        help="RANSAC inliers for a pair to count as verified")
     parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
 
+    from matching import MatchingPipeline, build_matcher, load_features
+
     try:
+        set_threads(args.threads or None)
         if bool(args.pairs) == args.all_pairs:
             raise PipelineError("give either --pairs FILE or --all-pairs")
         if not args.features.is_dir():
@@ -388,31 +373,34 @@ def main(argv=None) -> int:
             if not args.pairs.is_file():
                 raise PipelineError(f"{args.pairs}: no such pairs file")
             pairs = read_pairs(args.pairs)
-        model = SuperGlue.from_checkpoint(args.checkpoint, args.device)
-        model.config = config.replace(model.config, match_threshold=args.match_threshold)
+        matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
+        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers)
         args.output.mkdir(parents=True, exist_ok=True)
-        start, done, failed = time.time(), 0, []
-        for a, b in tqdm(pairs, desc="SuperGlue", unit="pair"):
-            stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
-            out = args.output / f"{stem(a)}__{stem(b)}.npz"
-            if out.exists() and not args.overwrite:
-                continue
-            try:
-                result = match_features(model, load_features(_features_path(args.features, a)),
-                                        load_features(_features_path(args.features, b)), refine=not args.no_refine)
-            except PipelineError as exc:
-                failed.append(str(exc))
-                continue
-            write_npz(out, result)
-            done += 1
-        print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s → {args.output}"
-              + (f"; {len(failed)} failed" if failed else ""))
-        for line in failed:
-            print(f"error: {line}", file=sys.stderr)
-        return 1 if failed else 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    start, done, verified, failed = time.time(), 0, 0, []
+    for a, b in tqdm(pairs, desc="matching", unit="pair"):
+        stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
+        out = args.output / f"{stem(a)}__{stem(b)}.npz"
+        if out.exists() and not args.overwrite:
+            continue
+        try:
+            f0 = load_features(_features_path(args.features, a))
+            f1 = load_features(_features_path(args.features, b))
+            result = pipeline.verify(pipeline.match_features(f0, f1))
+        except PipelineError as exc:
+            failed.append(str(exc))
+            continue
+        write_npz(out, result_to_file(result))
+        done += 1
+        verified += bool(result["verified"])
+    print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s, {verified} verified "
+          f"(≥ {args.min_inliers} RANSAC inliers; the others are likely different places) → {args.output}"
+          + (f"; {len(failed)} failed" if failed else ""))
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ matches are refined to sub-pixel, and ``fine_temperature``.
 """
 from __future__ import annotations
 
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+
 import argparse
 import sys
 import time
@@ -24,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import config
+from checkpoints import CheckpointMixin
 from config import SuperPointConfig
-from utils import PipelineError, list_images, load_image, normalize_for_network, write_npz
+from utils import PipelineError, list_images, load_image, load_valid_mask, set_threads, write_npz
 
 CHECKPOINT_KIND = "SuperPoint"
 
@@ -164,61 +166,6 @@ def refine_matches(fine0: torch.Tensor, patches1: torch.Tensor, kpts1: torch.Ten
     return refined, confidence
 
 
-def refine_feature_matches(f0: dict, f1: dict, matches0: np.ndarray, temperature: float) -> np.ndarray:
-    """``refine_matches`` on two images' numpy features: image 1's ``keypoints`` with the matched
-    ones moved (``fine_descriptors`` of image 0, ``fine_patches`` of image 1)."""
-    c0, c1 = f0["fine_descriptors"].shape[-1], f1["fine_patches"].shape[-1]
-    if c0 != c1:
-        raise PipelineError(f"fine features of {c0} and {c1} channels: extract both images with the same "
-                            "SuperPoint checkpoint")
-    kpts1 = np.asarray(f1["keypoints"])
-    refined, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
-                                torch.from_numpy(kpts1), torch.as_tensor(matches0), temperature)
-    return refined.numpy()
-
-
-def empty_features(cfg: SuperPointConfig, width: int, height: int) -> dict[str, np.ndarray]:
-    """The features of an image without keypoints, with every array a model of ``cfg`` writes."""
-    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
-             "descriptors": np.zeros((0, cfg.descriptor_dim), np.float32), "image_size": np.array([width, height])}
-    if cfg.fine_dim:
-        empty["fine_descriptors"] = np.zeros((0, cfg.fine_dim), np.float16)
-        empty["fine_patches"] = np.zeros((0, (2 * cfg.fine_radius + 1) ** 2, cfg.fine_dim), np.float16)
-        empty["fine_temperature"] = np.float32(cfg.fine_temperature)
-    return empty
-
-
-class CheckpointMixin:
-    """``checkpoint()`` / ``from_checkpoint()`` for a model built from one config dataclass.
-
-    A checkpoint is a plain dict (kind, config, weights, training record), loaded with
-    ``weights_only=True``: a file can never run code, and a mismatched file fails with a
-    clear message instead of a shape error deep inside torch.
-    """
-
-    kind: str
-    config_class: type
-
-    def checkpoint(self, training: dict | None = None) -> dict:
-        """A dict holding the config, the weights and the training record."""
-        return {"kind": self.kind, "config": config.as_dict(self.config),
-                "state_dict": self.state_dict(), "training": training or {}}
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu"):
-        """Load a checkpoint written by the model's training script."""
-        ckpt = load_checkpoint(path, cls.kind, device)
-        model = cls(config.from_dict(cls.config_class, ckpt["config"]))
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()
-            raise PipelineError(f"{path}: weights do not fit the {cls.kind} config stored in it ({first}); "
-                                "re-train or re-export the checkpoint") from exc
-        model.training_record = ckpt.get("training", {})
-        return model.to(device).eval()
-
-
 class SuperPoint(CheckpointMixin, nn.Module):
     """SuperPoint with configurable widths, descriptor size and input bands.
 
@@ -268,14 +215,16 @@ class SuperPoint(CheckpointMixin, nn.Module):
 
     # ------------------------------------------------------------------ sparse outputs
     @torch.no_grad()
-    def extract(self, image: torch.Tensor, valid: torch.Tensor | None = None,
-                max_keypoints: int | None = None) -> list[dict[str, torch.Tensor]]:
+    def extract(self, image: torch.Tensor, valid: torch.Tensor | None = None, max_keypoints: int | None = None,
+                cfg: SuperPointConfig | None = None) -> list[dict[str, torch.Tensor]]:
         """Keypoints, scores and descriptors for a batch ``image`` (B, C, H, W) of any size.
 
-        ``valid`` (B, H, W) bool masks out nodata / cloud pixels. Returns one dict per image
-        with ``keypoints`` (N, 2) x y, ``scores`` (N) and ``descriptors`` (N, D).
+        ``valid`` (B, H, W) bool masks out nodata / cloud pixels. ``cfg`` overrides the
+        extraction settings (thresholds, NMS, top-k) of the model's own config. Returns one dict
+        per image with ``keypoints`` (N, 2) x y, ``scores`` (N) and ``descriptors`` (N, D), and
+        with a fine head ``fine_descriptors`` (N, C) and ``fine_patches`` (N, P, C); N may be 0.
         """
-        cfg = self.config
+        cfg = cfg or self.config
         if image.dim() != 4 or image.shape[1] != cfg.in_channels:
             raise PipelineError(f"SuperPoint takes (B, {cfg.in_channels}, H, W) images, got {tuple(image.shape)}")
         b, _, h, w = image.shape
@@ -305,12 +254,19 @@ class SuperPoint(CheckpointMixin, nn.Module):
             kpts = torch.stack([xs, ys], dim=-1).float()
             if cfg.subpixel and len(kpts):
                 kpts = self._refine(heat[i], kpts)
-            desc = sample_descriptors(kpts[None], out["descriptors_dense"][i:i + 1], cfg.cell)[0]
+            dense = out["descriptors_dense"]
+            if len(kpts):
+                desc = sample_descriptors(kpts[None], dense[i:i + 1], cfg.cell)[0]
+            else:   # nothing to sample (a smooth or tiny image): empty, with the right widths
+                desc = dense.new_zeros(0, dense.shape[1])
             results.append({"keypoints": kpts, "scores": s, "descriptors": desc})
             if "fine_dense" in out:
                 fine = out["fine_dense"][i:i + 1]
-                results[-1]["fine_descriptors"] = sample_descriptors(kpts[None], fine, cfg.fine_stride)[0]
-                results[-1]["fine_patches"] = fine_patches(fine, kpts[None], cfg.fine_radius)[0]
+                side = (2 * cfg.fine_radius + 1) ** 2
+                results[-1]["fine_descriptors"] = (sample_descriptors(kpts[None], fine, cfg.fine_stride)[0] if len(kpts)
+                                                   else fine.new_zeros(0, fine.shape[1]))
+                results[-1]["fine_patches"] = (fine_patches(fine, kpts[None], cfg.fine_radius)[0] if len(kpts)
+                                               else fine.new_zeros(0, side, fine.shape[1]))
         return results
 
     @staticmethod
@@ -326,80 +282,12 @@ class SuperPoint(CheckpointMixin, nn.Module):
         return torch.stack([(weights * x).sum(1), (weights * y).sum(1)], dim=-1)
 
 
-def load_checkpoint(path: str | Path, kind: str, device="cpu") -> dict:
-    """Read a checkpoint dict safely (``weights_only``) and check it holds a ``kind`` model."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = sorted(path.glob(f"{kind.lower()}*.pt"))
-        if not candidates:
-            raise PipelineError(f"{path}: no {kind.lower()}*.pt checkpoint in this folder; "
-                                f"train one with train_{kind.lower()}.py or pass the file")
-        path = candidates[0]
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such checkpoint; train one with train_{kind.lower()}.py")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise PipelineError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}); "
-                            "re-download or re-train it") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise PipelineError(f"{path}: not a checkpoint of this project (no config/state_dict); "
-                            f"use one written by train_{kind.lower()}.py")
-    if ckpt.get("kind") != kind:
-        raise PipelineError(f"{path}: holds a {ckpt.get('kind', 'unknown')} model, not {kind}; "
-                            "pass the matching checkpoint")
-    return ckpt
-
-
 def default_checkpoint() -> Path:
     """The shipped SuperPoint checkpoint."""
     return config.CHECKPOINT_DIR / "superpoint.pt"
 
 
 # ----------------------------------------------------------------------------- script
-def image_tensor(image: np.ndarray, channels: int, device="cpu") -> torch.Tensor:
-    """Image array → normalised (1, C, H, W) tensor (1-99 percentile stretch)."""
-    return torch.from_numpy(normalize_for_network(image, channels))[None].to(device)
-
-
-def extract_features(model: SuperPoint, image: np.ndarray, valid: np.ndarray | None = None,
-                     max_keypoints: int | None = None) -> dict[str, np.ndarray]:
-    """Features of one image array, as numpy, in the image's own pixel frame.
-
-    A blank, uniform or fully masked image gives an empty result, not an error.
-    """
-    h, w = image.shape[:2]
-    cfg = model.config
-    empty = empty_features(cfg, w, h)
-    if min(h, w) < model.config.cell:
-        raise PipelineError(f"image of {w}×{h} px is smaller than one {model.config.cell}-px network cell")
-    if valid is not None and not valid.any():
-        return empty
-    device = next(model.parameters()).device
-    x = image_tensor(image, model.config.in_channels, device)
-    if float(x.std()) < 1e-3:
-        return empty
-    v = None if valid is None else torch.from_numpy(valid)[None].to(device)
-    feats = model.extract(x, v, max_keypoints)[0]
-    out = {"keypoints": feats["keypoints"].cpu().numpy().astype(np.float32),
-           "scores": feats["scores"].cpu().numpy().astype(np.float32),
-           "descriptors": feats["descriptors"].cpu().numpy().astype(np.float32),
-           "image_size": np.array([w, h])}
-    if "fine_patches" in feats:   # half precision: 49 fine descriptors per keypoint
-        out["fine_descriptors"] = feats["fine_descriptors"].cpu().numpy().astype(np.float16)
-        out["fine_patches"] = feats["fine_patches"].cpu().numpy().astype(np.float16)
-        out["fine_temperature"] = np.float32(cfg.fine_temperature)
-    return out
-
-
-def load_valid_mask(image_path: Path) -> np.ndarray | None:
-    """The nodata mask written beside a preprocessed image (``<stem>_nodata.png``), as valid=True."""
-    mask_path = image_path.with_name(image_path.stem + "_nodata.png")
-    if not mask_path.exists():
-        return None
-    return load_image(mask_path) == 0
-
-
 def main(argv=None) -> int:
     cfg = SuperPointConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -412,16 +300,23 @@ def main(argv=None) -> int:
     parser.add_argument("--detection-threshold", type=float, default=None,
                         help="heatmap threshold (default: the checkpoint's)")
     parser.add_argument("--nms-radius", type=int, default=None, help="NMS radius in px (default: the checkpoint's)")
+    parser.add_argument("--resize", type=int, default=0,
+                        help="longer side the network sees (keypoints stay in each image's own frame); 0 = none")
     parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--overwrite", action="store_true", help="redo images already extracted")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
 
+    from matching import SuperPointExtractor, features_to_file
+
     try:
-        model = SuperPoint.from_checkpoint(args.checkpoint, args.device)
-        model.config = config.replace(model.config, detection_threshold=args.detection_threshold,
-                                      nms_radius=args.nms_radius)
+        set_threads(args.threads or None)
+        extractor = SuperPointExtractor.from_checkpoint(args.checkpoint, args.device, max_keypoints=args.max_keypoints,
+                                                        resize=args.resize,
+                                                        detection_threshold=args.detection_threshold,
+                                                        nms_radius=args.nms_radius)
         if args.input.is_file():
             root, images = args.input.parent, [args.input]
         elif args.input.is_dir():
@@ -431,27 +326,35 @@ def main(argv=None) -> int:
         if not images:
             raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
         args.output.mkdir(parents=True, exist_ok=True)
-        start, done, failed = time.time(), 0, []
-        for path in tqdm(images, desc="SuperPoint", unit="img"):
-            out = args.output / path.relative_to(root).with_suffix(".npz")
-            if out.exists() and not args.overwrite:
-                continue
-            try:
-                feats = extract_features(model, load_image(path), load_valid_mask(path), args.max_keypoints)
-            except PipelineError as exc:
-                failed.append(f"{path}: {exc}")
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_npz(out, feats)
-            done += 1
-        print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
-              f"({len(images) - done - len(failed)} already done, {len(failed)} failed) → {args.output}")
-        for line in failed:
-            print(f"  failed: {line}", file=sys.stderr)
-        return 1 if failed else 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    start, done, empty, failed = time.time(), 0, [], []
+    for path in tqdm(images, desc="SuperPoint", unit="img"):
+        out = args.output / path.relative_to(root).with_suffix(".npz")
+        if out.exists() and not args.overwrite:
+            continue
+        try:
+            feats = extractor.extract(load_image(path), load_valid_mask(path), name=str(path))
+        except PipelineError as exc:
+            failed.append(str(exc))
+            continue
+        except Exception as exc:  # an unforeseen failure on one image must not stop the batch
+            failed.append(f"{path}: {type(exc).__name__}: {exc}")
+            continue
+        if feats.get("reason"):
+            empty.append(feats["reason"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(out, features_to_file(feats))
+        done += 1
+    print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
+          f"({len(images) - done - len(failed)} already done, {len(empty)} without keypoints, {len(failed)} failed) "
+          f"→ {args.output}")
+    for line in empty:
+        print(f"  empty: {line}", file=sys.stderr)
+    for line in failed:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,19 @@ pixel is ``(0, 0)``; its outer corner is ``(-0.5, -0.5)``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+# torch's OpenMP threads wait for each other at the end of every parallel operation. By default
+# they spin; when another process holds one of the cores, the spinning thread and the busy one
+# share it and every operation waits for a time slice (measured on 2 cores: matching 3-5× slower).
+# Passive waiting sleeps instead: ~1.3× slower under load, ~1.2× slower idle
+# (benchmarks/thread_contention.py). OpenMP reads this once, when torch is first imported, so
+# the entry scripts import config before torch; set it yourself to choose otherwise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the OpenMP setting above)
 
 # ----------------------------------------------------------------------------- paths
 ROOT = Path(__file__).resolve().parent
@@ -24,6 +33,7 @@ FEATURES_DIR = DATA_DIR / "features"
 MATCHES_DIR = DATA_DIR / "matches"
 RESULTS_DIR = DATA_DIR / "results"
 OUTPUT_DIR = DATA_DIR / "output"
+RUNS_DIR = DATA_DIR / "runs"          # training runs: data/runs/<name>/{last.pt,best.pt}
 SAMPLE_DIR = DATA_DIR / "sample"
 CHECKPOINT_DIR = ROOT / "model_checkpoints"
 # Where the real training / evaluation data lives on a development machine. Every script
@@ -189,13 +199,27 @@ DIFFICULTIES = {
 
 
 @dataclass
+class MatchingConfig:
+    """Defaults of the matching pipeline (``matching.py``), ``ImageMatcher`` and the scripts."""
+
+    matcher: str = "auto"             # a name of matching.MATCHERS; auto = superglue if its checkpoint is there
+    resize: int = 1024                # longer side the network sees (ImageMatcher); 0 = never resize
+    refine: bool = True               # move matches with SuperPoint's fine head, when it has one
+    ransac_threshold: float = 3.0     # px, USAC_MAGSAC, in image 1's own frame
+    min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (COLMAP's default)
+    min_texture: float = 1e-3         # std of the normalised image below which it counts as blank
+    cache_size: int = 64              # images whose features ImageMatcher keeps (least recently used out)
+    progress_pixels: int = 16_000_000  # inputs above this many pixels show a progress bar
+
+
+@dataclass
 class EvalConfig:
-    """Defaults of ``evaluate.py`` and of ``ImageMatcher``'s geometric verification."""
+    """Defaults of ``evaluate.py``."""
 
     crop: int = 512
     difficulty: str = "medium"
-    ransac_threshold: float = 3.0     # px, the same USAC_MAGSAC for every method
-    min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (no homography)
+    ransac_threshold: float = MatchingConfig.ransac_threshold   # the same USAC_MAGSAC for every method
+    min_inliers: int = MatchingConfig.min_inliers               # as ImageMatcher verifies a pair
     wrong_error: float = 10.0         # px of mean corner error: a verified homography above it is wrong
     correct_threshold: float = 3.0    # px, a match is correct below this reprojection error
     auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0)

@@ -18,6 +18,8 @@ machine. Every input image gets the same 1-99 percentile contrast stretch, for e
 """
 from __future__ import annotations
 
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+
 import argparse
 import sys
 import time
@@ -28,14 +30,21 @@ import cv2
 import numpy as np
 import torch
 
-import config
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample
-from utils import (PipelineError, corner_error, estimate_homography, is_verified, mutual_nearest_neighbours,
-                   percentile_stretch, pose_auc, to_uint8, warp_points, write_json)
+from matching import MATCHERS, MatchingPipeline
+from utils import (PipelineError, corner_error, estimate_homography, is_verified, percentile_stretch, pose_auc,
+                   set_threads, to_uint8, warp_points, write_json)
 
 
 # ----------------------------------------------------------------------------- methods
+# A benchmark method has ``name``, ``extract(image, valid) -> features`` (``keypoints`` (N, 2)
+# at least) and ``match(f0, f1) -> (matches0, keypoints1)``: the matches and image 1's
+# keypoints after any refinement. Every method gets the raw crop and its valid mask and applies
+# the same 1-99 percentile stretch over the valid pixels itself, inside its timed extraction.
+OPENCV_METHODS = ("sift", "orb", "akaze")
+
+
 class OpenCVMethod:
     """Detect-describe-match with an OpenCV feature (SIFT + ratio test, ORB/AKAZE + mutual NN)."""
 
@@ -53,18 +62,20 @@ class OpenCVMethod:
         else:
             raise PipelineError(f"unknown OpenCV method {name!r}")
 
-    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
-        kps, desc = self.feature.detectAndCompute(to_uint8(image01), valid.astype(np.uint8) * 255)
+    def extract(self, image: np.ndarray, valid: np.ndarray) -> dict:
+        image8 = to_uint8(percentile_stretch(image, valid=valid))
+        kps, desc = self.feature.detectAndCompute(image8, valid.astype(np.uint8) * 255)
         if self.max_keypoints > 0 and len(kps) > self.max_keypoints:  # AKAZE has no budget of its own
             order = np.argsort([-k.response for k in kps])[: self.max_keypoints]
             kps, desc = [kps[i] for i in order], desc[order]
         pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
         return {"keypoints": pts, "descriptors": desc}
 
-    def match(self, f0: dict, f1: dict) -> np.ndarray:
+    def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Matches, and image 1's keypoints as detected (no refinement stage)."""
         matches0 = np.full(len(f0["keypoints"]), -1, np.int64)
         if f0["descriptors"] is None or f1["descriptors"] is None or len(f1["keypoints"]) < 2:
-            return matches0
+            return matches0, f1["keypoints"]
         matcher = cv2.BFMatcher(self.norm, crossCheck=self.name != "sift")
         if self.name == "sift":
             for pair in matcher.knnMatch(f0["descriptors"], f1["descriptors"], k=2):
@@ -73,90 +84,52 @@ class OpenCVMethod:
         else:
             for m in matcher.match(f0["descriptors"], f1["descriptors"]):
                 matches0[m.queryIdx] = m.trainIdx
-        return matches0
-
-    def refine(self, f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarray:
-        """Image 1's keypoints as detected: no refinement stage."""
-        return f1["keypoints"]
+        return matches0, f1["keypoints"]
 
 
-class SuperPointMethod:
-    """The shipped SuperPoint with mutual nearest-neighbour matching; with ``refine``, each
-    match's point in image 1 is then moved by the fine head (``SuperPoint.refine_matches``)."""
+class PipelineMethod:
+    """A learned method: the one matching pipeline of ``matching.py`` (SuperPoint, a registered
+    matcher, optional fine-head refinement), exactly as ``ImageMatcher`` runs it."""
 
-    base_name = "superpoint"
+    def __init__(self, pipeline: MatchingPipeline):
+        self.pipeline, self.name = pipeline, pipeline.name
 
-    def __init__(self, checkpoint: Path, max_keypoints: int, device: str = "cpu", model=None,
-                 refine: bool = False):
-        from SuperPoint import SuperPoint
+    def extract(self, image: np.ndarray, valid: np.ndarray) -> dict:
+        return self.pipeline.extract(image, valid)
 
-        self.model = model if model is not None else SuperPoint.from_checkpoint(checkpoint, device)
-        if refine and self.model.config.fine_dim == 0:
-            raise PipelineError(f"{checkpoint}: this SuperPoint has no fine head to refine matches with; "
-                                "train one with train_superpoint.py --fine-from")
-        self.max_keypoints = max_keypoints
-        self.device = device
-        self.refine_matches = refine
-        self.name = self.base_name + ("+refine" if refine else "")
-
-    def extract(self, image01: np.ndarray, valid: np.ndarray) -> dict:
-        """Features of a (H, W) 0..1 image as numpy, in the layout SuperGlue takes."""
-        x = torch.from_numpy(image01.astype(np.float32))[None, None].to(self.device)
-        v = torch.from_numpy(valid)[None].to(self.device)
-        f = self.model.extract(x, v, self.max_keypoints)[0]
-        h, w = image01.shape
-        out = {"keypoints": f["keypoints"].cpu().numpy().astype(np.float64), "scores": f["scores"].cpu().numpy(),
-               "descriptors": f["descriptors"].cpu().numpy(), "image_size": np.array([w, h])}
-        if self.refine_matches:
-            out["fine_descriptors"] = f["fine_descriptors"].cpu().numpy()
-            out["fine_patches"] = f["fine_patches"].cpu().numpy()
-        return out
-
-    def match(self, f0: dict, f1: dict) -> np.ndarray:
-        return mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
-
-    def refine(self, f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarray:
-        """Image 1's keypoints with the matched ones moved by the fine head (if enabled)."""
-        if not self.refine_matches:
-            return f1["keypoints"]
-        from SuperPoint import refine_feature_matches
-
-        return refine_feature_matches(f0, f1, matches0, self.model.config.fine_temperature)
+    def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
+        result = self.pipeline.match_features(f0, f1)
+        return result["matches0"], result["refined_keypoints1"]
 
 
-class SuperGlueMethod(SuperPointMethod):
-    """The shipped SuperPoint with the shipped SuperGlue matcher."""
-
-    base_name = "superpoint+superglue"
-
-    def __init__(self, superpoint_path: Path | None, superglue_path: Path | None, max_keypoints: int,
-                 device: str = "cpu", superpoint=None, superglue=None, refine: bool = False):
-        from SuperGlue_architecture import SuperGlue
-
-        super().__init__(superpoint_path, max_keypoints, device, model=superpoint, refine=refine)
-        self.superglue = superglue if superglue is not None else SuperGlue.from_checkpoint(superglue_path, device)
-
-    def match(self, f0: dict, f1: dict) -> np.ndarray:
-        from SuperGlue_architecture import match_features
-
-        return match_features(self.superglue, f0, f1)["matches0"]
+def method_names() -> list[str]:
+    """Every method name the benchmark takes: the OpenCV baselines, and SuperPoint with each
+    registered matcher, with and without the fine head (``superpoint`` = ``superpoint+mnn``)."""
+    learned = [f"superpoint+{m}{r}" for m in sorted(MATCHERS) for r in ("", "+refine")]
+    return [*OPENCV_METHODS, *learned]
 
 
-def build_methods(names: list[str], checkpoint: Path, cfg: EvalConfig, device: str,
-                  superglue: Path | None = None) -> list:
-    methods = []
-    for name in names:
-        if name in ("sift", "orb", "akaze"):
-            methods.append(OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio))
-        elif name in ("superpoint", "superpoint+refine"):
-            methods.append(SuperPointMethod(checkpoint, cfg.max_keypoints, device, refine=name.endswith("+refine")))
-        elif name in ("superpoint+superglue", "superpoint+superglue+refine"):
-            methods.append(SuperGlueMethod(checkpoint, superglue, cfg.max_keypoints, device,
-                                           refine=name.endswith("+refine")))
-        else:
-            raise PipelineError(f"unknown method {name!r}; choose from sift, orb, akaze, superpoint, "
-                                "superpoint+refine, superpoint+superglue, superpoint+superglue+refine")
-    return methods
+def build_method(name: str, cfg: EvalConfig, model_path: Path = config.CHECKPOINT_DIR, device: str = "cpu",
+                 match_threshold: float | None = None, superpoint=None, superglue=None):
+    """The benchmark method called ``name`` (see ``method_names``). ``superpoint`` /
+    ``superglue``: models already in memory (training validation) instead of checkpoint files."""
+    if name in OPENCV_METHODS:
+        return OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio)
+    parts = name.split("+")
+    if parts == ["superpoint"] or parts == ["superpoint", "refine"]:
+        parts.insert(1, "mnn")
+    refine = parts[-1] == "refine"
+    if parts[0] != "superpoint" or len(parts) != 2 + refine or parts[1] not in MATCHERS:
+        raise PipelineError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
+    pipeline = MatchingPipeline.from_checkpoints(model_path, parts[1], device, max_keypoints=cfg.max_keypoints,
+                                                 match_threshold=match_threshold, refine=refine,
+                                                 ransac_threshold=cfg.ransac_threshold, min_inliers=cfg.min_inliers,
+                                                 superpoint=superpoint,
+                                                 superglue=superglue if parts[1] == "superglue" else None)
+    if refine and not pipeline.refine:
+        raise PipelineError(f"{name}: this SuperPoint has no fine head to refine matches with; "
+                            "train one with train_superpoint.py --fine-from")
+    return PipelineMethod(pipeline)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -183,16 +156,13 @@ def repeatability(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, valid0: n
 
 def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
     """Run one method on one warped pair and measure it."""
-    img0 = percentile_stretch(sample["image0"], valid=sample["valid0"])
-    img1 = percentile_stretch(sample["image1"], valid=sample["valid1"])
     t0 = time.perf_counter()
-    f0 = method.extract(img0, sample["valid0"])
+    f0 = method.extract(sample["image0"], sample["valid0"])
     t1 = time.perf_counter()
-    f1 = method.extract(img1, sample["valid1"])
+    f1 = method.extract(sample["image1"], sample["valid1"])
     t2 = time.perf_counter()
-    matches0 = method.match(f0, f1)
+    matches0, k1 = method.match(f0, f1)
     k0 = f0["keypoints"]
-    k1 = method.refine(f0, f1, matches0)
     t3 = time.perf_counter()
     H_gt = sample["H_0to1"]
     m = matches0 > -1
@@ -300,33 +270,36 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="folder with oscd/, ombria/, ukraine_T36UYA/ (validation places are used)")
-    parser.add_argument("--methods", default="sift,superpoint,superpoint+superglue,superpoint+superglue+refine",
-                        help="comma-separated, from sift, orb, akaze, superpoint, superpoint+refine, "
-                             "superpoint+superglue, superpoint+superglue+refine")
+    parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine",
+                        help="comma-separated, from " + ", ".join(method_names()))
     parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
     parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
     parser.add_argument("--repeats", type=int, default=1, help="random warps per pair")
     parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya")
-    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
-                        help="SuperPoint checkpoint")
-    parser.add_argument("--superglue", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
-                        help="SuperGlue checkpoint (method superpoint+superglue)")
+    parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
+                        help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
+    parser.add_argument("--superglue", type=Path, default=None,
+                        help="a SuperGlue checkpoint to use instead of the one in --model-path")
     parser.add_argument("--match-threshold", type=float, default=None,
-                        help="SuperGlue's matching score threshold (default: the checkpoint's)")
+                        help="the matcher's score threshold (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--device", default="cpu", help="timings are reported for this device")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON results (default data/results/eval_<difficulty>.json)")
     args = parser.parse_args(argv)
     cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
     try:
+        set_threads(args.threads or None)
         torch.set_grad_enabled(False)
-        methods = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.checkpoint,
-                                cfg, args.device, args.superglue)
-        for method in methods:
-            if isinstance(method, SuperGlueMethod):
-                method.superglue.config = config.replace(method.superglue.config, match_threshold=args.match_threshold)
+        superglue = None
+        if args.superglue is not None:
+            from SuperGlue_architecture import SuperGlue
+
+            superglue = SuperGlue.from_checkpoint(args.superglue, args.device)
+        methods = [build_method(m.strip(), cfg, args.model_path, args.device, args.match_threshold,
+                                superglue=superglue) for m in args.methods.split(",") if m.strip()]
         pairs = evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None)
         samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
                    for p in pairs for r in range(args.repeats)]

@@ -12,18 +12,20 @@ included. Validation, checkpoints, ``--resume`` and budgets as in ``train_superp
 """
 from __future__ import annotations
 
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import config
 from config import SuperGlueConfig, SuperGlueTrainConfig
 from dataset import TrainingPairs, load_scenes
+from matching import SuperPointExtractor
 from SuperGlue_architecture import SuperGlue, pad_batch
 from SuperPoint import SuperPoint
-from train_superpoint import fit, run_training, select_val_samples, train_config_from_args, training_parser
+from training import fit, output_path, run_training, select_val_samples, train_config_from_args, training_parser
 from utils import ground_truth_matches
 
 
@@ -53,10 +55,13 @@ class GlueBatches:
     """Batches of SuperPoint features with ground truth, a pure function of the step."""
 
     def __init__(self, dataset: TrainingPairs, superpoint: SuperPoint, cfg: SuperGlueTrainConfig):
-        from evaluate import SuperPointMethod
-
         self.dataset, self.cfg = dataset, cfg
-        self.features = SuperPointMethod(None, cfg.max_keypoints, model=superpoint).extract
+        self.extractor = SuperPointExtractor(superpoint, cfg.max_keypoints)
+
+    def features(self, image: np.ndarray, valid: np.ndarray) -> dict:
+        """The one extraction path, on a crop that is already network input (stretched, then
+        changed photometrically by the augmentation: no second stretch)."""
+        return self.extractor.extract(image, valid, normalized=True)
 
     def __call__(self, step: int) -> dict:
         cfg = self.cfg
@@ -82,10 +87,12 @@ def training_step(model: SuperGlue, batch: dict) -> dict[str, torch.Tensor]:
 
 
 def validate(superpoint: SuperPoint, superglue: SuperGlue, samples: list[dict]) -> dict:
-    from evaluate import SuperGlueMethod, validation_metrics
+    """The benchmark's metrics of SuperPoint + this SuperGlue on fixed held-out samples."""
+    from evaluate import build_method, validation_metrics
 
-    method = SuperGlueMethod(None, None, config.EvalConfig().max_keypoints, superpoint=superpoint, superglue=superglue)
-    return validation_metrics(method, samples)
+    cfg = config.EvalConfig()
+    method = build_method("superpoint+superglue", cfg, superpoint=superpoint, superglue=superglue)
+    return validation_metrics(method, samples, cfg)
 
 
 def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, superpoint_path: Path, output: Path,
@@ -136,10 +143,11 @@ def main(argv=None) -> int:
         mcfg = config.replace(mcfg, keypoint_encoder=(16, 32), layers=1)
         tcfg = config.replace(tcfg, crop=96, batch_size=2, max_keypoints=64, max_steps=args.max_steps or 12,
                               val_every=10 ** 9, val_pairs=2, lr=1e-3)
-    return run_training(lambda command: train(mcfg, tcfg, args.data, args.superpoint, args.output, args.run_dir,
+    output = output_path(args)
+    return run_training(lambda command: train(mcfg, tcfg, args.data, args.superpoint, output, args.run_dir,
                                               args.resume, args.seed, val_crop=128 if args.smoke else args.val_crop,
                                               init=args.init,
-                                              repeat_batch=args.smoke, command=command), argv, args.output)
+                                              repeat_batch=args.smoke, command=command), argv, output)
 
 
 if __name__ == "__main__":

@@ -81,11 +81,41 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- images
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, out_size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as an array ``(H, W)`` or ``(H, W, C)``, in its own dtype.
 
-    JPEG/PNG go through Pillow; GeoTIFF/JP2 through rasterio (bands last).
+    JPEG/PNG go through Pillow; GeoTIFF/JP2 through rasterio (bands last). With ``out_size``
+    (width, height) the image comes back at that size, area-averaged: rasters are read
+    decimated (JPEG 2000 resolution levels, overviews), so a whole tile never sits in memory.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; check the path")
+    try:
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            import rasterio
+            from rasterio.enums import Resampling
+
+            with rasterio.open(path) as src:
+                shape = None if out_size is None else (src.count, out_size[1], out_size[0])
+                data = src.read(out_shape=shape, resampling=Resampling.average)
+            return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+        return array if out_size is None else resize_to(array, *out_size)
+    except PipelineError:
+        raise
+    except Exception as exc:  # corrupt or truncated file
+        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
+
+
+def image_dimensions(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, from its header (no pixels decoded)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such file; check the path")
@@ -94,18 +124,12 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             import rasterio
 
             with rasterio.open(path) as src:
-                data = src.read()
-            return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+                return src.width, src.height
         from PIL import Image
 
         with Image.open(path) as im:
-            im.load()
-            if im.mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except PipelineError:
-        raise
-    except Exception as exc:  # corrupt or truncated file
+            return im.size
+    except Exception as exc:
         raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
 
 
@@ -141,18 +165,62 @@ def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
     return np.clip((image - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def normalize_for_network(image: np.ndarray, channels: int = 1) -> np.ndarray:
+def normalize_for_network(image: np.ndarray, channels: int = 1, valid: np.ndarray | None = None) -> np.ndarray:
     """Any image array → float32 ``(C, H, W)`` in 0..1 with a 1-99 percentile stretch.
 
     The same input normalisation is used for training, extraction and the baselines, so
-    dark or hazy chips (e.g. OMBRIA's false-colour composites) get full contrast.
+    dark or hazy chips (e.g. OMBRIA's false-colour composites) get full contrast. ``valid``
+    (H, W) bool keeps nodata out of the percentiles, as in training and evaluation.
     """
     image = np.asarray(image)
     if channels == 1:
-        return percentile_stretch(to_gray(image))[None]
+        return percentile_stretch(to_gray(image), valid=valid)[None]
     if image.ndim != 3 or image.shape[2] < channels:
         raise PipelineError(f"the model takes {channels} bands but the image has shape {image.shape}")
-    return np.moveaxis(percentile_stretch(image[..., :channels]), -1, 0)
+    return np.moveaxis(percentile_stretch(image[..., :channels], valid=valid), -1, 0)
+
+
+def load_valid_mask(image_path: str | os.PathLike) -> np.ndarray | None:
+    """The nodata mask written beside a ``data_preprocess.py`` image (``<stem>_nodata.png``,
+    255 = no data) as valid = True; ``None`` when there is none."""
+    image_path = Path(image_path)
+    mask_path = image_path.with_name(image_path.stem + "_nodata.png")
+    if not mask_path.exists():
+        return None
+    return load_image(mask_path) == 0
+
+
+def resize_to(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    """``image`` (H, W) or (H, W, C) resized to ``width`` × ``height`` in its own dtype (area
+    averaging, or nearest neighbour for masks); bool masks stay bool."""
+    image = np.asarray(image)
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    if image.dtype == bool:
+        return resize_to(image.astype(np.uint8), width, height, nearest=True) > 0
+    if image.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        image = image.astype(np.float32)
+    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    if image.ndim == 3 and image.shape[2] > 4:   # OpenCV resizes up to 4 channels at once
+        return np.stack([cv2.resize(image[..., c], (width, height), interpolation=method)
+                         for c in range(image.shape[2])], -1)
+    out = cv2.resize(image, (width, height), interpolation=method)
+    return out[..., None] if image.ndim == 3 and out.ndim == 2 else out
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads: ``threads``, or every core this process may use when ``None``.
+
+    When several workers share a machine, give each ``cores // workers`` (1 per worker on 2
+    cores): more threads than cores make every thread wait for the others. Returns the count.
+    """
+    import torch
+
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def to_uint8(image01: np.ndarray) -> np.ndarray:

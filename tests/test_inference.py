@@ -17,6 +17,8 @@ import utils
 from inference import ImageMatcher
 from tests import safe_fixture as fx
 
+pytestmark = pytest.mark.shipped
+
 
 @pytest.fixture(scope="module")
 def matcher():
@@ -123,8 +125,8 @@ def test_geojson_of_a_known_pixel(matcher, sample, tmp_path):
     assert feature["geometry"]["coordinates"] == pytest.approx([lon, lat], abs=1e-9)
     assert feature["properties"]["x0"] == pytest.approx(float(x))
     assert paths[1].read_text().splitlines()[0].startswith("x0,y0,x1,y1")
-    # co-registered dates: the shift is small (a pixel or two at 10 m)
-    assert r.verified and r.shift_m["distance_median"] < 25 and r.shift_m["points"] == r.num_inliers
+    # co-registered dates: the shift is small (about a pixel at 10 m)
+    assert r.verified and np.hypot(r.shift_m["dx"], r.shift_m["dy"]) < 15 and r.shift_m["points"] == r.num_inliers
 
 
 def test_main_job_on_the_sample(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import dataset
 import evaluate
 import SuperPoint as sp
 import train_superpoint
+import training
 import utils
 from tests import safe_fixture as fx
 
@@ -118,6 +119,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         sp.SuperPoint.from_checkpoint(tmp_path / "junk.pt")
 
 
+@pytest.mark.shipped
 def test_shipped_checkpoint_loads_and_is_small():
     assert SHIPPED.stat().st_size < 50e6
     model = sp.SuperPoint.from_checkpoint(SHIPPED)
@@ -125,6 +127,7 @@ def test_shipped_checkpoint_loads_and_is_small():
 
 
 # ----------------------------------------------------------------------------- extraction
+@pytest.mark.shipped
 def test_extraction_script_on_real_crop(tmp_path):
     from PIL import Image
 
@@ -155,14 +158,14 @@ def test_extraction_script_bad_input(tmp_path, capsys):
     assert not (tmp_path / "f" / "x.npz").exists()
 
 
+@pytest.mark.shipped
 def test_features_found_again_across_dates():
     """Shipped model on the real summer/winter pair: matches agree with the identity ground truth."""
-    model = sp.SuperPoint.from_checkpoint(SHIPPED)
-    method = evaluate.SuperPointMethod(None, 1024, model=model)
+    method = evaluate.build_method("superpoint+mnn", config.EvalConfig())
     a, b = (utils.percentile_stretch(sample_gray(d)) for d in ("imgs_1", "imgs_2"))
     ones = np.ones(a.shape, bool)
     f0, f1 = method.extract(a, ones), method.extract(b, ones)
-    m = method.match(f0, f1)
+    m, _ = method.match(f0, f1)
     ok = m > -1
     err = np.linalg.norm(f0["keypoints"][ok] - f1["keypoints"][m[ok]], axis=1)
     assert ok.sum() > 50 and (err < 3).mean() > 0.5
@@ -343,7 +346,7 @@ def test_fit_keeps_best_weights_with_the_whole_record(tmp_path):
         return {"auc@5px": next(scores)}
 
     record = {"command": "test", "steps": 0, "seconds": 0.0, "history": [], "best": None}
-    train_superpoint.fit(model, optimizer, cfg, lambda step: torch.rand(1, 1, 16, 16), step_fn, validate_fn,
+    training.fit(model, optimizer, cfg, lambda step: torch.rand(1, 1, 16, 16), step_fn, validate_fn,
                          tmp_path / "best.pt", tmp_path / "run", record, progress=False)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["training"]["steps"] == 6 and len(best["training"]["history"]) == 3

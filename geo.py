@@ -1,0 +1,173 @@
+"""Geo helpers shared by preprocessing, inference and co-registration.
+
+Reading an image's georeference, pixel ↔ map coordinates, a metric CRS for a shift, the
+statistics of a shift between two dates, and tie points as GeoJSON / CSV a GIS opens.
+
+Conventions: pixel coordinates are ``(x, y)`` with pixel *centres* at integers (``config.py``);
+a transform is a rasterio ``Affine`` of the pixel *corners*, so a pixel centre ``(x, y)`` lies at
+``transform * (x + 0.5, y + 0.5)``. A shift is the displacement of image 1's content relative to
+image 0, in metres, x east and y north: a feature at map point P in image 0 is found at
+P + (dx, dy) in image 1.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils import RASTER_SUFFIXES, PipelineError, atomic_path, write_json
+
+MAD_TO_SIGMA = 1.4826   # median absolute deviation → standard deviation of a normal distribution
+
+
+@dataclass
+class Georeference:
+    """Where an image's pixel grid lies: an affine ``transform`` (map units per pixel corner)
+    and its ``crs`` (rasterio objects)."""
+
+    transform: object
+    crs: object
+
+    def scaled(self, sx: float, sy: float) -> "Georeference":
+        """The georeference of the same image resampled by ``sx``, ``sy`` (new pixels per old)."""
+        from rasterio.transform import Affine
+
+        return Georeference(self.transform * Affine.scale(1 / sx, 1 / sy), self.crs)
+
+
+def read_georeference(path: str | Path) -> Georeference | None:
+    """The georeference of a raster file or of a ``data_preprocess.py`` sidecar ``.json``; None."""
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        import rasterio
+
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is not None and not src.transform.is_identity:
+                    return Georeference(src.transform, src.crs)
+        except rasterio.errors.RasterioError as exc:
+            raise PipelineError(f"{path}: cannot read its georeference ({exc}); re-export it") from exc
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except ValueError as exc:
+            raise PipelineError(f"{sidecar}: not valid JSON ({exc}); re-run data_preprocess.py") from exc
+        if meta.get("crs") and meta.get("transform"):
+            from rasterio.crs import CRS
+            from rasterio.transform import Affine
+
+            return Georeference(Affine(*meta["transform"][:6]), CRS.from_user_input(meta["crs"]))
+    return None
+
+
+def pixel_to_map(points: np.ndarray, transform) -> np.ndarray:
+    """Pixel centres (N, 2) x y → map coordinates (N, 2) through an affine ``transform``."""
+    p = np.asarray(points, np.float64).reshape(-1, 2) + 0.5
+    a, b, c, d, e, f = transform[:6]
+    return np.stack([a * p[:, 0] + b * p[:, 1] + c, d * p[:, 0] + e * p[:, 1] + f], axis=-1)
+
+
+def map_to_pixel(xy: np.ndarray, transform) -> np.ndarray:
+    """Map coordinates (N, 2) → pixel centres (N, 2) x y; the inverse of ``pixel_to_map``."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    col, row = ~transform * (xy[:, 0], xy[:, 1])
+    return np.stack([np.asarray(col) - 0.5, np.asarray(row) - 0.5], axis=-1)
+
+
+def reproject_points(xy: np.ndarray, src_crs, dst_crs) -> np.ndarray:
+    """Map coordinates (N, 2) from one CRS to another (a no-op for equal CRSs)."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    if len(xy) == 0 or src_crs == dst_crs:
+        return xy
+    from rasterio.warp import transform as warp
+
+    x, y = warp(src_crs, dst_crs, xy[:, 0], xy[:, 1])
+    return np.stack([x, y], -1)
+
+
+def metric_crs(crs, xy: np.ndarray):
+    """A CRS in metres for points ``xy`` of ``crs``: itself when projected, else the local UTM zone."""
+    from rasterio.crs import CRS
+
+    if crs.is_projected:
+        return crs
+    lonlat = reproject_points(xy, crs, "EPSG:4326")
+    lon, lat = np.median(lonlat[:, 0]), np.median(lonlat[:, 1])
+    zone = int((lon + 180) // 6) % 60 + 1
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs) -> dict | None:
+    """The shift between two dates from matched map points (N, 2) in ``crs``; None without points.
+
+    ``dx``, ``dy``: the median displacement vector in metres (x east, y north), robust to a
+    minority of wrong matches. ``sigma_x``, ``sigma_y``: robust spread of one match's
+    displacement (1.4826 × MAD); ``r68``, ``r95``: radii holding 68 % / 95 % of the
+    displacements around the median; ``se``: standard error of the median vector
+    (1.2533 × sigma / √n), what the shift itself is uncertain by when the matches are independent.
+    """
+    if len(points0) == 0:
+        return None
+    metric = metric_crs(crs, points0)
+    m0 = reproject_points(points0, crs, metric)
+    m1 = reproject_points(points1, crs, metric)
+    d = m1 - m0
+    median = np.median(d, axis=0)
+    residual = d - median
+    sigma = MAD_TO_SIGMA * np.median(np.abs(residual), axis=0)
+    radius = np.linalg.norm(residual, axis=1)
+    n = len(d)
+    return {"dx": float(median[0]), "dy": float(median[1]), "length": float(np.hypot(*median)),
+            "sigma_x": float(sigma[0]), "sigma_y": float(sigma[1]),
+            "r68": float(np.percentile(radius, 68)), "r95": float(np.percentile(radius, 95)),
+            "se": float(1.2533 * np.hypot(*sigma) / np.sqrt(n)), "points": int(n),
+            "metric_crs": metric.to_string()}
+
+
+def georeference_matches(mkpts0: np.ndarray, mkpts1: np.ndarray, geo0: Georeference | None,
+                         geo1: Georeference | None, inliers: np.ndarray) -> dict:
+    """Matched pixels of two georeferenced images in image 0's CRS, and the shift between the
+    dates from the ``inliers``: ``crs``, ``map_points0/1`` (N, 2), ``shift_m``."""
+    if geo0 is None or geo1 is None:
+        return {"crs": None}
+    map0 = pixel_to_map(mkpts0, geo0.transform)
+    map1 = reproject_points(pixel_to_map(mkpts1, geo1.transform), geo1.crs, geo0.crs)
+    inliers = np.asarray(inliers, bool)
+    return {"crs": geo0.crs.to_string(), "map_points0": map0, "map_points1": map1,
+            "shift_m": shift_statistics(map0[inliers], map1[inliers], geo0.crs)}
+
+
+def write_matches(result: dict, folder: str | Path, stem: str = "matches") -> list[Path]:
+    """GeoJSON (WGS84 lon/lat, RFC 7946; a point at image 0's position per match) and CSV of a
+    georeferenced match result: pixel and map coordinates of both images, confidence, inlier."""
+    if not result.get("crs"):
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    m0, m1 = result["map_points0"], result["map_points1"]
+    ll0 = reproject_points(m0, result["crs"], "EPSG:4326")
+    ll1 = reproject_points(m1, result["crs"], "EPSG:4326")
+    rows = []
+    for i in range(len(m0)):
+        rows.append({"x0": float(result["mkpts0"][i, 0]), "y0": float(result["mkpts0"][i, 1]),
+                     "x1": float(result["mkpts1"][i, 0]), "y1": float(result["mkpts1"][i, 1]),
+                     "map_x0": float(m0[i, 0]), "map_y0": float(m0[i, 1]),
+                     "map_x1": float(m1[i, 0]), "map_y1": float(m1[i, 1]),
+                     "lon0": float(ll0[i, 0]), "lat0": float(ll0[i, 1]),
+                     "lon1": float(ll1[i, 0]), "lat1": float(ll1[i, 1]),
+                     "confidence": float(result["mconf"][i]), "inlier": bool(result["inliers"][i])})
+    geojson = {"type": "FeatureCollection", "source_crs": result["crs"], "shift_m": result.get("shift_m"),
+               "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon0"], r["lat0"]]},
+                             "properties": r} for r in rows]}
+    paths = [folder / f"{stem}.geojson", folder / f"{stem}.csv"]
+    write_json(paths[0], geojson)
+    with atomic_path(paths[1]) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["x0", "y0", "x1", "y1"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return paths

@@ -1,0 +1,442 @@
+"""One path from pixels to verified matches, used by every caller.
+
+    pipeline = MatchingPipeline.from_checkpoints()             # shipped SuperPoint + SuperGlue
+    f0 = pipeline.extract(image0, valid0)                      # arrays (H, W) or (H, W, C), any dtype
+    f1 = pipeline.extract(image1, valid1)
+    result = pipeline.verify(pipeline.match_features(f0, f1))  # or pipeline.match(image0, image1)
+
+``ImageMatcher`` (inference.py), the benchmark's learned methods (evaluate.py), SuperGlue's
+training features and validation (train_*.py) and the stage scripts (SuperPoint.py,
+SuperGlue_architecture.py) all go through this module, so they cannot drift:
+
+* ``SuperPointExtractor``: input normalisation (1-99 percentile stretch over the valid pixels),
+  blank and nodata detection, resizing to what the network sees, and the mapping back to each
+  input's own pixel frame. Features are a dict of numpy arrays (the field's names, below).
+* ``MATCHERS``: the matcher registry. A matcher is one class with a ``name`` and
+  ``match(f0, f1) -> (matches0, matching_scores0)``; ``@register_matcher`` makes the name
+  usable in ``ImageMatcher(matcher=...)``, ``evaluate.py --methods superpoint+<name>`` and the
+  matching script's ``--matcher``.
+* ``refine_feature_matches``: SuperPoint's fine head moves each match's point in image 1 to
+  where image 0's keypoint fits best (sub-pixel).
+* ``verify``: USAC_MAGSAC homography; a pair is verified with at least ``min_inliers`` inliers.
+
+Features (``extract``): ``keypoints`` (N, 2) x y in the input's own pixel frame, pixel centres at
+integers; ``scores`` (N); ``descriptors`` (N, D) unit length; ``image_size`` (width, height) of
+the input; ``network_size`` (width, height) the network saw; ``scale`` (sx, sy) network pixels per
+input pixel; with a fine head ``fine_descriptors`` (N, C), ``fine_patches`` (N, P, C) (float16)
+and ``fine_temperature``; ``reason`` (str) when empty.
+
+Match result (``match_features`` + ``verify``): ``keypoints0/1``, ``scores0/1``,
+``descriptors0/1``, ``matches0`` (N0, index into image 1, -1 = none), ``matching_scores0``,
+``matches1``, ``matching_scores1``, ``refined_keypoints1`` (N1, 2: matched keypoints of image 1
+moved by the fine head, others as detected), ``mkpts0``/``mkpts1`` (M, 2, the matched points,
+image 1's refined), ``mconf`` (M), ``image_size0/1``, ``method``, and after ``verify``:
+``homography`` (3×3 image 0 → image 1, own frames; None unless verified), ``inliers`` (M bool),
+``num_inliers``, ``verified``, ``reason`` (why empty or not verified, else None).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+from checkpoints import find_checkpoint, resolve_device
+from config import MatchingConfig, SuperPointConfig
+from SuperPoint import SuperPoint, refine_matches
+from utils import (PipelineError, estimate_homography, is_verified, mutual_nearest_neighbours, normalize_for_network,
+                   resize_to)
+
+
+# ----------------------------------------------------------------------------- frames
+def network_size(width: int, height: int, resize: int, cell: int) -> tuple[int, int]:
+    """(width, height) the network sees for an input of ``width`` × ``height``: the longer side
+    shrunk to ``resize`` (0 = never), never below one ``cell``."""
+    if not resize or max(width, height) <= resize:
+        return width, height
+    s = resize / max(width, height)
+    return max(cell, round(width * s)), max(cell, round(height * s))
+
+
+def to_network_frame(points: np.ndarray, scale) -> np.ndarray:
+    """Own-frame pixel centres → the network's frame (``scale`` = network px per input px, x y)."""
+    return ((np.asarray(points, np.float64) + 0.5) * np.asarray(scale, np.float64) - 0.5).astype(np.float32)
+
+
+def to_own_frame(points: np.ndarray, scale) -> np.ndarray:
+    """Network-frame pixel centres → the input's own frame (inverse of ``to_network_frame``)."""
+    return ((np.asarray(points, np.float64) + 0.5) / np.asarray(scale, np.float64) - 0.5).astype(np.float32)
+
+
+def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) -> np.ndarray:
+    """The channels of a multi-band array to use: ``bands`` (0-based), or an 8-bit RGB picture
+    as it is; a 16-bit or multi-band raster without ``bands`` is ambiguous, hence an error."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise PipelineError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {array.shape}")
+    if array.ndim == 3:
+        if bands is not None:
+            bad = [b for b in bands if not 0 <= b < array.shape[2]]
+            if bad:
+                raise PipelineError(f"{name}: bands {bad} out of range for an image with {array.shape[2]} bands")
+            array = array[..., list(bands)]
+        elif not (array.shape[2] == 3 and array.dtype == np.uint8):
+            raise PipelineError(f"{name}: {array.shape[2]}-band {array.dtype} image; choose the bands to use "
+                                "with ImageMatcher(bands=(r, g, b)) or --bands 0,1,2")
+    return array
+
+
+# ----------------------------------------------------------------------------- extraction
+def empty_features(cfg: SuperPointConfig, size: tuple[int, int], net_size: tuple[int, int] | None = None,
+                   reason: str | None = None) -> dict:
+    """The features of an image without keypoints, with every array a model of ``cfg`` gives."""
+    net_size = net_size or size
+    empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
+             "descriptors": np.zeros((0, cfg.descriptor_dim), np.float32), "image_size": np.array(size),
+             "network_size": np.array(net_size), "scale": np.array(net_size, np.float64) / np.array(size)}
+    if cfg.fine_dim:
+        empty["fine_descriptors"] = np.zeros((0, cfg.fine_dim), np.float16)
+        empty["fine_patches"] = np.zeros((0, (2 * cfg.fine_radius + 1) ** 2, cfg.fine_dim), np.float16)
+        empty["fine_temperature"] = np.float32(cfg.fine_temperature)
+    if reason:
+        empty["reason"] = reason
+    return empty
+
+
+class SuperPointExtractor:
+    """SuperPoint on any image array: normalisation, blank/nodata checks, resize, and back.
+
+    Args:
+        model: a SuperPoint (``SuperPoint.from_checkpoint``).
+        max_keypoints: per image (None: the checkpoint's; -1: all).
+        resize: longer side the network sees; larger inputs are shrunk (0 = never).
+        detection_threshold, nms_radius: override the checkpoint's (None keeps them).
+        min_texture: std of the normalised image below which it counts as blank.
+    """
+
+    def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
+                 detection_threshold: float | None = None, nms_radius: int | None = None,
+                 min_texture: float = MatchingConfig.min_texture):
+        # the model's own config is left alone: several extractors may share one model
+        self.config = config.replace(model.config, detection_threshold=detection_threshold, nms_radius=nms_radius,
+                                     max_keypoints=max_keypoints)
+        self.model, self.resize, self.min_texture = model, resize, min_texture
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> "SuperPointExtractor":
+        return cls(SuperPoint.from_checkpoint(path, resolve_device(device)), **options)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def network_size(self, width: int, height: int) -> tuple[int, int]:
+        return network_size(width, height, self.resize, self.config.cell)
+
+    @torch.no_grad()
+    def extract(self, image: np.ndarray, valid: np.ndarray | None = None, name: str = "image",
+                size: tuple[int, int] | None = None, normalized: bool = False) -> dict:
+        """Features of one image (see the module docstring).
+
+        Args:
+            image: (H, W) or (H, W, C) array, any dtype (channels as the model takes them).
+            valid: (H, W) bool, False on nodata; keypoints there are dropped and the stretch
+                ignores them.
+            name: how messages name the image.
+            size: the input's own (width, height) when ``image`` is already a reduced read of
+                it (``ImageMatcher`` reads large files decimated); default its own shape.
+            normalized: ``image`` is already 0..1 network input (training's augmented crops):
+                no stretch.
+        """
+        image = np.asarray(image)
+        h, w = image.shape[:2]
+        size = tuple(int(v) for v in (size or (w, h)))
+        cell = self.config.cell
+        if min(size) < cell or min(h, w) < cell:
+            raise PipelineError(f"{name}: {size[0]}×{size[1]} px is smaller than one {cell}-px network cell; "
+                                "use a larger image")
+        nw, nh = self.network_size(*size)
+        if valid is not None:
+            valid = resize_to(np.asarray(valid, bool), nw, nh)
+        if valid is not None and not valid.any():
+            return empty_features(self.config, size, (nw, nh), f"{name}: no valid pixel (all nodata)")
+        image = resize_to(image, nw, nh)
+        if normalized:
+            net = np.asarray(image, np.float32)
+            net = net[None] if net.ndim == 2 else np.moveaxis(net, -1, 0)
+        else:
+            net = normalize_for_network(image, self.config.in_channels, valid)
+        if float(net.std()) < self.min_texture:
+            return empty_features(self.config, size, (nw, nh),
+                                  f"{name}: blank or uniform image (cloud-covered?), nothing to match")
+        x = torch.from_numpy(np.ascontiguousarray(net, np.float32))[None].to(self.device)
+        v = None if valid is None else torch.from_numpy(valid)[None].to(self.device)
+        f = self.model.extract(x, v, cfg=self.config)[0]
+        if len(f["keypoints"]) == 0:
+            return empty_features(self.config, size, (nw, nh), f"{name}: no keypoint found (blank or cloud-covered?)")
+        scale = np.array([nw, nh], np.float64) / np.array(size, np.float64)
+        out = {"keypoints": to_own_frame(f["keypoints"].cpu().numpy(), scale),
+               "scores": f["scores"].cpu().numpy().astype(np.float32),
+               "descriptors": f["descriptors"].cpu().numpy().astype(np.float32),
+               "image_size": np.array(size), "network_size": np.array([nw, nh]), "scale": scale}
+        if "fine_patches" in f:   # half precision: 49 fine descriptors per keypoint
+            out["fine_descriptors"] = f["fine_descriptors"].cpu().numpy().astype(np.float16)
+            out["fine_patches"] = f["fine_patches"].cpu().numpy().astype(np.float16)
+            out["fine_temperature"] = np.float32(self.config.fine_temperature)
+        return out
+
+    __call__ = extract
+
+
+def network_keypoints(features: dict) -> np.ndarray:
+    """A features dict's keypoints in the frame the network saw them (features written before
+    ``scale`` existed were extracted at full size)."""
+    return to_network_frame(features["keypoints"], features.get("scale", 1.0))
+
+
+# ----------------------------------------------------------------------------- matchers
+class Matcher:
+    """The matcher contract: ``match(f0, f1) -> (matches0, matching_scores0)``.
+
+    ``f0``, ``f1`` are features dicts of ``SuperPointExtractor`` with at least one keypoint each;
+    ``matches0`` (N0,) int64 indexes image 1 (-1 = no match), ``matching_scores0`` (N0,) float32.
+    ``build(model_path, device, **options)`` makes one from the checkpoints in ``model_path``.
+    """
+
+    name: str = ""
+
+    @classmethod
+    def build(cls, model_path: Path, device, **options) -> "Matcher":
+        return cls()
+
+    @classmethod
+    def available(cls, model_path: Path) -> bool:
+        """Whether ``model_path`` holds what this matcher needs (for ``matcher="auto"``)."""
+        return True
+
+    def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+MATCHERS: dict[str, type[Matcher]] = {}
+
+
+def register_matcher(cls: type[Matcher]) -> type[Matcher]:
+    """Class decorator: make a matcher available by its ``name``."""
+    MATCHERS[cls.name] = cls
+    return cls
+
+
+def build_matcher(name: str, model_path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> Matcher:
+    """The matcher called ``name`` (``auto``: SuperGlue if its checkpoint is in ``model_path``'s
+    folder, else mutual nearest neighbours)."""
+    model_path = Path(model_path)
+    if name == "auto":
+        name = "superglue" if MATCHERS["superglue"].available(model_path) else "mnn"
+    if name not in MATCHERS:
+        raise PipelineError(f"unknown matcher {name!r}; choose from {', '.join(sorted(MATCHERS))}")
+    return MATCHERS[name].build(model_path, device, **options)
+
+
+@register_matcher
+class MutualNearestNeighbours(Matcher):
+    """Mutual nearest neighbours of the descriptors; the score is their cosine similarity."""
+
+    name = "mnn"
+
+    def __init__(self, min_similarity: float = -1.0):
+        self.min_similarity = min_similarity
+
+    @classmethod
+    def build(cls, model_path, device, match_threshold: float | None = None, **_):
+        return cls(-1.0 if match_threshold is None else match_threshold)
+
+    def match(self, f0, f1):
+        matches0 = mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"], self.min_similarity)
+        scores0 = np.zeros(len(matches0), np.float32)
+        ok = matches0 > -1
+        scores0[ok] = np.einsum("nd,nd->n", f0["descriptors"][ok], f1["descriptors"][matches0[ok]])
+        return matches0, scores0
+
+
+@register_matcher
+class SuperGlueMatcher(Matcher):
+    """The SuperGlue of a checkpoint; ``match_threshold`` overrides the checkpoint's."""
+
+    name = "superglue"
+
+    def __init__(self, model, match_threshold: float | None = None):
+        model.config = config.replace(model.config, match_threshold=match_threshold)
+        self.model = model
+
+    @classmethod
+    def available(cls, model_path):
+        return find_checkpoint(model_path, "SuperGlue", required=False) is not None
+
+    @classmethod
+    def build(cls, model_path, device, match_threshold: float | None = None, **_):
+        """From a SuperGlue checkpoint file, or the ``superglue*.pt`` of a folder."""
+        from SuperGlue_architecture import SuperGlue
+
+        return cls(SuperGlue.from_checkpoint(model_path, resolve_device(device)), match_threshold)
+
+    @torch.no_grad()
+    def match(self, f0, f1):
+        from SuperGlue_architecture import pad_batch
+
+        dim = self.model.config.descriptor_dim
+        if f0["descriptors"].shape[1] != dim:
+            raise PipelineError(f"features have {f0['descriptors'].shape[1]}-d descriptors but the SuperGlue "
+                                f"checkpoint expects {dim}-d; extract them with the SuperPoint it was trained on")
+        # SuperGlue sees the keypoints as the network saw them
+        g0 = {**f0, "keypoints": network_keypoints(f0), "image_size": f0.get("network_size", f0["image_size"])}
+        g1 = {**f1, "keypoints": network_keypoints(f1), "image_size": f1.get("network_size", f1["image_size"])}
+        device = next(self.model.parameters()).device
+        out = self.model({k: v.to(device) for k, v in pad_batch([g0], [g1]).items()})
+        return out["matches0"][0].cpu().numpy(), out["matching_scores0"][0].cpu().numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- refinement
+def refine_feature_matches(f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarray:
+    """Image 1's keypoints (own frame) with the matched ones moved by SuperPoint's fine head
+    (``SuperPoint.refine_matches``: ``fine_descriptors`` of image 0 against ``fine_patches`` of
+    image 1, in the frame the network saw)."""
+    c0, c1 = f0["fine_descriptors"].shape[-1], f1["fine_patches"].shape[-1]
+    if c0 != c1:
+        raise PipelineError(f"fine features of {c0} and {c1} channels: extract both images with the same "
+                            "SuperPoint checkpoint")
+    kpts1 = network_keypoints(f1)
+    refined, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
+                                torch.from_numpy(kpts1), torch.as_tensor(matches0), float(f1["fine_temperature"]))
+    out = np.asarray(f1["keypoints"], np.float32).copy()
+    moved = matches0[matches0 > -1]
+    out[moved] = to_own_frame(refined.numpy()[moved], f1.get("scale", 1.0))
+    return out
+
+
+# ----------------------------------------------------------------------------- pipeline
+class MatchingPipeline:
+    """Extractor + matcher + refinement + verification: arrays in, the standard dict out.
+
+    Args:
+        extractor: a ``SuperPointExtractor`` (None for a pipeline that only matches features
+            read from files).
+        matcher: a ``Matcher``.
+        refine: refine matches with the fine head when both images' features carry it.
+        ransac_threshold: px, in image 1's own frame.
+        min_inliers: fewer USAC_MAGSAC inliers leave the pair unverified (no homography).
+    """
+
+    def __init__(self, extractor: SuperPointExtractor | None, matcher: Matcher, refine: bool = True,
+                 ransac_threshold: float = MatchingConfig.ransac_threshold,
+                 min_inliers: int = MatchingConfig.min_inliers):
+        self.extractor, self.matcher = extractor, matcher
+        self.refine = refine and (extractor is None or extractor.config.fine_dim > 0)
+        self.ransac_threshold, self.min_inliers = ransac_threshold, min_inliers
+
+    @classmethod
+    def from_checkpoints(cls, model_path: str | Path = config.CHECKPOINT_DIR, matcher: str = MatchingConfig.matcher,
+                         device=None, *, max_keypoints: int | None = None, resize: int = 0,
+                         match_threshold: float | None = None, refine: bool = MatchingConfig.refine,
+                         ransac_threshold: float = MatchingConfig.ransac_threshold,
+                         min_inliers: int = MatchingConfig.min_inliers, detection_threshold: float | None = None,
+                         nms_radius: int | None = None, superpoint=None, superglue=None) -> "MatchingPipeline":
+        """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
+        whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
+        already loaded (training validation) instead of files. ``None`` settings keep the
+        checkpoint's."""
+        model_path = Path(model_path)
+        device = resolve_device(device)
+        sp_model = superpoint if superpoint is not None else SuperPoint.from_checkpoint(model_path, device)
+        extractor = SuperPointExtractor(sp_model, max_keypoints, resize, detection_threshold, nms_radius)
+        if superglue is not None:
+            glue = SuperGlueMatcher(superglue, match_threshold)
+        else:
+            folder = model_path if model_path.is_dir() or not model_path.exists() else model_path.parent
+            glue = build_matcher(matcher, folder, device, match_threshold=match_threshold)
+        return cls(extractor, glue, refine, ransac_threshold, min_inliers)
+
+    @property
+    def name(self) -> str:
+        return f"superpoint+{self.matcher.name}" + ("+refine" if self.refine else "")
+
+    def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
+        if self.extractor is None:
+            raise PipelineError("this pipeline has no extractor; build it with MatchingPipeline.from_checkpoints")
+        return self.extractor.extract(image, valid, name, size, normalized)
+
+    def match_features(self, f0: dict, f1: dict) -> dict:
+        """Match two images' features and refine the matches; no geometry (see ``verify``)."""
+        n0, n1 = len(f0["keypoints"]), len(f1["keypoints"])
+        matches0, scores0 = np.full(n0, -1, np.int64), np.zeros(n0, np.float32)
+        if n0 and n1:
+            matches0, scores0 = self.matcher.match(f0, f1)
+            matches0 = np.asarray(matches0, np.int64)
+        valid = matches0 > -1
+        matches1, scores1 = np.full(n1, -1, np.int64), np.zeros(n1, np.float32)
+        matches1[matches0[valid]] = np.nonzero(valid)[0]
+        scores1[matches0[valid]] = scores0[valid]
+        refined1 = np.asarray(f1["keypoints"], np.float32)
+        refined = np.zeros(n1, bool)
+        if self.refine and valid.any() and "fine_patches" in f1 and "fine_descriptors" in f0:
+            refined1 = refine_feature_matches(f0, f1, matches0)
+            refined = matches1 > -1
+        reason = f0.get("reason") or f1.get("reason") or (None if valid.any() else "no match found")
+        return {"keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"], "scores0": f0["scores"],
+                "scores1": f1["scores"], "descriptors0": f0["descriptors"], "descriptors1": f1["descriptors"],
+                "matches0": matches0, "matching_scores0": scores0, "matches1": matches1, "matching_scores1": scores1,
+                "refined_keypoints1": refined1, "refined1": refined,
+                "mkpts0": np.asarray(f0["keypoints"], np.float32)[valid], "mkpts1": refined1[matches0[valid]],
+                "mconf": scores0[valid], "image_size0": tuple(int(v) for v in f0["image_size"]),
+                "image_size1": tuple(int(v) for v in f1["image_size"]), "method": self.name, "reason": reason}
+
+    def verify(self, result: dict) -> dict:
+        """Add ``homography``, ``inliers``, ``num_inliers``, ``verified`` and the ``reason``."""
+        H, inliers = estimate_homography(result["mkpts0"], result["mkpts1"], self.ransac_threshold)
+        verified = is_verified(H, inliers, self.min_inliers)
+        reason = result.get("reason")
+        if not verified:
+            H = None
+            reason = reason or (f"{int(inliers.sum())} RANSAC inliers < min_inliers={self.min_inliers}: no reliable "
+                                "geometric match (snow, cloud, water or no overlap?)")
+        return {**result, "homography": H, "inliers": inliers, "num_inliers": int(inliers.sum()),
+                "verified": verified, "reason": reason}
+
+    def match(self, image0, image1, valid0=None, valid1=None) -> dict:
+        """Extract, match, refine and verify two image arrays."""
+        f0 = self.extract(image0, valid0, "image 0")
+        f1 = self.extract(image1, valid1, "image 1")
+        return self.verify(self.match_features(f0, f1))
+
+
+# ----------------------------------------------------------------------------- features files
+FEATURE_ARRAYS = ("keypoints", "scores", "descriptors", "image_size", "network_size", "scale",
+                  "fine_descriptors", "fine_patches", "fine_temperature")
+
+
+def features_to_file(features: dict) -> dict:
+    """The arrays of a features dict to write to an ``.npz`` (``reason`` as a string)."""
+    out = {k: features[k] for k in FEATURE_ARRAYS if k in features}
+    if features.get("reason"):
+        out["reason"] = np.array(features["reason"])
+    return out
+
+
+def load_features(path: str | Path) -> dict:
+    """A features ``.npz`` written by ``SuperPoint.py``, as the dict ``extract`` returns."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: no features; run SuperPoint.py on that image first")
+    try:
+        with np.load(path) as f:
+            out = {k: f[k] for k in FEATURE_ARRAYS if k in f}
+            if "reason" in f:
+                out["reason"] = str(f["reason"])
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a features file of SuperPoint.py ({exc}); re-extract it") from exc
+    missing = [k for k in ("keypoints", "scores", "descriptors", "image_size") if k not in out]
+    if missing:
+        raise PipelineError(f"{path}: not a features file of SuperPoint.py (no {', '.join(missing)}); re-extract it")
+    return out

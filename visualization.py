@@ -1,0 +1,93 @@
+"""Pictures of matches, apart from matching: a match result in, a matplotlib figure out."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from utils import atomic_path, percentile_stretch, to_gray
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """Any image array as an RGB float image for display (1-99 percentile stretch)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] >= 3:
+        return percentile_stretch(image[..., :3].astype(np.float32))
+    g = percentile_stretch(to_gray(image))
+    return np.stack([g] * 3, -1)
+
+
+def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tuple[str, str] = ("image 0", "image 1"),
+                 output: str | Path | None = None, max_lines: int = 250, width: float = 12.0):
+    """Side by side, the matches of ``result`` as lines: inliers coloured by confidence (with a
+    colour bar), outliers red; all keypoints as small dots.
+
+    ``image0``/``image1`` may be reduced versions of the inputs (``ImageMatcher`` keeps what
+    the network saw): the result's coordinates, in each input's own frame, are scaled by the
+    ratio of the display size to ``result["image_size0/1"]``. At most ``max_lines`` matches are
+    drawn, the most confident inliers first, then outliers; the title says how many of how many.
+    Returns the figure; with ``output``, also writes it as PNG (atomically).
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    a, b = display_image(image0), display_image(image1)
+    s0 = np.array([a.shape[1], a.shape[0]], np.float64) / np.array(result["image_size0"], np.float64)
+    s1 = np.array([b.shape[1], b.shape[0]], np.float64) / np.array(result["image_size1"], np.float64)
+
+    def shown(points, s):   # own-frame pixel centres → display pixel centres
+        return (np.asarray(points, np.float64).reshape(-1, 2) + 0.5) * s - 0.5
+
+    h, gap = max(a.shape[0], b.shape[0]), 10
+    canvas = np.ones((h, a.shape[1] + gap + b.shape[1], 3), np.float32)
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1] + gap:] = b
+    off = a.shape[1] + gap
+
+    k0, k1 = shown(result["mkpts0"], s0), shown(result["mkpts1"], s1)
+    inliers = np.asarray(result.get("inliers", np.zeros(len(k0), bool)), bool)
+    conf = np.asarray(result["mconf"], np.float64)
+    # the most confident inliers first, then the most confident outliers
+    order = np.lexsort((-conf, ~inliers))[:max_lines]
+    drawn_in, drawn_out = int(inliers[order].sum()), int((~inliers[order]).sum())
+
+    title = (f"{names[0]} ↔ {names[1]} ({result['method']}): {len(k0)} matches, {int(inliers.sum())} inliers; "
+             f"drawn: {drawn_in} inliers coloured by confidence, {drawn_out} outliers in red"
+             + (f" (the {len(order)} of {len(k0)} most confident)" if len(order) < len(k0) else ""))
+    shift = result.get("shift_m")
+    if shift:
+        title += (f". Shift between the dates: median vector dx {shift['dx']:+.1f} m east, dy {shift['dy']:+.1f} m "
+                  f"north (68 % of matches within {shift['r68']:.1f} m of it)")
+    if result.get("reason"):
+        title += f". {result['reason']}"
+    lines = textwrap.wrap(title, width=int(width * 12))
+
+    fig_w = width
+    fig_h = width * h / canvas.shape[1] + 0.25 * len(lines) + 0.4
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
+    top = 1 - (0.25 * len(lines) + 0.1) / fig_h
+    ax = fig.add_axes([0, 0.04, 0.92, top - 0.04])
+    ax.imshow(canvas)
+    ax.set_axis_off()
+    cmap, norm = colormaps["viridis"], Normalize(0, 1)
+    for i in order[::-1]:        # least confident first, so the best lie on top
+        x, y = [k0[i, 0], k1[i, 0] + off], [k0[i, 1], k1[i, 1]]
+        if inliers[i]:
+            ax.plot(x, y, "-", color=cmap(norm(conf[i])), lw=0.9, alpha=0.9)
+        else:
+            ax.plot(x, y, "-", color="red", lw=1.0, alpha=0.8)
+    for points, shift_x, s in ((result["keypoints0"], 0, s0), (result["keypoints1"], off, s1)):
+        p = shown(points, s)
+        ax.scatter(p[:, 0] + shift_x, p[:, 1], s=1, c="yellow", alpha=0.5, linewidths=0)
+    cax = fig.add_axes([0.935, 0.1, 0.015, top - 0.2])
+    fig.colorbar(ScalarMappable(norm, cmap), cax=cax, label="match confidence (inliers)")
+    fig.text(0.5, 1 - 0.05 / fig_h, "\n".join(lines), ha="center", va="top", fontsize=9)
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(output) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig
