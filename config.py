@@ -209,7 +209,7 @@ class MatchingConfig:
     min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (COLMAP's default)
     min_texture: float = 1e-3         # std of the normalised image below which it counts as blank
     cache_size: int = 64              # images whose features ImageMatcher keeps (least recently used out)
-    progress_pixels: int = 16_000_000  # inputs above this many pixels show a progress bar
+    progress_pixels: int = 4_000_000   # ImageMatcher shows a progress bar for inputs above this
 
 
 @dataclass

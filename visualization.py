@@ -26,7 +26,8 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     ``image0``/``image1`` may be reduced versions of the inputs (``ImageMatcher`` keeps what
     the network saw): the result's coordinates, in each input's own frame, are scaled by the
     ratio of the display size to ``result["image_size0/1"]``. At most ``max_lines`` matches are
-    drawn, the most confident inliers first, then outliers; the title says how many of how many.
+    drawn, the most confident of each kind, a quarter of them (at least) outliers; the title says
+    how many of how many.
     Returns the figure; with ``output``, also writes it as PNG (atomically).
     """
     from matplotlib import colormaps
@@ -50,13 +51,19 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     k0, k1 = shown(result["mkpts0"], s0), shown(result["mkpts1"], s1)
     inliers = np.asarray(result.get("inliers", np.zeros(len(k0), bool)), bool)
     conf = np.asarray(result["mconf"], np.float64)
-    # the most confident inliers first, then the most confident outliers
-    order = np.lexsort((-conf, ~inliers))[:max_lines]
-    drawn_in, drawn_out = int(inliers[order].sum()), int((~inliers[order]).sum())
+    # the most confident inliers and outliers; a quarter of the lines (or their share, if larger)
+    # goes to outliers, so that they stay visible however many inliers there are
+    inl_idx, out_idx = np.flatnonzero(inliers), np.flatnonzero(~inliers)
+    n_out = min(len(out_idx), max(max_lines // 4, round(max_lines * len(out_idx) / max(len(k0), 1))))
+    n_in = min(len(inl_idx), max_lines - n_out)
+    order = np.concatenate([inl_idx[np.argsort(-conf[inl_idx])][:n_in], out_idx[np.argsort(-conf[out_idx])][:n_out]])
 
-    title = (f"{names[0]} ↔ {names[1]} ({result['method']}): {len(k0)} matches, {int(inliers.sum())} inliers; "
-             f"drawn: {drawn_in} inliers coloured by confidence, {drawn_out} outliers in red"
-             + (f" (the {len(order)} of {len(k0)} most confident)" if len(order) < len(k0) else ""))
+    def of(n, total):
+        return f"{n}" if n == total else f"{n} of {total} (most confident)"
+
+    title = (f"{names[0]} ↔ {names[1]} ({result['method']}): {len(k0)} matches, {len(inl_idx)} inliers. "
+             f"Drawn: {of(n_in, len(inl_idx))} inliers coloured by confidence, {of(n_out, len(out_idx))} "
+             "outliers in red")
     shift = result.get("shift_m")
     if shift:
         title += (f". Shift between the dates: median vector dx {shift['dx']:+.1f} m east, dy {shift['dy']:+.1f} m "

@@ -121,23 +121,30 @@ def test_matching_script(tmp_path, capsys):
     assert out == ["img0__img1.npz", "img0__img2.npz", "img1__img2.npz"]
     r = np.load(tmp_path / "m" / "img0__img1.npz")
     assert r["matches0"].shape == (10,) and (r["matches0"] == -1).all()
-    # features with fine patches (as SuperPoint.py writes them): matched keypoints of image 1 move
+    assert r["homography"].shape == (3, 3) and not bool(r["verified"]) and "reason" in r
+    # features with fine patches (as SuperPoint.py writes them): each matched keypoint of image 1
+    # moves to the cell of its window that holds image 0's fine descriptor, placed at a known offset
     rng = np.random.default_rng(3)
     f = random_features(10, 32, 0)
-    fine = {"fine_descriptors": rng.normal(size=(10, 8)).astype(np.float16),
-            "fine_patches": rng.normal(size=(10, 49, 8)).astype(np.float16), "fine_temperature": np.float32(0.1)}
-    np.savez(feats / "a.npz", **f, **fine)
-    np.savez(feats / "b.npz", **f, **fine)
+    offsets = rng.integers(-3, 4, (10, 2))
+    patches = np.zeros((10, 49, 8), np.float16)
+    patches[:, :, 1] = 1                                                  # background: unlike image 0
+    patches[np.arange(10), (offsets[:, 1] + 3) * 7 + offsets[:, 0] + 3] = np.eye(8, dtype=np.float16)[0]
+    fine_a = {"fine_descriptors": np.tile(np.eye(8, dtype=np.float16)[0], (10, 1)),
+              "fine_patches": patches, "fine_temperature": np.float32(0.1)}
+    np.savez(feats / "a.npz", **f, **fine_a)
+    np.savez(feats / "b.npz", **f, **fine_a)
     (tmp_path / "ab.txt").write_text("a b  # the same image twice\n")
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ab.txt"), "--output", str(tmp_path / "r"),
                  "--checkpoint", str(tmp_path / "sg.pt")]) == 0
     r = np.load(tmp_path / "r" / "a__b.npz")
     assert (r["matches0"] == np.arange(10)).all() and r["refined1"].all()
-    assert not np.allclose(r["keypoints1"], f["keypoints"]) and np.abs(r["keypoints1"] - f["keypoints"]).max() <= 8
+    cell_centre = 2 * np.round((f["keypoints"] - 0.5) / 2) + 0.5          # the fine cell (stride 2) of each keypoint
+    np.testing.assert_allclose(r["keypoints1"], cell_centre + 2 * offsets, atol=0.01)
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ab.txt"), "--output", str(tmp_path / "r2"),
                  "--checkpoint", str(tmp_path / "sg.pt"), "--no-refine"]) == 0
     assert np.array_equal(np.load(tmp_path / "r2" / "a__b.npz")["keypoints1"], f["keypoints"])
-    np.savez(feats / "c.npz", **f, **{**fine, "fine_patches": rng.normal(size=(10, 49, 4)).astype(np.float16)})
+    np.savez(feats / "c.npz", **f, **{**fine_a, "fine_patches": rng.normal(size=(10, 49, 4)).astype(np.float16)})
     (tmp_path / "ac.txt").write_text("a c\n")
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ac.txt"), "--output", str(tmp_path / "r3"),
                  "--checkpoint", str(tmp_path / "sg.pt")]) == 1

@@ -1,0 +1,287 @@
+"""The one matching path (matching.py) and what a new user hit first (issue: one path)."""
+from __future__ import annotations
+
+import json
+import shutil
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+import config
+import data_preprocess
+import evaluate
+import geo
+import inference
+import matching
+import SuperGlue_architecture
+import SuperPoint as sp
+import train_superglue
+import train_superpoint
+import utils
+from inference import ImageMatcher
+from tests import safe_fixture as fx
+from tests.test_superpoint import sample_gray
+
+shipped = pytest.mark.shipped
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The shipped Pisa pair preprocessed (true colour PNG + sidecars + nodata masks), 512×512."""
+    out = tmp_path_factory.mktemp("pre")
+    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(out), "--format", "png"]) == 0
+    return out / "pisa_20150704" / "overview.png", out / "pisa_20180211" / "overview.png"
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return ImageMatcher(device="cpu")
+
+
+def rgb(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def training_data(tmp_path):
+    (tmp_path / "oscd").mkdir(parents=True)
+    for name in ("pisa", "pisa_copy"):       # pisa is a validation place; the copy trains
+        (tmp_path / "oscd" / name).symlink_to(fx.SAMPLE.resolve())
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- one path
+@shipped
+def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_path):
+    """The same pair through ImageMatcher, the benchmark's method and the two stage scripts:
+    identical keypoints, matches, refined points and verification."""
+    r = matcher.match_images(sample[0], sample[1])
+    assert r.method == "superpoint+superglue+refine" and r.verified
+
+    method = evaluate.build_method("superpoint+superglue+refine", config.EvalConfig())
+    f0, f1 = (method.extract(utils.load_image(p), utils.load_valid_mask(p)) for p in sample)
+    matches0, refined1 = method.match(f0, f1)
+    np.testing.assert_array_equal(f0["keypoints"], r.keypoints0)
+    np.testing.assert_array_equal(f1["keypoints"], r.keypoints1)
+    np.testing.assert_array_equal(matches0, r.matches0)
+    np.testing.assert_array_equal(refined1[matches0[matches0 > -1]], r.mkpts1)
+
+    root = sample[0].parent.parent
+    assert sp.main(["--input", str(root), "--output", str(tmp_path / "f")]) == 0
+    (tmp_path / "pairs.txt").write_text("pisa_20150704/overview pisa_20180211/overview\n")
+    assert SuperGlue_architecture.main(["--features", str(tmp_path / "f"), "--pairs", str(tmp_path / "pairs.txt"),
+                                        "--output", str(tmp_path / "m")]) == 0
+    m = np.load(tmp_path / "m" / "pisa_20150704_overview__pisa_20180211_overview.npz")
+    np.testing.assert_array_equal(m["keypoints0"], r.keypoints0)
+    np.testing.assert_array_equal(m["matches0"], r.matches0)
+    np.testing.assert_array_equal(m["keypoints1"][r.matches0[r.matches0 > -1]], r.mkpts1)
+    assert bool(m["verified"]) and int(m["num_inliers"]) == r.num_inliers
+    np.testing.assert_allclose(m["homography"], r.homography)
+
+
+@shipped
+def test_nodata_padding_leaves_the_valid_part_alone():
+    """A crop, and the same crop padded with nodata: the stretch ignores the nodata, so the
+    keypoints and descriptors away from the padding are the same (they were not when the
+    padding's zeros entered the percentiles)."""
+    image = sample_gray()[:256, :256]
+    padded = np.zeros((384, 384), np.float32)
+    padded[:256, :256] = image
+    valid = np.zeros((384, 384), bool)
+    valid[:256, :256] = True
+    extractor = matching.SuperPointExtractor.from_checkpoint(max_keypoints=-1)
+    a, b = extractor.extract(image), extractor.extract(padded, valid)
+    inner_a = (a["keypoints"] < 200).all(1)            # 56 px from the padding: beyond its reach
+    inner_b = (b["keypoints"] < 200).all(1)
+    assert inner_a.sum() > 50 and inner_a.sum() == inner_b.sum()
+    np.testing.assert_allclose(a["keypoints"][inner_a], b["keypoints"][inner_b], atol=1e-3)
+    np.testing.assert_allclose(a["descriptors"][inner_a], b["descriptors"][inner_b], atol=1e-3)
+
+
+def test_matcher_registry_names_every_caller():
+    @matching.register_matcher
+    class Nearest(matching.MutualNearestNeighbours):
+        name = "test-nearest"
+
+    try:
+        assert "superpoint+test-nearest+refine" in evaluate.method_names()
+        assert isinstance(matching.build_matcher("test-nearest"), Nearest)
+    finally:
+        del matching.MATCHERS["test-nearest"]
+    with pytest.raises(utils.PipelineError, match="unknown matcher 'lightglue'; choose from mnn, superglue"):
+        matching.build_matcher("lightglue")
+
+
+# ----------------------------------------------------------------------------- new-user items
+@shipped
+def test_no_keypoint_images_give_an_empty_result_with_a_reason(matcher, sample, tmp_path):
+    gradient = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (256, 1)).astype(np.uint8)
+    tiny = rgb(sample[0])[100:112, 100:112]
+    for image in (gradient, tiny):
+        r = matcher.match_images(image, sample[1])
+        assert len(r.keypoints0) == 0 and len(r.mkpts0) == 0 and not r.verified
+        assert "no keypoint found" in r.reason
+    # the extraction script writes an empty result for them and goes on with the rest
+    Image.fromarray(gradient).save(tmp_path / "a_gradient.png")
+    Image.fromarray(tiny).save(tmp_path / "b_tiny.png")
+    shutil.copy(sample[0], tmp_path / "c_real.png")
+    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
+    assert len(np.load(tmp_path / "f" / "a_gradient.npz")["keypoints"]) == 0
+    assert "no keypoint" in str(np.load(tmp_path / "f" / "b_tiny.npz")["reason"])
+    assert len(np.load(tmp_path / "f" / "c_real.npz")["keypoints"]) > 100
+
+
+def test_training_writes_its_run_folder_not_the_shipped_checkpoint(tmp_path, monkeypatch, capsys):
+    shipped_dir = tmp_path / "model_checkpoints"
+    shipped_dir.mkdir()
+    torch.save(sp.SuperPoint(config.SuperPointConfig(channels=(8, 8, 16, 16), head_dim=16,
+                                                     descriptor_dim=16)).checkpoint(), shipped_dir / "superpoint.pt")
+    before = (shipped_dir / "superpoint.pt").read_bytes()
+    monkeypatch.setattr(config, "CHECKPOINT_DIR", shipped_dir)
+    data = training_data(tmp_path / "data")
+    assert train_superpoint.main(["--smoke", "--max-steps", "2", "--data", str(data),
+                                  "--run-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "best.pt").exists() and (shipped_dir / "superpoint.pt").read_bytes() == before
+    assert train_superglue.main(["--smoke", "--max-steps", "2", "--data", str(data), "--superpoint",
+                                 str(tmp_path / "run" / "best.pt"), "--run-dir", str(tmp_path / "glue")]) == 0
+    assert (tmp_path / "glue" / "best.pt").exists() and not (shipped_dir / "superglue.pt").exists()
+    capsys.readouterr()
+    # asked explicitly: replaced, and said so
+    assert train_superpoint.main(["--smoke", "--max-steps", "2", "--data", str(data), "--run-dir",
+                                  str(tmp_path / "run2"), "--output", str(shipped_dir / "superpoint.pt")]) == 0
+    assert (shipped_dir / "superpoint.pt").read_bytes() != before
+    assert "replaces the shipped one" in capsys.readouterr().err
+
+
+def test_shift_is_the_median_displacement_vector():
+    """Matches scattered by 6 m around a true shift of (-0.2, -0.8) m (B11 against B12 of one
+    date): the shift is the median vector, not the median length of the displacements (~7.5 m)."""
+    rng = np.random.default_rng(0)
+    p0 = rng.uniform(0, 5000, (400, 2)) + [600_000, 4_800_000]
+    p1 = p0 + [-0.2, -0.8] + rng.normal(0, 6, (400, 2))
+    s = geo.shift_statistics(p0, p1, rasterio.crs.CRS.from_epsg(32632))
+    assert s["dx"] == pytest.approx(-0.2, abs=0.7) and s["dy"] == pytest.approx(-0.8, abs=0.7)
+    assert s["sigma_x"] == pytest.approx(6, rel=0.2) and s["sigma_y"] == pytest.approx(6, rel=0.2)
+    assert 6 * 1.3 < s["r68"] < 6 * 1.8 and s["r95"] > s["r68"] and s["points"] == 400
+    assert s["se"] == pytest.approx(1.2533 * 6 * np.sqrt(2) / 20, rel=0.25)
+
+
+@shipped
+def test_shift_between_georeferenced_dates_in_metres(matcher, sample, tmp_path):
+    """One image written twice on a UTM grid, the second's origin moved 7 m east and 3 m south:
+    its content lies 7 m east and 3 m south of the reference's, and the shift says so."""
+    image = np.moveaxis(rgb(sample[0]), -1, 0)
+    for name, (x0, y0) in {"a.tif": (600_000, 4_800_000), "b.tif": (600_007, 4_799_997)}.items():
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8",
+                           crs="EPSG:32632", transform=from_origin(x0, y0, 10, 10)) as dst:
+            dst.write(image)
+    r = ImageMatcher(device="cpu", bands=(0, 1, 2)).match_images(tmp_path / "a.tif", tmp_path / "b.tif")
+    assert r.verified and r.crs == "EPSG:32632"
+    assert r.shift_m["dx"] == pytest.approx(7, abs=0.3) and r.shift_m["dy"] == pytest.approx(-3, abs=0.3)
+
+
+def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(utils.PipelineError, match="no CUDA GPU is usable on this machine.*use --device cpu"):
+        ImageMatcher(device="cuda")
+    assert inference.main(["--device", "cuda"]) == 2
+    assert "use --device cpu" in capsys.readouterr().err
+
+
+@shipped
+def test_a_superpoint_file_keeps_the_superglue_beside_it():
+    assert ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method == "superpoint+superglue+refine"
+    assert ImageMatcher(matcher="mnn").method == "superpoint+mnn+refine"
+
+
+@shipped
+def test_the_checkpoints_match_threshold_holds_unless_overridden(tmp_path):
+    shutil.copy(config.CHECKPOINT_DIR / "superpoint.pt", tmp_path / "superpoint.pt")
+    ckpt = torch.load(config.CHECKPOINT_DIR / "superglue.pt", weights_only=True)
+    ckpt["config"]["match_threshold"] = 0.35
+    torch.save(ckpt, tmp_path / "superglue.pt")
+    assert ImageMatcher(model_path=tmp_path).pipeline.matcher.model.config.match_threshold == 0.35
+    assert ImageMatcher(model_path=tmp_path, match_threshold=0.5).pipeline.matcher.model.config.match_threshold == 0.5
+
+
+@shipped
+def test_an_unreadable_gallery_file_is_listed_and_the_ranking_goes_on(sample, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    winter = rgb(sample[1])
+    Image.fromarray(winter[:256, :256]).save(gallery / "a_partner.png")
+    Image.fromarray(winter[256:, 256:]).save(gallery / "b_other.png")
+    (gallery / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    Image.fromarray(rgb(sample[0])[:256, :256]).save(tmp_path / "query.png")
+    assert inference.main(["--query", str(tmp_path / "query.png"), "--gallery", str(gallery),
+                           "--output", str(tmp_path / "out")]) == 0
+    ranking = json.loads((tmp_path / "out" / "ranking.json").read_text())["ranking"]
+    assert [r["candidate"].split("/")[-1] for r in ranking] == ["a_partner.png", "b_other.png", "c_broken.png"]
+    assert ranking[0]["verified"] and ranking[2]["error"] and "c_broken.png: cannot read image" in ranking[2]["reason"]
+    assert "error: " in capsys.readouterr().out
+
+
+@shipped
+def test_large_input_is_read_small_with_progress(sample, tmp_path, capsys):
+    """A 3000² picture matched at 512²: no full-size float copy (peak memory below 3× the 8-bit
+    picture: decoding takes 2×, a float copy 4× more), a progress bar, and coordinates in the
+    picture's own frame."""
+    big = cv2.resize(rgb(sample[0]), (3000, 3000), interpolation=cv2.INTER_CUBIC)
+    Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
+    m = ImageMatcher(device="cpu", resize=512)
+    small = rgb(sample[1])
+    m.features(small)
+    capsys.readouterr()
+    tracemalloc.start()
+    try:
+        r = m.match_images(tmp_path / "big.png", small)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * big.nbytes          # decoding holds it twice; one float32 grey copy alone is 1.3×
+    assert "match" in capsys.readouterr().err
+    assert r.verified and r.image_size0 == (3000, 3000) and r.keypoints0[:, 0].max() > 2500
+    s = 3000 / 512                       # image 0 is image 1's date at 3000/512 times the size
+    H_true = utils.translation(-0.5, -0.5) @ np.diag([1 / s, 1 / s, 1]) @ utils.translation(0.5, 0.5)
+    assert utils.corner_error(r.homography, H_true, (3000, 3000)) < 3.0
+
+
+def test_features_cache_is_bounded(monkeypatch):
+    m = ImageMatcher.__new__(ImageMatcher)
+    m.cache_size, m._cache, m.bands = 2, __import__("collections").OrderedDict(), None
+    m.pipeline = matching.MatchingPipeline(matching.SuperPointExtractor(sp.SuperPoint(
+        config.SuperPointConfig(channels=(4, 4, 8, 8), head_dim=8, descriptor_dim=8))), matching.MutualNearestNeighbours())
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32), dtype=np.uint8) for _ in range(3)]
+    for image in images:
+        m.features(image)
+    assert len(m._cache) == 2
+    assert m._key(images[0]) not in m._cache and m._key(images[2]) in m._cache
+
+
+@shipped
+def test_figure_says_what_it_draws(matcher, sample):
+    r = matcher.match_images(sample[0], sample[1])
+    fig = matcher.visualize_matches(sample[0], sample[1], r, max_lines=50)
+    text = "\n".join(t.get_text() for t in fig.texts)
+    n_in, n_out = int(r.inliers.sum()), int((~r.inliers).sum())
+    flat = text.replace("\n", " ")
+    assert f"Drawn: 38 of {n_in} (most confident) inliers" in flat and f"12 of {n_out} (most confident) outliers" in flat
+    assert all(len(line) <= 150 for line in text.splitlines()) and len(text.splitlines()) >= 2
+    assert any(ax.get_ylabel() == "match confidence (inliers)" for ax in fig.axes)
+    colours = [line.get_color() for line in fig.axes[0].lines]
+    assert len(colours) == 50 and "red" in colours         # outliers drawn, not hidden
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    try:
+        assert utils.set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
