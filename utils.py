@@ -81,6 +81,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- images
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Read an image file inside: a missing or unreadable file becomes one clear line."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; check the path")
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:  # corrupt or truncated file
+        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
+
+
 def load_image(path: str | os.PathLike, out_size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as an array ``(H, W)`` or ``(H, W, C)``, in its own dtype.
 
@@ -89,9 +102,7 @@ def load_image(path: str | os.PathLike, out_size: tuple[int, int] | None = None)
     decimated (JPEG 2000 resolution levels, overviews), so a whole tile never sits in memory.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such file; check the path")
-    try:
+    with _reading(path):
         if path.suffix.lower() in RASTER_SUFFIXES:
             import rasterio
             from rasterio.enums import Resampling
@@ -108,18 +119,12 @@ def load_image(path: str | os.PathLike, out_size: tuple[int, int] | None = None)
                 im = im.convert("RGB")
             array = np.asarray(im)
         return array if out_size is None else resize_to(array, *out_size)
-    except PipelineError:
-        raise
-    except Exception as exc:  # corrupt or truncated file
-        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
 
 
 def image_dimensions(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of an image file, from its header (no pixels decoded)."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such file; check the path")
-    try:
+    with _reading(path):
         if path.suffix.lower() in RASTER_SUFFIXES:
             import rasterio
 
@@ -129,8 +134,6 @@ def image_dimensions(path: str | os.PathLike) -> tuple[int, int]:
 
         with Image.open(path) as im:
             return im.size
-    except Exception as exc:
-        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -72,11 +72,12 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
         title += f". {result['reason']}"
     lines = textwrap.wrap(title, width=int(width * 12))
 
-    fig_w = width
-    fig_h = width * h / canvas.shape[1] + 0.25 * len(lines) + 0.4
-    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
-    top = 1 - (0.25 * len(lines) + 0.1) / fig_h
-    ax = fig.add_axes([0, 0.04, 0.92, top - 0.04])
+    title_h = 0.2 * len(lines) + 0.15                                  # inches
+    image_h = 0.92 * width * h / canvas.shape[1]                      # the image fills the axes' width
+    fig_h = image_h + title_h + 0.1
+    fig = Figure(figsize=(width, fig_h), dpi=100)
+    top = 1 - title_h / fig_h
+    ax = fig.add_axes([0, 0.1 / fig_h, 0.92, image_h / fig_h])
     ax.imshow(canvas)
     ax.set_axis_off()
     cmap, norm = colormaps["viridis"], Normalize(0, 1)
@@ -89,7 +90,7 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     for points, shift_x, s in ((result["keypoints0"], 0, s0), (result["keypoints1"], off, s1)):
         p = shown(points, s)
         ax.scatter(p[:, 0] + shift_x, p[:, 1], s=1, c="yellow", alpha=0.5, linewidths=0)
-    cax = fig.add_axes([0.935, 0.1, 0.015, top - 0.2])
+    cax = fig.add_axes([0.935, 0.1 / fig_h + 0.1 * image_h / fig_h, 0.015, 0.8 * image_h / fig_h])
     fig.colorbar(ScalarMappable(norm, cmap), cax=cax, label="match confidence (inliers)")
     fig.text(0.5, 1 - 0.05 / fig_h, "\n".join(lines), ha="center", va="top", fontsize=9)
     if output is not None:

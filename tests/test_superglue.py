@@ -206,22 +206,28 @@ def test_smoke_training_loss_decreases(tmp_path):
     assert record2["losses"][0][1] < 0.9 * losses[0]
 
 
-@pytest.mark.shipped
-def test_shipped_superglue_matches_real_crops_consistently():
-    """Shipped SuperPoint + SuperGlue on the real summer/winter Pisa pair, winter warped by a known H:
-    most matches agree with the known transform, and more than mutual nearest neighbours find."""
+def matched_warped_pisa(method_name: str, seed: int):
+    """The real summer/winter Pisa pair, winter warped by a known medium H, matched by a shipped
+    benchmark method: (H, features 0, features 1, matches0, image 1's refined keypoints)."""
     import cv2
 
     from evaluate import build_method
     from tests.test_superpoint import sample_gray
 
     a = utils.percentile_stretch(sample_gray("imgs_1"))
-    H = utils.sample_homography(np.random.default_rng(5), (512, 512), "medium")
+    H = utils.sample_homography(np.random.default_rng(seed), (512, 512), "medium")
     b = cv2.warpPerspective(utils.percentile_stretch(sample_gray("imgs_2")), H, (512, 512))
     valid1 = cv2.warpPerspective(np.ones((512, 512), np.uint8), H, (512, 512)) > 0
-    method = build_method("superpoint+superglue", config.EvalConfig())
+    method = build_method(method_name, config.EvalConfig())
     f0, f1 = method.extract(a, np.ones((512, 512), bool)), method.extract(b, valid1)
-    m, _ = method.match(f0, f1)
+    return (H, f0, f1, *method.match(f0, f1))
+
+
+@pytest.mark.shipped
+def test_shipped_superglue_matches_real_crops_consistently():
+    """Shipped SuperPoint + SuperGlue on the real summer/winter Pisa pair, winter warped by a known H:
+    most matches agree with the known transform, and more than mutual nearest neighbours find."""
+    H, f0, f1, m, _ = matched_warped_pisa("superpoint+superglue", 5)
     ok = m > -1
     err = np.linalg.norm(utils.warp_points(f0["keypoints"][ok], H) - f1["keypoints"][m[ok]], axis=1)
     assert ok.sum() > 100 and (err < 3).mean() > 0.5
@@ -236,18 +242,7 @@ def test_shipped_superglue_matches_real_crops_consistently():
 def test_shipped_fine_head_refines_real_matches():
     """The shipped fine head on the real summer/winter Pisa pair, winter warped by a known H:
     refined matches are closer to the truth than the detected keypoints they replace."""
-    import cv2
-
-    from evaluate import build_method
-    from tests.test_superpoint import sample_gray
-
-    a = utils.percentile_stretch(sample_gray("imgs_1"))
-    H = utils.sample_homography(np.random.default_rng(7), (512, 512), "medium")
-    b = cv2.warpPerspective(utils.percentile_stretch(sample_gray("imgs_2")), H, (512, 512))
-    valid1 = cv2.warpPerspective(np.ones((512, 512), np.uint8), H, (512, 512)) > 0
-    method = build_method("superpoint+superglue+refine", config.EvalConfig())
-    f0, f1 = method.extract(a, np.ones((512, 512), bool)), method.extract(b, valid1)
-    m, refined1 = method.match(f0, f1)
+    H, f0, f1, m, refined1 = matched_warped_pisa("superpoint+superglue+refine", 7)
     ok = m > -1
     truth = utils.warp_points(f0["keypoints"][ok], H)
     before = np.linalg.norm(truth - f1["keypoints"][m[ok]], axis=1)
