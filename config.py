@@ -213,6 +213,26 @@ class MatchingConfig:
 
 
 @dataclass
+class CoregisterConfig:
+    """Defaults of ``coregister.py``."""
+
+    bands: tuple[str, ...] = ("B04", "B03", "B02")  # those both products have; grey for the network
+    overview: int = 1024              # px, longer side of the coarse (whole-product) estimate
+    window: int = 512                 # px at native resolution, side of a matching window
+    max_windows: int = 48             # windows matched at most, spread evenly over the valid area
+    min_valid: float = 0.5            # share of a window valid (no nodata, cloud, snow) on both dates
+    min_windows: int = 3              # fewer verified windows: the pair is refused
+    margin: int = 256                 # px of the target read beyond the reference's edges
+    max_shift: float = 1.0            # px the correlation refinement may move a window's learned estimate
+    min_correlation: float = 0.3      # ECC coefficient below this: keep the learned estimate
+    outlier_sigmas: float = 3.0       # windows further than this × their robust spread are rejected
+    field_cells: int = 16             # cells of the shift field along the longer side
+    cloud_probability: int = 40       # L2A MSK_CLDPRB above this counts as cloud
+    # L2A scene classes left out: saturated, cloud shadow, water, cloud medium/high, cirrus, snow
+    scl_invalid: tuple[int, ...] = (1, 3, 6, 8, 9, 10, 11)
+
+
+@dataclass
 class EvalConfig:
     """Defaults of ``evaluate.py``."""
 

@@ -25,6 +25,7 @@ gamma-corrected: the same mapping for every date, so one place looks alike on al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import sys
@@ -278,12 +279,29 @@ def _open(path: str):
                             "truncated, download the product again") from exc
 
 
+@contextlib.contextmanager
+def _on_grid(src, grid: Grid, warp: bool, resampling: str = "bilinear"):
+    """``src`` itself when it is in the grid's CRS (and ``warp`` is not asked), else a virtual
+    warp of it onto the grid (GDAL's WarpedVRT, bilinear, outside = nodata): nothing is
+    reprojected beyond the windows read from it."""
+    if not warp and (grid.crs is None or src.crs is None or src.crs == grid.crs):
+        yield src
+        return
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                   resampling=getattr(Resampling, resampling), src_nodata=src.nodata or 0, nodata=0) as vrt:
+        yield vrt
+
+
 def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
-                 resampling_up: str = "bilinear", band: int = 1, with_nodata: bool = False):
+                 resampling_up: str = "bilinear", band: int = 1, with_nodata: bool = False, warp: bool = False):
     """Read one band into a window of the reference grid at ``out_shape`` = (rows, cols).
 
-    ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels. The band is
-    read only over that window, at the decimation the output needs: JPEG 2000 resolution
+    ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels; a band in
+    another CRS, or any band with ``warp``, is read through a virtual warp onto the grid (another
+    date's product resampled onto a reference's pixels). The band is read only over that window, at the decimation the output needs: JPEG 2000 resolution
     levels / overviews make an overview read touch a fraction of the data. Finer bands are
     averaged down, coarser bands resampled up (``resampling_up``).
 
@@ -305,7 +323,7 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     col, row, w, h = window_px
     left, top = grid.transform @ (col, row)
     right, bottom = grid.transform @ (col + w, row + h)
-    with _open(path) as src:
+    with _open(path) as file, _on_grid(file, grid, warp, resampling_up) as src:
         win = from_bounds(left, bottom, right, top, transform=src.transform)
         out_res = (right - left) / out_shape[1]
         resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
@@ -326,14 +344,18 @@ def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: Preproc
     return x ** (1.0 / cfg.gamma) if cfg.gamma != 1.0 else x
 
 
-def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape, cfg: PreprocessConfig):
-    """Normalised bands (rows, cols, C) float 0..1 and the nodata mask (True = no data)."""
+def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape, cfg: PreprocessConfig,
+           warp: bool = False):
+    """Normalised bands (rows, cols, C) float 0..1 and the nodata mask (True = no data);
+    ``warp``: through a virtual warp onto ``grid`` (see ``read_to_grid``)."""
     channels, nodata = [], np.zeros(out_shape, bool)
     for b in bands:
         res = min(product.band_files[b])
         path = product.band_files[b][res]
-        dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, band=product.band_index.get(b, 1),
-                                       with_nodata=True)
+        # a virtual warp resamples by cubic convolution: bilinear weights shift fine detail by less
+        # than the sub-pixel offset, which biases a sub-pixel shift estimate towards whole pixels
+        dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, "cubic" if warp else "bilinear",
+                                       band=product.band_index.get(b, 1), with_nodata=True, warp=warp)
         nodata |= band_nodata
         channels.append(normalise(np.nan_to_num(dn), product.offsets.get(b, 0.0), product.quantification, cfg))
     image = np.stack(channels, -1)
@@ -341,17 +363,19 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
     return image, nodata
 
 
-def render_masks(product: Product, grid: Grid, window_px, out_shape) -> dict[str, np.ndarray]:
+def render_masks(product: Product, grid: Grid, window_px, out_shape, warp: bool = False) -> dict[str, np.ndarray]:
     """Cloud and scene-classification masks of the product on the output grid (uint8)."""
     out = {}
     if "cloud_prob" in product.masks:
-        out["cloud"] = read_to_grid(product.masks["cloud_prob"], grid, window_px, out_shape, "bilinear").astype(np.uint8)
+        out["cloud"] = read_to_grid(product.masks["cloud_prob"], grid, window_px, out_shape, "bilinear",
+                                    warp=warp).astype(np.uint8)
     elif "classi" in product.masks:  # L1C from baseline 04.00: bands opaque clouds, cirrus, snow
-        opaque = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=1)
-        cirrus = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=2)
+        opaque = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=1, warp=warp)
+        cirrus = read_to_grid(product.masks["classi"], grid, window_px, out_shape, "nearest", band=2, warp=warp)
         out["cloud"] = ((opaque > 0) | (cirrus > 0)).astype(np.uint8) * 255
     if "scl" in product.masks:
-        out["scl"] = read_to_grid(product.masks["scl"], grid, window_px, out_shape, "nearest").astype(np.uint8)
+        out["scl"] = read_to_grid(product.masks["scl"], grid, window_px, out_shape, "nearest",
+                                  warp=warp).astype(np.uint8)
     return out
 
 

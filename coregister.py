@@ -1,0 +1,573 @@
+"""Co-register two Sentinel-2 products: tie points, the shift in metres, a corrected target.
+
+    python coregister.py REFERENCE TARGET [--output DIR] [--bands B04,B03,B02] [--write-corrected]
+
+REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file or a
+multi-band file with band descriptions, or a folder of band files (read by ``data_preprocess``'s
+readers). They may differ in CRS, grid or resolution: the target is read through a virtual warp
+onto the reference's 10 m grid, window by window; nothing is reprojected beyond what is read.
+
+Method, coarse to fine:
+1. Coarse: both products as decimated overviews (``--overview`` px), matched through the one
+   matching path (``matching.py``); a verified pair gives the whole-pixel offset the windows start
+   from.
+2. Windows: ``--window``² px windows at native resolution on a grid, kept where both dates are
+   valid (nodata, L1C ``MSK_CLASSI`` clouds, L2A cloud probability / scene classes), matched
+   through the same path and verified (USAC_MAGSAC). A window's displacement is the median of its
+   inliers' (sub-pixel through SuperPoint's fine head), then refined by maximising the window
+   pair's enhanced correlation coefficient (ECC) from there (kept when the correlation is clear
+   and moves it by less than ``max_shift`` px): robust like a learned matcher, precise like
+   correlation.
+3. Robust: windows whose displacement lies more than ``outlier_sigmas`` robust spreads from the
+   median of all are rejected; fewer than ``min_windows`` verified windows refuse the pair.
+4. Models: the translation (median of the windows, with its standard error ``sigma_m`` and
+   ``ce90_m``), an affine fitted to the tie points (RANSAC), and a smooth shift field.
+
+Outputs in DIR: ``coregistration.json``, ``tie_points.geojson`` / ``.csv``, ``shift_field.tif``
+(dx, dy in metres on a coarse grid), ``report.png``, and with ``--write-corrected`` the target
+aligned to the reference (translation: its georeference moved, no resampling) as COGs.
+**Convention**: ``shift_m`` is the displacement of the target's content relative to the reference,
+in the reference CRS's metres, x east and y north: a feature at reference map point P is found in
+the target at P + (dx, dy). The correction applied to the target is its negative.
+"""
+from __future__ import annotations
+
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+
+import argparse
+import csv
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import data_preprocess as dp
+import geo
+from config import CoregisterConfig, PreprocessConfig
+from matching import MatchingPipeline
+from utils import PipelineError, atomic_path, normalize_for_network, set_threads, write_json
+
+CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
+
+
+# ----------------------------------------------------------------------------- inputs
+def open_product(path: str | Path, role: str) -> dp.Product:
+    """The one product at ``path`` (a .SAFE, zip, band file(s) or multi-band file)."""
+    found = dp.find_products(Path(path))
+    if len(found) != 1:
+        raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product or file")
+    product = found[0]
+    if isinstance(product, tuple):
+        raise PipelineError(product[1])
+    return product
+
+
+def choose_bands(ref: dp.Product, tgt: dp.Product, wanted: tuple[str, ...]) -> list[str]:
+    bands = [b for b in wanted if b in ref.band_files and b in tgt.band_files]
+    if not bands:
+        common = sorted(set(ref.band_files) & set(tgt.band_files))
+        raise PipelineError(f"{tgt.source}: none of the bands {', '.join(wanted)} in both products (both have: "
+                            f"{', '.join(common) or 'none'}); choose with --bands")
+    return bands
+
+
+@dataclass
+class Window:
+    """One matching window: where it is and what it gave."""
+
+    col: int
+    row: int
+    size: tuple[int, int]                          # (width, height) px
+    status: str = "rejected"                       # used | rejected
+    reason: str | None = None
+    shift_px: np.ndarray | None = None             # (2,) displacement on the reference grid
+    learned_px: np.ndarray | None = None           # before the correlation refinement
+    correlation: float = 0.0                       # phase-correlation peak (0 = not used)
+    inliers: int = 0
+    tie0: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # reference grid px
+    tie1: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.array([self.col + (self.size[0] - 1) / 2, self.row + (self.size[1] - 1) / 2])
+
+
+class Coregistration:
+    """Co-register ``target`` to ``reference`` (see the module docstring).
+
+    ``pipeline``: the matching path (default: the shipped checkpoints, mutual check and fine
+    head as ``ImageMatcher`` uses them, no resizing).
+    """
+
+    def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
+                 pipeline: MatchingPipeline | None = None, progress: bool = True):
+        self.cfg = cfg or CoregisterConfig()
+        self.ref = open_product(reference, "reference")
+        self.tgt = open_product(target, "target")
+        self.bands = choose_bands(self.ref, self.tgt, tuple(bands or self.cfg.bands))
+        self.grid = dp.reference_grid(self.ref, self.bands)
+        if self.grid.crs is None:
+            raise PipelineError(f"{self.ref.source}: not georeferenced; co-registration needs a CRS and transform")
+        m = self.cfg.margin
+        from rasterio.transform import Affine
+
+        # the target is read on the reference grid widened by a margin, so that shifted windows fit
+        self.tgrid = dp.Grid(self.grid.transform * Affine.translation(-m, -m), self.grid.width + 2 * m,
+                             self.grid.height + 2 * m, self.grid.crs)
+        self.pipeline = pipeline or MatchingPipeline.from_checkpoints()
+        self.progress = progress
+        self.render_cfg = PreprocessConfig()
+
+    # ------------------------------------------------------------------ reading
+    def _valid(self, product: dp.Product, nodata: np.ndarray, grid, window, shape, warp: bool) -> np.ndarray:
+        valid = ~nodata
+        masks = dp.render_masks(product, grid, window, shape, warp=warp)
+        if "cloud" in masks:
+            valid &= masks["cloud"] <= (self.cfg.cloud_probability if "cloud_prob" in product.masks else 0)
+        if "scl" in masks:
+            valid &= ~np.isin(masks["scl"], self.cfg.scl_invalid)
+        return valid
+
+    def read_reference(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
+        image, nodata = dp.render(self.ref, self.bands, self.grid, window, shape, self.render_cfg)
+        return image, self._valid(self.ref, nodata, self.grid, window, shape, False)
+
+    def read_target(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
+        """``window`` in reference-grid px (may reach ``margin`` px beyond it)."""
+        m = self.cfg.margin
+        w = (window[0] + m, window[1] + m, window[2], window[3])
+        image, nodata = dp.render(self.tgt, self.bands, self.tgrid, w, shape, self.render_cfg, warp=True)
+        return image, self._valid(self.tgt, nodata, self.tgrid, w, shape, True)
+
+    def check_overlap(self) -> None:
+        from rasterio.warp import transform_bounds
+
+        path = next(iter(self.tgt.band_files[self.bands[0]].values()))
+        with dp._open(path) as src:
+            left, bottom, right, top = transform_bounds(src.crs, self.grid.crs, *src.bounds)
+        g = self.grid
+        r_left, r_top = g.transform * (0, 0)
+        r_right, r_bottom = g.transform * (g.width, g.height)
+        lo_x, hi_x = sorted((r_left, r_right))
+        lo_y, hi_y = sorted((r_top, r_bottom))
+        if left >= hi_x or right <= lo_x or bottom >= hi_y or top <= lo_y:
+            raise PipelineError(f"{self.tgt.source}: does not overlap the reference {self.ref.source}; "
+                                "give two products of the same place")
+
+    # ------------------------------------------------------------------ steps
+    def coarse(self) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray]:
+        """Whole-pixel offset from the overviews; also the overviews' valid masks and scale."""
+        g, n = self.grid, self.cfg.overview
+        s = min(1.0, n / max(g.width, g.height))
+        shape = (max(8, round(g.height * s)), max(8, round(g.width * s)))
+        full = (0, 0, g.width, g.height)
+        img0, valid0 = self.read_reference(full, shape)
+        img1, valid1 = self.read_target(full, shape)
+        if not valid0.any():
+            raise PipelineError(f"{self.ref.source}: no valid pixel in the bands {', '.join(self.bands)}")
+        r = self.pipeline.match(img0, img1, valid0, valid1)
+        info = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"],
+                "scale": [g.width / shape[1], g.height / shape[0]]}
+        offset = np.zeros(2)
+        if r["verified"]:
+            d = r["mkpts1"][r["inliers"]] - r["mkpts0"][r["inliers"]]
+            offset = np.round(np.median(d, axis=0) * np.array(info["scale"]))
+            offset = np.clip(offset, -self.cfg.margin, self.cfg.margin)
+        info["offset_px"] = offset.tolist()
+        return offset, info, valid0, valid1
+
+    def windows(self, valid0: np.ndarray, valid1: np.ndarray, offset: np.ndarray) -> list[Window]:
+        """Windows on a grid, where both overviews are valid enough; evenly thinned to ``max_windows``."""
+        g, c = self.grid, self.cfg
+        # small products: smaller windows (at least 128 px), so that several windows fit
+        side = min(c.window, max(128, min(g.width, g.height) // 2))
+        sw, sh = min(side, g.width), min(side, g.height)
+        nx, ny = max(1, round(g.width / sw)), max(1, round(g.height / sh))
+        cols = np.linspace(0, g.width - sw, nx).round().astype(int)
+        rows = np.linspace(0, g.height - sh, ny).round().astype(int)
+        sy, sx = valid0.shape[0] / g.height, valid0.shape[1] / g.width
+        o = np.round(offset * [sx, sy]).astype(int)
+        shifted1 = np.zeros_like(valid1)
+        h, w = valid1.shape
+        ys, xs = slice(max(0, -o[1]), min(h, h - o[1])), slice(max(0, -o[0]), min(w, w - o[0]))
+        shifted1[ys, xs] = valid1[max(0, o[1]):h + min(0, o[1]), max(0, o[0]):w + min(0, o[0])]
+        both = valid0 & shifted1
+        out = []
+        for r in rows:
+            for col in cols:
+                part = both[int(r * sy):int(np.ceil((r + sh) * sy)), int(col * sx):int(np.ceil((col + sw) * sx))]
+                if part.size and part.mean() >= c.min_valid:
+                    out.append(Window(int(col), int(r), (sw, sh)))
+        if len(out) > c.max_windows:
+            keep = np.linspace(0, len(out) - 1, c.max_windows).round().astype(int)
+            out = [out[k] for k in keep]
+        return out
+
+    def match_window(self, win: Window, offset: np.ndarray) -> Window:
+        w, h = win.size
+        img0, valid0 = self.read_reference((win.col, win.row, w, h), (h, w))
+        o = offset.astype(int)
+        img1, valid1 = self.read_target((win.col + o[0], win.row + o[1], w, h), (h, w))
+        if valid0.mean() < self.cfg.min_valid or valid1.mean() < self.cfg.min_valid:
+            win.reason = "too little valid area (nodata, cloud or snow)"
+            return win
+        f0 = self.pipeline.extract(img0, valid0, "reference window")
+        f1 = self.pipeline.extract(img1, valid1, "target window")
+        r = self.pipeline.verify(self.pipeline.match_features(f0, f1))
+        if not r["verified"]:
+            win.reason = r["reason"]
+            return win
+        inl = r["inliers"]
+        win.tie0 = r["mkpts0"][inl] + [win.col, win.row]
+        win.tie1 = r["mkpts1"][inl] + [win.col + o[0], win.row + o[1]]
+        win.score = r["mconf"][inl]
+        win.inliers = int(inl.sum())
+        local = np.median(r["mkpts1"][inl] - r["mkpts0"][inl], axis=0)      # within the window pair
+        win.learned_px = local + o
+        win.shift_px = win.learned_px.copy()
+        refined, cc = ecc_refine(img0, valid0, img1, valid1, local)
+        if cc >= self.cfg.min_correlation and np.hypot(*(refined - local)) <= self.cfg.max_shift:
+            win.shift_px = refined + o
+            win.correlation = cc
+        win.status, win.reason = "used", None
+        return win
+
+    def run(self) -> dict:
+        from tqdm import tqdm
+
+        start = time.time()
+        self.check_overlap()
+        offset, coarse, valid0, valid1 = self.coarse()
+        wins = self.windows(valid0, valid1, offset)
+        for win in tqdm(wins, desc="windows", unit="win", disable=not self.progress):
+            self.match_window(win, offset)
+        result = self.combine(wins)
+        result.update(coarse=coarse, seconds=round(time.time() - start, 2), bands=self.bands,
+                      reference=str(self.ref.source), target=str(self.tgt.source), crs=self.grid.crs.to_string())
+        self.windows_ = wins
+        return result
+
+    # ------------------------------------------------------------------ models
+    def combine(self, wins: list[Window]) -> dict:
+        c = self.cfg
+        used = [w for w in wins if w.status == "used"]
+        if used:
+            d = np.array([w.shift_px for w in used])
+            med = np.median(d, axis=0)
+            spread = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0), 0.05)
+            for w, di in zip(used, d):
+                if (np.abs(di - med) > c.outlier_sigmas * spread).any():
+                    w.status, w.reason = "rejected", "outlier: its shift disagrees with the other windows"
+            used = [w for w in wins if w.status == "used"]
+        reasons: dict[str, int] = {}
+        for w in wins:
+            if w.status != "used":
+                key = (w.reason or "").split(":")[0].replace("reference window", "").replace("target window", "").strip()
+                reasons[key] = reasons.get(key, 0) + 1
+        result = {"verified": len(used) >= c.min_windows, "reason": None, "shift_m": None, "affine": None,
+                  "tie_points": int(sum(w.inliers for w in used)),
+                  "windows": {"used": len(used), "rejected": len(wins) - len(used), "reasons": reasons,
+                              "size_px": c.window}}
+        if not result["verified"]:
+            if not wins:
+                result["reason"] = ("no window with enough valid area on both dates (snow, cloud, nodata or no "
+                                    "overlap)")
+            else:
+                result["reason"] = (f"only {len(used)} of {len(wins)} windows verified (at least {c.min_windows} "
+                                    "needed)" + "".join(f"; {k}: {v}" for k, v in reasons.items()))
+            return result
+        centres = np.array([w.centre for w in used])
+        shifts = np.array([w.shift_px for w in used])
+        p0 = geo.pixel_to_map(centres, self.grid.transform)
+        p1 = geo.pixel_to_map(centres + shifts, self.grid.transform)
+        metric = geo.metric_crs(self.grid.crs, p0)
+        m0 = geo.reproject_points(p0, self.grid.crs, metric)
+        m1 = geo.reproject_points(p1, self.grid.crs, metric)
+        dm = m1 - m0
+        med = np.median(dm, axis=0)
+        n = len(dm)
+        sigma = geo.MAD_TO_SIGMA * np.median(np.abs(dm - med), axis=0) if n > 2 else np.abs(dm - med).max(0)
+        se = 1.2533 * sigma / np.sqrt(n)
+        sigma_m = float(np.sqrt((se ** 2).mean()))
+        result["shift_m"] = {"dx": float(med[0]), "dy": float(med[1]), "sigma_m": sigma_m,
+                             "ce90_m": CE90_PER_SIGMA * sigma_m, "sigma_x": float(se[0]), "sigma_y": float(se[1]),
+                             "window_spread_m": [float(sigma[0]), float(sigma[1])],
+                             "shift_px": [float(v) for v in np.median(shifts, axis=0)], "metric_crs": metric.to_string()}
+        result["affine"] = self.fit_affine(used)
+        return result
+
+    def fit_affine(self, used: list[Window]) -> dict | None:
+        """Affine from reference map coordinates to where the target shows them (RANSAC)."""
+        t0 = np.concatenate([w.tie0 for w in used])
+        t1 = np.concatenate([w.tie1 for w in used])
+        if len(t0) < 6 or len(used) < 3:
+            return None
+        A, inl = cv2.estimateAffine2D(t0.astype(np.float64), t1.astype(np.float64), method=cv2.RANSAC,
+                                      ransacReprojThreshold=1.5, maxIters=5000, confidence=0.999)
+        if A is None:
+            return None
+        T = self.grid.transform
+        Tm = np.array([[T.a, T.b, T.c], [T.d, T.e, T.f], [0, 0, 1]])
+        Ap = np.vstack([A, [0, 0, 1]])
+        # pixel centres: map = T (p + 0.5); the affine acts on pixel centres
+        C = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+        M = Tm @ C @ Ap @ np.linalg.inv(C) @ np.linalg.inv(Tm)
+        residual = np.linalg.norm(cv2.transform(t0[None].astype(np.float64), A)[0] - t1, axis=1)
+        res_m = abs(T.a) if self.grid.crs.is_projected else None
+        return {"matrix": np.round(M[:2], 9).tolist(), "inliers": int(inl.sum()),
+                "rmse_px": float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2))),
+                "rmse_m": None if res_m is None else float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2)) * res_m),
+                "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
+
+
+# ----------------------------------------------------------------------------- correlation
+def ecc_refine(img0: np.ndarray, valid0: np.ndarray, img1: np.ndarray, valid1: np.ndarray,
+               shift: np.ndarray) -> tuple[np.ndarray, float]:
+    """The displacement (px, x y) of window 1 against window 0 that maximises their enhanced
+    correlation coefficient (ECC, Evangelidis & Psarakis 2008: invariant to gain and offset
+    between the dates), started from ``shift``; and that coefficient (0 when it fails).
+
+    Sub-pixel precise where OpenCV's phase correlation is not (measured: a true 0.37 px shift
+    gives 0.38 by ECC and 0.07 by ``cv2.phaseCorrelate``, whose peak fit locks to whole pixels).
+    """
+    g0 = normalize_for_network(img0, 1, valid0)[0]
+    g1 = normalize_for_network(img1, 1, valid1)[0]
+    g0 = np.where(valid0, g0, g0[valid0].mean()).astype(np.float32)
+    g1 = np.where(valid1, g1, g1[valid1].mean()).astype(np.float32)
+    mask = cv2.erode(valid0.astype(np.uint8), np.ones((9, 9), np.uint8))
+    warp = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    try:
+        cc, warp = cv2.findTransformECC(g0, g1, warp, cv2.MOTION_TRANSLATION, criteria, mask, 5)
+    except cv2.error:
+        return np.asarray(shift, np.float64), 0.0
+    return warp[:, 2].astype(np.float64), float(cc)
+
+
+# ----------------------------------------------------------------------------- outputs
+def write_outputs(co: Coregistration, result: dict, folder: Path, write_corrected: bool = False) -> list[Path]:
+    """Every output file of a co-registration, each written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "tie_points.geojson", folder / "tie_points.csv"]
+    write_tie_points(co, folder)
+    if result["verified"]:
+        written.append(write_shift_field(co, folder / "shift_field.tif"))
+        if write_corrected:
+            written += write_corrected_target(co, result, folder / "corrected")
+    written.append(write_report(co, result, folder / "report.png"))
+    write_json(folder / "coregistration.json", result)
+    return [folder / "coregistration.json", *written]
+
+
+def tie_point_rows(co: Coregistration) -> list[dict]:
+    rows = []
+    crs = co.grid.crs
+    for k, w in enumerate(co.windows_):
+        if not len(w.tie0):
+            continue
+        p0 = geo.pixel_to_map(w.tie0, co.grid.transform)
+        p1 = geo.pixel_to_map(w.tie1, co.grid.transform)
+        metric = geo.metric_crs(crs, p0)
+        d = geo.reproject_points(p1, crs, metric) - geo.reproject_points(p0, crs, metric)
+        ll0 = geo.reproject_points(p0, crs, "EPSG:4326")
+        for i in range(len(p0)):
+            rows.append({"window": k, "ref_x": float(p0[i, 0]), "ref_y": float(p0[i, 1]),
+                         "target_x": float(p1[i, 0]), "target_y": float(p1[i, 1]),
+                         "dx_m": float(d[i, 0]), "dy_m": float(d[i, 1]), "score": float(w.score[i]),
+                         "inlier": w.status == "used", "lon": float(ll0[i, 0]), "lat": float(ll0[i, 1])})
+    return rows
+
+
+def write_tie_points(co: Coregistration, folder: Path) -> None:
+    """Tie points as GeoJSON (WGS84 points at the reference position) and CSV (reference CRS)."""
+    rows = tie_point_rows(co)
+    fields = ["window", "ref_x", "ref_y", "target_x", "target_y", "dx_m", "dy_m", "score", "inlier", "lon", "lat"]
+    geojson = {"type": "FeatureCollection", "source_crs": co.grid.crs.to_string(),
+               "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
+                             "properties": r} for r in rows]}
+    write_json(folder / "tie_points.geojson", geojson)
+    with atomic_path(folder / "tie_points.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def shift_field(co: Coregistration) -> tuple[np.ndarray, object]:
+    """(2, rows, cols) dx, dy in metres on a coarse grid over the reference (inverse-distance
+    weighted window shifts), and its transform."""
+    from rasterio.transform import Affine
+
+    g = co.grid
+    used = [w for w in co.windows_ if w.status == "used"]
+    cell = max(g.width, g.height) / co.cfg.field_cells
+    cols, rows = max(1, round(g.width / cell)), max(1, round(g.height / cell))
+    xs = (np.arange(cols) + 0.5) * g.width / cols - 0.5
+    ys = (np.arange(rows) + 0.5) * g.height / rows - 0.5
+    gx, gy = np.meshgrid(xs, ys)
+    centres = np.array([w.centre for w in used])
+    shifts = np.array([w.shift_px for w in used])
+    d2 = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
+    wgt = 1 / (d2 + (co.cfg.window / 2) ** 2)
+    field_px = np.einsum("rcn,nk->krc", wgt, shifts) / wgt.sum(-1)
+    T = g.transform
+    dx = T.a * field_px[0] + T.b * field_px[1]
+    dy = T.d * field_px[0] + T.e * field_px[1]
+    if not g.crs.is_projected:   # degrees → metres at the middle of the grid
+        mid = geo.pixel_to_map(np.array([[g.width / 2, g.height / 2]]), T)
+        metric = geo.metric_crs(g.crs, mid)
+        east = geo.reproject_points(mid + [[1e-4, 0]], g.crs, metric) - geo.reproject_points(mid, g.crs, metric)
+        north = geo.reproject_points(mid + [[0, 1e-4]], g.crs, metric) - geo.reproject_points(mid, g.crs, metric)
+        dx, dy = dx * east[0, 0] / 1e-4, dy * north[0, 1] / 1e-4
+    transform = T * Affine.scale(g.width / cols, g.height / rows)
+    return np.stack([dx, dy]).astype(np.float32), transform
+
+
+def write_shift_field(co: Coregistration, path: Path) -> Path:
+    import rasterio
+
+    data, transform = shift_field(co)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=2,
+                           dtype="float32", crs=co.grid.crs, transform=transform) as dst:
+            dst.write(data)
+            dst.set_band_description(1, "dx_m (east)")
+            dst.set_band_description(2, "dy_m (north)")
+    return path
+
+
+def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> list[Path]:
+    """The target with its georeference moved by the negative of the shift (no resampling), as
+    Cloud-Optimized GeoTIFFs: the target file itself when it holds every band, else one per band."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.transform import Affine
+    from rasterio.vrt import WarpedVRT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    d = np.array(result["shift_m"]["shift_px"])
+    centre = np.array([[co.grid.width / 2, co.grid.height / 2]])
+    p0 = geo.pixel_to_map(centre, co.grid.transform)
+    p1 = geo.pixel_to_map(centre + d, co.grid.transform)
+    files = sorted({path for res in co.tgt.band_files.values() for path in res.values()})
+    written = []
+    for path in files:
+        with rasterio.open(path) as src:
+            q0, q1 = (geo.reproject_points(p, co.grid.crs, src.crs) for p in (p0, p1))
+            move = (q1 - q0)[0]
+            corrected = Affine.translation(-move[0], -move[1]) * src.transform
+            name = Path(path).stem + "_coregistered.tif"
+            # a warp from the corrected georeference onto itself: pixels copied as they are
+            with WarpedVRT(src, src_crs=src.crs, src_transform=corrected, crs=src.crs, transform=corrected,
+                           width=src.width, height=src.height) as vrt:
+                with atomic_path(folder / name) as tmp:
+                    rasterio.shutil.copy(vrt, tmp, driver="COG", compress="deflate")
+        written.append(folder / name)
+    return written
+
+
+def write_report(co: Coregistration, result: dict, path: Path) -> Path:
+    """Window shift vectors over the reference overview, the tie points' displacements, the numbers."""
+    from matplotlib.figure import Figure
+
+    g = co.grid
+    s = min(1.0, 768 / max(g.width, g.height))
+    shape = (max(8, round(g.height * s)), max(8, round(g.width * s)))
+    overview, _ = co.read_reference((0, 0, g.width, g.height), shape)
+    fig = Figure(figsize=(13, 6.5), dpi=100)
+    ax = fig.add_axes([0.02, 0.08, 0.5, 0.82])
+    ax.imshow(normalize_for_network(overview, 1)[0], cmap="gray", extent=(-0.5, g.width - 0.5, g.height - 0.5, -0.5))
+    for w in co.windows_:
+        colour = "lime" if w.status == "used" else "red"
+        ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+            (w.col, w.row), w.size[0], w.size[1], fill=False, ec=colour, lw=0.6, alpha=0.6))
+    used = [w for w in co.windows_ if w.status == "used" and w.shift_px is not None]
+    if used:
+        c = np.array([w.centre for w in used])
+        d = np.array([w.shift_px for w in used])
+        scale = 0.25 * co.cfg.window / max(np.abs(d).max(), 0.5)
+        ax.quiver(c[:, 0], c[:, 1], d[:, 0], d[:, 1], color="yellow", angles="xy", scale_units="xy", scale=1 / scale,
+                  width=0.004)
+        ax.set_title(f"window shifts ×{scale:.0f} (green: used, red: rejected)", fontsize=9)
+    ax.set_axis_off()
+    ax2 = fig.add_axes([0.58, 0.45, 0.38, 0.45])
+    rows = tie_point_rows(co)
+    if rows:
+        dx = np.array([r["dx_m"] for r in rows if r["inlier"]])
+        dy = np.array([r["dy_m"] for r in rows if r["inlier"]])
+        if len(dx):
+            lim = max(5.0, float(np.percentile(np.abs(np.r_[dx, dy]), 95)) * 1.2)
+            ax2.hist2d(dx, dy, bins=41, range=[[-lim, lim], [-lim, lim]], cmap="magma")
+    ax2.set_xlabel("dx (m, east)")
+    ax2.set_ylabel("dy (m, north)")
+    ax2.set_title("tie points' displacements (used windows)", fontsize=9)
+    shift = result.get("shift_m")
+    text = [f"reference: {result.get('reference')}", f"target: {result.get('target')}",
+            f"verified: {result['verified']}" + (f" — {result['reason']}" if result.get("reason") else "")]
+    if shift:
+        text.append(f"shift: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "
+                    f"(σ {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m)")
+    wn = result["windows"]
+    text.append(f"windows: {wn['used']} used, {wn['rejected']} rejected; tie points {result['tie_points']}; "
+                f"{result.get('seconds', 0):.1f} s")
+    fig.text(0.58, 0.36, "\n".join(__import__("textwrap").fill(t, 70) for t in text), va="top", fontsize=8.5,
+             family="monospace")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+# ----------------------------------------------------------------------------- API and script
+def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
+               write_corrected: bool = False, cfg: CoregisterConfig | None = None,
+               pipeline: MatchingPipeline | None = None, progress: bool = True) -> dict:
+    """Co-register ``target`` to ``reference``; with ``output``, write every output there.
+    Returns the content of ``coregistration.json``."""
+    co = Coregistration(reference, target, bands, cfg, pipeline, progress)
+    result = co.run()
+    if output is not None:
+        result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected)]
+    return result
+
+
+def main(argv=None) -> int:
+    cfg = CoregisterConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("reference", type=Path, help="the product the target is aligned to")
+    parser.add_argument("target", type=Path, help="the product to co-register")
+    parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration")
+    parser.add_argument("--bands", default=",".join(cfg.bands), help="bands used (those both products have)")
+    parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
+    parser.add_argument("--max-windows", type=int, default=cfg.max_windows)
+    parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
+    parser.add_argument("--write-corrected", action="store_true",
+                        help="also write the target aligned to the reference (COG; translation, no resampling)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    parser.add_argument("--device", default=config.DEVICE)
+    args = parser.parse_args(argv)
+    try:
+        set_threads(args.threads or None)
+        cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
+        pipeline = MatchingPipeline.from_checkpoints(device=args.device)
+        result = coregister(args.reference, args.target, args.output, tuple(args.bands.split(",")),
+                            args.write_corrected, cfg, pipeline)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shift = result["shift_m"]
+    if shift:
+        print(f"shift of the target: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "
+              f"(sigma {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m); {result['windows']['used']} windows, "
+              f"{result['tie_points']} tie points, {result['seconds']:.1f} s → {args.output}")
+        return 0
+    print(f"not co-registered: {result['reason']} → {args.output}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
