@@ -181,12 +181,14 @@ class Coregistration:
         return offset, info, valid0, valid1
 
     def windows(self, valid0: np.ndarray, valid1: np.ndarray, offset: np.ndarray) -> list[Window]:
-        """Windows on a grid, where both overviews are valid enough; evenly thinned to ``max_windows``."""
+        """About ``max_windows`` windows on a regular grid, kept where both overviews are valid enough."""
         g, c = self.grid, self.cfg
         # small products: smaller windows (at least 128 px), so that several windows fit
         side = min(c.window, max(128, min(g.width, g.height) // 2))
         sw, sh = min(side, g.width), min(side, g.height)
-        nx, ny = max(1, round(g.width / sw)), max(1, round(g.height / sh))
+        # a regular grid of about max_windows windows over the whole product (fewer where it is small)
+        nx = max(1, min(round(g.width / sw), round(np.sqrt(c.max_windows * g.width / g.height))))
+        ny = max(1, min(round(g.height / sh), round(c.max_windows / nx)))
         cols = np.linspace(0, g.width - sw, nx).round().astype(int)
         rows = np.linspace(0, g.height - sh, ny).round().astype(int)
         sy, sx = valid0.shape[0] / g.height, valid0.shape[1] / g.width
@@ -202,9 +204,6 @@ class Coregistration:
                 part = both[int(r * sy):int(np.ceil((r + sh) * sy)), int(col * sx):int(np.ceil((col + sw) * sx))]
                 if part.size and part.mean() >= c.min_valid:
                     out.append(Window(int(col), int(r), (sw, sh)))
-        if len(out) > c.max_windows:
-            keep = np.linspace(0, len(out) - 1, c.max_windows).round().astype(int)
-            out = [out[k] for k in keep]
         return out
 
     def match_window(self, win: Window, offset: np.ndarray) -> Window:
@@ -266,7 +265,7 @@ class Coregistration:
         reasons: dict[str, int] = {}
         for w in wins:
             if w.status != "used":
-                key = (w.reason or "").split(":")[0].replace("reference window", "").replace("target window", "").strip()
+                key = reason_kind(w.reason)
                 reasons[key] = reasons.get(key, 0) + 1
         result = {"verified": len(used) >= c.min_windows, "reason": None, "shift_m": None, "affine": None,
                   "tie_points": int(sum(w.inliers for w in used)),
@@ -322,6 +321,17 @@ class Coregistration:
                 "rmse_px": float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2))),
                 "rmse_m": None if res_m is None else float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2)) * res_m),
                 "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
+
+
+def reason_kind(reason: str | None) -> str:
+    """A window's reason for rejection, as one of a few kinds (for the counts in the JSON)."""
+    text = (reason or "").lower()
+    for words, kind in ((("blank", "uniform"), "blank or uniform (cloud?)"), (("no keypoint",), "no keypoint"),
+                        (("ransac inliers",), "too few RANSAC inliers"), (("valid",), "too little valid area"),
+                        (("outlier",), "outlier window"), (("no match",), "no match")):
+        if any(w in text for w in words):
+            return kind
+    return reason or "unknown"
 
 
 # ----------------------------------------------------------------------------- correlation

@@ -1,0 +1,163 @@
+"""A full-size tile pair (10980² px, 3 bands at 10 m): time, peak memory and error of
+``coregister.py``, beside AROSICS's global COREG on the same files.
+
+    python benchmarks/coregistration_full_tile.py --data ../shared/data [--no-arosics] [--keep DIR]
+
+The tile is a mosaic of real 10 m pixels: OMBRIA's chips (256², the "before" dates), 43 × 43
+of them, written as tiled GeoTIFFs with overviews (as a COG product would be read). The target
+is the same mosaic with a 10 % gain, an offset and noise, and a known georeference: its origin
+moved by (+3.4, −2.7) m and its pixels 5e-5 larger (a gentle scale difference: 2.7 m more
+displacement at the tile centre, 5.5 m at the far edge). (Cross-date accuracy is measured by
+``benchmarks/coregistration.py``: OMBRIA's before/after chips come from different products, each
+registered to its own ~1 px, so a mosaic of them has no exact truth.) The truth at the tile centre is compared with the
+translation; the affine's displacement field with the truth's over the whole tile. Each method
+runs in a fresh process; its wall time and peak resident memory are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+
+SIDE, CHIP, RES = 10980, 256, 10.0
+ORIGIN = (600_000.0, 5_000_040.0)
+SHIFT, SCALE = (3.4, -2.7), 5e-5
+
+
+def mosaic(data: Path, which: str) -> np.ndarray:
+    """(3, SIDE, SIDE) uint16 DN from OMBRIA's training chips (``which``: before | after)."""
+    from PIL import Image
+
+    folder = data / "ombria_train" / which.upper()
+    names = sorted(p.name.split("_")[-1] for p in (data / "ombria_train" / "BEFORE").glob("S2_before_*.png"))
+    n = -(-SIDE // CHIP)
+    out = np.zeros((3, n * CHIP, n * CHIP), np.uint16)
+    for k in range(n * n):
+        chip = np.asarray(Image.open(folder / f"S2_{which}_{names[k % len(names)]}").convert("RGB"), np.uint16)
+        r, c = divmod(k, n)
+        out[:, r * CHIP:(r + 1) * CHIP, c * CHIP:(c + 1) * CHIP] = np.moveaxis(chip, -1, 0) * 12 + 1
+    return out[:, :SIDE, :SIDE]
+
+
+def write(path: Path, data: np.ndarray, transform) -> None:
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", width=SIDE, height=SIDE, count=3, dtype="uint16",
+                       crs="EPSG:32632", transform=transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
+                       compress="deflate", zlevel=1, BIGTIFF="IF_SAFER") as dst:
+        dst.write(data)
+        dst.descriptions = ("B04", "B03", "B02")
+        dst.build_overviews([2, 4, 8, 16, 32])
+
+
+OURS = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import config
+from coregister import coregister
+t = time.perf_counter()
+r = coregister({ref!r}, {tgt!r}, {out!r}, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - t, "shift": [r["shift_m"]["dx"], r["shift_m"]["dy"]]
+                   if r["shift_m"] else None, "affine": r["affine"], "windows": r["windows"], "reason": r["reason"],
+                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+AROSICS = """
+import json, resource, time, warnings
+warnings.simplefilter("ignore")
+from arosics import COREG
+t = time.perf_counter()
+cr = COREG({ref!r}, {tgt!r}, r_b4match=1, s_b4match=1, max_shift=10, nodata=(0, 0), q=True, ignore_errors=True)
+cr.calculate_spatial_shifts()
+ok = bool(cr.success)
+print(json.dumps({{"seconds": time.perf_counter() - t,
+                   "shift": [-cr.x_shift_map, -cr.y_shift_map] if ok else None, "reason": None if ok else "not successful",
+                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def measure(code: str, timeout: int) -> dict:
+    """Run ``code`` in a fresh process; its last line is a JSON result with its own peak memory."""
+    t = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"seconds": timeout, "shift": None, "reason": f"stopped after {timeout} s", "peak_mb": None}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return {"seconds": time.perf_counter() - t, "shift": None, "peak_mb": None,
+                "reason": (out.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    from rasterio.transform import Affine
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
+    parser.add_argument("--no-arosics", action="store_true")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds each method may take")
+    parser.add_argument("--keep", type=Path, default=None, help="write the tiles here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    folder = args.keep or Path(tempfile.mkdtemp())
+    folder.mkdir(parents=True, exist_ok=True)
+    ref, tgt = folder / "reference.tif", folder / "target.tif"
+    ref_t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    r_t = RES * (1 + SCALE)
+    tgt_t = Affine(r_t, 0, ORIGIN[0] + SHIFT[0], 0, -r_t, ORIGIN[1] + SHIFT[1])
+    if not (ref.exists() and tgt.exists()):
+        t = time.perf_counter()
+        write(ref, mosaic(args.data, "before"), ref_t)
+        base = mosaic(args.data, "before")
+        rng = np.random.default_rng(0)
+        noisy = base.astype(np.float32) * 1.1 + 40 + rng.normal(0, 15, base.shape).astype(np.float32)
+        write(tgt, np.where(base > 0, np.clip(noisy, 1, 65535), 0).astype(np.uint16), tgt_t)
+        del base, noisy
+        print(f"tiles written in {time.perf_counter() - t:.0f} s → {folder}")
+
+    def truth(q):   # displacement (m) at reference pixel centres q (N, 2): same pixel index on both grids
+        q = np.asarray(q, np.float64) + 0.5
+        p_ref = np.stack([ref_t.c + ref_t.a * q[:, 0], ref_t.f + ref_t.e * q[:, 1]], -1)
+        p_tgt = np.stack([tgt_t.c + tgt_t.a * q[:, 0], tgt_t.f + tgt_t.e * q[:, 1]], -1)
+        return p_tgt - p_ref
+
+    centre_truth = truth([[SIDE / 2 - 0.5, SIDE / 2 - 0.5]])[0]
+    rows = {}
+    rows["coregister.py"] = measure(OURS.format(root=str(ROOT), ref=str(ref), tgt=str(tgt), out=str(folder / "out")),
+                                    args.timeout)
+    if not args.no_arosics:
+        try:
+            import arosics  # noqa: F401
+            rows["AROSICS COREG (global)"] = measure(AROSICS.format(ref=str(ref), tgt=str(tgt)), args.timeout)
+        except ImportError:
+            print("AROSICS is not installed: skipped (see benchmarks/coregistration.py)", file=sys.stderr)
+    print(f"truth at the tile centre: dx {centre_truth[0]:+.2f} m, dy {centre_truth[1]:+.2f} m\n")
+    print("| method | seconds | peak memory | error at the centre | affine field RMSE | result |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        err = "—" if r.get("shift") is None else f"{np.hypot(*(np.array(r['shift']) - centre_truth)):.2f} m"
+        field = "—"
+        if r.get("affine"):
+            M = np.array(r["affine"]["matrix"])
+            g = np.stack(np.meshgrid(np.linspace(0, SIDE - 1, 11), np.linspace(0, SIDE - 1, 11)), -1).reshape(-1, 2)
+            p = np.stack([ref_t.c + ref_t.a * (g[:, 0] + 0.5), ref_t.f + ref_t.e * (g[:, 1] + 0.5)], -1)
+            pred = p @ M[:, :2].T + M[:, 2] - p
+            field = f"{np.sqrt(np.mean(np.sum((pred - truth(g)) ** 2, 1))):.2f} m"
+        peak = "—" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f} MB"
+        status = r.get("reason") or (f"{r['windows']['used']} windows" if r.get("windows") else "ok")
+        print(f"| {name} | {r['seconds']:.1f} | {peak} | {err} | {field} | {status} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
