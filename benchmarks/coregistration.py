@@ -95,25 +95,20 @@ def pairs(data: Path, tmp: Path) -> list[dict]:
     """The benchmark's pairs as stacked GeoTIFFs in ``tmp``."""
     import rasterio
 
-    out = []
-    b = data / "sen2dwater" / "bracciano"
-    ref = tmp / f"bracciano_{BRACCIANO_REF}.tif"
-    with rasterio.open(b / f"{BRACCIANO_REF}.tif") as src:
-        idx = [src.descriptions.index(x) + 1 for x in BANDS]
-        profile = src.profile
-        profile.update(count=3, compress="deflate")
-        with rasterio.open(ref, "w", **profile) as dst:
-            dst.write(src.read(idx))
-            dst.descriptions = BANDS
-    for date, category in BRACCIANO_TARGETS.items():
-        tgt = tmp / f"bracciano_{date}.tif"
-        with rasterio.open(b / f"{date}.tif") as src:
+    def three_bands(src_path: Path, out_path: Path) -> Path:
+        with rasterio.open(src_path) as src:
             idx = [src.descriptions.index(x) + 1 for x in BANDS]
-            profile = src.profile
-            profile.update(count=3, compress="deflate")
-            with rasterio.open(tgt, "w", **profile) as dst:
+            profile = {**src.profile, "count": 3, "compress": "deflate"}
+            with rasterio.open(out_path, "w", **profile) as dst:
                 dst.write(src.read(idx))
                 dst.descriptions = BANDS
+        return out_path
+
+    out = []
+    b = data / "sen2dwater" / "bracciano"
+    ref = three_bands(b / f"{BRACCIANO_REF}.tif", tmp / f"bracciano_{BRACCIANO_REF}.tif")
+    for date, category in BRACCIANO_TARGETS.items():
+        tgt = three_bands(b / f"{date}.tif", tmp / f"bracciano_{date}.tif")
         out.append({"name": f"bracciano {BRACCIANO_REF}-{date}", "category": category, "ref": ref, "tgt": tgt})
     from dataset import OSCD_VAL_CITIES
     from geo import metric_crs
