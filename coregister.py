@@ -54,9 +54,21 @@ CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribut
 
 
 # ----------------------------------------------------------------------------- inputs
-def open_product(path: str | Path, role: str) -> dp.Product:
-    """The one product at ``path`` (a .SAFE, zip, band file(s) or multi-band file)."""
-    found = dp.find_products(Path(path))
+def open_product(path: str | Path, role: str, bands: tuple[str, ...] = ()) -> dp.Product:
+    """The one product at ``path`` (a .SAFE, zip, STAC Item, band file(s) or multi-band file).
+    ``bands`` given as 1-based indices (``1,2,3``) read those bands of a single raster file
+    whose bands have no names."""
+    path = Path(path)
+    if bands and all(b.isdigit() for b in bands) and path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
+        import rasterio
+
+        with dp._open(str(path)) as src:
+            bad = [b for b in bands if not 1 <= int(b) <= src.count]
+        if bad:
+            raise PipelineError(f"{path}: has no band {', '.join(bad)} (it has {src.count}); fix --bands")
+        return dp.Product(name=path.stem, source=str(path), level="raster", product_id=path.stem,
+                          band_files={b: {10: str(path)} for b in bands}, band_index={b: int(b) for b in bands})
+    found = dp.find_products(path)
     if len(found) != 1:
         raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product or file")
     product = found[0]
@@ -70,7 +82,8 @@ def choose_bands(ref: dp.Product, tgt: dp.Product, wanted: tuple[str, ...]) -> l
     if not bands:
         common = sorted(set(ref.band_files) & set(tgt.band_files))
         raise PipelineError(f"{tgt.source}: none of the bands {', '.join(wanted)} in both products (both have: "
-                            f"{', '.join(common) or 'none'}); choose with --bands")
+                            f"{', '.join(common) or 'none'}); choose with --bands (1-based indices, e.g. 1,2,3, for "
+                            "files whose bands have no names)")
     return bands
 
 
@@ -106,9 +119,10 @@ class Coregistration:
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                  pipeline: MatchingPipeline | None = None, progress: bool = True):
         self.cfg = cfg or CoregisterConfig()
-        self.ref = open_product(reference, "reference")
-        self.tgt = open_product(target, "target")
-        self.bands = choose_bands(self.ref, self.tgt, tuple(bands or self.cfg.bands))
+        wanted = tuple(bands or self.cfg.bands)
+        self.ref = open_product(reference, "reference", wanted)
+        self.tgt = open_product(target, "target", wanted)
+        self.bands = choose_bands(self.ref, self.tgt, wanted)
         self.grid = dp.reference_grid(self.ref, self.bands)
         if self.grid.crs is None:
             raise PipelineError(f"{self.ref.source}: not georeferenced; co-registration needs a CRS and transform")
@@ -300,26 +314,23 @@ class Coregistration:
         return result
 
     def fit_affine(self, used: list[Window]) -> dict | None:
-        """Affine from reference map coordinates to where the target shows them (RANSAC)."""
-        t0 = np.concatenate([w.tie0 for w in used])
-        t1 = np.concatenate([w.tie1 for w in used])
-        if len(t0) < 6 or len(used) < 3:
+        """Affine from reference map coordinates to where the target shows them: least squares on
+        the windows' refined displacements (precise like the translation), at least 4 windows."""
+        if len(used) < 4:
             return None
-        A, inl = cv2.estimateAffine2D(t0.astype(np.float64), t1.astype(np.float64), method=cv2.RANSAC,
-                                      ransacReprojThreshold=1.5, maxIters=5000, confidence=0.999)
-        if A is None:
-            return None
-        T = self.grid.transform
-        Tm = np.array([[T.a, T.b, T.c], [T.d, T.e, T.f], [0, 0, 1]])
-        Ap = np.vstack([A, [0, 0, 1]])
-        # pixel centres: map = T (p + 0.5); the affine acts on pixel centres
-        C = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
-        M = Tm @ C @ Ap @ np.linalg.inv(C) @ np.linalg.inv(Tm)
-        residual = np.linalg.norm(cv2.transform(t0[None].astype(np.float64), A)[0] - t1, axis=1)
-        res_m = abs(T.a) if self.grid.crs.is_projected else None
-        return {"matrix": np.round(M[:2], 9).tolist(), "inliers": int(inl.sum()),
-                "rmse_px": float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2))),
-                "rmse_m": None if res_m is None else float(np.sqrt(np.mean(residual[inl.ravel() > 0] ** 2)) * res_m),
+        c0 = np.array([w.centre for w in used])
+        c1 = c0 + np.array([w.shift_px for w in used])
+        p0 = geo.pixel_to_map(c0, self.grid.transform)
+        p1 = geo.pixel_to_map(c1, self.grid.transform)
+        origin = p0.mean(0)                                # centred: a well-conditioned system
+        X = np.hstack([p0 - origin, np.ones((len(p0), 1))])
+        coef, *_ = np.linalg.lstsq(X, p1 - origin, rcond=None)        # (3, 2)
+        A = coef[:2].T
+        t = coef[2] + origin - A @ origin
+        residual = np.linalg.norm(X @ coef - (p1 - origin), axis=1)
+        return {"matrix": np.round(np.hstack([A, t[:, None]]), 9).tolist(), "windows": len(used),
+                "rmse": float(np.sqrt(np.mean(residual ** 2))),
+                "rmse_units": "m" if self.grid.crs.is_projected else "CRS units",
                 "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
 
 
@@ -359,15 +370,18 @@ def ecc_refine(img0: np.ndarray, valid0: np.ndarray, img1: np.ndarray, valid1: n
 
 
 # ----------------------------------------------------------------------------- outputs
-def write_outputs(co: Coregistration, result: dict, folder: Path, write_corrected: bool = False) -> list[Path]:
+def write_outputs(co: Coregistration, result: dict, folder: Path, write_corrected: bool = False,
+                  correction: str = "translation") -> list[Path]:
     """Every output file of a co-registration, each written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "tie_points.geojson", folder / "tie_points.csv"]
     write_tie_points(co, folder)
     if result["verified"]:
         written.append(write_shift_field(co, folder / "shift_field.tif"))
-        if write_corrected:
+        if write_corrected and correction == "translation":
             written += write_corrected_target(co, result, folder / "corrected")
+        elif write_corrected:
+            written.append(write_resampled_target(co, result, folder / "corrected", correction))
     written.append(write_report(co, result, folder / "report.png"))
     write_json(folder / "coregistration.json", result)
     return [folder / "coregistration.json", *written]
@@ -480,6 +494,80 @@ def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> li
     return written
 
 
+def displacement_px(co: Coregistration, result: dict, model: str, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(2, len(rows), len(cols)) displacement in reference-grid px at those pixel centres, by the
+    ``affine`` (map → map, fitted to the tie points) or the ``field`` (windows, inverse-distance)."""
+    gx, gy = np.meshgrid(cols.astype(np.float64), rows.astype(np.float64))
+    if model == "affine":
+        M = np.array(result["affine"]["matrix"])
+        p = geo.pixel_to_map(np.stack([gx.ravel(), gy.ravel()], -1), co.grid.transform)
+        moved = geo.map_to_pixel(p @ M[:, :2].T + M[:, 2], co.grid.transform)
+        return (moved - np.stack([gx.ravel(), gy.ravel()], -1)).T.reshape(2, *gx.shape)
+    used = [w for w in co.windows_ if w.status == "used"]
+    centres = np.array([w.centre for w in used])
+    shifts = np.array([w.shift_px for w in used])
+    d2 = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
+    wgt = 1 / (d2 + (co.cfg.window / 2) ** 2)
+    return np.einsum("rcn,nk->krc", wgt, shifts) / wgt.sum(-1)
+
+
+def write_resampled_target(co: Coregistration, result: dict, folder: Path, model: str, block: int = 1024) -> Path:
+    """The target resampled onto the reference grid by the ``affine`` or the ``field`` (cubic),
+    every band of the target product, its nodata kept (0), block by block, as one COG."""
+    import rasterio
+    import rasterio.shutil
+
+    if model == "affine" and not result.get("affine"):
+        raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use --correction "
+                            "translation or field")
+    folder.mkdir(parents=True, exist_ok=True)
+    g, m = co.grid, co.cfg.margin
+    bands = sorted(co.tgt.band_files, key=lambda b: list(co.tgt.band_files).index(b))
+    name = folder / f"{Path(co.tgt.source).stem}_coregistered_{model}.tif"
+    with tempfile_beside(name) as plain:
+        profile = dict(driver="GTiff", width=g.width, height=g.height, count=len(bands), dtype="uint16",
+                       crs=g.crs, transform=g.transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
+                       compress="deflate", BIGTIFF="IF_SAFER")
+        with rasterio.open(plain, "w", **profile) as dst:
+            for r0 in range(0, g.height, block):
+                for c0 in range(0, g.width, block):
+                    h, w = min(block, g.height - r0), min(block, g.width - c0)
+                    step = 32                      # the displacement is smooth: evaluated every 32 px
+                    cs, rs = np.arange(c0, c0 + w + step, step), np.arange(r0, r0 + h + step, step)
+                    coarse = displacement_px(co, result, model, cs, rs)
+                    d = np.stack([cv2.resize(c.astype(np.float32), ((len(cs) - 1) * step + 1, (len(rs) - 1) * step + 1),
+                                             interpolation=cv2.INTER_LINEAR)[:h, :w] for c in coarse])
+                    pad = int(np.ceil(np.abs(d).max())) + 4
+                    win = (c0 - pad, r0 - pad, w + 2 * pad, h + 2 * pad)
+                    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+                    map_x, map_y = xx + pad + d[0], yy + pad + d[1]
+                    for k, b in enumerate(bands, 1):
+                        path = next(iter(co.tgt.band_files[b].values()))
+                        src, nodata = dp.read_to_grid(path, co.tgrid, (win[0] + m, win[1] + m, win[2], win[3]),
+                                                      (win[3], win[2]), "cubic", band=co.tgt.band_index.get(b, 1),
+                                                      with_nodata=True, warp=True)
+                        out = cv2.remap(src.astype(np.float32), map_x, map_y, cv2.INTER_LANCZOS4,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                        bad = cv2.remap(nodata.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=1) > 0
+                        out = np.where(bad, 0, np.clip(np.round(out), 1, 65535)).astype(np.uint16)
+                        dst.write(out, k, window=rasterio.windows.Window(c0, r0, w, h))
+            dst.descriptions = tuple(bands)
+        with atomic_path(name) as tmp:
+            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
+    return name
+
+
+@__import__("contextlib").contextmanager
+def tempfile_beside(path: Path):
+    """A temporary file name beside ``path``, removed afterwards."""
+    tmp = path.with_name(f".{path.stem}.building.tif")
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(co: Coregistration, result: dict, path: Path) -> Path:
     """Window shift vectors over the reference overview, the tie points' displacements, the numbers."""
     from matplotlib.figure import Figure
@@ -534,13 +622,18 @@ def write_report(co: Coregistration, result: dict, path: Path) -> Path:
 # ----------------------------------------------------------------------------- API and script
 def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
-               pipeline: MatchingPipeline | None = None, progress: bool = True) -> dict:
-    """Co-register ``target`` to ``reference``; with ``output``, write every output there.
+               pipeline: MatchingPipeline | None = None, progress: bool = True,
+               correction: str = "translation") -> dict:
+    """Co-register ``target`` to ``reference``; with ``output``, write every output there
+    (``correction``: the model the corrected target is written with — ``translation``: its
+    georeference moved, no resampling; ``affine`` / ``field``: resampled onto the reference grid).
     Returns the content of ``coregistration.json``."""
+    if correction not in ("translation", "affine", "field"):
+        raise PipelineError(f"--correction {correction}: choose translation, affine or field")
     co = Coregistration(reference, target, bands, cfg, pipeline, progress)
     result = co.run()
     if output is not None:
-        result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected)]
+        result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
     return result
 
 
@@ -557,6 +650,9 @@ def main(argv=None) -> int:
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference (COG; translation, no resampling)")
+    parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],
+                        help="the corrected target: its georeference moved (translation, no resampling), or "
+                             "resampled onto the reference grid by the affine or the shift field")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--device", default=config.DEVICE)
     args = parser.parse_args(argv)
@@ -565,7 +661,7 @@ def main(argv=None) -> int:
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
         pipeline = MatchingPipeline.from_checkpoints(device=args.device)
         result = coregister(args.reference, args.target, args.output, tuple(args.bands.split(",")),
-                            args.write_corrected, cfg, pipeline)
+                            args.write_corrected, cfg, pipeline, correction=args.correction)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

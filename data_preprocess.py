@@ -73,11 +73,13 @@ def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, o
                             "a folder of them, or GeoTIFF/JP2 band files")
     if _is_safe(path):
         return [_try(open_safe, path)]
+    if path.is_file() and path.suffix.lower() == ".json":
+        return [_try(open_stac_item, path)]
     if path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
         return [_try(open_band_files, [path], scale, offset)]
     if path.is_file():
         raise PipelineError(f"{path}: not a Sentinel-2 product (expected a .SAFE folder, a .zip holding "
-                            "one, or a .tif/.jp2 band file)")
+                            "one, a .tif/.jp2 band file or a STAC Item .json)")
     safes = sorted(p for p in path.iterdir() if _is_safe(p))
     if safes:
         return [_try(open_safe, p) for p in safes]
@@ -196,6 +198,51 @@ def open_safe(path: Path) -> Product:
         tile_id=f"T{tile.group(1)}" if tile else "", sensing_date=start[:10].replace("-", ""),
         product_id=product_id, processing_baseline=baseline,
         quantification=float(q) if q else config.S2_DEFAULT_QUANTIFICATION, offsets=offsets, masks=masks)
+
+
+# STAC common band names (the eo extension) → Sentinel-2 band names
+STAC_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
+                     "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
+                     "cirrus": "B10", "swir16": "B11", "swir22": "B12"}
+
+
+def open_stac_item(path: Path) -> Product:
+    """A local STAC Item (JSON) whose assets are band files: each asset named by its ``eo:bands``
+    name (``B04``), its key (``B04`` or a common name such as ``red``); an ``scl`` asset becomes the
+    scene classification mask. Relative ``href``s are resolved against the JSON's folder; remote
+    ones are refused (nothing is downloaded at run time)."""
+    import json
+
+    path = Path(path)
+    try:
+        item = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable JSON file ({exc}); give a STAC Item") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
+        raise PipelineError(f"{path}: not a STAC Item (a GeoJSON Feature with assets)")
+    band_files: dict[str, dict[int, str]] = {}
+    masks: dict[str, str] = {}
+    for key, asset in item["assets"].items():
+        href = str(asset.get("href", ""))
+        if "://" in href:
+            raise PipelineError(f"{path}: asset {key} is remote ({href}); download the assets and point the hrefs "
+                                "at the local files")
+        local = (path.parent / href).resolve()
+        names = [b.get("name", "") for b in asset.get("eo:bands", [])] + [b.get("common_name", "") for b in
+                                                                           asset.get("eo:bands", [])] + [key]
+        band = next((n.upper() for n in names if n.upper() in config.S2_BAND_RESOLUTION), None) or \
+            next((STAC_COMMON_NAMES[n.lower()] for n in names if n.lower() in STAC_COMMON_NAMES), None)
+        if band:
+            band_files.setdefault(band, {})[config.S2_BAND_RESOLUTION[band]] = str(local)
+        elif key.lower() == "scl":
+            masks["scl"] = str(local)
+    if not band_files:
+        raise PipelineError(f"{path}: no Sentinel-2 band among the assets {sorted(item['assets'])}")
+    props = item.get("properties", {})
+    date = re.sub(r"\D", "", str(props.get("datetime", "")))[:8]
+    return Product(name=str(item.get("id", path.stem)), source=str(path), level="raster", band_files=band_files,
+                   tile_id=str(props.get("s2:mgrs_tile", props.get("mgrs:tile", ""))), sensing_date=date,
+                   product_id=str(item.get("id", path.stem)), offsets={b: 0.0 for b in band_files}, masks=masks)
 
 
 def _baseline_tuple(baseline: str) -> tuple[int, int]:

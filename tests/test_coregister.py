@@ -164,3 +164,56 @@ def test_bad_inputs_one_line_and_nothing_half_written(pipeline, tmp_path, capsys
     info = json.loads((out / "coregistration.json").read_text())
     assert not info["verified"] and info["reason"] and info["shift_m"] is None
     assert not (out / "corrected").exists() and not list(out.glob(".*part*"))
+
+
+def test_resampled_corrections_on_the_reference_grid(pipeline, tmp_path):
+    """--correction affine / field: the target resampled onto the reference grid (every band,
+    nodata kept) registers to ~0 against the reference."""
+    target = shifted(REF, tmp_path / "t.tif", 6.3, -4.1)
+    for model in ("affine", "field"):
+        r = coregister.coregister(REF, target, tmp_path / model, write_corrected=True, correction=model,
+                                  pipeline=pipeline, progress=False)
+        (out,) = (tmp_path / model / "corrected").iterdir()
+        with rasterio.open(out) as c, rasterio.open(REF) as ref:
+            assert c.transform == ref.transform and c.shape == ref.shape and c.descriptions == ref.descriptions
+            assert c.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and c.nodata == 0
+        again = coregister.coregister(REF, out, pipeline=pipeline, progress=False)
+        assert np.hypot(*shift_of(again)) < 0.3 < np.hypot(*shift_of(r)), model
+
+
+def test_stac_item_and_band_indices(pipeline, tmp_path):
+    """A local STAC Item whose assets are single-band files (named by eo:bands or common names),
+    and a file without band names read by 1-based band indices."""
+    with rasterio.open(SUMMER) as s:
+        profile, data = {**s.profile, "count": 1}, s.read()
+    assets = {}
+    for k, (key, eo) in enumerate([("red", None), ("green", "B03"), ("blue", None)]):
+        with rasterio.open(tmp_path / f"band{k}.tif", "w", **profile) as dst:
+            dst.write(data[k:k + 1])
+        assets[key] = {"href": f"band{k}.tif", **({"eo:bands": [{"name": eo}]} if eo else {})}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_test", "properties": {"datetime":
+            "2018-06-10T10:00:00Z"}, "geometry": None, "assets": assets}
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    via_stac = shift_of(coregister.coregister(REF, tmp_path / "item.json", pipeline=pipeline, progress=False))
+    np.testing.assert_allclose(via_stac, direct, atol=1e-6)
+    with rasterio.open(SUMMER) as s:
+        plain = {**s.profile}
+    with rasterio.open(tmp_path / "plain.tif", "w", **plain) as dst:     # no band descriptions
+        dst.write(data)
+    by_index = coregister.coregister(REF, tmp_path / "plain.tif", bands=("1", "2", "3"), pipeline=pipeline,
+                                     progress=False)
+    assert by_index["bands"] == ["1", "2", "3"] and by_index["verified"]
+    remote = {**item, "assets": {"red": {"href": "https://example.com/B04.tif"}}}
+    (tmp_path / "remote.json").write_text(json.dumps(remote))
+    with pytest.raises(PipelineError, match="remote.*download the assets"):
+        coregister.coregister(REF, tmp_path / "remote.json", pipeline=pipeline, progress=False)
+
+
+def test_corrupt_jp2_in_a_safe(pipeline, tmp_path):
+    l1c = fx.make_l1c(tmp_path / "a", fx.real_pixels(320, "imgs_1"))
+    broken = fx.make_l1c(tmp_path / "c", fx.real_pixels(320, "imgs_2"), date="20180211")
+    (jp2,) = broken.glob("GRANULE/*/IMG_DATA/*_B04.jp2")
+    jp2.write_bytes(jp2.read_bytes()[:2000])                              # truncated download
+    with pytest.raises(PipelineError, match="B04.jp2.*(corrupt|truncated)"):
+        coregister.coregister(l1c, broken, pipeline=pipeline, progress=False)
