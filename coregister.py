@@ -1,6 +1,7 @@
 """Co-register two Sentinel-2 products: tie points, the shift in metres, a corrected target.
 
     python coregister.py REFERENCE TARGET [--output DIR] [--bands B04,B03,B02] [--write-corrected]
+    python coregister.py --stack DATES... [--stack-reference auto|PATH] [--scheduler ADDRESS]  (stack.py)
 
 REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file or a
 multi-band file with band descriptions, or a folder of band files (read by ``data_preprocess``'s
@@ -641,8 +642,17 @@ def main(argv=None) -> int:
     cfg = CoregisterConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("reference", type=Path, help="the product the target is aligned to")
-    parser.add_argument("target", type=Path, help="the product to co-register")
+    parser.add_argument("reference", type=Path, nargs="?", help="the product the target is aligned to")
+    parser.add_argument("target", type=Path, nargs="?", help="the product to co-register")
+    parser.add_argument("--stack", nargs="+", default=None, metavar="INPUT",
+                        help="co-register these dates jointly instead (files, folders or globs; see stack.py)")
+    parser.add_argument("--stack-reference", "--reference-date", dest="stack_reference", default="auto",
+                        help="with --stack: auto (the most valid, textured date) or the path of one input")
+    parser.add_argument("--scheduler", default=None,
+                        help="with --stack: a Dask scheduler address (tcp://HOST:8786); default a LocalCluster")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="with --stack and no --scheduler: worker processes (default: one per core)")
+    parser.add_argument("--neighbours", type=int, default=2, help="with --stack: dates matched on each side in time")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration")
     parser.add_argument("--bands", default=",".join(cfg.bands), help="bands used (those both products have)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
@@ -656,6 +666,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--device", default=config.DEVICE)
     args = parser.parse_args(argv)
+    if args.stack:
+        return stack_main(args, config.replace(cfg, window=args.window, max_windows=args.max_windows))
+    if args.reference is None or args.target is None:
+        parser.error("give REFERENCE and TARGET, or --stack INPUTS...")
     try:
         set_threads(args.threads or None)
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
@@ -673,6 +687,25 @@ def main(argv=None) -> int:
         return 0
     print(f"not co-registered: {result['reason']} → {args.output}", file=sys.stderr)
     return 1
+
+
+def stack_main(args, cfg: CoregisterConfig) -> int:
+    from stack import coregister_stack
+
+    try:
+        result = coregister_stack(args.stack, args.output, args.stack_reference, tuple(args.bands.split(",")), cfg,
+                                  args.scheduler, args.workers or None, args.neighbours, args.write_corrected)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = result["dates"]
+    for r in rows:
+        if r["status"] == "excluded":
+            print(f"excluded: {r['path']}: {r['reason']}", file=sys.stderr)
+    placed = sum(r["status"] != "excluded" for r in rows)
+    print(f"{placed} of {len(rows)} dates placed relative to {result['reference']} ({result['reference_reason']}) "
+          f"in {result['seconds']:.1f} s → {args.output / 'shifts.csv'}")
+    return 0 if placed == len(rows) else 1
 
 
 if __name__ == "__main__":
