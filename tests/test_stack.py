@@ -1,0 +1,133 @@
+"""coregister.py --stack (stack.py): joint placement of a real stack with known shifts, the snow
+date, a bad file in the stack, and the same results through a separately started Dask cluster."""
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+import config
+import coregister
+import stack
+
+pytestmark = pytest.mark.shipped
+
+ROOT = Path(__file__).resolve().parents[1]
+DATES = sorted((Path(__file__).parent / "data" / "t36uya").glob("*.tif"))   # 7 dates, 2016-02-12 snow
+SNOW = "20160212"
+CFG = config.CoregisterConfig()
+
+
+def shifted_stack(folder: Path, seed: int) -> dict[str, np.ndarray]:
+    """The T36UYA dates with random known shifts of their georeference (up to ±0.4 px)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for path in DATES:
+        with rasterio.open(path) as s:
+            profile, data = s.profile, s.read()
+            d = rng.uniform(-0.4, 0.4, 2) * s.transform.a
+            profile["transform"] = Affine.translation(*d) * s.transform
+        with rasterio.open(folder / path.name, "w", **profile) as dst:
+            dst.write(data)
+        truth[stack.date_of(coregister.open_product(path, "date"), str(path))] = d
+    return truth
+
+
+def by_date(rows: list[dict]) -> dict[str, dict]:
+    return {r["date"]: r for r in rows}
+
+
+def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path):
+    """Two runs with two sets of known shifts: for every placed date the change of its estimate
+    equals the change of its shift relative to the reference's (the dates' own residual cancels).
+    The snow date is placed within that tolerance or excluded with its reason, never wrongly."""
+    t1, t2 = shifted_stack(tmp_path / "a", 1), shifted_stack(tmp_path / "b", 2)
+    reference = "20160830"
+    r1 = stack.coregister_stack([tmp_path / "a"], tmp_path / "out", str(tmp_path / "a" / f"T36UYA_{reference}_B04.tif"),
+                                workers=2, progress=False)
+    r2 = stack.coregister_stack([tmp_path / "b"], None, str(tmp_path / "b" / f"T36UYA_{reference}_B04.tif"),
+                                workers=2, progress=False)
+    rows1, rows2 = by_date(r1["dates"]), by_date(r2["dates"])
+    px = abs(rasterio.open(DATES[0]).transform.a)
+    placed = 0
+    for date, row in rows1.items():
+        if row["status"] == "excluded" or rows2[date]["status"] == "excluded":
+            assert row["reason"] or rows2[date]["reason"]
+            continue
+        change = np.array([rows2[date]["dx_m"] - row["dx_m"], rows2[date]["dy_m"] - row["dy_m"]])
+        expected = (t2[date] - t2[reference]) - (t1[date] - t1[reference])
+        assert np.hypot(*(change - expected)) < 0.2 * px, date
+        placed += date != reference
+    assert placed >= 4 and rows1[reference]["status"] == "reference"
+    assert rows1[SNOW]["status"] == "excluded" or np.isfinite(rows1[SNOW]["dx_m"])
+    shifts = list(csv.DictReader(open(tmp_path / "out" / "shifts.csv")))
+    pairs = list(csv.DictReader(open(tmp_path / "out" / "pairs.csv")))
+    assert {"path", "date", "dx_m", "dy_m", "sigma_m", "tie_points", "status", "reason"} <= set(shifts[0])
+    assert any(p["verified"] == "True" and float(p["residual_m"]) >= 0 for p in pairs)    # loop closure
+    assert (tmp_path / "out" / "shifts.png").stat().st_size > 10_000
+
+
+def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
+    folder = tmp_path / "dates"
+    folder.mkdir()
+    for path in DATES[1:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "T36UYA_20170101_B04.tif").write_bytes(b"II*\x00 broken")
+    assert coregister.main(["--stack", str(folder), "--output", str(tmp_path / "out"), "--workers", "2"]) == 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "shifts.csv")))
+    status = {Path(r["path"]).name: r for r in rows}
+    assert status["T36UYA_20170101_B04.tif"]["status"] == "excluded"
+    assert "T36UYA_20170101_B04.tif" in status["T36UYA_20170101_B04.tif"]["reason"]
+    assert sum(r["status"] == "ok" for r in rows) == 2 and sum(r["status"] == "reference" for r in rows) == 1
+    assert "most keypoints" in next(r["reason"] for r in rows if r["status"] == "reference")
+    assert "excluded: " in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_separately_started_dask_cluster_gives_the_same_results(tmp_path):
+    """``dask scheduler`` + ``dask worker --nworkers 2`` started as processes (the repository on
+    their PYTHONPATH): the same shifts as the LocalCluster, within 0.1 m."""
+    dates = [str(p) for p in DATES[1:5]]
+    local = stack.coregister_stack(dates, None, dates[0], workers=2, progress=False)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                  str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd=tmp_path)
+    worker = subprocess.Popen([sys.executable, "-m", "dask", "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                               "--nthreads", "1", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        from dask.distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        remote = stack.coregister_stack(dates, None, dates[0], scheduler=f"tcp://127.0.0.1:{port}", progress=False)
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+        for proc in (worker, scheduler):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    a, b = by_date(local["dates"]), by_date(remote["dates"])
+    assert remote["scheduler"].startswith("tcp://") and a.keys() == b.keys()
+    for date in a:
+        assert a[date]["status"] == b[date]["status"]
+        if a[date]["status"] != "excluded":
+            assert abs(a[date]["dx_m"] - b[date]["dx_m"]) < 0.1 and abs(a[date]["dy_m"] - b[date]["dy_m"]) < 0.1
