@@ -290,6 +290,7 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
     try:
         from tqdm import tqdm
 
+        t_extract = time.time()
         date_futures = {k: client.submit(extract_date, str(p), grid, windows, bands, cfg, retries=2,
                                          key=f"extract-{k}-{p.name}") for k, p in enumerate(paths) if p not in missing}
         dates: list[DateFeatures | None] = [None] * len(paths)
@@ -315,6 +316,7 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
             ref = k_best
         else:
             raise PipelineError("no date of the stack has a usable window: " + "; ".join(errors.values()))
+        t_pairs = time.time()
         order = sorted(ok, key=lambda k: dates[k].date)
         wanted = set()
         for pos, k in enumerate(order):
@@ -339,13 +341,18 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
                         extra.add((min(k, m), max(k, m)))
         if extra:
             results += run_pairs(client, sorted(extra), date_futures, cfg, progress)
+        timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(date_futures),
+                  "extract_s": round(t_pairs - t_extract, 2), "pairs": len(results),
+                  "pairs_s": round(time.time() - t_pairs, 2)}
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
     solution = adjust(len(paths), results, ref)
-    return finish(paths, dates, errors, results, solution, ref, ref_reason, grid, output, write_corrected,
-                  time.time() - start, scheduler)
+    result = finish(paths, dates, errors, results, solution, ref, ref_reason, grid, output, write_corrected,
+                    time.time() - start, scheduler)
+    result["timing"] = timing
+    return result
 
 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, progress: bool) -> list[PairResult]:
