@@ -1,7 +1,7 @@
 """Co-register two Sentinel-2 products: tie points, the shift in metres, a corrected target.
 
     python coregister.py REFERENCE TARGET [--output DIR] [--bands B04,B03,B02] [--write-corrected]
-    python coregister.py --stack DATES... [--stack-reference auto|PATH] [--scheduler ADDRESS]  (stack.py)
+    python coregister.py --stack DATES... [--reference auto|PATH] [--scheduler ADDRESS]  (stack.py)
 
 REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file or a
 multi-band file with band descriptions, or a folder of band files (read by ``data_preprocess``'s
@@ -36,8 +36,10 @@ from __future__ import annotations
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
 import argparse
+import contextlib
 import csv
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +63,6 @@ def open_product(path: str | Path, role: str, bands: tuple[str, ...] = ()) -> dp
     whose bands have no names."""
     path = Path(path)
     if bands and all(b.isdigit() for b in bands) and path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
-        import rasterio
-
         with dp._open(str(path)) as src:
             bad = [b for b in bands if not 1 <= int(b) <= src.count]
         if bad:
@@ -559,7 +559,7 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     return name
 
 
-@__import__("contextlib").contextmanager
+@contextlib.contextmanager
 def tempfile_beside(path: Path):
     """A temporary file name beside ``path``, removed afterwards."""
     tmp = path.with_name(f".{path.stem}.building.tif")
@@ -572,6 +572,7 @@ def tempfile_beside(path: Path):
 def write_report(co: Coregistration, result: dict, path: Path) -> Path:
     """Window shift vectors over the reference overview, the tie points' displacements, the numbers."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     g = co.grid
     s = min(1.0, 768 / max(g.width, g.height))
@@ -582,8 +583,7 @@ def write_report(co: Coregistration, result: dict, path: Path) -> Path:
     ax.imshow(normalize_for_network(overview, 1)[0], cmap="gray", extent=(-0.5, g.width - 0.5, g.height - 0.5, -0.5))
     for w in co.windows_:
         colour = "lime" if w.status == "used" else "red"
-        ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-            (w.col, w.row), w.size[0], w.size[1], fill=False, ec=colour, lw=0.6, alpha=0.6))
+        ax.add_patch(Rectangle((w.col, w.row), w.size[0], w.size[1], fill=False, ec=colour, lw=0.6, alpha=0.6))
     used = [w for w in co.windows_ if w.status == "used" and w.shift_px is not None]
     if used:
         c = np.array([w.centre for w in used])
@@ -613,7 +613,7 @@ def write_report(co: Coregistration, result: dict, path: Path) -> Path:
     wn = result["windows"]
     text.append(f"windows: {wn['used']} used, {wn['rejected']} rejected; tie points {result['tie_points']}; "
                 f"{result.get('seconds', 0):.1f} s")
-    fig.text(0.58, 0.36, "\n".join(__import__("textwrap").fill(t, 70) for t in text), va="top", fontsize=8.5,
+    fig.text(0.58, 0.36, "\n".join(textwrap.fill(t, 70) for t in text), va="top", fontsize=8.5,
              family="monospace")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -646,7 +646,7 @@ def main(argv=None) -> int:
     parser.add_argument("target", type=Path, nargs="?", help="the product to co-register")
     parser.add_argument("--stack", nargs="+", default=None, metavar="INPUT",
                         help="co-register these dates jointly instead (files, folders or globs; see stack.py)")
-    parser.add_argument("--stack-reference", "--reference-date", dest="stack_reference", default="auto",
+    parser.add_argument("--reference", "--stack-reference", dest="stack_reference", default="auto",
                         help="with --stack: auto (the most valid, textured date) or the path of one input")
     parser.add_argument("--scheduler", default=None,
                         help="with --stack: a Dask scheduler address (tcp://HOST:8786); default a LocalCluster")

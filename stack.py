@@ -23,6 +23,7 @@ product is reported and the others go on; Dask retries a task whose worker died.
 from __future__ import annotations
 
 import csv
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-import config
 import data_preprocess as dp
 import geo
 from config import CoregisterConfig, PreprocessConfig
@@ -284,7 +284,7 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
         client = Client(scheduler)
         cluster = None
     else:
-        n = workers or len(__import__("os").sched_getaffinity(0))
+        n = workers or len(os.sched_getaffinity(0))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:

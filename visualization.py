@@ -76,7 +76,6 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     image_h = 0.92 * width * h / canvas.shape[1]                      # the image fills the axes' width
     fig_h = image_h + title_h + 0.1
     fig = Figure(figsize=(width, fig_h), dpi=100)
-    top = 1 - title_h / fig_h
     ax = fig.add_axes([0, 0.1 / fig_h, 0.92, image_h / fig_h])
     ax.imshow(canvas)
     ax.set_axis_off()

@@ -26,7 +26,6 @@ Its ``x_shift_map`` / ``y_shift_map`` are the *correction*: the displacement is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -151,7 +150,7 @@ class Arosics:
     name = "AROSICS COREG"
 
     def __init__(self):
-        import arosics  # noqa: F401
+        import arosics  # noqa: F401  (absent: ImportError, the method is skipped)
 
     def __call__(self, ref: Path, tgt: Path):
         from arosics import COREG

@@ -3,7 +3,7 @@
 Tests marked ``shipped`` load the checkpoints in ``model_checkpoints/``; ``pytest -m "not shipped"``
 runs the quick subset that needs none of them.
 """
-import config  # noqa: F401  first: sets OpenMP's passive waiting before torch is imported
+import config as _project_config  # noqa: F401  first: OpenMP's passive waiting, before torch is imported
 
 
 def pytest_configure(config):

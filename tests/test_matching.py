@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 import tracemalloc
 
 import cv2
@@ -254,7 +255,7 @@ def test_large_input_is_read_small_with_progress(sample, tmp_path, capsys):
 
 def test_features_cache_is_bounded(monkeypatch):
     m = ImageMatcher.__new__(ImageMatcher)
-    m.cache_size, m._cache, m.bands = 2, __import__("collections").OrderedDict(), None
+    m.cache_size, m._cache, m.bands = 2, OrderedDict(), None
     m.pipeline = matching.MatchingPipeline(matching.SuperPointExtractor(sp.SuperPoint(
         config.SuperPointConfig(channels=(4, 4, 8, 8), head_dim=8, descriptor_dim=8))), matching.MutualNearestNeighbours())
     rng = np.random.default_rng(0)

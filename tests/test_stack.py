@@ -3,6 +3,7 @@ date, a bad file in the stack, and the same results through a separately started
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -82,7 +83,8 @@ def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
     for path in DATES[1:4]:
         (folder / path.name).write_bytes(path.read_bytes())
     (folder / "T36UYA_20170101_B04.tif").write_bytes(b"II*\x00 broken")
-    assert coregister.main(["--stack", str(folder), "--output", str(tmp_path / "out"), "--workers", "2"]) == 1
+    assert coregister.main(["--stack", str(folder), "--output", str(tmp_path / "out"), "--workers", "2",
+                            "--write-corrected"]) == 1
     rows = list(csv.DictReader(open(tmp_path / "out" / "shifts.csv")))
     status = {Path(r["path"]).name: r for r in rows}
     assert status["T36UYA_20170101_B04.tif"]["status"] == "excluded"
@@ -90,6 +92,13 @@ def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
     assert sum(r["status"] == "ok" for r in rows) == 2 and sum(r["status"] == "reference" for r in rows) == 1
     assert "most keypoints" in next(r["reason"] for r in rows if r["status"] == "reference")
     assert "excluded: " in capsys.readouterr().err
+    corrected = sorted((tmp_path / "out" / "corrected").glob("*.tif"))
+    assert len(corrected) == 3 and "T36UYA_20170101" not in str(corrected)      # the placed dates only
+    catalog = json.loads((tmp_path / "out" / "corrected" / "stack.geojson").read_text())
+    assert len(catalog["features"]) == 3 and all("coregistration:dx_m" in f["properties"] for f in catalog["features"])
+    with rasterio.open(corrected[0]) as c, rasterio.open(folder / corrected[0].name.replace("_coregistered", "")) as o:
+        assert c.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        np.testing.assert_array_equal(c.read(), o.read())
 
 
 def free_port() -> int:
