@@ -139,13 +139,7 @@ class Coregistration:
 
     # ------------------------------------------------------------------ reading
     def _valid(self, product: dp.Product, nodata: np.ndarray, grid, window, shape, warp: bool) -> np.ndarray:
-        valid = ~nodata
-        masks = dp.render_masks(product, grid, window, shape, warp=warp)
-        if "cloud" in masks:
-            valid &= masks["cloud"] <= (self.cfg.cloud_probability if "cloud_prob" in product.masks else 0)
-        if "scl" in masks:
-            valid &= ~np.isin(masks["scl"], self.cfg.scl_invalid)
-        return valid
+        return valid_mask(product, nodata, grid, window, shape, warp, self.cfg)
 
     def read_reference(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
         image, nodata = dp.render(self.ref, self.bands, self.grid, window, shape, self.render_cfg)
@@ -198,14 +192,6 @@ class Coregistration:
     def windows(self, valid0: np.ndarray, valid1: np.ndarray, offset: np.ndarray) -> list[Window]:
         """About ``max_windows`` windows on a regular grid, kept where both overviews are valid enough."""
         g, c = self.grid, self.cfg
-        # small products: smaller windows (at least 128 px), so that several windows fit
-        side = min(c.window, max(128, min(g.width, g.height) // 2))
-        sw, sh = min(side, g.width), min(side, g.height)
-        # a regular grid of about max_windows windows over the whole product (fewer where it is small)
-        nx = max(1, min(round(g.width / sw), round(np.sqrt(c.max_windows * g.width / g.height))))
-        ny = max(1, min(round(g.height / sh), round(c.max_windows / nx)))
-        cols = np.linspace(0, g.width - sw, nx).round().astype(int)
-        rows = np.linspace(0, g.height - sh, ny).round().astype(int)
         sy, sx = valid0.shape[0] / g.height, valid0.shape[1] / g.width
         o = np.round(offset * [sx, sy]).astype(int)
         shifted1 = np.zeros_like(valid1)
@@ -214,11 +200,10 @@ class Coregistration:
         shifted1[ys, xs] = valid1[max(0, o[1]):h + min(0, o[1]), max(0, o[0]):w + min(0, o[0])]
         both = valid0 & shifted1
         out = []
-        for r in rows:
-            for col in cols:
-                part = both[int(r * sy):int(np.ceil((r + sh) * sy)), int(col * sx):int(np.ceil((col + sw) * sx))]
-                if part.size and part.mean() >= c.min_valid:
-                    out.append(Window(int(col), int(r), (sw, sh)))
+        for col, r, sw, sh in plan_windows(g, c):
+            part = both[int(r * sy):int(np.ceil((r + sh) * sy)), int(col * sx):int(np.ceil((col + sw) * sx))]
+            if part.size and part.mean() >= c.min_valid:
+                out.append(Window(col, r, (sw, sh)))
         return out
 
     def match_window(self, win: Window, offset: np.ndarray) -> Window:
@@ -240,13 +225,8 @@ class Coregistration:
         win.tie1 = r["mkpts1"][inl] + [win.col + o[0], win.row + o[1]]
         win.score = r["mconf"][inl]
         win.inliers = int(inl.sum())
-        local = np.median(r["mkpts1"][inl] - r["mkpts0"][inl], axis=0)      # within the window pair
-        win.learned_px = local + o
-        win.shift_px = win.learned_px.copy()
-        refined, cc = ecc_refine(img0, valid0, img1, valid1, local)
-        if cc >= self.cfg.min_correlation and np.hypot(*(refined - local)) <= self.cfg.max_shift:
-            win.shift_px = refined + o
-            win.correlation = cc
+        shift, learned, cc = window_shift(r, img0, valid0, img1, valid1, self.cfg)   # within the window pair
+        win.learned_px, win.shift_px, win.correlation = learned + o, shift + o, cc
         win.status, win.reason = "used", None
         return win
 
@@ -344,6 +324,43 @@ def reason_kind(reason: str | None) -> str:
         if any(w in text for w in words):
             return kind
     return reason or "unknown"
+
+
+def plan_windows(grid: dp.Grid, cfg: CoregisterConfig) -> list[tuple[int, int, int, int]]:
+    """(col, row, width, height) of about ``max_windows`` windows on a regular grid over ``grid``;
+    small products get smaller windows (at least 128 px), so that several fit."""
+    side = min(cfg.window, max(128, min(grid.width, grid.height) // 2))
+    sw, sh = min(side, grid.width), min(side, grid.height)
+    nx = max(1, min(round(grid.width / sw), round(np.sqrt(cfg.max_windows * grid.width / grid.height))))
+    ny = max(1, min(round(grid.height / sh), round(cfg.max_windows / nx)))
+    cols = np.linspace(0, grid.width - sw, nx).round().astype(int)
+    rows = np.linspace(0, grid.height - sh, ny).round().astype(int)
+    return [(int(c), int(r), sw, sh) for r in rows for c in cols]
+
+
+def valid_mask(product: dp.Product, nodata: np.ndarray, grid: dp.Grid, window, shape, warp: bool,
+               cfg: CoregisterConfig) -> np.ndarray:
+    """Where a window of ``product`` is usable: data, no cloud (L1C ``MSK_CLASSI``, L2A cloud
+    probability) and no scene class left out (cloud shadow, water, cloud, cirrus, snow)."""
+    valid = ~nodata
+    masks = dp.render_masks(product, grid, window, shape, warp=warp)
+    if "cloud" in masks:
+        valid &= masks["cloud"] <= (cfg.cloud_probability if "cloud_prob" in product.masks else 0)
+    if "scl" in masks:
+        valid &= ~np.isin(masks["scl"], cfg.scl_invalid)
+    return valid
+
+
+def window_shift(result: dict, img0, valid0, img1, valid1, cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """A verified window pair's displacement (px): the median of its inliers' (``learned``), then
+    the ECC optimum from there when clear (coefficient ≥ ``min_correlation``) and within
+    ``max_shift`` px of it. Returns (shift, learned, ECC coefficient, 0 when not used)."""
+    inl = result["inliers"]
+    learned = np.median(result["mkpts1"][inl] - result["mkpts0"][inl], axis=0)
+    refined, cc = ecc_refine(img0, valid0, img1, valid1, learned)
+    if cc >= cfg.min_correlation and np.hypot(*(refined - learned)) <= cfg.max_shift:
+        return refined, learned, cc
+    return learned, learned, 0.0
 
 
 # ----------------------------------------------------------------------------- correlation

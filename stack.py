@@ -75,7 +75,7 @@ def date_of(product: dp.Product, path: str) -> str:
 def extract_date(path: str, grid: dp.Grid, windows: list[tuple[int, int, int, int]], bands: tuple[str, ...],
                  cfg: CoregisterConfig) -> DateFeatures:
     """Task: read one date on ``grid`` in ``windows`` and extract each window's features once."""
-    from coregister import choose_bands, open_product
+    from coregister import choose_bands, open_product, valid_mask
     from utils import normalize_for_network
 
     pipeline = worker_pipeline()
@@ -83,11 +83,10 @@ def extract_date(path: str, grid: dp.Grid, windows: list[tuple[int, int, int, in
     use = choose_bands(product, product, bands)
     out = DateFeatures(path, date_of(product, path), windows)
     render_cfg = PreprocessConfig()
-    helper = _MaskReader(product, cfg)
     shares = []
     for k, (col, row, w, h) in enumerate(windows):
         image, nodata = dp.render(product, use, grid, (col, row, w, h), (h, w), render_cfg, warp=True)
-        valid = helper.valid(nodata, grid, (col, row, w, h), (h, w))
+        valid = valid_mask(product, nodata, grid, (col, row, w, h), (h, w), True, cfg)
         shares.append(valid.mean())
         if valid.mean() < cfg.min_valid:
             continue
@@ -100,22 +99,6 @@ def extract_date(path: str, grid: dp.Grid, windows: list[tuple[int, int, int, in
         out.keypoints += len(f["keypoints"])
     out.valid_share = float(np.mean(shares)) if shares else 0.0
     return out
-
-
-class _MaskReader:
-    """Cloud / scene-class masks of a product, as ``coregister.Coregistration`` applies them."""
-
-    def __init__(self, product: dp.Product, cfg: CoregisterConfig):
-        self.product, self.cfg = product, cfg
-
-    def valid(self, nodata, grid, window, shape) -> np.ndarray:
-        valid = ~nodata
-        masks = dp.render_masks(self.product, grid, window, shape, warp=True)
-        if "cloud" in masks:
-            valid &= masks["cloud"] <= (self.cfg.cloud_probability if "cloud_prob" in self.product.masks else 0)
-        if "scl" in masks:
-            valid &= ~np.isin(masks["scl"], self.cfg.scl_invalid)
-        return valid
 
 
 # ----------------------------------------------------------------------------- per pair
@@ -133,7 +116,7 @@ class PairResult:
 
 def match_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig) -> PairResult:
     """Task: match two dates window by window (features extracted once per date)."""
-    from coregister import ecc_refine
+    from coregister import window_shift
 
     pipeline = worker_pipeline()
     shifts, tie_points = [], 0
@@ -141,13 +124,10 @@ def match_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: Coregister
         r = pipeline.verify(pipeline.match_features(a.features[k], b.features[k]))
         if not r["verified"]:
             continue
-        inl = r["inliers"]
-        learned = np.median(r["mkpts1"][inl] - r["mkpts0"][inl], axis=0)
-        refined, cc = ecc_refine(a.images[k].astype(np.float32), a.valids[k], b.images[k].astype(np.float32),
-                                 b.valids[k], learned)
-        ok = cc >= cfg.min_correlation and np.hypot(*(refined - learned)) <= cfg.max_shift
-        shifts.append(refined if ok else learned)
-        tie_points += int(inl.sum())
+        shift, _, _ = window_shift(r, a.images[k].astype(np.float32), a.valids[k], b.images[k].astype(np.float32),
+                                   b.valids[k], cfg)
+        shifts.append(shift)
+        tie_points += int(r["inliers"].sum())
     if len(shifts) < max(1, cfg.min_windows // 2 + 1):
         return PairResult(i, j, False, windows=len(shifts), reason=f"{len(shifts)} verified windows")
     d = np.array(shifts)
@@ -227,17 +207,6 @@ def choose_reference(dates: list[DateFeatures | None]) -> tuple[int, str]:
                f"({d.valid_share:.0%} of their area valid)")
 
 
-def plan_windows(grid: dp.Grid, cfg: CoregisterConfig) -> list[tuple[int, int, int, int]]:
-    """A regular grid of about ``max_windows`` windows over the stack's grid."""
-    side = min(cfg.window, max(128, min(grid.width, grid.height) // 2))
-    sw, sh = min(side, grid.width), min(side, grid.height)
-    nx = max(1, min(round(grid.width / sw), round(np.sqrt(cfg.max_windows * grid.width / grid.height))))
-    ny = max(1, min(round(grid.height / sh), round(cfg.max_windows / nx)))
-    cols = np.linspace(0, grid.width - sw, nx).round().astype(int)
-    rows = np.linspace(0, grid.height - sh, ny).round().astype(int)
-    return [(int(c), int(r), sw, sh) for r in rows for c in cols]
-
-
 # ----------------------------------------------------------------------------- driver
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     """Files, folders (their products or rasters, not recursing into .SAFE) and globs → sorted paths."""
@@ -279,6 +248,8 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
 
     grid_product = open_product(ref_path or next(p for p in paths if p.exists()), "reference", bands)
     grid = dp.reference_grid(grid_product, choose_bands(grid_product, grid_product, bands))
+    from coregister import plan_windows
+
     windows = plan_windows(grid, cfg)
     if scheduler:
         client = Client(scheduler)

@@ -53,6 +53,7 @@ def shifted_copies(dates: list[Path], folder: Path, seed: int) -> dict[str, np.n
 
 def main(argv=None) -> int:
     import stack
+    from coregister import plan_windows
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         per_pair = r["timing"]["pairs_s"] / max(r["timing"]["pairs"], 1)
         year, pairs_per_date = 70, 3            # each date: its reference pair and two neighbours
         cpu_s = year * per_date + year * pairs_per_date * per_pair
-        print(f"(d) full tile (10980², 3 bands, {len(stack.plan_windows(stack.dp.reference_grid(*_grid(args)), config.CoregisterConfig()))} windows): "
+        print(f"(d) full tile (10980², 3 bands, {len(plan_windows(stack.dp.reference_grid(*_grid(args)), config.CoregisterConfig()))} windows): "
               f"one date's extraction {per_date:.0f} s, one pair {per_pair:.0f} s on one core.\n"
               f"    A year of one tile ({year} dates, ~{pairs_per_date} pairs a date): {cpu_s / 3600:.1f} core-hours, "
               f"{cpu_s / 2 / 60:.0f} min on this 2-core machine; 1000 tiles (a country the size of France "
