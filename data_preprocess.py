@@ -461,12 +461,11 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
 def write_output(folder: Path, stem: str, product: Product, bands, grid: Grid, window_px, out_shape,
                  cfg: PreprocessConfig, kind: str) -> None:
     """One image with its sidecar JSON and masks."""
-    from rasterio.transform import Affine
+    import geo
 
     image, nodata = render(product, bands, grid, window_px, out_shape, cfg)
     col, row, w, h = window_px
-    # affine of this output's own pixel grid: the window's origin, pixels scaled to the output size
-    transform = grid.transform @ Affine.translation(col, row) @ Affine.scale(w / out_shape[1], h / out_shape[0])
+    transform = geo.window_transform(grid.transform, window_px, out_shape)
     ext = FORMATS[cfg.format]
     write_image(folder / f"{stem}{ext}", image, cfg.format, transform, grid.crs, cfg.jpeg_quality)
     masks = {"nodata": nodata.astype(np.uint8) * 255}
@@ -476,7 +475,7 @@ def write_output(folder: Path, stem: str, product: Product, bands, grid: Grid, w
         write_mask(folder / f"{stem}_{name}.png", m)
     write_json(folder / f"{stem}.json", {
         "image": f"{stem}{ext}", "output": kind, "size": [out_shape[1], out_shape[0]],
-        "crs": grid.crs.to_string() if grid.crs else None, "transform": list(transform)[:6],
+        **geo.sidecar_georeference(transform, grid.crs),
         "window_10m": {"col_off": col, "row_off": row, "width": w, "height": h},
         "tile_id": product.tile_id, "sensing_date": product.sensing_date, "product_id": product.product_id,
         "processing_level": product.level, "processing_baseline": product.processing_baseline,

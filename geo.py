@@ -38,6 +38,21 @@ class Georeference:
         return Georeference(self.transform * Affine.scale(1 / sx, 1 / sy), self.crs)
 
 
+def window_transform(transform, window_px, out_shape):
+    """The affine of an output image showing ``window_px`` = (col, row, width, height) of a grid
+    with ``transform`` at ``out_shape`` = (rows, cols): the window's origin, pixels scaled."""
+    from rasterio.transform import Affine
+
+    col, row, w, h = window_px
+    return transform @ Affine.translation(col, row) @ Affine.scale(w / out_shape[1], h / out_shape[0])
+
+
+def sidecar_georeference(transform, crs) -> dict:
+    """The georeference fields of a ``data_preprocess.py`` sidecar ``.json`` (what
+    ``read_georeference`` reads back): ``crs`` and the six ``transform`` coefficients."""
+    return {"crs": crs.to_string() if crs else None, "transform": list(transform)[:6]}
+
+
 def read_georeference(path: str | Path) -> Georeference | None:
     """The georeference of a raster file or of a ``data_preprocess.py`` sidecar ``.json``; None."""
     path = Path(path)
