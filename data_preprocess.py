@@ -343,8 +343,10 @@ def _on_grid(src, grid: Grid, warp: bool, resampling: str = "bilinear"):
 
 
 def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
-                 resampling_up: str = "bilinear", band: int = 1, with_nodata: bool = False, warp: bool = False):
-    """Read one band into a window of the reference grid at ``out_shape`` = (rows, cols).
+                 resampling_up: str = "bilinear", band: int | list[int] = 1, with_nodata: bool = False,
+                 warp: bool = False):
+    """Read one band (or a list of bands of the file: (k, rows, cols)) into a window of the
+    reference grid at ``out_shape`` = (rows, cols).
 
     ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels; a band in
     another CRS, or any band with ``warp``, is read through a virtual warp onto the grid (another
@@ -360,9 +362,11 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
+    shape = (len(band), *out_shape) if isinstance(band, list) else out_shape
+
     def read(src, win, resampling):
         try:
-            return src.read(band, window=win, out_shape=out_shape, resampling=resampling, boundless=False)
+            return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
             raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
                                 "truncated, download the product again") from exc
@@ -381,7 +385,8 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
                            and abs(win.col_off - round(win.col_off)) < 1e-6
                            and abs(win.row_off - round(win.row_off)) < 1e-6)
         nearest = data if pixel_for_pixel else read(src, win, Resampling.nearest)
-    return data, (nearest == config.S2_NODATA_DN) | ~np.isfinite(nearest)
+    nodata = (nearest == config.S2_NODATA_DN) | ~np.isfinite(nearest)
+    return data, nodata.any(axis=0) if nodata.ndim == 3 else nodata
 
 
 def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
@@ -395,16 +400,21 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
            warp: bool = False):
     """Normalised bands (rows, cols, C) float 0..1 and the nodata mask (True = no data);
     ``warp``: through a virtual warp onto ``grid`` (see ``read_to_grid``)."""
-    channels, nodata = [], np.zeros(out_shape, bool)
+    channels, nodata = {}, np.zeros(out_shape, bool)
+    # bands of one file are read together: a virtual warp resamples all of them at once
+    by_file: dict[str, list[str]] = {}
     for b in bands:
-        res = min(product.band_files[b])
-        path = product.band_files[b][res]
+        by_file.setdefault(product.band_files[b][min(product.band_files[b])], []).append(b)
+    for path, group in by_file.items():
+        index = [product.band_index.get(b, 1) for b in group]
         # a virtual warp resamples by cubic convolution: bilinear weights shift fine detail by less
         # than the sub-pixel offset, which biases a sub-pixel shift estimate towards whole pixels
         dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, "cubic" if warp else "bilinear",
-                                       band=product.band_index.get(b, 1), with_nodata=True, warp=warp)
+                                       band=index if len(index) > 1 else index[0], with_nodata=True, warp=warp)
         nodata |= band_nodata
-        channels.append(normalise(np.nan_to_num(dn), product.offsets.get(b, 0.0), product.quantification, cfg))
+        for b, layer in zip(group, dn if dn.ndim == 3 else dn[None]):
+            channels[b] = normalise(np.nan_to_num(layer), product.offsets.get(b, 0.0), product.quantification, cfg)
+    channels = [channels[b] for b in bands]
     image = np.stack(channels, -1)
     image[nodata] = 0
     return image, nodata
