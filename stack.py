@@ -242,8 +242,12 @@ def coregister_stack(inputs: list[str | Path], output: str | Path | None = None,
     missing = [p for p in paths if not p.exists()]
     start = time.time()
     ref_path = Path(reference) if reference != "auto" else None
-    if ref_path is not None and ref_path not in paths:
-        paths = [ref_path, *paths]
+    if ref_path is not None:
+        same = [p for p in paths if p.resolve() == ref_path.resolve()]
+        if same:
+            ref_path = same[0]
+        else:
+            paths = [ref_path, *paths]
     from coregister import choose_bands, open_product
 
     grid_product = open_product(ref_path or next(p for p in paths if p.exists()), "reference", bands)
