@@ -133,6 +133,68 @@ def _preprocessed_scenes(root: Path) -> list[Scene]:
     return scenes
 
 
+# The test places: sources no training run or checkpoint selection here has used. Their pairs are
+# for reporting only (``evaluate.py --split test``); nothing is ever selected on them.
+BRACCIANO_SUMMER = ("06", "07", "08")        # months
+
+
+def _bracciano_scene(root: Path) -> Scene | None:
+    """Lake Bracciano (SEN2DWATER): the dates on the main (EPSG:32632) grid, grey from B04, B03, B02."""
+    import rasterio
+
+    files, crs = sorted(root.glob("*.tif")), None
+    images, valid, dates = [], [], []
+    for f in files:
+        with rasterio.open(f) as src:
+            if crs is None:
+                crs = src.crs
+            if src.crs != crs:
+                continue
+            idx = [src.descriptions.index(b) + 1 for b in ("B04", "B03", "B02")]
+            rgb = np.moveaxis(src.read(idx).astype(np.float32), 0, -1)
+        images.append(to_gray(rgb))
+        valid.append(rgb.min(-1) > 0)
+        dates.append(f.stem)
+    return Scene("bracciano", "bracciano", images, valid, dates) if images else None
+
+
+def _ombria2021_scenes(root: Path) -> list[Scene]:
+    scenes = []
+    for before in sorted(root.glob("*/BEFORE/imbefore_*.png")):
+        n = before.stem.rsplit("_", 1)[1]
+        after = before.parent.parent / "AFTER" / f"imafter_{n}.png"
+        if after.exists():
+            images = [to_gray(load_image(p)) for p in (before, after)]
+            scenes.append(Scene(f"ombria2021/{before.parent.parent.name.lower()}/{n}", "ombria2021", images,
+                                [np.ones(im.shape, bool) for im in images], ["before", "after"]))
+    return scenes
+
+
+def test_pairs(root: str | Path) -> list["EvalPair"]:
+    """The test split's cross-date pairs: OMBRIA's 2021 flood event (France; chips that are not
+    nearly all water), and Lake Bracciano 2016–2022 (summer against winter of the same years,
+    summer 2016 against summers five and six years later)."""
+    root = Path(root)
+    pairs = []
+    for scene in _ombria2021_scenes(root / "ombria2021"):
+        if min(im.std() for im in scene.images) > 5:
+            pairs.append(EvalPair(scene.name, "ombria2021-flood", scene, 0, 1))
+    scene = _bracciano_scene(root / "sen2dwater" / "bracciano")
+    if scene is not None:
+        idx = {d: k for k, d in enumerate(scene.dates)}
+        summers = [d for d in scene.dates if d[4:6] in BRACCIANO_SUMMER]
+        winters = [d for d in scene.dates if d[4:6] in ("12", "01", "02")]
+        for s in (d for d in summers if d[:4] in ("2016", "2017", "2018")):
+            for w in (d for d in winters if abs(int(d[:4]) - int(s[:4])) <= 1):
+                pairs.append(EvalPair(f"bracciano/{s}-{w}", "bracciano-summer-winter", scene, idx[s], idx[w]))
+        for s in (d for d in summers if d[:4] == "2016"):
+            for later in (d for d in summers if d[:4] in ("2021", "2022")):
+                pairs.append(EvalPair(f"bracciano/{s}-{later}", "bracciano-across-years", scene, idx[s], idx[later]))
+    if not pairs:
+        raise PipelineError(f"{root}: no test pairs (expected ombria2021/ and sen2dwater/bracciano/)")
+    return pairs
+
+
 def load_scenes(root: str | Path, split: str = "train", sources: tuple[str, ...] | None = None) -> list[Scene]:
     """All scenes of the ``split`` ('train' or 'val') found under ``root``.
 

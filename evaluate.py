@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from config import EvalConfig
-from dataset import evaluation_pairs, make_eval_sample
+from dataset import evaluation_pairs, make_eval_sample, test_pairs
 from matching import MATCHERS, MatchingPipeline
 from utils import (PipelineError, corner_error, estimate_homography, is_verified, percentile_stretch, pose_auc,
                    set_threads, to_uint8, warp_points, write_json)
@@ -276,7 +276,10 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
     parser.add_argument("--repeats", type=int, default=1, help="random warps per pair")
-    parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya")
+    parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya (validation split)")
+    parser.add_argument("--split", default="val", choices=["val", "test"],
+                        help="val: the places checkpoints are selected on; test: places never used for training "
+                             "or selection (OMBRIA 2021, Lake Bracciano)")
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
     parser.add_argument("--superglue", type=Path, default=None,
@@ -300,7 +303,8 @@ def main(argv=None) -> int:
             superglue = SuperGlue.from_checkpoint(args.superglue, args.device)
         methods = [build_method(m.strip(), cfg, args.model_path, args.device, args.match_threshold,
                                 superglue=superglue) for m in args.methods.split(",") if m.strip()]
-        pairs = evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None)
+        pairs = (test_pairs(args.data) if args.split == "test" else
+                 evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None))
         samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
                    for p in pairs for r in range(args.repeats)]
         results = run_benchmark(methods, samples, cfg)
@@ -308,9 +312,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     table = markdown_table(results, cfg)
-    print(f"\n{len(samples)} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
+    print(f"\n{len(samples)} {args.split} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
           f"{torch.get_num_threads()} threads\n\n{table}")
-    out = args.output or config.RESULTS_DIR / f"eval_{cfg.difficulty}.json"
+    out = args.output or config.RESULTS_DIR / f"eval_{args.split}_{cfg.difficulty}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed,
                      "results": results, "table": table})

@@ -367,3 +367,17 @@ def test_preprocessed_outputs_are_a_training_source(tmp_path):
     again = dataset.TrainingPairs([scene], cfg)[5]
     assert torch.equal(item["image1"], again["image1"])          # deterministic under the seed
     assert item["labels0"].shape == (12, 12) and item["point_mask"].sum() > 10
+
+
+def test_test_split_is_disjoint_from_training_and_validation():
+    """The test places come from sources no training or validation loader reads."""
+    data = config.SHARED_DATA_DIR
+    if not (data / "ombria2021").is_dir():
+        pytest.skip("the shared data folder is not beside this clone")
+    test = dataset.test_pairs(data)
+    names = {p.scene.name for p in test}
+    assert {p.category for p in test} >= {"ombria2021-flood", "bracciano-summer-winter"}
+    for split in ("train", "val"):
+        scenes = dataset.load_scenes(data, split)
+        assert not names & {s.name for s in scenes}
+        assert not {"ombria2021", "bracciano"} & {s.source for s in scenes}
