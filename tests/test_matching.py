@@ -280,9 +280,26 @@ def test_figure_says_what_it_draws(matcher, sample):
     assert len(colours) == 50 and "red" in colours         # outliers drawn, not hidden
 
 
-def test_set_threads():
+@shipped
+def test_threads_are_set_deliberately():
+    """torch's OpenMP threads wait passively (not spinning on a core another process needs) when
+    the project is imported first, unless the user chose otherwise; threads can be set per matcher."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import inference, torch, os; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    root = str(config.ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, cwd=root,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "ACTIVE"
     before = torch.get_num_threads()
     try:
         assert utils.set_threads(1) == 1 and torch.get_num_threads() == 1
+        ImageMatcher(device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
