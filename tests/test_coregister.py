@@ -78,15 +78,29 @@ def test_same_date_precision(pipeline, tmp_path):
     assert r["shift_m"]["sigma_m"] < 0.5 and r["crs"] == "EPSG:32632" and r["windows"]["used"] >= 3
 
 
-def test_target_on_another_utm_zone_or_in_degrees(pipeline, tmp_path):
-    """The same date on the reference's grid, reprojected to the next UTM zone and to EPSG:4326:
-    read through a virtual warp, the same shift comes out in the reference's metres."""
+def test_target_on_another_utm_zone_in_degrees_or_at_20m(pipeline, tmp_path):
+    """The same date on the reference's grid, reprojected to the next UTM zone and to EPSG:4326,
+    and averaged to 20 m: read through a virtual warp, the same shift comes out in the
+    reference's metres."""
     direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
     for crs in ("EPSG:32633", "EPSG:4326"):
         r = coregister.coregister(REF, reprojected(SUMMER, tmp_path / f"{crs[5:]}.tif", crs), pipeline=pipeline,
                                   progress=False)
         np.testing.assert_allclose(shift_of(r), direct, atol=0.6)
     assert coregister.coregister(REF, OTHER_ZONE, pipeline=pipeline, progress=False)["verified"]
+    # and at 20 m: 2 × 2 pixels averaged, the grid's pixels twice as large
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    with rasterio.open(SUMMER) as s:
+        data = s.read(window=Window(0, 0, 318, 316), out_shape=(3, 158, 159), resampling=Resampling.average)
+        profile = {**s.profile, "width": 159, "height": 158, "transform": s.transform * Affine.scale(2, 2)}
+        descriptions = s.descriptions
+    with rasterio.open(tmp_path / "20m.tif", "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = descriptions
+    r = coregister.coregister(REF, tmp_path / "20m.tif", pipeline=pipeline, progress=False)
+    np.testing.assert_allclose(shift_of(r), direct, atol=0.6)
 
 
 def test_outputs_and_the_corrected_target_registers_to_zero(pipeline, tmp_path):
