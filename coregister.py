@@ -138,19 +138,16 @@ class Coregistration:
         self.render_cfg = PreprocessConfig()
 
     # ------------------------------------------------------------------ reading
-    def _valid(self, product: dp.Product, nodata: np.ndarray, grid, window, shape, warp: bool) -> np.ndarray:
-        return valid_mask(product, nodata, grid, window, shape, warp, self.cfg)
-
     def read_reference(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
         image, nodata = dp.render(self.ref, self.bands, self.grid, window, shape, self.render_cfg)
-        return image, self._valid(self.ref, nodata, self.grid, window, shape, False)
+        return image, valid_mask(self.ref, nodata, self.grid, window, shape, False, self.cfg)
 
     def read_target(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
         """``window`` in reference-grid px (may reach ``margin`` px beyond it)."""
         m = self.cfg.margin
         w = (window[0] + m, window[1] + m, window[2], window[3])
         image, nodata = dp.render(self.tgt, self.bands, self.tgrid, w, shape, self.render_cfg, warp=True)
-        return image, self._valid(self.tgt, nodata, self.tgrid, w, shape, True)
+        return image, valid_mask(self.tgt, nodata, self.tgrid, w, shape, True, self.cfg)
 
     def check_overlap(self) -> None:
         from rasterio.warp import transform_bounds
@@ -175,6 +172,7 @@ class Coregistration:
         shape = (max(8, round(g.height * s)), max(8, round(g.width * s)))
         full = (0, 0, g.width, g.height)
         img0, valid0 = self.read_reference(full, shape)
+        self.overview_ = img0                  # the report draws on it
         img1, valid1 = self.read_target(full, shape)
         if not valid0.any():
             raise PipelineError(f"{self.ref.source}: no valid pixel in the bands {', '.join(self.bands)}")
@@ -250,11 +248,9 @@ class Coregistration:
         c = self.cfg
         used = [w for w in wins if w.status == "used"]
         if used:
-            d = np.array([w.shift_px for w in used])
-            med = np.median(d, axis=0)
-            spread = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0), 0.05)
-            for w, di in zip(used, d):
-                if (np.abs(di - med) > c.outlier_sigmas * spread).any():
+            keep = consistent_windows(np.array([w.shift_px for w in used]), c)
+            for w, ok in zip(used, keep):
+                if not ok:
                     w.status, w.reason = "rejected", "outlier: its shift disagrees with the other windows"
             used = [w for w in wins if w.status == "used"]
         reasons: dict[str, int] = {}
@@ -276,12 +272,7 @@ class Coregistration:
             return result
         centres = np.array([w.centre for w in used])
         shifts = np.array([w.shift_px for w in used])
-        p0 = geo.pixel_to_map(centres, self.grid.transform)
-        p1 = geo.pixel_to_map(centres + shifts, self.grid.transform)
-        metric = geo.metric_crs(self.grid.crs, p0)
-        m0 = geo.reproject_points(p0, self.grid.crs, metric)
-        m1 = geo.reproject_points(p1, self.grid.crs, metric)
-        dm = m1 - m0
+        dm, metric = pixel_shifts_in_metres(self.grid, centres, shifts)
         med = np.median(dm, axis=0)
         n = len(dm)
         sigma = geo.MAD_TO_SIGMA * np.median(np.abs(dm - med), axis=0) if n > 2 else np.abs(dm - med).max(0)
@@ -324,6 +315,41 @@ def reason_kind(reason: str | None) -> str:
         if any(w in text for w in words):
             return kind
     return reason or "unknown"
+
+
+def consistent_windows(shifts: np.ndarray, cfg: CoregisterConfig) -> np.ndarray:
+    """Which windows' shifts (N, 2) px lie within ``outlier_sigmas`` robust spreads (1.4826 × MAD,
+    at least 0.05 px) of their median, on both axes."""
+    med = np.median(shifts, axis=0)
+    spread = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0), 0.05)
+    return (np.abs(shifts - med) <= cfg.outlier_sigmas * spread).all(1)
+
+
+def pixel_shifts_in_metres(grid: dp.Grid, at_px: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, object]:
+    """Displacements ``shifts_px`` (N, 2) of the grid's pixels ``at_px`` in metres, x east, y north
+    (``geo.displacements_in_metres``); and the metric CRS."""
+    at_px = np.asarray(at_px, np.float64).reshape(-1, 2)
+    return geo.displacements_in_metres(geo.pixel_to_map(at_px, grid.transform),
+                                       geo.pixel_to_map(at_px + np.asarray(shifts_px).reshape(-1, 2), grid.transform),
+                                       grid.crs)
+
+
+def write_moved(src_path: str | Path, out: Path, move) -> Path:
+    """A raster with its georeference moved by ``move`` (its own CRS's units) and its pixels
+    untouched, as a Cloud-Optimized GeoTIFF (written atomically): a warp from the moved
+    georeference onto itself copies the pixels as they are."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.transform import Affine
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(src_path) as src:
+        moved = Affine.translation(*move) * src.transform
+        with WarpedVRT(src, src_crs=src.crs, src_transform=moved, crs=src.crs, transform=moved,
+                       width=src.width, height=src.height) as vrt:
+            with atomic_path(out) as tmp:
+                rasterio.shutil.copy(vrt, tmp, driver="COG", compress="deflate")
+    return out
 
 
 def plan_windows(grid: dp.Grid, cfg: CoregisterConfig) -> list[tuple[int, int, int, int]]:
@@ -393,14 +419,15 @@ def write_outputs(co: Coregistration, result: dict, folder: Path, write_correcte
     """Every output file of a co-registration, each written atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "tie_points.geojson", folder / "tie_points.csv"]
-    write_tie_points(co, folder)
+    rows = tie_point_rows(co)
+    write_tie_points(co, rows, folder)
     if result["verified"]:
         written.append(write_shift_field(co, folder / "shift_field.tif"))
         if write_corrected and correction == "translation":
             written += write_corrected_target(co, result, folder / "corrected")
         elif write_corrected:
             written.append(write_resampled_target(co, result, folder / "corrected", correction))
-    written.append(write_report(co, result, folder / "report.png"))
+    written.append(write_report(co, result, rows, folder / "report.png"))
     write_json(folder / "coregistration.json", result)
     return [folder / "coregistration.json", *written]
 
@@ -413,8 +440,7 @@ def tie_point_rows(co: Coregistration) -> list[dict]:
             continue
         p0 = geo.pixel_to_map(w.tie0, co.grid.transform)
         p1 = geo.pixel_to_map(w.tie1, co.grid.transform)
-        metric = geo.metric_crs(crs, p0)
-        d = geo.reproject_points(p1, crs, metric) - geo.reproject_points(p0, crs, metric)
+        d, _ = geo.displacements_in_metres(p0, p1, crs)
         ll0 = geo.reproject_points(p0, crs, "EPSG:4326")
         for i in range(len(p0)):
             rows.append({"window": k, "ref_x": float(p0[i, 0]), "ref_y": float(p0[i, 1]),
@@ -424,9 +450,8 @@ def tie_point_rows(co: Coregistration) -> list[dict]:
     return rows
 
 
-def write_tie_points(co: Coregistration, folder: Path) -> None:
+def write_tie_points(co: Coregistration, rows: list[dict], folder: Path) -> None:
     """Tie points as GeoJSON (WGS84 points at the reference position) and CSV (reference CRS)."""
-    rows = tie_point_rows(co)
     fields = ["window", "ref_x", "ref_y", "target_x", "target_y", "dx_m", "dy_m", "score", "inlier", "lon", "lat"]
     geojson = {"type": "FeatureCollection", "source_crs": co.grid.crs.to_string(),
                "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
@@ -445,28 +470,16 @@ def shift_field(co: Coregistration) -> tuple[np.ndarray, object]:
     from rasterio.transform import Affine
 
     g = co.grid
-    used = [w for w in co.windows_ if w.status == "used"]
     cell = max(g.width, g.height) / co.cfg.field_cells
     cols, rows = max(1, round(g.width / cell)), max(1, round(g.height / cell))
     xs = (np.arange(cols) + 0.5) * g.width / cols - 0.5
     ys = (np.arange(rows) + 0.5) * g.height / rows - 0.5
+    field_px = displacement_px(co, {}, "field", xs, ys)                        # (2, rows, cols)
     gx, gy = np.meshgrid(xs, ys)
-    centres = np.array([w.centre for w in used])
-    shifts = np.array([w.shift_px for w in used])
-    d2 = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
-    wgt = 1 / (d2 + (co.cfg.window / 2) ** 2)
-    field_px = np.einsum("rcn,nk->krc", wgt, shifts) / wgt.sum(-1)
-    T = g.transform
-    dx = T.a * field_px[0] + T.b * field_px[1]
-    dy = T.d * field_px[0] + T.e * field_px[1]
-    if not g.crs.is_projected:   # degrees → metres at the middle of the grid
-        mid = geo.pixel_to_map(np.array([[g.width / 2, g.height / 2]]), T)
-        metric = geo.metric_crs(g.crs, mid)
-        east = geo.reproject_points(mid + [[1e-4, 0]], g.crs, metric) - geo.reproject_points(mid, g.crs, metric)
-        north = geo.reproject_points(mid + [[0, 1e-4]], g.crs, metric) - geo.reproject_points(mid, g.crs, metric)
-        dx, dy = dx * east[0, 0] / 1e-4, dy * north[0, 1] / 1e-4
-    transform = T * Affine.scale(g.width / cols, g.height / rows)
-    return np.stack([dx, dy]).astype(np.float32), transform
+    metres, _ = pixel_shifts_in_metres(g, np.stack([gx.ravel(), gy.ravel()], -1),
+                                       field_px.reshape(2, -1).T)
+    transform = g.transform * Affine.scale(g.width / cols, g.height / rows)
+    return metres.T.reshape(2, rows, cols).astype(np.float32), transform
 
 
 def write_shift_field(co: Coregistration, path: Path) -> Path:
@@ -486,9 +499,6 @@ def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> li
     """The target with its georeference moved by the negative of the shift (no resampling), as
     Cloud-Optimized GeoTIFFs: the target file itself when it holds every band, else one per band."""
     import rasterio
-    import rasterio.shutil
-    from rasterio.transform import Affine
-    from rasterio.vrt import WarpedVRT
 
     folder.mkdir(parents=True, exist_ok=True)
     d = np.array(result["shift_m"]["shift_px"])
@@ -499,16 +509,9 @@ def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> li
     written = []
     for path in files:
         with rasterio.open(path) as src:
-            q0, q1 = (geo.reproject_points(p, co.grid.crs, src.crs) for p in (p0, p1))
-            move = (q1 - q0)[0]
-            corrected = Affine.translation(-move[0], -move[1]) * src.transform
-            name = Path(path).stem + "_coregistered.tif"
-            # a warp from the corrected georeference onto itself: pixels copied as they are
-            with WarpedVRT(src, src_crs=src.crs, src_transform=corrected, crs=src.crs, transform=corrected,
-                           width=src.width, height=src.height) as vrt:
-                with atomic_path(folder / name) as tmp:
-                    rasterio.shutil.copy(vrt, tmp, driver="COG", compress="deflate")
-        written.append(folder / name)
+            crs = src.crs
+        q0, q1 = (geo.reproject_points(p, co.grid.crs, crs) for p in (p0, p1))
+        written.append(write_moved(path, folder / (Path(path).stem + "_coregistered.tif"), -(q1 - q0)[0]))
     return written
 
 
@@ -586,15 +589,13 @@ def tempfile_beside(path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def write_report(co: Coregistration, result: dict, path: Path) -> Path:
+def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path) -> Path:
     """Window shift vectors over the reference overview, the tie points' displacements, the numbers."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     g = co.grid
-    s = min(1.0, 768 / max(g.width, g.height))
-    shape = (max(8, round(g.height * s)), max(8, round(g.width * s)))
-    overview, _ = co.read_reference((0, 0, g.width, g.height), shape)
+    overview = co.overview_                 # read once, for the coarse estimate
     fig = Figure(figsize=(13, 6.5), dpi=100)
     ax = fig.add_axes([0.02, 0.08, 0.5, 0.82])
     ax.imshow(normalize_for_network(overview, 1)[0], cmap="gray", extent=(-0.5, g.width - 0.5, g.height - 0.5, -0.5))
@@ -611,7 +612,6 @@ def write_report(co: Coregistration, result: dict, path: Path) -> Path:
         ax.set_title(f"window shifts ×{scale:.0f} (green: used, red: rejected)", fontsize=9)
     ax.set_axis_off()
     ax2 = fig.add_axes([0.58, 0.45, 0.38, 0.45])
-    rows = tie_point_rows(co)
     if rows:
         dx = np.array([r["dx_m"] for r in rows if r["inlier"]])
         dy = np.array([r["dy_m"] for r in rows if r["inlier"]])

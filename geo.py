@@ -116,6 +116,14 @@ def metric_crs(crs, xy: np.ndarray):
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
+def displacements_in_metres(points0: np.ndarray, points1: np.ndarray, crs) -> tuple[np.ndarray, object]:
+    """Displacements ``points1 − points0`` (map coordinates (N, 2) in ``crs``) in metres, x east and
+    y north, in the metric CRS of ``metric_crs``; and that CRS."""
+    points0 = np.asarray(points0, np.float64).reshape(-1, 2)
+    metric = metric_crs(crs, points0)
+    return reproject_points(points1, crs, metric) - reproject_points(points0, crs, metric), metric
+
+
 def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs) -> dict | None:
     """The shift between two dates from matched map points (N, 2) in ``crs``; None without points.
 
@@ -127,10 +135,7 @@ def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs) -> dict | No
     """
     if len(points0) == 0:
         return None
-    metric = metric_crs(crs, points0)
-    m0 = reproject_points(points0, crs, metric)
-    m1 = reproject_points(points1, crs, metric)
-    d = m1 - m0
+    d, metric = displacements_in_metres(points0, points1, crs)
     median = np.median(d, axis=0)
     residual = d - median
     sigma = MAD_TO_SIGMA * np.median(np.abs(residual), axis=0)

@@ -128,11 +128,7 @@ class ImageMatcher:
             size = (array.shape[1], array.shape[0]) if array.ndim >= 2 else (0, 0)
             net = extractor.network_size(*size)
         array = select_bands(array, self.bands, name)
-        cell = extractor.config.cell
-        if min(size) < cell:
-            raise PipelineError(f"{name}: {size[0]}×{size[1]} px is smaller than one {cell}-px network cell; "
-                                "use a larger image")
-        array = resize_to(array, *net)
+        array = resize_to(array, *net)       # an image smaller than a network cell is refused by extract()
         if valid is not None:
             valid = resize_to(valid, *net)
         return Loaded(name, array, valid, size, georef)

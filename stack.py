@@ -116,7 +116,7 @@ class PairResult:
 
 def match_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig) -> PairResult:
     """Task: match two dates window by window (features extracted once per date)."""
-    from coregister import window_shift
+    from coregister import consistent_windows, window_shift
 
     pipeline = worker_pipeline()
     shifts, tie_points = [], 0
@@ -133,8 +133,7 @@ def match_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: Coregister
     d = np.array(shifts)
     med = np.median(d, axis=0)
     spread = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0), 0.05)
-    keep = (np.abs(d - med) <= cfg.outlier_sigmas * spread).all(1)
-    d = d[keep]
+    d = d[consistent_windows(d, cfg)]
     med = np.median(d, axis=0)
     sigma = 1.2533 * float(np.sqrt(np.mean(spread ** 2))) / np.sqrt(len(d))
     return PairResult(i, j, True, med.tolist(), max(sigma, 0.02), len(d), tie_points)
@@ -346,19 +345,17 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, pro
     return sorted(out, key=lambda p: (p.i, p.j))
 
 
-def _to_metres(grid: dp.Grid, d_px: np.ndarray) -> np.ndarray:
-    """Displacements (N, 2) in grid px → metres east/north (at the grid's centre)."""
-    centre = np.array([[grid.width / 2, grid.height / 2]])
-    p0 = geo.pixel_to_map(centre, grid.transform)
-    metric = geo.metric_crs(grid.crs, p0)
-    out = []
-    for d in np.atleast_2d(d_px):
-        if not np.isfinite(d).all():
-            out.append([np.nan, np.nan])
-            continue
-        p1 = geo.pixel_to_map(centre + d, grid.transform)
-        out.append((geo.reproject_points(p1, grid.crs, metric) - geo.reproject_points(p0, grid.crs, metric))[0])
-    return np.array(out)
+def _to_metres(grid: dp.Grid, d_px) -> np.ndarray:
+    """Displacements (N, 2) in grid px (NaN where unknown) → metres east/north at the grid's centre."""
+    from coregister import pixel_shifts_in_metres
+
+    d_px = np.atleast_2d(np.asarray(d_px, np.float64))
+    out = np.full(d_px.shape, np.nan)
+    known = np.isfinite(d_px).all(1)
+    if known.any():
+        centre = np.tile([[grid.width / 2, grid.height / 2]], (int(known.sum()), 1))
+        out[known] = pixel_shifts_in_metres(grid, centre, d_px[known])[0]
+    return out
 
 
 def finish(paths, dates, errors, results, solution, ref, ref_reason, grid, output, write_corrected, seconds,
@@ -444,9 +441,8 @@ def write_corrected_stack(result: dict, folder: Path) -> None:
     """Each placed date with its georeference moved by the negative of its shift (no resampling),
     as COGs, and a STAC ItemCollection listing them (``stack.geojson``)."""
     import rasterio
-    import rasterio.shutil
-    from rasterio.transform import Affine
-    from rasterio.vrt import WarpedVRT
+
+    from coregister import write_moved
 
     folder.mkdir(parents=True, exist_ok=True)
     items = []
@@ -458,13 +454,7 @@ def write_corrected_stack(result: dict, folder: Path) -> None:
             metric = geo.metric_crs(src.crs, centre)
             c_m = geo.reproject_points(centre, src.crs, metric)
             moved = geo.reproject_points(c_m + [row["dx_m"], row["dy_m"]], metric, src.crs)
-            move = (moved - centre)[0]
-            corrected = Affine.translation(-move[0], -move[1]) * src.transform
-            out = folder / f"{Path(row['path']).stem}_coregistered.tif"
-            with WarpedVRT(src, src_crs=src.crs, src_transform=corrected, crs=src.crs, transform=corrected,
-                           width=src.width, height=src.height) as vrt:
-                with atomic_path(out) as tmp:
-                    rasterio.shutil.copy(vrt, tmp, driver="COG", compress="deflate")
+        out = write_moved(row["path"], folder / f"{Path(row['path']).stem}_coregistered.tif", -(moved - centre)[0])
         items.append({"type": "Feature", "stac_version": "1.0.0", "id": Path(row["path"]).stem,
                       "properties": {"datetime": f"{row['date'][:4]}-{row['date'][4:6]}-{row['date'][6:8]}T00:00:00Z"
                                      if re.fullmatch(r"\d{8}", row["date"]) else None,
