@@ -15,7 +15,8 @@ geometric verification of ``matching.MatchingPipeline``: ``homography`` (NaN whe
 verified), ``inliers``, ``num_inliers``, ``verified`` and ``reason``. When the features carry
 SuperPoint's fine patches, each matched keypoint of image 1 is moved to where image 0's keypoint
 fits best (sub-pixel; ``keypoints1`` then holds the refined positions, ``refined1`` marks them);
-``--no-refine`` keeps the detected positions.
+``--no-refine`` keeps the detected positions; ``--no-correlate`` skips the correlation stage that
+then makes them precise (``matching.correlation_stage``, on the features' ``texture``).
 """
 from __future__ import annotations
 
@@ -349,6 +350,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-refine", action="store_true",
                         help="keep image 1's detected keypoints (default: refine matches with the fine patches "
                              "when the features have them)")
+    parser.add_argument("--no-correlate", action="store_true",
+                        help="skip the correlation stage (default: Lucas-Kanade on the features' local contrast "
+                             "when they carry it)")
     parser.add_argument("--min-inliers", type=int, default=config.MatchingConfig.min_inliers,
                         help="RANSAC inliers for a pair to count as verified")
     parser.add_argument("--device", default=config.DEVICE)
@@ -374,7 +378,8 @@ def main(argv=None) -> int:
                 raise PipelineError(f"{args.pairs}: no such pairs file")
             pairs = read_pairs(args.pairs)
         matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
-        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers)
+        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers,
+                                    correlate=not args.no_correlate)
         args.output.mkdir(parents=True, exist_ok=True)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,12 +5,23 @@ ground truth between any two dates is the identity. A training or evaluation pai
 a crop of one date, warps another date by a random homography ``H`` (image-0 pixels →
 image-1 pixels), and records ``H`` with both valid masks.
 
-Sources (``load_scenes``), each with a validation split **by place**:
-    * ``oscd/<city>/imgs_{1,2}/B0{2,3,4}.tif``  OSCD cities, 2 dates (other grid → reprojected)
-    * ``ombria/{BEFORE,AFTER}/``                OMBRIA flood chips, before / after
-    * ``ukraine_T36UYA/``                       one tile on 38 dates; the bottom-right quarter is
-                                                held out for validation
-    * a ``data_preprocess.py`` output folder   images of one tile id on several dates
+The three splits, **by place** (every date of a place in one split, ``split_of``):
+
+    source (folder)                     train                     val (checkpoint selection)  test (README only)
+    OSCD (``oscd/<city>/``)             9 cities                  ``OSCD_VAL_CITIES`` (5)     —
+    OMBRIA test split (``ombria/``)     chips not every 5th       every 5th chip              —
+    OMBRIA training split (``ombria_train/``)  all 624 chips      —                           —
+    T36UYA (``ukraine_T36UYA/``)        north half, south-west    bottom-right quarter        —
+    OMBRIA 2021 (``ombria2021/``)       —                         —                           all chips
+    Lake Bracciano (``sen2dwater/``)    —                         —                           all dates
+    SEN12MS-CR-TS 146 (``sen12mscrts_roi146/``)  —                —                           all dates
+    ``data_preprocess.py`` outputs      all                       —                           —
+
+Train and val are what the shipped checkpoints were trained and selected on; the test places
+were never read by any training or selection (``test_pairs``; ``evaluate.py --split test``).
+Georeferenced places of different splits do not overlap (a test checks their footprints); the
+OMBRIA chips of ``ombria/`` and ``ombria_train/`` that show the same ground (found by template
+matching) are all in train, and no OMBRIA 2021 chip shows ground of either.
 """
 from __future__ import annotations
 
@@ -47,6 +58,7 @@ class Scene:
     images: list[np.ndarray]
     valid: list[np.ndarray]
     dates: list[str] = field(default_factory=list)
+    bounds: tuple[float, float, float, float] | None = None   # lon/lat footprint, when georeferenced
 
 
 # ----------------------------------------------------------------------------- sources
@@ -63,6 +75,7 @@ def _oscd_scene(city_dir: Path) -> Scene:
         return np.stack(bands, -1), profile
 
     img1, (t1, crs1, h1, w1) = read(city_dir / "imgs_1")
+    bounds = lonlat_bounds(crs1, t1, w1, h1)
     img2, (t2, crs2, _, _) = read(city_dir / "imgs_2")
     if img2.shape != img1.shape or t1 != t2:
         # other pixel grid: bring date 2 onto date 1's grid through the geotransforms
@@ -73,18 +86,30 @@ def _oscd_scene(city_dir: Path) -> Scene:
         img2 = out
     dates = re.findall(r"\d{8}", (city_dir / "dates.txt").read_text())
     images = [to_gray(img1), to_gray(img2)]
-    return Scene(f"oscd/{city_dir.name}", "oscd", images, [img1.min(-1) > 0, img2.min(-1) > 0], dates)
+    return Scene(f"oscd/{city_dir.name}", "oscd", images, [img1.min(-1) > 0, img2.min(-1) > 0], dates, bounds)
+
+
+def lonlat_bounds(crs, transform, width: int, height: int) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of a raster grid."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    return tuple(float(v) for v in transform_bounds(crs, "EPSG:4326", *array_bounds(height, width, transform)))
 
 
 def _ombria_scenes(root: Path, split: str) -> list[Scene]:
+    """OMBRIA chips of ``root``: its test split (``ombria/``: every 5th chip val, the rest train)
+    or its training split (``ombria_train/``: all train; named ``ombria_train/<chip>``)."""
+    source = root.name
     scenes = []
     for before in sorted((root / "BEFORE").glob("S2_before_*.png")):
         chip = before.stem.rsplit("_", 1)[1]
         after = root / "AFTER" / f"S2_after_{chip}.png"
-        if not after.exists() or (int(chip) % OMBRIA_VAL_EVERY == 0) != (split == "val"):
+        chip_split = "train" if source == "ombria_train" else ("val" if int(chip) % OMBRIA_VAL_EVERY == 0 else "train")
+        if not after.exists() or chip_split != split:
             continue
         images = [to_gray(load_image(p)) for p in (before, after)]
-        scenes.append(Scene(f"ombria/{chip}", "ombria", images, [np.ones(im.shape, bool) for im in images],
+        scenes.append(Scene(f"{source}/{chip}", "ombria", images, [np.ones(im.shape, bool) for im in images],
                             ["before", "after"]))
     return scenes
 
@@ -136,26 +161,32 @@ def _preprocessed_scenes(root: Path) -> list[Scene]:
 # The test places: sources no training run or checkpoint selection here has used. Their pairs are
 # for reporting only (``evaluate.py --split test``); nothing is ever selected on them.
 BRACCIANO_SUMMER = ("06", "07", "08")        # months
+# SEN12MS-CR-TS region 146 (2018), dates checked by eye and by B02 (clouds are bright in blue):
+SEN12_CLEAR_COLD = ("20180210", "20180322", "20181207")
+SEN12_CLEAR_SUMMER = ("20180610", "20180720", "20180809", "20180903")
+SEN12_PARTLY_CLOUDY = ("20180106", "20180307", "20180705", "20180918")   # 7-41 % bright cloud
+SEN12_REFERENCE = "20180730"
 
 
-def _bracciano_scene(root: Path) -> Scene | None:
-    """Lake Bracciano (SEN2DWATER): the dates on the main (EPSG:32632) grid, grey from B04, B03, B02."""
+def _series_scene(root: Path, name: str) -> Scene | None:
+    """A time series of multi-band ``YYYYMMDD.tif`` files of one place (band descriptions name the
+    bands): the dates on the first file's grid, grey from B04, B03, B02."""
     import rasterio
 
-    files, crs = sorted(root.glob("*.tif")), None
+    files, grid = sorted(root.glob("*.tif")), None
     images, valid, dates = [], [], []
     for f in files:
         with rasterio.open(f) as src:
-            if crs is None:
-                crs = src.crs
-            if src.crs != crs:
-                continue
+            if grid is None:
+                grid = (src.crs, src.transform, src.width, src.height)
+            if (src.crs, src.transform, src.width, src.height) != grid:
+                continue     # Bracciano: the 5 dates on the neighbouring UTM zone's grid
             idx = [src.descriptions.index(b) + 1 for b in ("B04", "B03", "B02")]
             rgb = np.moveaxis(src.read(idx).astype(np.float32), 0, -1)
         images.append(to_gray(rgb))
         valid.append(rgb.min(-1) > 0)
         dates.append(f.stem)
-    return Scene("bracciano", "bracciano", images, valid, dates) if images else None
+    return Scene(name, name, images, valid, dates, lonlat_bounds(*grid)) if images else None
 
 
 def _ombria2021_scenes(root: Path) -> list[Scene]:
@@ -172,14 +203,15 @@ def _ombria2021_scenes(root: Path) -> list[Scene]:
 
 def test_pairs(root: str | Path) -> list["EvalPair"]:
     """The test split's cross-date pairs: OMBRIA's 2021 flood event (France; chips that are not
-    nearly all water), and Lake Bracciano 2016–2022 (summer against winter of the same years,
-    summer 2016 against summers five and six years later)."""
+    nearly all water), Lake Bracciano 2016–2022 (summer against winter of the same years,
+    summer 2016 against summers five and six years later), and the SEN12MS-CR-TS series of 2018
+    (clear winter against clear summer dates; partly cloudy dates against a clear one)."""
     root = Path(root)
     pairs = []
     for scene in _ombria2021_scenes(root / "ombria2021"):
         if min(im.std() for im in scene.images) > 5:
             pairs.append(EvalPair(scene.name, "ombria2021-flood", scene, 0, 1))
-    scene = _bracciano_scene(root / "sen2dwater" / "bracciano")
+    scene = _series_scene(root / "sen2dwater" / "bracciano", "bracciano")
     if scene is not None:
         idx = {d: k for k, d in enumerate(scene.dates)}
         summers = [d for d in scene.dates if d[4:6] in BRACCIANO_SUMMER]
@@ -190,23 +222,35 @@ def test_pairs(root: str | Path) -> list["EvalPair"]:
         for s in (d for d in summers if d[:4] == "2016"):
             for later in (d for d in summers if d[:4] in ("2021", "2022")):
                 pairs.append(EvalPair(f"bracciano/{s}-{later}", "bracciano-across-years", scene, idx[s], idx[later]))
+    scene = _series_scene(root / "sen12mscrts_roi146", "sen12ms")
+    if scene is not None:
+        idx = {d: k for k, d in enumerate(scene.dates)}
+        summers = [d for d in SEN12_CLEAR_SUMMER if d in idx]
+        for a in (d for d in SEN12_CLEAR_COLD if d in idx):
+            for b in summers:
+                pairs.append(EvalPair(f"sen12ms/{a}-{b}", "sen12ms-winter-summer", scene, idx[a], idx[b]))
+        for a in (d for d in SEN12_PARTLY_CLOUDY if d in idx):
+            pairs.append(EvalPair(f"sen12ms/{a}-{SEN12_REFERENCE}", "sen12ms-partly-cloudy", scene, idx[a],
+                                  idx[SEN12_REFERENCE]))
     if not pairs:
-        raise PipelineError(f"{root}: no test pairs (expected ombria2021/ and sen2dwater/bracciano/)")
+        raise PipelineError(f"{root}: no test pairs (expected ombria2021/, sen2dwater/bracciano/, "
+                            "sen12mscrts_roi146/)")
     return pairs
 
 
 def load_scenes(root: str | Path, split: str = "train", sources: tuple[str, ...] | None = None) -> list[Scene]:
     """All scenes of the ``split`` ('train' or 'val') found under ``root``.
 
-    ``root`` may be the shared data folder (with ``oscd/``, ``ombria/``, ``ukraine_T36UYA/``)
-    or a ``data_preprocess.py`` output folder. Preprocessed outputs have no held-out place
+    ``root`` may be the shared data folder (with ``oscd/``, ``ombria/``, ``ombria_train/``,
+    ``ukraine_T36UYA/``) or a ``data_preprocess.py`` output folder. ``sources``: a subset of
+    oscd, ombria, ombria_train, t36uya, preprocessed. Preprocessed outputs have no held-out place
     of their own and go to 'train' only.
     """
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"{root}: no such data folder; pass --data pointing at the shared data or "
                             "a data_preprocess.py output")
-    wanted = set(sources or ("oscd", "ombria", "t36uya", "preprocessed"))
+    wanted = set(sources or ("oscd", "ombria", "ombria_train", "t36uya", "preprocessed"))
     scenes: list[Scene] = []
     if "oscd" in wanted and (root / "oscd").is_dir():
         for city in sorted(p for p in (root / "oscd").iterdir() if (p / "imgs_1").is_dir()):
@@ -214,6 +258,8 @@ def load_scenes(root: str | Path, split: str = "train", sources: tuple[str, ...]
                 scenes.append(_oscd_scene(city))
     if "ombria" in wanted and (root / "ombria").is_dir():
         scenes += _ombria_scenes(root / "ombria", split)
+    if "ombria_train" in wanted and (root / "ombria_train").is_dir() and split == "train":
+        scenes += _ombria_scenes(root / "ombria_train", split)
     if "t36uya" in wanted and (root / "ukraine_T36UYA").is_dir():
         scenes += _t36uya_scenes(root / "ukraine_T36UYA", split)
     if "preprocessed" in wanted and split == "train":

@@ -14,7 +14,9 @@ the precision of the inliers it hands over, and how often a verified homography 
 and the median seconds per pair
 (detect + describe both images + match, + refine) and per image (detect + describe) on this
 machine. Every input image gets the same 1-99 percentile contrast stretch, for every method.
-``+refine`` moves each match's point in image 1 with SuperPoint's fine head (sub-pixel).
+``+refine`` moves each match's point in image 1 with SuperPoint's fine head (sub-pixel);
+``+correlate`` then makes the inliers of a provisional homography precise by correlation
+(``matching.correlation_stage``; ``sift+correlate`` gives SIFT the same stage, for comparison).
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ import torch
 
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample, test_pairs
-from matching import MATCHERS, MatchingPipeline
-from utils import (PipelineError, corner_error, estimate_homography, is_verified, percentile_stretch, pose_auc,
-                   set_threads, to_uint8, warp_points, write_json)
+from matching import MATCHERS, MatchingPipeline, correlation_stage
+from utils import (PipelineError, corner_error, estimate_homography, is_verified, local_contrast, percentile_stretch,
+                   pose_auc, set_threads, to_uint8, warp_points, write_json)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -48,8 +50,11 @@ OPENCV_METHODS = ("sift", "orb", "akaze")
 class OpenCVMethod:
     """Detect-describe-match with an OpenCV feature (SIFT + ratio test, ORB/AKAZE + mutual NN)."""
 
-    def __init__(self, name: str, max_keypoints: int, ratio: float):
-        self.name, self.ratio, self.max_keypoints = name, ratio, max_keypoints
+    def __init__(self, name: str, max_keypoints: int, ratio: float, correlate: bool = False,
+                 ransac_threshold: float = EvalConfig.ransac_threshold):
+        self.name = name + ("+correlate" if correlate else "")
+        self.ratio, self.max_keypoints = ratio, max_keypoints
+        self.correlate, self.ransac_threshold = correlate, ransac_threshold
         if name == "sift":
             self.feature = cv2.SIFT_create(nfeatures=max(max_keypoints, 0))
             self.norm = cv2.NORM_L2
@@ -69,22 +74,33 @@ class OpenCVMethod:
             order = np.argsort([-k.response for k in kps])[: self.max_keypoints]
             kps, desc = [kps[i] for i in order], desc[order]
         pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
-        return {"keypoints": pts, "descriptors": desc}
+        features = {"keypoints": pts, "descriptors": desc}
+        if self.correlate:
+            features["texture"] = local_contrast(image, valid)
+        return features
 
     def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Matches, and image 1's keypoints as detected (no refinement stage)."""
+        """Matches, and image 1's keypoints as detected (or moved by the correlation stage)."""
         matches0 = np.full(len(f0["keypoints"]), -1, np.int64)
         if f0["descriptors"] is None or f1["descriptors"] is None or len(f1["keypoints"]) < 2:
             return matches0, f1["keypoints"]
-        matcher = cv2.BFMatcher(self.norm, crossCheck=self.name != "sift")
-        if self.name == "sift":
+        sift = self.name.startswith("sift")
+        matcher = cv2.BFMatcher(self.norm, crossCheck=not sift)
+        if sift:
             for pair in matcher.knnMatch(f0["descriptors"], f1["descriptors"], k=2):
                 if len(pair) == 2 and pair[0].distance < self.ratio * pair[1].distance:
                     matches0[pair[0].queryIdx] = pair[0].trainIdx
         else:
             for m in matcher.match(f0["descriptors"], f1["descriptors"]):
                 matches0[m.queryIdx] = m.trainIdx
-        return matches0, f1["keypoints"]
+        keypoints1 = f1["keypoints"]
+        if self.correlate:
+            valid = matches0 > -1
+            points, _ = correlation_stage(f0, f1, f0["keypoints"][valid], keypoints1[matches0[valid]],
+                                          self.ransac_threshold)
+            keypoints1 = keypoints1.copy()
+            keypoints1[matches0[valid]] = points
+        return matches0, keypoints1
 
 
 class PipelineMethod:
@@ -103,26 +119,30 @@ class PipelineMethod:
 
 
 def method_names() -> list[str]:
-    """Every method name the benchmark takes: the OpenCV baselines, and SuperPoint with each
-    registered matcher, with and without the fine head (``superpoint`` = ``superpoint+mnn``)."""
-    learned = [f"superpoint+{m}{r}" for m in sorted(MATCHERS) for r in ("", "+refine")]
-    return [*OPENCV_METHODS, *learned]
+    """Every method name the benchmark takes: the OpenCV baselines (with or without the
+    correlation stage), and SuperPoint with each registered matcher, with or without the fine
+    head and the correlation stage (``superpoint`` = ``superpoint+mnn``)."""
+    learned = [f"superpoint+{m}{r}{c}" for m in sorted(MATCHERS) for r in ("", "+refine") for c in ("", "+correlate")]
+    return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned]
 
 
 def build_method(name: str, cfg: EvalConfig, model_path: Path = config.CHECKPOINT_DIR, device: str = "cpu",
                  match_threshold: float | None = None, superpoint=None, superglue=None):
     """The benchmark method called ``name`` (see ``method_names``). ``superpoint`` /
     ``superglue``: models already in memory (training validation) instead of checkpoint files."""
-    if name in OPENCV_METHODS:
-        return OpenCVMethod(name, cfg.max_keypoints, cfg.sift_ratio)
     parts = name.split("+")
+    correlate = parts[-1] == "correlate"
+    if correlate:
+        parts.pop()
+    if len(parts) == 1 and parts[0] in OPENCV_METHODS:
+        return OpenCVMethod(parts[0], cfg.max_keypoints, cfg.sift_ratio, correlate, cfg.ransac_threshold)
     if parts == ["superpoint"] or parts == ["superpoint", "refine"]:
         parts.insert(1, "mnn")
     refine = parts[-1] == "refine"
     if parts[0] != "superpoint" or len(parts) != 2 + refine or parts[1] not in MATCHERS:
         raise PipelineError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
     pipeline = MatchingPipeline.from_checkpoints(model_path, parts[1], device, max_keypoints=cfg.max_keypoints,
-                                                 match_threshold=match_threshold, refine=refine,
+                                                 match_threshold=match_threshold, refine=refine, correlate=correlate,
                                                  ransac_threshold=cfg.ransac_threshold, min_inliers=cfg.min_inliers,
                                                  superpoint=superpoint,
                                                  superglue=superglue if parts[1] == "superglue" else None)

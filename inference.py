@@ -77,6 +77,9 @@ class ImageMatcher:
         ransac_threshold: px, in image 1's own frame.
         refine: move each match's point in image 1 to where image 0's keypoint fits best,
             with SuperPoint's fine head (sub-pixel; only if the checkpoint has one).
+        correlate: then make the matches precise by correlation: image 0 warped onto image 1 by
+            a provisional homography, each inlier moved by Lucas-Kanade on local contrast
+            (``matching.correlation_stage``).
         min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
             ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
             chance agreements, not a transform).
@@ -91,12 +94,13 @@ class ImageMatcher:
                  resize: int = MatchingConfig.resize, bands: tuple[int, ...] | None = None,
                  ransac_threshold: float = MatchingConfig.ransac_threshold, refine: bool = MatchingConfig.refine,
                  min_inliers: int = MatchingConfig.min_inliers, matcher: str = MatchingConfig.matcher,
-                 threads: int | None = None, cache_size: int = MatchingConfig.cache_size):
+                 threads: int | None = None, cache_size: int = MatchingConfig.cache_size,
+                 correlate: bool = MatchingConfig.correlate):
         if threads:
             set_threads(threads)
         self.pipeline = MatchingPipeline.from_checkpoints(
             model_path, matcher, device, max_keypoints=max_keypoints, resize=resize, match_threshold=match_threshold,
-            refine=refine, ransac_threshold=ransac_threshold, min_inliers=min_inliers)
+            refine=refine, ransac_threshold=ransac_threshold, min_inliers=min_inliers, correlate=correlate)
         self.bands, self.cache_size = bands, cache_size
         self._cache: OrderedDict[str, tuple[Loaded, dict]] = OrderedDict()
 

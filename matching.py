@@ -18,18 +18,24 @@ SuperGlue_architecture.py) all go through this module, so they cannot drift:
   matching script's ``--matcher``.
 * ``refine_feature_matches``: SuperPoint's fine head moves each match's point in image 1 to
   where image 0's keypoint fits best (sub-pixel).
+* ``correlate_matches``: then a correlation stage makes them precise: image 0 is warped onto
+  image 1 by a provisional homography of the matches, and each inlier's point is moved by
+  Lucas-Kanade on both images' local contrast (``utils.local_contrast``, gain- and offset-free).
 * ``verify``: USAC_MAGSAC homography; a pair is verified with at least ``min_inliers`` inliers.
 
 Features (``extract``): ``keypoints`` (N, 2) x y in the input's own pixel frame, pixel centres at
 integers; ``scores`` (N); ``descriptors`` (N, D) unit length; ``image_size`` (width, height) of
 the input; ``network_size`` (width, height) the network saw; ``scale`` (sx, sy) network pixels per
 input pixel; with a fine head ``fine_descriptors`` (N, C), ``fine_patches`` (N, P, C) (float16)
-and ``fine_temperature``; ``reason`` (str) when empty.
+and ``fine_temperature``; for the correlation stage ``texture`` (H', W') uint8, the input's
+``local_contrast`` at the resolution it was given, and ``texture_scale`` (its px per own-frame
+px); ``reason`` (str) when empty.
 
 Match result (``match_features`` + ``verify``): ``keypoints0/1``, ``scores0/1``,
 ``descriptors0/1``, ``matches0`` (N0, index into image 1, -1 = none), ``matching_scores0``,
 ``matches1``, ``matching_scores1``, ``refined_keypoints1`` (N1, 2: matched keypoints of image 1
-moved by the fine head, others as detected), ``mkpts0``/``mkpts1`` (M, 2, the matched points,
+moved by the fine head and the correlation stage, others as detected), ``correlated1`` (N1 bool,
+moved by the correlation stage), ``mkpts0``/``mkpts1`` (M, 2, the matched points,
 image 1's refined), ``mconf`` (M), ``image_size0/1``, ``method``, and after ``verify``:
 ``homography`` (3×3 image 0 → image 1, own frames; None unless verified), ``inliers`` (M bool),
 ``num_inliers``, ``verified``, ``reason`` (why empty or not verified, else None).
@@ -45,8 +51,8 @@ import config
 from checkpoints import find_checkpoint, resolve_device
 from config import MatchingConfig, SuperPointConfig
 from SuperPoint import SuperPoint, refine_matches
-from utils import (PipelineError, estimate_homography, is_verified, mutual_nearest_neighbours, normalize_for_network,
-                   resize_to)
+from utils import (PipelineError, estimate_homography, is_verified, local_contrast, mutual_nearest_neighbours,
+                   normalize_for_network, resize_to)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -118,11 +124,11 @@ class SuperPointExtractor:
 
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
                  detection_threshold: float | None = None, nms_radius: int | None = None,
-                 min_texture: float = MatchingConfig.min_texture):
+                 min_texture: float = MatchingConfig.min_texture, texture: bool = True):
         # the model's own config is left alone: several extractors may share one model
         self.config = config.replace(model.config, detection_threshold=detection_threshold, nms_radius=nms_radius,
                                      max_keypoints=max_keypoints)
-        self.model, self.resize, self.min_texture = model, resize, min_texture
+        self.model, self.resize, self.min_texture, self.texture = model, resize, min_texture, texture
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> "SuperPointExtractor":
@@ -162,6 +168,10 @@ class SuperPointExtractor:
             valid = resize_to(np.asarray(valid, bool), nw, nh)
         if valid is not None and not valid.any():
             return empty_features(self.config, size, (nw, nh), f"{name}: no valid pixel (all nodata)")
+        texture = None
+        if self.texture and not normalized:   # for the correlation stage, at the resolution given
+            own_valid = None if valid is None else resize_to(valid, w, h, nearest=True)
+            texture = local_contrast(image, own_valid)
         image = resize_to(image, nw, nh)
         if normalized:
             net = np.asarray(image, np.float32)
@@ -185,6 +195,9 @@ class SuperPointExtractor:
             out["fine_descriptors"] = f["fine_descriptors"].cpu().numpy().astype(np.float16)
             out["fine_patches"] = f["fine_patches"].cpu().numpy().astype(np.float16)
             out["fine_temperature"] = np.float32(self.config.fine_temperature)
+        if texture is not None:
+            out["texture"] = texture
+            out["texture_scale"] = np.array([w, h], np.float64) / np.array(size, np.float64)
         return out
 
     __call__ = extract
@@ -316,6 +329,64 @@ def refine_feature_matches(f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarr
     return out
 
 
+def correlate_matches(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray, homography: np.ndarray,
+                      window: int = MatchingConfig.correlation_window,
+                      max_shift: float = MatchingConfig.correlation_max_shift) -> tuple[np.ndarray, np.ndarray]:
+    """Matched points of image 1 made precise by correlation (own frames in and out).
+
+    Image 0's ``texture`` is warped onto image 1 by ``homography`` (image 0 → image 1, own
+    frames): locally it then differs from image 1 by a small shift, which pyramid-free
+    Lucas-Kanade measures in a ``window``² px window around each point, iterating to sub-pixel
+    precision. A point moves to ``homography(mkpts0) + shift`` when LK converges within
+    ``max_shift`` px (in the texture's pixels); otherwise it keeps its ``mkpts1``. Returns the
+    points and which moved. Both dicts need ``texture`` (extractors with ``texture=True``).
+    """
+    import cv2
+
+    from utils import warp_points
+
+    t0, t1 = f0["texture"], f1["texture"]
+    s0 = np.diag([*np.asarray(f0.get("texture_scale", (1, 1)), np.float64), 1.0])
+    s1 = np.diag([*np.asarray(f1.get("texture_scale", (1, 1)), np.float64), 1.0])
+    half0, half1 = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]]), np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
+    # own-frame pixel centres → texture pixel centres, as ``to_network_frame`` does
+    to_t0, to_t1 = half1 @ s0 @ half0, half1 @ s1 @ half0
+    H = to_t1 @ np.asarray(homography, np.float64) @ np.linalg.inv(to_t0)
+    h1, w1 = t1.shape
+    warped0 = cv2.warpPerspective(t0, H, (w1, h1), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=128)
+    start = warp_points(np.asarray(mkpts0, np.float64), to_t0).astype(np.float64)
+    start = warp_points(start, H).astype(np.float32).reshape(-1, 1, 2)
+    moved = np.zeros(len(mkpts0), bool)
+    out = np.asarray(mkpts1, np.float32).copy()
+    if not len(start):
+        return out, moved
+    end, status, _ = cv2.calcOpticalFlowPyrLK(warped0, t1, start, start.copy(), winSize=(window, window),
+                                              maxLevel=0, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                              criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01))
+    end, start = end.reshape(-1, 2), start.reshape(-1, 2)
+    inside = (end >= 0).all(1) & (end[:, 0] <= w1 - 1) & (end[:, 1] <= h1 - 1)
+    moved = (status.ravel() == 1) & inside & (np.linalg.norm(end - start, axis=1) < max_shift)
+    out[moved] = warp_points(end[moved].astype(np.float64), np.linalg.inv(to_t1)).astype(np.float32)
+    return out, moved
+
+
+def correlation_stage(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray,
+                      ransac_threshold: float = MatchingConfig.ransac_threshold) -> tuple[np.ndarray, np.ndarray]:
+    """``correlate_matches`` on the inliers of a provisional USAC_MAGSAC homography of the matches
+    (at least 8); the outliers, and every match when there is no such homography, stay as they are.
+    Returns image 1's matched points and which moved."""
+    moved = np.zeros(len(mkpts0), bool)
+    if len(mkpts0) < 8 or "texture" not in f0 or "texture" not in f1:
+        return np.asarray(mkpts1, np.float32), moved
+    H, inliers = estimate_homography(mkpts0, mkpts1, ransac_threshold)
+    if H is None or inliers.sum() < 8:
+        return np.asarray(mkpts1, np.float32), moved
+    out = np.asarray(mkpts1, np.float32).copy()
+    out[inliers], moved[inliers] = correlate_matches(f0, f1, mkpts0[inliers], mkpts1[inliers], H)
+    return out, moved
+
+
 # ----------------------------------------------------------------------------- pipeline
 class MatchingPipeline:
     """Extractor + matcher + refinement + verification: arrays in, the standard dict out.
@@ -325,15 +396,20 @@ class MatchingPipeline:
             read from files).
         matcher: a ``Matcher``.
         refine: refine matches with the fine head when both images' features carry it.
+        correlate: then make them precise by correlation (``correlation_stage``) when both
+            images' features carry their ``texture``.
         ransac_threshold: px, in image 1's own frame.
         min_inliers: fewer USAC_MAGSAC inliers leave the pair unverified (no homography).
     """
 
     def __init__(self, extractor: SuperPointExtractor | None, matcher: Matcher, refine: bool = True,
                  ransac_threshold: float = MatchingConfig.ransac_threshold,
-                 min_inliers: int = MatchingConfig.min_inliers):
+                 min_inliers: int = MatchingConfig.min_inliers, correlate: bool = MatchingConfig.correlate):
         self.extractor, self.matcher = extractor, matcher
         self.refine = refine and (extractor is None or extractor.config.fine_dim > 0)
+        self.correlate = correlate
+        if extractor is not None:
+            extractor.texture = correlate
         self.ransac_threshold, self.min_inliers = ransac_threshold, min_inliers
 
     @classmethod
@@ -342,7 +418,8 @@ class MatchingPipeline:
                          match_threshold: float | None = None, refine: bool = MatchingConfig.refine,
                          ransac_threshold: float = MatchingConfig.ransac_threshold,
                          min_inliers: int = MatchingConfig.min_inliers, detection_threshold: float | None = None,
-                         nms_radius: int | None = None, superpoint=None, superglue=None) -> "MatchingPipeline":
+                         nms_radius: int | None = None, superpoint=None, superglue=None,
+                         correlate: bool = MatchingConfig.correlate) -> "MatchingPipeline":
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
@@ -356,11 +433,11 @@ class MatchingPipeline:
         else:
             folder = model_path if model_path.is_dir() or not model_path.exists() else model_path.parent
             glue = build_matcher(matcher, folder, device, match_threshold=match_threshold)
-        return cls(extractor, glue, refine, ransac_threshold, min_inliers)
+        return cls(extractor, glue, refine, ransac_threshold, min_inliers, correlate)
 
     @property
     def name(self) -> str:
-        return f"superpoint+{self.matcher.name}" + ("+refine" if self.refine else "")
+        return f"superpoint+{self.matcher.name}" + ("+refine" if self.refine else "") + ("+correlate" if self.correlate else "")
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         if self.extractor is None:
@@ -383,11 +460,19 @@ class MatchingPipeline:
         if self.refine and valid.any() and "fine_patches" in f1 and "fine_descriptors" in f0:
             refined1 = refine_feature_matches(f0, f1, matches0)
             refined = matches1 > -1
+        correlated = np.zeros(n1, bool)
+        if self.correlate and valid.any():
+            idx1 = matches0[valid]
+            points, moved = correlation_stage(f0, f1, np.asarray(f0["keypoints"], np.float32)[valid], refined1[idx1],
+                                              self.ransac_threshold)
+            refined1 = refined1.copy()
+            refined1[idx1] = points
+            correlated[idx1] = moved
         reason = f0.get("reason") or f1.get("reason") or (None if valid.any() else "no match found")
         return {"keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"], "scores0": f0["scores"],
                 "scores1": f1["scores"], "descriptors0": f0["descriptors"], "descriptors1": f1["descriptors"],
                 "matches0": matches0, "matching_scores0": scores0, "matches1": matches1, "matching_scores1": scores1,
-                "refined_keypoints1": refined1, "refined1": refined,
+                "refined_keypoints1": refined1, "refined1": refined, "correlated1": correlated,
                 "mkpts0": np.asarray(f0["keypoints"], np.float32)[valid], "mkpts1": refined1[matches0[valid]],
                 "mconf": scores0[valid], "image_size0": tuple(int(v) for v in f0["image_size"]),
                 "image_size1": tuple(int(v) for v in f1["image_size"]), "method": self.name, "reason": reason}
@@ -413,7 +498,7 @@ class MatchingPipeline:
 
 # ----------------------------------------------------------------------------- features files
 FEATURE_ARRAYS = ("keypoints", "scores", "descriptors", "image_size", "network_size", "scale",
-                  "fine_descriptors", "fine_patches", "fine_temperature")
+                  "fine_descriptors", "fine_patches", "fine_temperature", "texture", "texture_scale")
 
 
 def features_to_file(features: dict) -> dict:

@@ -25,7 +25,8 @@ from dataset import TrainingPairs, load_scenes
 from matching import SuperPointExtractor
 from SuperGlue_architecture import SuperGlue, pad_batch
 from SuperPoint import SuperPoint
-from training import fit, output_path, run_training, select_val_samples, train_config_from_args, training_parser
+from training import (data_fingerprint, fit, output_path, run_training, select_val_samples, stop_after,
+                      train_config_from_args, training_parser)
 from utils import ground_truth_matches
 
 
@@ -97,7 +98,8 @@ def validate(superpoint: SuperPoint, superglue: SuperGlue, samples: list[dict]) 
 
 def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, superpoint_path: Path, output: Path,
           run_dir: Path, resume: bool = False, seed: int = config.SEED, val_crop: int = 256,
-          repeat_batch: bool = False, command: str = "", progress: bool = True, init: Path | None = None) -> dict:
+          repeat_batch: bool = False, command: str = "", progress: bool = True, init: Path | None = None,
+          stop_after: float = float("inf")) -> dict:
     """Train and return the training record; ``init`` continues from that checkpoint's weights
     and config (fine-tuning, e.g. on larger crops), with a fresh optimiser."""
     torch.manual_seed(seed)
@@ -116,13 +118,13 @@ def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, sup
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
               "loss_names": ["loss", "positives"], "train_config": config.as_dict(cfg), "data": str(data),
-              "seed": seed, "superpoint": str(superpoint_path), "train_scenes": len(scenes),
+              "seed": seed, "superpoint": str(superpoint_path), "train_scenes": len(scenes), "data_fingerprint": data_fingerprint(scenes),
               "val_pairs": len(val_samples), "parameters": sum(p.numel() for p in model.parameters()),
               "initialised_from": origin}
     fixed = batches(0) if repeat_batch else None
     return fit(model, optimizer, cfg, (lambda s: fixed) if repeat_batch else batches, training_step,
                lambda m: validate(superpoint, m, val_samples), output, run_dir, record, resume,
-               "train SuperGlue", progress)
+               "train SuperGlue", progress, stop_after=stop_after)
 
 
 def main(argv=None) -> int:
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     output = output_path(args)
     return run_training(lambda command: train(mcfg, tcfg, args.data, args.superpoint, output, args.run_dir,
                                               args.resume, args.seed, val_crop=128 if args.smoke else args.val_crop,
-                                              init=args.init,
+                                              init=args.init, stop_after=stop_after(args),
                                               repeat_batch=args.smoke, command=command), argv, output)
 
 

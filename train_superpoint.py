@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from config import SuperPointConfig, SuperPointTrainConfig
 from dataset import TrainingPairs, load_scenes
 from SuperPoint import SuperPoint, fine_patches, sample_descriptors, snap_to_fine_grid
-from training import fit, output_path, run_training, select_val_samples, train_config_from_args, training_parser
+from training import (data_fingerprint, fit, output_path, run_training, select_val_samples, stop_after,
+                      train_config_from_args, training_parser)
 from utils import PipelineError
 
 
@@ -189,7 +190,7 @@ def validate_fine(superpoint: SuperPoint, superglue, samples: list[dict]) -> dic
 def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, output: Path, run_dir: Path,
           resume: bool = False, seed: int = config.SEED, val_crop: int = 256, repeat_batch: bool = False,
           command: str = "", progress: bool = True, fine_from: Path | None = None,
-          superglue: Path | None = None) -> dict:
+          superglue: Path | None = None, stop_after: float = float("inf")) -> dict:
     """Train and return the training record. ``repeat_batch`` overfits one batch (smoke test).
 
     With ``fine_from`` (a trained SuperPoint checkpoint), only a new fine head is trained on
@@ -203,7 +204,7 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
     record = {"command": command, "steps": 0, "seconds": 0.0, "history": [], "best": None,
               "loss_names": ["loss", "detector", "descriptor"],
               "train_config": config.as_dict(cfg), "data": str(data), "seed": seed,
-              "train_scenes": len(scenes), "val_pairs": len(val_samples)}
+              "train_scenes": len(scenes), "data_fingerprint": data_fingerprint(scenes), "val_pairs": len(val_samples)}
     if fine_from is not None:
         superpoint = with_fine_head(fine_from, model_cfg.fine_dim, model_cfg.fine_hidden, model_cfg.fine_radius)
         model = FineHeadStage(superpoint)
@@ -240,7 +241,7 @@ def train(model_cfg: SuperPointConfig, cfg: SuperPointTrainConfig, data: Path, o
         return {**batch, "step": torch.tensor(0 if repeat_batch else step)}
 
     return fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output, run_dir, record, resume,
-               "train SuperPoint" + (" fine head" if fine_from else ""), progress, select_by)
+               "train SuperPoint" + (" fine head" if fine_from else ""), progress, select_by, stop_after)
 
 
 def main(argv=None) -> int:
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
                                               args.seed, val_crop=128 if args.smoke else 256,
                                               repeat_batch=args.smoke, command=command, fine_from=args.fine_from,
                                               superglue=None if args.smoke or not args.superglue.exists()
-                                              else args.superglue),
+                                              else args.superglue, stop_after=stop_after(args)),
                         argv, output)
 
 

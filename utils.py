@@ -168,6 +168,24 @@ def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
     return np.clip((image - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def local_contrast(image: np.ndarray, valid: np.ndarray | None = None, sigma: float = 2.0) -> np.ndarray:
+    """Grey image with its local mean removed and divided by its local spread (Gaussian windows
+    of ``sigma`` px), as uint8 (128 = the local mean, 40 levels per local standard deviation).
+
+    Invariant to gain and offset that vary slowly over the image — between two dates, haze,
+    illumination, the season's brightness — which is what correlation across dates needs.
+    Nodata (``valid`` False) is set to the local mean (no texture) first.
+    """
+    grey = to_gray(image)
+    if valid is not None and not valid.all():
+        grey = np.where(valid, grey, np.float32(grey[valid].mean()) if valid.any() else np.float32(0))
+    mean = cv2.GaussianBlur(grey, (0, 0), sigma)
+    detail = grey - mean
+    spread = np.sqrt(cv2.GaussianBlur(detail * detail, (0, 0), sigma))
+    scaled = detail / (spread + 1e-3 * max(float(spread.max()), 1e-6)) * 40 + 128
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
 def normalize_for_network(image: np.ndarray, channels: int = 1, valid: np.ndarray | None = None) -> np.ndarray:
     """Any image array → float32 ``(C, H, W)`` in 0..1 with a 1-99 percentile stretch.
 

@@ -56,8 +56,8 @@ def test_refinement_brings_matches_closer_to_the_truth(sample):
     big0 = cv2.resize(rgb(sample[0]), (1024, 1024), interpolation=cv2.INTER_CUBIC)
     H = utils.sample_homography(np.random.default_rng(4), (1024, 1024), "medium")
     big1 = cv2.warpPerspective(big0, H, (1024, 1024), flags=cv2.INTER_LINEAR)
-    refined = ImageMatcher(device="cpu", resize=512).match_images(big0, big1)
-    plain = ImageMatcher(device="cpu", resize=512, refine=False).match_images(big0, big1)
+    refined = ImageMatcher(device="cpu", resize=512, correlate=False).match_images(big0, big1)
+    plain = ImageMatcher(device="cpu", resize=512, refine=False, correlate=False).match_images(big0, big1)
     assert refined.method.endswith("+refine") and not plain.method.endswith("+refine")
     np.testing.assert_array_equal(refined.matches0, plain.matches0)
     np.testing.assert_allclose(refined.mkpts0, plain.mkpts0)
@@ -66,6 +66,14 @@ def test_refinement_brings_matches_closer_to_the_truth(sample):
     err_plain = np.linalg.norm(plain.mkpts1 - truth, axis=1)
     near = err_plain < 16                     # 16 px of the input = 8 px of what the network saw
     assert near.sum() > 100 and np.median(err_refined[near]) < 0.8 * np.median(err_plain[near])
+    # the correlation stage then makes the inliers precise to a fraction of a pixel (full resolution)
+    correlated = ImageMatcher(device="cpu", resize=512).match_images(big0, big1)
+    assert correlated.method.endswith("+refine+correlate")
+    np.testing.assert_array_equal(correlated.matches0, refined.matches0)
+    moved = correlated.correlated1[correlated.matches0[correlated.matches0 > -1]]
+    err_correlated = np.linalg.norm(correlated.mkpts1 - truth, axis=1)
+    assert moved.mean() > 0.5 and np.median(err_correlated[moved]) < 0.15
+    assert np.median(err_correlated[moved]) < 0.5 * np.median(err_refined[moved])
 
 
 def test_arrays_and_paths_give_the_same_result(matcher, sample):

@@ -62,9 +62,9 @@ def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_pa
     """The same pair through ImageMatcher, the benchmark's method and the two stage scripts:
     identical keypoints, matches, refined points and verification."""
     r = matcher.match_images(sample[0], sample[1])
-    assert r.method == "superpoint+superglue+refine" and r.verified
+    assert r.method == "superpoint+superglue+refine+correlate" and r.verified
 
-    method = evaluate.build_method("superpoint+superglue+refine", config.EvalConfig())
+    method = evaluate.build_method("superpoint+superglue+refine+correlate", config.EvalConfig())
     f0, f1 = (method.extract(utils.load_image(p), utils.load_valid_mask(p)) for p in sample)
     matches0, refined1 = method.match(f0, f1)
     np.testing.assert_array_equal(f0["keypoints"], r.keypoints0)
@@ -197,8 +197,9 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
 
 @shipped
 def test_a_superpoint_file_keeps_the_superglue_beside_it():
-    assert ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method == "superpoint+superglue+refine"
-    assert ImageMatcher(matcher="mnn").method == "superpoint+mnn+refine"
+    assert (ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method
+            == "superpoint+superglue+refine+correlate")
+    assert ImageMatcher(matcher="mnn", correlate=False).method == "superpoint+mnn+refine"
 
 
 @shipped
@@ -303,3 +304,30 @@ def test_threads_are_set_deliberately():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_correlation_recovers_a_known_sub_pixel_shift_across_gain_and_offset():
+    """Image 1 is image 0 shifted by (0.3, -0.6) px with another gain and offset; matches that are
+    a pixel off (as a coarse match is) come back to the truth; the identity is their homography."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.random((200, 200)).astype(np.float32), (0, 0), 2.0)
+    shift = np.array([0.3, -0.6])
+    moved = cv2.warpAffine(base, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (200, 200),
+                           flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    t0 = utils.local_contrast(base * 1000 + 50)
+    t1 = utils.local_contrast(moved * 700 + 300)
+    assert abs(int(np.median(t0)) - 128) <= 3 and abs(int(np.median(t1)) - 128) <= 3      # gain and offset gone
+    f0, f1 = {"texture": t0}, {"texture": t1}
+    pts0 = rng.uniform(30, 170, (40, 2))
+    start = pts0 + shift + rng.uniform(-1, 1, (40, 2))            # a pixel off
+    out, ok = matching.correlate_matches(f0, f1, pts0, start, np.eye(3))
+    assert ok.all()
+    error = np.linalg.norm(out - (pts0 + shift), axis=1)
+    assert error.max() < 0.1 and np.median(error) < 0.06
+    # a point that would move further than max_shift from the homography's prediction keeps its position
+    off = np.array([[1, 0, 2.5], [0, 1, 0], [0, 0, 1]])
+    out, ok = matching.correlate_matches(f0, f1, pts0, start, off, max_shift=1.0)
+    assert (~ok).sum() > 20 and np.array_equal(out[~ok], start[~ok].astype(np.float32))
+    assert (np.linalg.norm(out[ok] - (pts0[ok] + [2.5, 0]), axis=1) < 1.0).all()

@@ -369,15 +369,82 @@ def test_preprocessed_outputs_are_a_training_source(tmp_path):
     assert item["labels0"].shape == (12, 12) and item["point_mask"].sum() > 10
 
 
-def test_test_split_is_disjoint_from_training_and_validation():
-    """The test places come from sources no training or validation loader reads."""
+def test_splits_are_disjoint_by_place():
+    """Train, val and test share no place: no scene name, no overlapping footprint of a
+    georeferenced place, no pixel of T36UYA's held-out quarter in its training crops."""
+    from itertools import combinations
+
+    import cv2
+
     data = config.SHARED_DATA_DIR
     if not (data / "ombria2021").is_dir():
         pytest.skip("the shared data folder is not beside this clone")
     test = dataset.test_pairs(data)
-    names = {p.scene.name for p in test}
-    assert {p.category for p in test} >= {"ombria2021-flood", "bracciano-summer-winter"}
-    for split in ("train", "val"):
-        scenes = dataset.load_scenes(data, split)
-        assert not names & {s.name for s in scenes}
-        assert not {"ombria2021", "bracciano"} & {s.source for s in scenes}
+    assert {p.category for p in test} >= {"ombria2021-flood", "bracciano-summer-winter", "bracciano-across-years",
+                                          "sen12ms-winter-summer", "sen12ms-partly-cloudy"}
+    splits = {"train": dataset.load_scenes(data, "train"), "val": dataset.load_scenes(data, "val"),
+              "test": list({p.scene.name: p.scene for p in test}.values())}
+    assert {s.source for s in splits["test"]}.isdisjoint({s.source for s in splits["train"] + splits["val"]})
+    assert any(s.name.startswith("ombria_train/") for s in splits["train"])     # OMBRIA's training split trains
+
+    def overlap(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    for (na, a), (nb, b) in combinations(splits.items(), 2):
+        assert not {s.name for s in a} & {s.name for s in b}, (na, nb)
+        for x in (s for s in a if s.bounds):
+            for y in (s for s in b if s.bounds):
+                assert not overlap(x.bounds, y.bounds), (x.name, y.name)
+    assert sum(s.bounds is not None for s in splits["train"] + splits["val"] + splits["test"]) >= 16
+    # T36UYA: a textured patch of the held-out quarter is found nowhere in the training crops
+    (held_out,) = [s for s in splits["val"] if s.source == "t36uya"]
+    image = held_out.images[held_out.dates.index("20190825")]
+    patch = np.ascontiguousarray(image[200:264, 200:264])
+    for crop in (s for s in splits["train"] if s.source == "t36uya"):
+        score = cv2.matchTemplate(crop.images[crop.dates.index("20190825")], patch, cv2.TM_CCOEFF_NORMED).max()
+        assert score < 0.9, crop.name
+    assert cv2.matchTemplate(image, patch, cv2.TM_CCOEFF_NORMED).max() > 0.99       # the check can find it
+
+def test_a_stopped_run_resumes_with_the_same_steps_batches_and_weights(tmp_path):
+    """A campaign stopped after a sitting and resumed (on another machine: only the run folder
+    travels) ends exactly where one uninterrupted run does."""
+    from training import fit
+
+    cfg = config.replace(config.SuperPointTrainConfig(), max_steps=8, minutes=0, val_every=4, lr=0.05)
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 3, generator=generator), torch.randn(4, 1, generator=generator)) for _ in range(8)]
+
+    def run(run_dir, stop_after=float("inf"), resume=False, seen=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        model.checkpoint = lambda training=None: {"state_dict": model.state_dict(), "training": training}
+
+        def next_batch(step):
+            seen.append(step)
+            return data[step]
+
+        def step_fn(m, batch):
+            return {"loss": ((m(batch[0]) - batch[1]) ** 2).mean() + 0.01 * torch.randn(())}   # uses torch's rng
+
+        record = {"command": "test", "steps": 0, "seconds": 0.0, "history": [], "best": None,
+                  "train_config": config.as_dict(cfg), "data_fingerprint": "x", "train_scenes": 1}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        record = fit(model, optimizer, cfg, next_batch, step_fn, lambda m: {"auc@5px": -float(m.bias)},
+                     run_dir / "best.pt", run_dir, record, resume, progress=False, stop_after=stop_after)
+        return model, record
+
+    straight_steps, first, second = [], [], []
+    straight, _ = run(tmp_path / "a", seen=straight_steps)
+    _, stopped = run(tmp_path / "b", stop_after=0, seen=first)               # stops after its first step
+    assert stopped["stopped"] and stopped["steps"] == 1 and first == [0]
+    moved = tmp_path / "elsewhere"                                            # a fresh clone of the run folder
+    (tmp_path / "b").rename(moved)
+    resumed, record = run(moved, resume=True, seen=second)
+    assert second == straight_steps[1:] and record["steps"] == 8 and not record.get("stopped")
+    assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
+    assert len(record["sittings"]) == 2 and (moved / "log.csv").read_text().count("\n") >= 3
+    assert (moved / "curve.png").stat().st_size > 1000
+    # resumed with other settings: one clear line, nothing changed
+    cfg = config.replace(cfg, lr=0.1, max_steps=9)
+    with pytest.raises(utils.PipelineError, match="resumed with other settings.*lr"):
+        run(moved, resume=True, seen=[])
