@@ -3,9 +3,15 @@
 A checkpoint is a plain dict ``{"kind", "config", "state_dict", "training"}`` saved with
 ``torch.save`` and read with ``torch.load(weights_only=True)``: a file can never run code, and
 a mismatched file fails with one clear line instead of a shape error deep inside torch.
+
+    python checkpoints.py [model_checkpoints/*.pt]
+
+prints how each checkpoint was made: the chain of training commands from scratch (a fine head
+on its base SuperPoint, a fine-tuning on the run it started from), with steps, wall and CPU time.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -94,3 +100,52 @@ class CheckpointMixin:
         model.training_record = ckpt.get("training", {})
         model.checkpoint_path = ckpt["path"]
         return model.to(resolve_device(device)).eval()
+
+
+# ----------------------------------------------------------------------------- provenance
+def training_chain(record: dict) -> list[dict]:
+    """The training runs behind a checkpoint's record, first run first: each ``{"command",
+    "resumed_with", "steps", "seconds", "cpu_seconds", "cpu_estimated"}``. Runs on top of another
+    (``base_training``: a fine head's SuperPoint; ``initialised_from``: a fine-tuning) come after
+    it. Records from before CPU time was kept estimate it as wall time × 2 cores (the training
+    scripts' default: all cores of these 2-core machines)."""
+    chain = []
+    while record:
+        cpu = record.get("cpu_seconds")
+        chain.append({"command": record.get("command", "?"), "resumed_with": record.get("resumed_with", []),
+                      "steps": record.get("steps"), "seconds": float(record.get("seconds") or 0),
+                      "cpu_seconds": float(cpu if cpu is not None else 2 * float(record.get("seconds") or 0)),
+                      "cpu_estimated": cpu is None})
+        parent = record.get("base_training") or record.get("initialised_from") or {}
+        record = parent.get("training", parent) if parent else {}
+    return chain[::-1]
+
+
+def describe(path: str | Path) -> str:
+    """Markdown lines: the training chain of one checkpoint file and its totals."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    chain = training_chain(ckpt.get("training") or {})
+    lines = [f"**{Path(path).name}** ({ckpt.get('kind')}):", ""]
+    for k, run in enumerate(chain, 1):
+        resumed = "".join(f" → `{c}`" for c in run["resumed_with"])
+        lines.append(f"{k}. `{run['command']}`{resumed} — {run['steps']} steps, {run['seconds'] / 60:.0f} min wall, "
+                     f"{run['cpu_seconds'] / 3600:.2f} CPU h{' (est.)' if run['cpu_estimated'] else ''}")
+    wall = sum(r["seconds"] for r in chain) / 60
+    cpu = sum(r["cpu_seconds"] for r in chain) / 3600
+    lines += ["", f"Total: {wall:.0f} min wall, {cpu:.2f} CPU hours, no GPU."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or \
+        sorted(config.CHECKPOINT_DIR.glob("*.pt"))
+    for path in paths:
+        if not path.is_file():
+            print(f"error: {path}: no such checkpoint file", file=sys.stderr)
+            return 2
+        print(describe(path) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

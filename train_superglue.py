@@ -112,7 +112,8 @@ def train(model_cfg: SuperGlueConfig, cfg: SuperGlueTrainConfig, data: Path, sup
     if init is not None:
         model = SuperGlue.from_checkpoint(init).train()
         origin = {"checkpoint": str(init), "steps": model.training_record.get("steps"),
-                  "seconds": model.training_record.get("seconds"), "command": model.training_record.get("command")}
+                  "seconds": model.training_record.get("seconds"), "command": model.training_record.get("command"),
+                  "training": model.training_record}     # the whole chain (checkpoints.training_chain)
     else:
         model, origin = SuperGlue(model_cfg), None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -276,3 +276,18 @@ def test_inference_sinkhorn_equals_the_training_one():
     # float32 rounding may flip a near-tie of the mutual check, nothing more
     assert (a["matches0"] > -1).sum() > 50 and (a["matches0"] != b["matches0"]).sum() <= 2
     assert (scaling.exp() - log_domain.exp()).abs().max() < 2e-3
+
+
+def test_a_checkpoint_tells_its_training_chain():
+    """From a fine-tuning's record back to the run from scratch, with wall and CPU time."""
+    from checkpoints import training_chain
+
+    scratch = {"command": "python train_superglue.py --minutes 50", "steps": 3000, "seconds": 3000.0}
+    tuned = {"command": "python train_superglue.py --init a.pt", "resumed_with": ["... --resume"], "steps": 500,
+             "seconds": 600.0, "cpu_seconds": 700.0,
+             "initialised_from": {"checkpoint": "a.pt", "command": scratch["command"], "training": scratch}}
+    chain = training_chain(tuned)
+    assert [r["command"] for r in chain] == [scratch["command"], tuned["command"]]
+    assert chain[0]["cpu_estimated"] and chain[0]["cpu_seconds"] == 6000.0        # wall × the 2 cores
+    assert not chain[1]["cpu_estimated"] and chain[1]["cpu_seconds"] == 700.0
+    assert chain[1]["resumed_with"] == ["... --resume"]
