@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", default=None, help="subset of oscd,ombria,t36uya (validation split)")
     parser.add_argument("--split", default="val", choices=["val", "test"],
                         help="val: the places checkpoints are selected on; test: places never used for training "
-                             "or selection (OMBRIA 2021, Lake Bracciano)")
+                             "or selection (OMBRIA 2021, Lake Bracciano, SEN12MS-CR-TS region 146)")
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
     parser.add_argument("--superglue", type=Path, default=None,
@@ -310,7 +310,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="timings are reported for this device")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON results (default data/results/eval_<difficulty>.json)")
+                        help="JSON results (default data/results/eval_<split>_<difficulty>.json)")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="also write every 10th pair's per-method corner errors here (the tests rerun them "
+                             "to check that the shipped checkpoints reproduce these figures)")
     args = parser.parse_args(argv)
     cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
     try:
@@ -339,7 +342,18 @@ def main(argv=None) -> int:
     write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed,
                      "results": results, "table": table})
     print(f"\nresults → {out}")
+    if args.reference:
+        write_json(args.reference, reference_subset(results, cfg, args))
+        print(f"reference subset → {args.reference}")
     return 0
+
+
+def reference_subset(results: dict, cfg: EvalConfig, args, every: int = 10) -> dict:
+    """Every ``every``-th pair's corner error per method, with the settings that reproduce it."""
+    return {"split": args.split, "difficulty": cfg.difficulty, "crop": cfg.crop, "seed": args.seed,
+            "max_keypoints": cfg.max_keypoints,
+            "methods": {name: {r["name"]: r["corner_error"] for r in res["records"][::every]}
+                        for name, res in results.items()}}
 
 
 if __name__ == "__main__":

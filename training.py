@@ -228,6 +228,8 @@ def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
                         help="wall-clock budget, resumed time included; 0 = none")
     parser.add_argument("--batch-size", type=int, default=tcfg.batch_size)
     parser.add_argument("--crop", type=int, default=tcfg.crop, help="training crop side, px")
+    parser.add_argument("--difficulty", default=tcfg.difficulty, choices=sorted(config.DIFFICULTIES),
+                        help="range of the training warps (config.DIFFICULTIES)")
     parser.add_argument("--lr", type=float, default=tcfg.lr)
     parser.add_argument("--val-every", type=int, default=tcfg.val_every, help="steps between validations")
     parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs, help="held-out pairs for validation")
@@ -259,7 +261,8 @@ def train_config_from_args(tcfg, args):
     """``tcfg`` with the shared flags applied (and torch's threads set)."""
     set_threads(args.threads or None)
     return config.replace(tcfg, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
-                          crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs)
+                          crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs,
+                          difficulty=args.difficulty)
 
 
 def run_training(train_fn, argv, output: Path) -> int:
