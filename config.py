@@ -210,6 +210,7 @@ class MatchingConfig:
     correlate: bool = True            # then make them precise by correlation (Lucas-Kanade, local contrast)
     correlation_window: int = 31      # px, side of the correlation window
     correlation_max_shift: float = 3.0  # px: a point the correlation moves further keeps its position
+    correlation_sigma: float = 2.0    # px, Gaussian scale of the local contrast the correlation runs on
     ransac_threshold: float = 3.0     # px, USAC_MAGSAC, in image 1's own frame
     min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (COLMAP's default)
     min_texture: float = 1e-3         # std of the normalised image below which it counts as blank

@@ -372,7 +372,9 @@ def correlate_matches(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray
 
 
 def correlation_stage(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray,
-                      ransac_threshold: float = MatchingConfig.ransac_threshold) -> tuple[np.ndarray, np.ndarray]:
+                      ransac_threshold: float = MatchingConfig.ransac_threshold,
+                      window: int = MatchingConfig.correlation_window,
+                      max_shift: float = MatchingConfig.correlation_max_shift) -> tuple[np.ndarray, np.ndarray]:
     """``correlate_matches`` on the inliers of a provisional USAC_MAGSAC homography of the matches
     (at least 8); the outliers, and every match when there is no such homography, stay as they are.
     Returns image 1's matched points and which moved."""
@@ -383,7 +385,7 @@ def correlation_stage(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray
     if H is None or inliers.sum() < 8:
         return np.asarray(mkpts1, np.float32), moved
     out = np.asarray(mkpts1, np.float32).copy()
-    out[inliers], moved[inliers] = correlate_matches(f0, f1, mkpts0[inliers], mkpts1[inliers], H)
+    out[inliers], moved[inliers] = correlate_matches(f0, f1, mkpts0[inliers], mkpts1[inliers], H, window, max_shift)
     return out, moved
 
 

@@ -168,7 +168,8 @@ def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
     return np.clip((image - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def local_contrast(image: np.ndarray, valid: np.ndarray | None = None, sigma: float = 2.0) -> np.ndarray:
+def local_contrast(image: np.ndarray, valid: np.ndarray | None = None,
+                   sigma: float = config.MatchingConfig.correlation_sigma) -> np.ndarray:
     """Grey image with its local mean removed and divided by its local spread (Gaussian windows
     of ``sigma`` px), as uint8 (128 = the local mean, 40 levels per local standard deviation).
 

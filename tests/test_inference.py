@@ -72,8 +72,8 @@ def test_refinement_brings_matches_closer_to_the_truth(sample):
     np.testing.assert_array_equal(correlated.matches0, refined.matches0)
     moved = correlated.correlated1[correlated.matches0[correlated.matches0 > -1]]
     err_correlated = np.linalg.norm(correlated.mkpts1 - truth, axis=1)
-    assert moved.mean() > 0.5 and np.median(err_correlated[moved]) < 0.15
-    assert np.median(err_correlated[moved]) < 0.5 * np.median(err_refined[moved])
+    assert moved.mean() > 0.5 and np.median(err_correlated[moved]) < 0.1      # measured: 0.03 px
+    assert np.median(err_correlated[moved]) < 0.2 * np.median(err_refined[moved])   # fine head: 1.15 px
 
 
 def test_arrays_and_paths_give_the_same_result(matcher, sample):
