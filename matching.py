@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -52,7 +53,7 @@ from checkpoints import find_checkpoint, resolve_device
 from config import MatchingConfig, SuperPointConfig
 from SuperPoint import SuperPoint, refine_matches
 from utils import (PipelineError, estimate_homography, is_verified, local_contrast, mutual_nearest_neighbours,
-                   normalize_for_network, resize_to)
+                   normalize_for_network, resize_to, warp_points)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -68,6 +69,13 @@ def network_size(width: int, height: int, resize: int, cell: int) -> tuple[int, 
 def to_network_frame(points: np.ndarray, scale) -> np.ndarray:
     """Own-frame pixel centres → the network's frame (``scale`` = network px per input px, x y)."""
     return ((np.asarray(points, np.float64) + 0.5) * np.asarray(scale, np.float64) - 0.5).astype(np.float32)
+
+
+def frame_scaling(scale) -> np.ndarray:
+    """3×3 matrix of ``to_network_frame``: own-frame pixel centres → a grid of ``scale`` (sx, sy)
+    pixels per own pixel."""
+    sx, sy = (float(v) for v in np.broadcast_to(np.asarray(scale, np.float64), (2,)))
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
 
 
 def to_own_frame(points: np.ndarray, scale) -> np.ndarray:
@@ -341,22 +349,14 @@ def correlate_matches(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray
     ``max_shift`` px (in the texture's pixels); otherwise it keeps its ``mkpts1``. Returns the
     points and which moved. Both dicts need ``texture`` (extractors with ``texture=True``).
     """
-    import cv2
-
-    from utils import warp_points
-
     t0, t1 = f0["texture"], f1["texture"]
-    s0 = np.diag([*np.asarray(f0.get("texture_scale", (1, 1)), np.float64), 1.0])
-    s1 = np.diag([*np.asarray(f1.get("texture_scale", (1, 1)), np.float64), 1.0])
-    half0, half1 = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]]), np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
-    # own-frame pixel centres → texture pixel centres, as ``to_network_frame`` does
-    to_t0, to_t1 = half1 @ s0 @ half0, half1 @ s1 @ half0
+    to_t0 = frame_scaling(f0.get("texture_scale", (1.0, 1.0)))      # own frame → texture pixels
+    to_t1 = frame_scaling(f1.get("texture_scale", (1.0, 1.0)))
     H = to_t1 @ np.asarray(homography, np.float64) @ np.linalg.inv(to_t0)
     h1, w1 = t1.shape
     warped0 = cv2.warpPerspective(t0, H, (w1, h1), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                   borderValue=128)
-    start = warp_points(np.asarray(mkpts0, np.float64), to_t0).astype(np.float64)
-    start = warp_points(start, H).astype(np.float32).reshape(-1, 1, 2)
+    start = warp_points(np.asarray(mkpts0, np.float64), H @ to_t0).astype(np.float32).reshape(-1, 1, 2)
     moved = np.zeros(len(mkpts0), bool)
     out = np.asarray(mkpts1, np.float32).copy()
     if not len(start):
