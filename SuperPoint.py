@@ -17,10 +17,12 @@ from __future__ import annotations
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,11 +53,19 @@ def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     """Keep only the local maxima of ``scores`` (B, H, W) within a (2r+1)² window; others → 0.
 
     Max-pool NMS; the square window's max-pool is done as two separable 1-D pools (the same
-    result, a quarter of the work at 512² with r = 4).
+    result, a quarter of the work at 512² with r = 4). On the CPU OpenCV's dilation computes the
+    same maximum 13× faster (0.9 vs 11.5 ms at 512²).
     """
     if radius <= 0:
         return scores
     k = 2 * radius + 1
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        import cv2
+
+        kernel = np.ones((k, k), np.uint8)
+        pooled = torch.from_numpy(np.stack([cv2.dilate(np.ascontiguousarray(s), kernel, borderType=cv2.BORDER_REPLICATE)
+                                            for s in scores.numpy()]))
+        return torch.where(scores == pooled, scores, torch.zeros_like(scores))
     pooled = F.max_pool2d(scores[:, None], (1, k), stride=1, padding=(0, radius))
     pooled = F.max_pool2d(pooled, (k, 1), stride=1, padding=(radius, 0))[:, 0]
     return torch.where(scores == pooled, scores, torch.zeros_like(scores))
@@ -187,6 +197,28 @@ class SuperPoint(CheckpointMixin, nn.Module):
             self.fine = _head(cfg.channels[1], cfg.fine_hidden, cfg.fine_dim)
         # NHWC weights: oneDNN's convolutions run about twice as fast on CPU (same state_dict)
         self.to(memory_format=torch.channels_last)
+
+    def fused(self) -> "SuperPoint":
+        """An inference copy with every batch norm folded into the convolution before it (eval
+        mode, the same outputs to float rounding, ~20 % faster on the CPU); ``self`` is untouched,
+        so a model in training can be validated through it."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        def fold(seq: nn.Sequential) -> nn.Sequential:
+            mods, out = list(seq), []
+            while mods:
+                m = mods.pop(0)
+                if isinstance(m, nn.Conv2d) and mods and isinstance(mods[0], nn.BatchNorm2d):
+                    m = fuse_conv_bn_eval(m, mods.pop(0))
+                out.append(m)
+            return nn.Sequential(*out)
+
+        model = copy.deepcopy(self).eval()
+        model.blocks = nn.ModuleList(fold(b) for b in model.blocks)
+        model.detector, model.descriptor = fold(model.detector), fold(model.descriptor)
+        if self.config.fine_dim > 0:
+            model.fine = fold(model.fine)
+        return model.to(memory_format=torch.channels_last).requires_grad_(False)
 
     # ------------------------------------------------------------------ dense outputs
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -123,7 +123,8 @@ class SuperPointExtractor:
     """SuperPoint on any image array: normalisation, blank/nodata checks, resize, and back.
 
     Args:
-        model: a SuperPoint (``SuperPoint.from_checkpoint``).
+        model: a SuperPoint (``SuperPoint.from_checkpoint``); its weights as they are now are used
+            (a copy with the batch norms folded in: training it further does not change this one).
         max_keypoints: per image (None: the checkpoint's; -1: all).
         resize: longer side the network sees; larger inputs are shrunk (0 = never).
         detection_threshold, nms_radius: override the checkpoint's (None keeps them).
@@ -133,10 +134,11 @@ class SuperPointExtractor:
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
                  detection_threshold: float | None = None, nms_radius: int | None = None,
                  min_texture: float = MatchingConfig.min_texture, texture: bool = True):
-        # the model's own config is left alone: several extractors may share one model
+        # the model's own config is left alone: several extractors may share one model; the
+        # extractor runs an inference copy with the batch norms folded in (``SuperPoint.fused``)
         self.config = config.replace(model.config, detection_threshold=detection_threshold, nms_radius=nms_radius,
                                      max_keypoints=max_keypoints)
-        self.model, self.resize, self.min_texture, self.texture = model, resize, min_texture, texture
+        self.model, self.resize, self.min_texture, self.texture = model.fused(), resize, min_texture, texture
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> "SuperPointExtractor":

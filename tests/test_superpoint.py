@@ -1,6 +1,8 @@
 """SuperPoint network, extraction, dataset geometry, benchmark metrics and training."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -448,3 +450,30 @@ def test_a_stopped_run_resumes_with_the_same_steps_batches_and_weights(tmp_path)
     cfg = config.replace(cfg, lr=0.1, max_steps=9)
     with pytest.raises(utils.PipelineError, match="resumed with other settings.*lr"):
         run(moved, resume=True, seen=[])
+
+
+@pytest.mark.shipped
+def test_shipped_checkpoints_reproduce_the_readme_test_figures_on_a_subset():
+    """Every 10th test pair of the README's run (``evaluate.py --split test --reference ...``):
+    the shipped pipeline and SIFT give the same corner errors again, within 0.1 px."""
+    import json
+
+    data = config.SHARED_DATA_DIR
+    if not (data / "ombria2021").is_dir():
+        pytest.skip("the shared data folder is not beside this clone")
+    reference = json.loads((Path(__file__).parent / "data" / "test_split_reference.json").read_text())
+    cfg = config.replace(config.EvalConfig(), difficulty=reference["difficulty"], crop=reference["crop"],
+                         max_keypoints=reference["max_keypoints"])
+    pairs = {p.name: p for p in dataset.test_pairs(data)}
+    checked = 0
+    for name in ("sift", "superpoint+superglue+refine+correlate"):
+        method = evaluate.build_method(name, cfg)
+        for pair_name, expected in reference["methods"][name].items():
+            sample = dataset.make_eval_sample(pairs[pair_name], cfg.crop, cfg.difficulty, reference["seed"])
+            error = evaluate.evaluate_sample(method, sample, cfg)["corner_error"]
+            if expected > 10:          # a failed pair stays failed
+                assert error > 10, (name, pair_name, error)
+            else:
+                assert abs(error - expected) < 0.1, (name, pair_name, error, expected)
+            checked += 1
+    assert checked >= 20
