@@ -101,7 +101,12 @@ def write_log(run_dir: Path, record: dict) -> None:
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
     losses = np.array([row[:2] for row in record.get("losses", [])], float).reshape(-1, 2)
-    ax0.plot(losses[:, 0], losses[:, 1], lw=0.8)
+    ax0.plot(losses[:, 0], losses[:, 1], lw=0.6, alpha=0.4, label="one batch")
+    if len(losses) >= 10:     # the logged batches are single samples of a noisy loss: a running mean
+        k = max(5, len(losses) // 20)
+        ax0.plot(losses[k - 1:, 0], np.convolve(losses[:, 1], np.ones(k) / k, "valid"), lw=1.5,
+                 label=f"mean of {k}")
+        ax0.legend(fontsize=8)
     ax0.set(xlabel="step", ylabel=names[0], title="training loss")
     for key in metrics:
         pts = [(h["step"], h[key]) for h in record["history"]]
