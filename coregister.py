@@ -15,7 +15,7 @@ Method, coarse to fine:
 2. Windows: ``--window``² px windows at native resolution on a grid, kept where both dates are
    valid (nodata, L1C ``MSK_CLASSI`` clouds, L2A cloud probability / scene classes), matched
    through the same path and verified (USAC_MAGSAC). A window's displacement is the median of its
-   inliers' (sub-pixel through SuperPoint's fine head), then refined by maximising the window
+   inliers' (sub-pixel through the fine head and the correlation stage), then refined by maximising the window
    pair's enhanced correlation coefficient (ECC) from there (kept when the correlation is clear
    and moves it by less than ``max_shift`` px): robust like a learned matcher, precise like
    correlation.
