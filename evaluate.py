@@ -34,7 +34,7 @@ import torch
 
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample, test_pairs
-from matching import MATCHERS, MatchingPipeline, correlation_stage
+from matching import MATCHERS, MatchingPipeline, correlate_keypoints1
 from utils import (PipelineError, corner_error, estimate_homography, is_verified, local_contrast, percentile_stretch,
                    pose_auc, set_threads, to_uint8, warp_points, write_json)
 
@@ -93,14 +93,9 @@ class OpenCVMethod:
         else:
             for m in matcher.match(f0["descriptors"], f1["descriptors"]):
                 matches0[m.queryIdx] = m.trainIdx
-        keypoints1 = f1["keypoints"]
-        if self.correlate:
-            valid = matches0 > -1
-            points, _ = correlation_stage(f0, f1, f0["keypoints"][valid], keypoints1[matches0[valid]],
-                                          self.ransac_threshold)
-            keypoints1 = keypoints1.copy()
-            keypoints1[matches0[valid]] = points
-        return matches0, keypoints1
+        if not self.correlate:
+            return matches0, f1["keypoints"]
+        return matches0, correlate_keypoints1(f0, f1, matches0, f1["keypoints"], self.ransac_threshold)[0]
 
 
 class PipelineMethod:

@@ -174,14 +174,13 @@ class SuperPointExtractor:
             raise PipelineError(f"{name}: {size[0]}×{size[1]} px is smaller than one {cell}-px network cell; "
                                 "use a larger image")
         nw, nh = self.network_size(*size)
+        given_valid = None if valid is None else np.asarray(valid, bool)
         if valid is not None:
-            valid = resize_to(np.asarray(valid, bool), nw, nh)
+            valid = resize_to(given_valid, nw, nh)
         if valid is not None and not valid.any():
             return empty_features(self.config, size, (nw, nh), f"{name}: no valid pixel (all nodata)")
-        texture = None
-        if self.texture and not normalized:   # for the correlation stage, at the resolution given
-            own_valid = None if valid is None else resize_to(valid, w, h, nearest=True)
-            texture = local_contrast(image, own_valid)
+        # for the correlation stage: the local contrast at the resolution given, with its own mask
+        texture = local_contrast(image, given_valid) if self.texture and not normalized else None
         image = resize_to(image, nw, nh)
         if normalized:
             net = np.asarray(image, np.float32)
@@ -391,6 +390,21 @@ def correlation_stage(f0: dict, f1: dict, mkpts0: np.ndarray, mkpts1: np.ndarray
     return out, moved
 
 
+def correlate_keypoints1(f0: dict, f1: dict, matches0: np.ndarray, keypoints1: np.ndarray,
+                         ransac_threshold: float = MatchingConfig.ransac_threshold) -> tuple[np.ndarray, np.ndarray]:
+    """``correlation_stage`` on the matches ``matches0`` (index into image 1, -1 none): image 1's
+    keypoints (N1, 2) with the matched ones moved, and which moved (N1 bool)."""
+    matched = matches0 > -1
+    idx1 = matches0[matched]
+    points, moved = correlation_stage(f0, f1, np.asarray(f0["keypoints"], np.float32)[matched],
+                                      np.asarray(keypoints1, np.float32)[idx1], ransac_threshold)
+    out = np.asarray(keypoints1, np.float32).copy()
+    out[idx1] = points
+    moved1 = np.zeros(len(out), bool)
+    moved1[idx1] = moved
+    return out, moved1
+
+
 # ----------------------------------------------------------------------------- pipeline
 class MatchingPipeline:
     """Extractor + matcher + refinement + verification: arrays in, the standard dict out.
@@ -466,12 +480,7 @@ class MatchingPipeline:
             refined = matches1 > -1
         correlated = np.zeros(n1, bool)
         if self.correlate and valid.any():
-            idx1 = matches0[valid]
-            points, moved = correlation_stage(f0, f1, np.asarray(f0["keypoints"], np.float32)[valid], refined1[idx1],
-                                              self.ransac_threshold)
-            refined1 = refined1.copy()
-            refined1[idx1] = points
-            correlated[idx1] = moved
+            refined1, correlated = correlate_keypoints1(f0, f1, matches0, refined1, self.ransac_threshold)
         reason = f0.get("reason") or f1.get("reason") or (None if valid.any() else "no match found")
         return {"keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"], "scores0": f0["scores"],
                 "scores1": f1["scores"], "descriptors0": f0["descriptors"], "descriptors1": f1["descriptors"],
