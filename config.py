@@ -25,6 +25,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402  (after the OpenMP setting above)
 
+PROJECT_NAME = "s2-image-matching"
+VERSION = "0.7.0"
+
 # ----------------------------------------------------------------------------- paths
 ROOT = Path(__file__).resolve().parent
 DATA_DIR = ROOT / "data"
@@ -220,18 +223,29 @@ class MatchingConfig:
 
 @dataclass
 class CoregisterConfig:
-    """Defaults of ``coregister.py``."""
+    """Defaults of ``coregister.py`` (pairs and ``--stack``: one engine, ``coreg_engine.py``)."""
 
     bands: tuple[str, ...] = ("B04", "B03", "B02")  # those both products have; grey for the network
     overview: int = 1024              # px, longer side of the coarse (whole-product) estimate
     window: int = 512                 # px at native resolution, side of a matching window
+    min_window: int = 256             # px, smallest window side where the data allows it
     max_windows: int = 48             # windows matched at most, spread evenly over the valid area
     min_valid: float = 0.5            # share of a window valid (no nodata, cloud, snow) on both dates
-    min_windows: int = 3              # fewer verified windows: the pair is refused
-    margin: int = 256                 # px of the target read beyond the reference's edges
-    max_shift: float = 1.0            # px the correlation refinement may move a window's learned estimate
-    min_correlation: float = 0.3      # ECC coefficient below this: keep the learned estimate
-    outlier_sigmas: float = 3.0       # windows further than this × their robust spread are rejected
+    min_windows: int = 3              # fewer verified windows (or all, where fewer fit): refused
+    outlier_sigmas: float = 3.0       # windows further than this × their spread are rejected
+    min_spread_px: float = 0.05       # px, smallest spread the outlier rule assumes
+    disagreement_px: float = 1.0      # px, windows differing more than this (and their noise) warn
+    # The pair's standard error: the windows' own and their spread's, times this factor and at
+    # least the floor; calibrated on validation pairs (benchmarks/coregistration.py) so that
+    # same-date errors fall within 2σ at least 80 % of the time.
+    sigma_scale: float = 1.0
+    sigma_floor_px: float = 0.005
+    refine: bool = True               # each window's estimate refined free of interpolation bias
+    refine_iterations: int = 3        # Fourier pre-shift + Lucas-Kanade passes
+    refine_converged_px: float = 0.02  # px, the last pass moves it less than this, else it is not used
+    refine_window: int = 31           # px, Lucas-Kanade window of the refinement
+    refine_max_px: float = 0.5        # px, a refinement moving the learned estimate further is not used
+    refine_min_points: int = 8        # inlier points with a valid neighbourhood on both dates, at least
     field_cells: int = 16             # cells of the shift field along the longer side
     cloud_probability: int = 40       # L2A MSK_CLDPRB above this counts as cloud
     # L2A scene classes left out: saturated, cloud shadow, water, cloud medium/high, cirrus, snow

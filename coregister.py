@@ -3,33 +3,31 @@
     python coregister.py REFERENCE TARGET [--output DIR] [--bands B04,B03,B02] [--write-corrected]
     python coregister.py --stack DATES... [--reference auto|PATH] [--scheduler ADDRESS]  (stack.py)
 
-REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file or a
-multi-band file with band descriptions, or a folder of band files (read by ``data_preprocess``'s
-readers). They may differ in CRS, grid or resolution: the target is read through a virtual warp
-onto the reference's 10 m grid, window by window; nothing is reprojected beyond what is read.
+REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file, a
+multi-band raster (bands named by their descriptions, or unnamed: one band is grey, three are
+RGB, others by ``--bands`` as 1-based indices), a folder of one date's band files, or a STAC Item.
+They may differ in CRS, grid or resolution: the target is read through a virtual warp onto the
+reference's grid, window by window; nothing is reprojected beyond what is read.
 
-Method, coarse to fine:
-1. Coarse: both products as decimated overviews (``--overview`` px), matched through the one
-   matching path (``matching.py``); a verified pair gives the whole-pixel offset the windows start
-   from.
-2. Windows: ``--window``² px windows at native resolution on a grid, kept where both dates are
-   valid (nodata, L1C ``MSK_CLASSI`` clouds, L2A cloud probability / scene classes), matched
-   through the same path and verified (USAC_MAGSAC). A window's displacement is the median of its
-   inliers' (sub-pixel through the fine head and the correlation stage), then refined by maximising the window
-   pair's enhanced correlation coefficient (ECC) from there (kept when the correlation is clear
-   and moves it by less than ``max_shift`` px): robust like a learned matcher, precise like
-   correlation.
-3. Robust: windows whose displacement lies more than ``outlier_sigmas`` robust spreads from the
-   median of all are rejected; fewer than ``min_windows`` verified windows refuse the pair.
-4. Models: the translation (median of the windows, with its standard error ``sigma_m`` and
-   ``ce90_m``), an affine fitted to the tie points (RANSAC), and a smooth shift field.
+A pair is a stack of two: this script and ``--stack`` run the same engine (``coreg_engine.py``):
+coarse offset from the overviews, windows inside the data both dates cover, per window the
+learned estimate (the median of its verified inliers after the fine head and the correlation
+stage), windows combined by their median with a calibrated standard error, warnings where they
+disagree beyond their noise (rotation, scale, a bad window).
 
-Outputs in DIR: ``coregistration.json``, ``tie_points.geojson`` / ``.csv``, ``shift_field.tif``
-(dx, dy in metres on a coarse grid), ``report.png``, and with ``--write-corrected`` the target
-aligned to the reference (translation: its georeference moved, no resampling) as COGs.
+Outputs in DIR (the earlier run's replaced as a whole): ``coregistration.json`` (with the
+provenance: version, settings, inputs, time), ``tie_points.geojson`` / ``.csv``,
+``shift_field.tif`` (dx, dy in metres on a coarse grid), ``report.png``, and with
+``--write-corrected`` the target aligned to the reference as COGs (translation: its georeference
+moved by the correction expressed in its own CRS, no resampling; ``--correction affine|field``:
+resampled onto the reference grid) with the provenance as tags, and a STAC Item for each.
 **Convention**: ``shift_m`` is the displacement of the target's content relative to the reference,
-in the reference CRS's metres, x east and y north: a feature at reference map point P is found in
-the target at P + (dx, dy). The correction applied to the target is its negative.
+in metres, x east and y north: a feature at reference map point P is found in the target at
+P + (dx, dy). The correction applied to the target is its negative.
+
+Exit codes: 0 co-registered (a stack: every date placed); 1 results written but the pair is not
+verified (a stack: some dates excluded, each with its reason); 2 nothing done: a bad input or
+output folder, named in one line.
 """
 from __future__ import annotations
 
@@ -41,409 +39,176 @@ import csv
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+import coreg_engine as engine
 import data_preprocess as dp
 import geo
-from config import CoregisterConfig, PreprocessConfig
+from config import CoregisterConfig
+from coreg_engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (public names of this script)
 from matching import MatchingPipeline
 from utils import PipelineError, atomic_path, normalize_for_network, set_threads, write_json
 
-CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
-
-
-# ----------------------------------------------------------------------------- inputs
-def open_product(path: str | Path, role: str, bands: tuple[str, ...] = ()) -> dp.Product:
-    """The one product at ``path`` (a .SAFE, zip, STAC Item, band file(s) or multi-band file).
-    ``bands`` given as 1-based indices (``1,2,3``) read those bands of a single raster file
-    whose bands have no names."""
-    path = Path(path)
-    if bands and all(b.isdigit() for b in bands) and path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
-        with dp._open(str(path)) as src:
-            bad = [b for b in bands if not 1 <= int(b) <= src.count]
-        if bad:
-            raise PipelineError(f"{path}: has no band {', '.join(bad)} (it has {src.count}); fix --bands")
-        return dp.Product(name=path.stem, source=str(path), level="raster", product_id=path.stem,
-                          band_files={b: {10: str(path)} for b in bands}, band_index={b: int(b) for b in bands})
-    found = dp.find_products(path)
-    if len(found) != 1:
-        raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product or file")
-    product = found[0]
-    if isinstance(product, tuple):
-        raise PipelineError(product[1])
-    return product
-
-
-def choose_bands(ref: dp.Product, tgt: dp.Product, wanted: tuple[str, ...]) -> list[str]:
-    bands = [b for b in wanted if b in ref.band_files and b in tgt.band_files]
-    if not bands:
-        common = sorted(set(ref.band_files) & set(tgt.band_files))
-        raise PipelineError(f"{tgt.source}: none of the bands {', '.join(wanted)} in both products (both have: "
-                            f"{', '.join(common) or 'none'}); choose with --bands (1-based indices, e.g. 1,2,3, for "
-                            "files whose bands have no names)")
-    return bands
-
-
-@dataclass
-class Window:
-    """One matching window: where it is and what it gave."""
-
-    col: int
-    row: int
-    size: tuple[int, int]                          # (width, height) px
-    status: str = "rejected"                       # used | rejected
-    reason: str | None = None
-    shift_px: np.ndarray | None = None             # (2,) displacement on the reference grid
-    learned_px: np.ndarray | None = None           # before the correlation refinement
-    correlation: float = 0.0                       # phase-correlation peak (0 = not used)
-    inliers: int = 0
-    tie0: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # reference grid px
-    tie1: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-    @property
-    def centre(self) -> np.ndarray:
-        return np.array([self.col + (self.size[0] - 1) / 2, self.row + (self.size[1] - 1) / 2])
+PAIR_OUTPUTS = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
+                "corrected")
 
 
 class Coregistration:
-    """Co-register ``target`` to ``reference`` (see the module docstring).
+    """Co-register ``target`` to ``reference`` (see the module docstring): the engine's steps for
+    a stack of two, run in this process.
 
-    ``pipeline``: the matching path (default: the shipped checkpoints, mutual check and fine
-    head as ``ImageMatcher`` uses them, no resizing).
+    ``pipeline``: the matching path (default: the shipped checkpoints, as ``ImageMatcher`` uses
+    them, no resizing).
     """
 
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                  pipeline: MatchingPipeline | None = None, progress: bool = True):
         self.cfg = cfg or CoregisterConfig()
         wanted = tuple(bands or self.cfg.bands)
-        self.ref = open_product(reference, "reference", wanted)
-        self.tgt = open_product(target, "target", wanted)
-        self.bands = choose_bands(self.ref, self.tgt, wanted)
-        self.grid = dp.reference_grid(self.ref, self.bands)
-        if self.grid.crs is None:
-            raise PipelineError(f"{self.ref.source}: not georeferenced; co-registration needs a CRS and transform")
-        m = self.cfg.margin
-        from rasterio.transform import Affine
-
-        # the target is read on the reference grid widened by a margin, so that shifted windows fit
-        self.tgrid = dp.Grid(self.grid.transform * Affine.translation(-m, -m), self.grid.width + 2 * m,
-                             self.grid.height + 2 * m, self.grid.crs)
+        self.inputs = (reference, target)
+        self.ref = engine.open_date(reference, "reference", wanted)
+        self.tgt = engine.open_date(target, "target", wanted)
+        self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
+        self.bands = self.ref_bands
+        self.grid = engine.grid_of(self.ref, self.ref_bands)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints()
         self.progress = progress
-        self.render_cfg = PreprocessConfig()
-
-    # ------------------------------------------------------------------ reading
-    def read_reference(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
-        image, nodata = dp.render(self.ref, self.bands, self.grid, window, shape, self.render_cfg)
-        return image, valid_mask(self.ref, nodata, self.grid, window, shape, False, self.cfg)
-
-    def read_target(self, window, shape) -> tuple[np.ndarray, np.ndarray]:
-        """``window`` in reference-grid px (may reach ``margin`` px beyond it)."""
-        m = self.cfg.margin
-        w = (window[0] + m, window[1] + m, window[2], window[3])
-        image, nodata = dp.render(self.tgt, self.bands, self.tgrid, w, shape, self.render_cfg, warp=True)
-        return image, valid_mask(self.tgt, nodata, self.tgrid, w, shape, True, self.cfg)
-
-    def check_overlap(self) -> None:
-        from rasterio.warp import transform_bounds
-
-        path = next(iter(self.tgt.band_files[self.bands[0]].values()))
-        with dp._open(path) as src:
-            left, bottom, right, top = transform_bounds(src.crs, self.grid.crs, *src.bounds)
-        g = self.grid
-        r_left, r_top = g.transform * (0, 0)
-        r_right, r_bottom = g.transform * (g.width, g.height)
-        lo_x, hi_x = sorted((r_left, r_right))
-        lo_y, hi_y = sorted((r_top, r_bottom))
-        if left >= hi_x or right <= lo_x or bottom >= hi_y or top <= lo_y:
-            raise PipelineError(f"{self.tgt.source}: does not overlap the reference {self.ref.source}; "
-                                "give two products of the same place")
-
-    # ------------------------------------------------------------------ steps
-    def coarse(self) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray]:
-        """Whole-pixel offset from the overviews; also the overviews' valid masks and scale."""
-        g, n = self.grid, self.cfg.overview
-        s = min(1.0, n / max(g.width, g.height))
-        shape = (max(8, round(g.height * s)), max(8, round(g.width * s)))
-        full = (0, 0, g.width, g.height)
-        img0, valid0 = self.read_reference(full, shape)
-        self.overview_ = img0                  # the report draws on it
-        img1, valid1 = self.read_target(full, shape)
-        if not valid0.any():
-            raise PipelineError(f"{self.ref.source}: no valid pixel in the bands {', '.join(self.bands)}")
-        r = self.pipeline.match(img0, img1, valid0, valid1)
-        info = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"],
-                "scale": [g.width / shape[1], g.height / shape[0]]}
-        offset = np.zeros(2)
-        if r["verified"]:
-            d = r["mkpts1"][r["inliers"]] - r["mkpts0"][r["inliers"]]
-            offset = np.round(np.median(d, axis=0) * np.array(info["scale"]))
-            offset = np.clip(offset, -self.cfg.margin, self.cfg.margin)
-        info["offset_px"] = offset.tolist()
-        return offset, info, valid0, valid1
-
-    def windows(self, valid0: np.ndarray, valid1: np.ndarray, offset: np.ndarray) -> list[Window]:
-        """About ``max_windows`` windows on a regular grid, kept where both overviews are valid enough."""
-        g, c = self.grid, self.cfg
-        sy, sx = valid0.shape[0] / g.height, valid0.shape[1] / g.width
-        o = np.round(offset * [sx, sy]).astype(int)
-        shifted1 = np.zeros_like(valid1)
-        h, w = valid1.shape
-        ys, xs = slice(max(0, -o[1]), min(h, h - o[1])), slice(max(0, -o[0]), min(w, w - o[0]))
-        shifted1[ys, xs] = valid1[max(0, o[1]):h + min(0, o[1]), max(0, o[0]):w + min(0, o[0])]
-        both = valid0 & shifted1
-        out = []
-        for col, r, sw, sh in plan_windows(g, c):
-            part = both[int(r * sy):int(np.ceil((r + sh) * sy)), int(col * sx):int(np.ceil((col + sw) * sx))]
-            if part.size and part.mean() >= c.min_valid:
-                out.append(Window(col, r, (sw, sh)))
-        return out
-
-    def match_window(self, win: Window, offset: np.ndarray) -> Window:
-        w, h = win.size
-        img0, valid0 = self.read_reference((win.col, win.row, w, h), (h, w))
-        o = offset.astype(int)
-        img1, valid1 = self.read_target((win.col + o[0], win.row + o[1], w, h), (h, w))
-        if valid0.mean() < self.cfg.min_valid or valid1.mean() < self.cfg.min_valid:
-            win.reason = "too little valid area (nodata, cloud or snow)"
-            return win
-        f0 = self.pipeline.extract(img0, valid0, "reference window")
-        f1 = self.pipeline.extract(img1, valid1, "target window")
-        r = self.pipeline.verify(self.pipeline.match_features(f0, f1))
-        if not r["verified"]:
-            win.reason = r["reason"]
-            return win
-        inl = r["inliers"]
-        win.tie0 = r["mkpts0"][inl] + [win.col, win.row]
-        win.tie1 = r["mkpts1"][inl] + [win.col + o[0], win.row + o[1]]
-        win.score = r["mconf"][inl]
-        win.inliers = int(inl.sum())
-        shift, learned, cc = window_shift(r, img0, valid0, img1, valid1, self.cfg)   # within the window pair
-        win.learned_px, win.shift_px, win.correlation = learned + o, shift + o, cc
-        win.status, win.reason = "used", None
-        return win
 
     def run(self) -> dict:
-        from tqdm import tqdm
-
         start = time.time()
-        self.check_overlap()
-        offset, coarse, valid0, valid1 = self.coarse()
-        wins = self.windows(valid0, valid1, offset)
-        for win in tqdm(wins, desc="windows", unit="win", disable=not self.progress):
-            self.match_window(win, offset)
-        result = self.combine(wins)
-        result.update(coarse=coarse, seconds=round(time.time() - start, 2), bands=self.bands,
-                      reference=str(self.ref.source), target=str(self.tgt.source), crs=self.grid.crs.to_string())
-        self.windows_ = wins
+        e, c, g = engine, self.cfg, self.grid
+        self.overview = e.reference_overview(self.pipeline, self.ref, self.ref_bands, g, c)
+        self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
+        self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c)
+        self.windows = e.plan_windows(e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px]), c)
+        self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
+        self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
+        self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g))
+        result = pair_result(self, self.pair)
+        result.update(coarse=self.loc_tgt.coarse, seconds=round(time.time() - start, 2),
+                      bands={"reference": self.ref_bands, "target": self.tgt_bands},
+                      reference=str(Path(self.ref.source).resolve()), target=str(Path(self.tgt.source).resolve()),
+                      crs=g.crs.to_string())
         return result
 
-    # ------------------------------------------------------------------ models
-    def combine(self, wins: list[Window]) -> dict:
-        c = self.cfg
-        used = [w for w in wins if w.status == "used"]
-        if used:
-            keep = consistent_windows(np.array([w.shift_px for w in used]), c)
-            for w, ok in zip(used, keep):
-                if not ok:
-                    w.status, w.reason = "rejected", "outlier: its shift disagrees with the other windows"
-            used = [w for w in wins if w.status == "used"]
-        reasons: dict[str, int] = {}
-        for w in wins:
-            if w.status != "used":
-                key = reason_kind(w.reason)
-                reasons[key] = reasons.get(key, 0) + 1
-        result = {"verified": len(used) >= c.min_windows, "reason": None, "shift_m": None, "affine": None,
-                  "tie_points": int(sum(w.inliers for w in used)),
-                  "windows": {"used": len(used), "rejected": len(wins) - len(used), "reasons": reasons,
-                              "size_px": c.window}}
-        if not result["verified"]:
-            if not wins:
-                result["reason"] = ("no window with enough valid area on both dates (snow, cloud, nodata or no "
-                                    "overlap)")
-            else:
-                result["reason"] = (f"only {len(used)} of {len(wins)} windows verified (at least {c.min_windows} "
-                                    "needed)" + "".join(f"; {k}: {v}" for k, v in reasons.items()))
-            return result
-        centres = np.array([w.centre for w in used])
-        shifts = np.array([w.shift_px for w in used])
-        dm, metric = pixel_shifts_in_metres(self.grid, centres, shifts)
-        med = np.median(dm, axis=0)
-        n = len(dm)
-        sigma = geo.MAD_TO_SIGMA * np.median(np.abs(dm - med), axis=0) if n > 2 else np.abs(dm - med).max(0)
-        se = 1.2533 * sigma / np.sqrt(n)
-        sigma_m = float(np.sqrt((se ** 2).mean()))
-        result["shift_m"] = {"dx": float(med[0]), "dy": float(med[1]), "sigma_m": sigma_m,
-                             "ce90_m": CE90_PER_SIGMA * sigma_m, "sigma_x": float(se[0]), "sigma_y": float(se[1]),
-                             "window_spread_m": [float(sigma[0]), float(sigma[1])],
-                             "shift_px": [float(v) for v in np.median(shifts, axis=0)], "metric_crs": metric.to_string()}
-        result["affine"] = self.fit_affine(used)
-        return result
+    @property
+    def overview_(self) -> np.ndarray:
+        return self.overview.image
 
-    def fit_affine(self, used: list[Window]) -> dict | None:
-        """Affine from reference map coordinates to where the target shows them: least squares on
-        the windows' refined displacements (precise like the translation), at least 4 windows."""
-        if len(used) < 4:
-            return None
+
+def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
+    """The content of ``coregistration.json`` for a measured pair (shift in metres, its
+    uncertainty, the affine, the windows' counts and the warnings)."""
+    c = co.cfg
+    reasons: dict[str, int] = {}
+    for w in pair.windows:
+        if w.status != "used":
+            key = engine.reason_kind(w.reason)
+            reasons[key] = reasons.get(key, 0) + 1
+    missing = len(co.windows) - len(pair.windows)
+    if missing:
+        reasons["too little valid area or texture"] = missing
+    result = {"verified": pair.verified, "reason": pair.reason, "warnings": list(pair.warnings), "shift_m": None,
+              "affine": None, "tie_points": pair.tie_points,
+              "windows": {"used": pair.windows_used, "rejected": len(co.windows) - pair.windows_used,
+                          "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None}}
+    if not co.windows:
+        result["reason"] = "no window fits the data both dates cover (no overlap?)"
+    if not pair.verified:
+        return result
+    g = co.grid
+    centre = np.array([[g.width / 2, g.height / 2]])
+    d_m, metric = engine.pixel_shifts_in_metres(g, centre, [pair.shift_px])
+    px_m = engine.metres_per_px(g)
+    se = np.array(pair.se_px) * px_m
+    sigma_m = float(np.sqrt(np.mean(se ** 2)))
+    result["shift_m"] = {"dx": float(d_m[0, 0]), "dy": float(d_m[0, 1]), "sigma_m": sigma_m,
+                         "ce90_m": CE90_PER_SIGMA * sigma_m, "sigma_x": float(se[0]), "sigma_y": float(se[1]),
+                         "window_spread_m": [float(v) * px_m for v in pair.spread_px],
+                         "shift_px": [float(v) for v in pair.shift_px], "metric_crs": metric.to_string()}
+    result["affine"] = affine_in_map(co, pair)
+    return result
+
+
+def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
+    """The affine from reference map coordinates to where the target shows them: least squares on
+    the used windows' estimates (centre → centre + shift) where there are at least 4, else on
+    their tie points (a small scene is one window)."""
+    used = [w for w in pair.windows if w.status == "used"]
+    if len(used) >= 4:
         c0 = np.array([w.centre for w in used])
         c1 = c0 + np.array([w.shift_px for w in used])
-        p0 = geo.pixel_to_map(c0, self.grid.transform)
-        p1 = geo.pixel_to_map(c1, self.grid.transform)
-        origin = p0.mean(0)                                # centred: a well-conditioned system
-        X = np.hstack([p0 - origin, np.ones((len(p0), 1))])
-        coef, *_ = np.linalg.lstsq(X, p1 - origin, rcond=None)        # (3, 2)
-        A = coef[:2].T
-        t = coef[2] + origin - A @ origin
-        residual = np.linalg.norm(X @ coef - (p1 - origin), axis=1)
-        return {"matrix": np.round(np.hstack([A, t[:, None]]), 9).tolist(), "windows": len(used),
-                "rmse": float(np.sqrt(np.mean(residual ** 2))),
-                "rmse_units": "m" if self.grid.crs.is_projected else "CRS units",
-                "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
-
-
-def reason_kind(reason: str | None) -> str:
-    """A window's reason for rejection, as one of a few kinds (for the counts in the JSON)."""
-    text = (reason or "").lower()
-    for words, kind in ((("blank", "uniform"), "blank or uniform (cloud?)"), (("no keypoint",), "no keypoint"),
-                        (("ransac inliers",), "too few RANSAC inliers"), (("valid",), "too little valid area"),
-                        (("outlier",), "outlier window"), (("no match",), "no match")):
-        if any(w in text for w in words):
-            return kind
-    return reason or "unknown"
-
-
-def consistent_windows(shifts: np.ndarray, cfg: CoregisterConfig) -> np.ndarray:
-    """Which windows' shifts (N, 2) px lie within ``outlier_sigmas`` robust spreads (1.4826 × MAD,
-    at least 0.05 px) of their median, on both axes."""
-    med = np.median(shifts, axis=0)
-    spread = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0), 0.05)
-    return (np.abs(shifts - med) <= cfg.outlier_sigmas * spread).all(1)
-
-
-def pixel_shifts_in_metres(grid: dp.Grid, at_px: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, object]:
-    """Displacements ``shifts_px`` (N, 2) of the grid's pixels ``at_px`` in metres, x east, y north
-    (``geo.displacements_in_metres``); and the metric CRS."""
-    at_px = np.asarray(at_px, np.float64).reshape(-1, 2)
-    return geo.displacements_in_metres(geo.pixel_to_map(at_px, grid.transform),
-                                       geo.pixel_to_map(at_px + np.asarray(shifts_px).reshape(-1, 2), grid.transform),
-                                       grid.crs)
-
-
-def write_moved(src_path: str | Path, out: Path, move) -> Path:
-    """A raster with its georeference moved by ``move`` (its own CRS's units) and its pixels
-    untouched, as a Cloud-Optimized GeoTIFF (written atomically): a warp from the moved
-    georeference onto itself copies the pixels as they are."""
-    import rasterio
-    import rasterio.shutil
-    from rasterio.transform import Affine
-    from rasterio.vrt import WarpedVRT
-
-    with rasterio.open(src_path) as src:
-        moved = Affine.translation(*move) * src.transform
-        with WarpedVRT(src, src_crs=src.crs, src_transform=moved, crs=src.crs, transform=moved,
-                       width=src.width, height=src.height) as vrt:
-            with atomic_path(out) as tmp:
-                rasterio.shutil.copy(vrt, tmp, driver="COG", compress="deflate")
-    return out
-
-
-def plan_windows(grid: dp.Grid, cfg: CoregisterConfig) -> list[tuple[int, int, int, int]]:
-    """(col, row, width, height) of about ``max_windows`` windows on a regular grid over ``grid``;
-    small products get smaller windows (at least 128 px), so that several fit."""
-    side = min(cfg.window, max(128, min(grid.width, grid.height) // 2))
-    sw, sh = min(side, grid.width), min(side, grid.height)
-    nx = max(1, min(round(grid.width / sw), round(np.sqrt(cfg.max_windows * grid.width / grid.height))))
-    ny = max(1, min(round(grid.height / sh), round(cfg.max_windows / nx)))
-    cols = np.linspace(0, grid.width - sw, nx).round().astype(int)
-    rows = np.linspace(0, grid.height - sh, ny).round().astype(int)
-    return [(int(c), int(r), sw, sh) for r in rows for c in cols]
-
-
-def valid_mask(product: dp.Product, nodata: np.ndarray, grid: dp.Grid, window, shape, warp: bool,
-               cfg: CoregisterConfig) -> np.ndarray:
-    """Where a window of ``product`` is usable: data, no cloud (L1C ``MSK_CLASSI``, L2A cloud
-    probability) and no scene class left out (cloud shadow, water, cloud, cirrus, snow)."""
-    valid = ~nodata
-    masks = dp.render_masks(product, grid, window, shape, warp=warp)
-    if "cloud" in masks:
-        valid &= masks["cloud"] <= (cfg.cloud_probability if "cloud_prob" in product.masks else 0)
-    if "scl" in masks:
-        valid &= ~np.isin(masks["scl"], cfg.scl_invalid)
-    return valid
-
-
-def window_shift(result: dict, img0, valid0, img1, valid1, cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray, float]:
-    """A verified window pair's displacement (px): the median of its inliers' (``learned``), then
-    the ECC optimum from there when clear (coefficient ≥ ``min_correlation``) and within
-    ``max_shift`` px of it. Returns (shift, learned, ECC coefficient, 0 when not used)."""
-    inl = result["inliers"]
-    learned = np.median(result["mkpts1"][inl] - result["mkpts0"][inl], axis=0)
-    refined, cc = ecc_refine(img0, valid0, img1, valid1, learned)
-    if cc >= cfg.min_correlation and np.hypot(*(refined - learned)) <= cfg.max_shift:
-        return refined, learned, cc
-    return learned, learned, 0.0
-
-
-# ----------------------------------------------------------------------------- correlation
-def ecc_refine(img0: np.ndarray, valid0: np.ndarray, img1: np.ndarray, valid1: np.ndarray,
-               shift: np.ndarray) -> tuple[np.ndarray, float]:
-    """The displacement (px, x y) of window 1 against window 0 that maximises their enhanced
-    correlation coefficient (ECC, Evangelidis & Psarakis 2008: invariant to gain and offset
-    between the dates), started from ``shift``; and that coefficient (0 when it fails).
-
-    Sub-pixel precise where OpenCV's phase correlation is not (measured: a true 0.37 px shift
-    gives 0.38 by ECC and 0.07 by ``cv2.phaseCorrelate``, whose peak fit locks to whole pixels).
-    """
-    g0 = normalize_for_network(img0, 1, valid0)[0]
-    g1 = normalize_for_network(img1, 1, valid1)[0]
-    g0 = np.where(valid0, g0, g0[valid0].mean()).astype(np.float32)
-    g1 = np.where(valid1, g1, g1[valid1].mean()).astype(np.float32)
-    mask = cv2.erode(valid0.astype(np.uint8), np.ones((9, 9), np.uint8))
-    warp = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
-    try:
-        cc, warp = cv2.findTransformECC(g0, g1, warp, cv2.MOTION_TRANSLATION, criteria, mask, 5)
-    except cv2.error:
-        return np.asarray(shift, np.float64), 0.0
-    return warp[:, 2].astype(np.float64), float(cc)
+        source = "windows"
+    else:
+        c0 = np.concatenate([w.tie_a for w in used]) if used else np.zeros((0, 2))
+        c1 = np.concatenate([w.tie_b for w in used]) if used else np.zeros((0, 2))
+        source = "tie points"
+        if len(c0) < 12:
+            return None
+    p0 = geo.pixel_to_map(c0, co.grid.transform)
+    p1 = geo.pixel_to_map(c1, co.grid.transform)
+    origin = p0.mean(0)                                # centred: a well-conditioned system
+    X = np.hstack([p0 - origin, np.ones((len(p0), 1))])
+    coef, *_ = np.linalg.lstsq(X, p1 - origin, rcond=None)        # (3, 2)
+    A = coef[:2].T
+    t = coef[2] + origin - A @ origin
+    residual = np.linalg.norm(X @ coef - (p1 - origin), axis=1)
+    return {"matrix": np.round(np.hstack([A, t[:, None]]), 9).tolist(), "fitted_to": source, "points": len(p0),
+            "rmse": float(np.sqrt(np.mean(residual ** 2))),
+            "rmse_units": "m" if co.grid.crs.is_projected else "CRS units",
+            "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
 
 
 # ----------------------------------------------------------------------------- outputs
 def write_outputs(co: Coregistration, result: dict, folder: Path, write_corrected: bool = False,
                   correction: str = "translation") -> list[Path]:
-    """Every output file of a co-registration, each written atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "tie_points.geojson", folder / "tie_points.csv"]
-    rows = tie_point_rows(co)
-    write_tie_points(co, rows, folder)
-    if result["verified"]:
-        written.append(write_shift_field(co, folder / "shift_field.tif"))
-        if write_corrected and correction == "translation":
-            written += write_corrected_target(co, result, folder / "corrected")
-        elif write_corrected:
-            written.append(write_resampled_target(co, result, folder / "corrected", correction))
-    written.append(write_report(co, result, rows, folder / "report.png"))
-    write_json(folder / "coregistration.json", result)
-    return [folder / "coregistration.json", *written]
+    """Every output file of a co-registration, built in a hidden folder and moved into ``folder``
+    as a whole (the earlier run's outputs removed first: nothing stale beside a refusal)."""
+    out = engine.OutputFolder(folder, PAIR_OUTPUTS)
+    names = ["coregistration.json", "tie_points.geojson", "tie_points.csv"]
+    with out.building() as tmp:
+        rows = tie_point_rows(co)
+        write_tie_points(co, rows, tmp)
+        if result["verified"]:
+            write_shift_field(co, tmp / "shift_field.tif")
+            names.append("shift_field.tif")
+            if write_corrected and correction == "translation":
+                written = write_corrected_target(co, result, tmp / "corrected")
+            elif write_corrected:
+                written = [write_resampled_target(co, result, tmp / "corrected", correction)]
+            if write_corrected:
+                names += [f"corrected/{p.name}" for p in written]
+                items = [engine.stac_item(engine.safe_name(p.stem), co.loc_tgt.date, p, str(co.tgt.source),
+                                          {"coregistration:dx_m": result["shift_m"]["dx"],
+                                           "coregistration:dy_m": result["shift_m"]["dy"],
+                                           "coregistration:sigma_m": result["shift_m"]["sigma_m"],
+                                           "coregistration:correction": correction,
+                                           "processing:software": {result["provenance"]["name"]:
+                                                                   result["provenance"]["version"]}})
+                         for p in written if p.suffix == ".tif"]
+                write_json(tmp / "corrected" / "items.geojson", {"type": "FeatureCollection", "features": items})
+                names.append("corrected/items.geojson")
+        write_report(co, result, rows, tmp / "report.png")
+        names.append("report.png")
+        write_json(tmp / "coregistration.json", {**result, "outputs": [str(out.folder / n) for n in names]})
+    return [out.folder / n for n in names]
 
 
 def tie_point_rows(co: Coregistration) -> list[dict]:
     rows = []
     crs = co.grid.crs
-    for k, w in enumerate(co.windows_):
-        if not len(w.tie0):
+    for w in co.pair.windows:
+        if not len(w.tie_a):
             continue
-        p0 = geo.pixel_to_map(w.tie0, co.grid.transform)
-        p1 = geo.pixel_to_map(w.tie1, co.grid.transform)
+        p0 = geo.pixel_to_map(w.tie_a, co.grid.transform)
+        p1 = geo.pixel_to_map(w.tie_b, co.grid.transform)
         d, _ = geo.displacements_in_metres(p0, p1, crs)
         ll0 = geo.reproject_points(p0, crs, "EPSG:4326")
         for i in range(len(p0)):
-            rows.append({"window": k, "ref_x": float(p0[i, 0]), "ref_y": float(p0[i, 1]),
+            rows.append({"window": w.index, "ref_x": float(p0[i, 0]), "ref_y": float(p0[i, 1]),
                          "target_x": float(p1[i, 0]), "target_y": float(p1[i, 1]),
                          "dx_m": float(d[i, 0]), "dy_m": float(d[i, 1]), "score": float(w.score[i]),
                          "inlier": w.status == "used", "lon": float(ll0[i, 0]), "lat": float(ll0[i, 1])})
@@ -457,11 +222,7 @@ def write_tie_points(co: Coregistration, rows: list[dict], folder: Path) -> None
                "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
                              "properties": r} for r in rows]}
     write_json(folder / "tie_points.geojson", geojson)
-    with atomic_path(folder / "tie_points.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+    engine.write_csv(folder / "tie_points.csv", rows, fields)
 
 
 def shift_field(co: Coregistration) -> tuple[np.ndarray, object]:
@@ -495,36 +256,41 @@ def write_shift_field(co: Coregistration, path: Path) -> Path:
     return path
 
 
+def target_files(co: Coregistration) -> list[str]:
+    """Every file of the target product (a multi-band file once)."""
+    return sorted({p for res in co.tgt.band_files.values() for p in res.values()})
+
+
 def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> list[Path]:
-    """The target with its georeference moved by the negative of the shift (no resampling), as
-    Cloud-Optimized GeoTIFFs: the target file itself when it holds every band, else one per band."""
+    """The target with its georeference moved by the correction (the negative of the shift,
+    expressed in each file's own CRS), no resampling, as Cloud-Optimized GeoTIFFs with the
+    provenance as tags: the target file itself when it holds every band, else one per band."""
     import rasterio
 
     folder.mkdir(parents=True, exist_ok=True)
     d = np.array(result["shift_m"]["shift_px"])
-    centre = np.array([[co.grid.width / 2, co.grid.height / 2]])
-    p0 = geo.pixel_to_map(centre, co.grid.transform)
-    p1 = geo.pixel_to_map(centre + d, co.grid.transform)
-    files = sorted({path for res in co.tgt.band_files.values() for path in res.values()})
+    tags = engine.provenance_tags(result["provenance"], coregistration_shift_m=result["shift_m"],
+                                  coregistration_correction="translation")
     written = []
-    for path in files:
+    for path in target_files(co):
         with rasterio.open(path) as src:
             crs = src.crs
-        q0, q1 = (geo.reproject_points(p, co.grid.crs, crs) for p in (p0, p1))
-        written.append(write_moved(path, folder / (Path(path).stem + "_coregistered.tif"), -(q1 - q0)[0]))
+        move = engine.correction_in_crs(co.grid, d, crs)
+        written.append(engine.write_moved(path, folder / (engine.safe_name(Path(path).stem) + "_coregistered.tif"),
+                                          move, tags))
     return written
 
 
 def displacement_px(co: Coregistration, result: dict, model: str, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(2, len(rows), len(cols)) displacement in reference-grid px at those pixel centres, by the
-    ``affine`` (map → map, fitted to the tie points) or the ``field`` (windows, inverse-distance)."""
+    ``affine`` (map → map, fitted to the windows) or the ``field`` (windows, inverse-distance)."""
     gx, gy = np.meshgrid(cols.astype(np.float64), rows.astype(np.float64))
     if model == "affine":
         M = np.array(result["affine"]["matrix"])
         p = geo.pixel_to_map(np.stack([gx.ravel(), gy.ravel()], -1), co.grid.transform)
         moved = geo.map_to_pixel(p @ M[:, :2].T + M[:, 2], co.grid.transform)
         return (moved - np.stack([gx.ravel(), gy.ravel()], -1)).T.reshape(2, *gx.shape)
-    used = [w for w in co.windows_ if w.status == "used"]
+    used = [w for w in co.pair.windows if w.status == "used"]
     centres = np.array([w.centre for w in used])
     shifts = np.array([w.shift_px for w in used])
     d2 = (gx[..., None] - centres[:, 0]) ** 2 + (gy[..., None] - centres[:, 1]) ** 2
@@ -534,17 +300,23 @@ def displacement_px(co: Coregistration, result: dict, model: str, cols: np.ndarr
 
 def write_resampled_target(co: Coregistration, result: dict, folder: Path, model: str, block: int = 1024) -> Path:
     """The target resampled onto the reference grid by the ``affine`` or the ``field`` (cubic),
-    every band of the target product, its nodata kept (0), block by block, as one COG."""
+    every band of the target product, its nodata kept (0), block by block, as one COG with the
+    provenance as tags."""
     import rasterio
     import rasterio.shutil
+    from rasterio.transform import Affine
 
     if model == "affine" and not result.get("affine"):
         raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use --correction "
                             "translation or field")
     folder.mkdir(parents=True, exist_ok=True)
-    g, m = co.grid, co.cfg.margin
-    bands = sorted(co.tgt.band_files, key=lambda b: list(co.tgt.band_files).index(b))
-    name = folder / f"{Path(co.tgt.source).stem}_coregistered_{model}.tif"
+    g = co.grid
+    offset = np.array(co.loc_tgt.offset_px)
+    P = 1024                                 # px of the target read around the grid
+    padded = dp.Grid(g.transform * Affine.translation(offset[0] - P, offset[1] - P), g.width + 2 * P,
+                     g.height + 2 * P, g.crs)
+    bands = [b for b in co.tgt.band_files if not b.isdigit() and b != "grey"] or list(co.tgt.band_files)
+    name = folder / f"{engine.safe_name(Path(co.tgt.source).stem)}_coregistered_{model}.tif"
     with tempfile_beside(name) as plain:
         profile = dict(driver="GTiff", width=g.width, height=g.height, count=len(bands), dtype="uint16",
                        crs=g.crs, transform=g.transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
@@ -555,18 +327,18 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
                     h, w = min(block, g.height - r0), min(block, g.width - c0)
                     step = 32                      # the displacement is smooth: evaluated every 32 px
                     cs, rs = np.arange(c0, c0 + w + step, step), np.arange(r0, r0 + h + step, step)
-                    coarse = displacement_px(co, result, model, cs, rs)
+                    coarse = displacement_px(co, result, model, cs, rs) - offset[:, None, None]
                     d = np.stack([cv2.resize(c.astype(np.float32), ((len(cs) - 1) * step + 1, (len(rs) - 1) * step + 1),
                                              interpolation=cv2.INTER_LINEAR)[:h, :w] for c in coarse])
-                    pad = int(np.ceil(np.abs(d).max())) + 4
-                    win = (c0 - pad, r0 - pad, w + 2 * pad, h + 2 * pad)
+                    pad = min(P, int(np.ceil(np.abs(d).max())) + 4)
+                    win = (c0 - pad + P, r0 - pad + P, w + 2 * pad, h + 2 * pad)
                     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
                     map_x, map_y = xx + pad + d[0], yy + pad + d[1]
                     for k, b in enumerate(bands, 1):
                         path = next(iter(co.tgt.band_files[b].values()))
-                        src, nodata = dp.read_to_grid(path, co.tgrid, (win[0] + m, win[1] + m, win[2], win[3]),
-                                                      (win[3], win[2]), "cubic", band=co.tgt.band_index.get(b, 1),
-                                                      with_nodata=True, warp=True)
+                        src, nodata = dp.read_to_grid(path, padded, win, (win[3], win[2]), "cubic",
+                                                      band=co.tgt.band_index.get(b, 1), with_nodata=True, warp=True,
+                                                      nodata=co.tgt.nodata)
                         out = cv2.remap(src.astype(np.float32), map_x, map_y, cv2.INTER_LANCZOS4,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                         bad = cv2.remap(nodata.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST,
@@ -574,6 +346,7 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
                         out = np.where(bad, 0, np.clip(np.round(out), 1, 65535)).astype(np.uint16)
                         dst.write(out, k, window=rasterio.windows.Window(c0, r0, w, h))
             dst.descriptions = tuple(bands)
+            dst.update_tags(**engine.provenance_tags(result["provenance"], coregistration_correction=model))
         with atomic_path(name) as tmp:
             rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
     return name
@@ -595,14 +368,15 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
     from matplotlib.patches import Rectangle
 
     g = co.grid
-    overview = co.overview_                 # read once, for the coarse estimate
+    overview = co.overview.image            # read once, for the coarse estimate
     fig = Figure(figsize=(13, 6.5), dpi=100)
     ax = fig.add_axes([0.02, 0.08, 0.5, 0.82])
     ax.imshow(normalize_for_network(overview, 1)[0], cmap="gray", extent=(-0.5, g.width - 0.5, g.height - 0.5, -0.5))
-    for w in co.windows_:
-        colour = "lime" if w.status == "used" else "red"
-        ax.add_patch(Rectangle((w.col, w.row), w.size[0], w.size[1], fill=False, ec=colour, lw=0.6, alpha=0.6))
-    used = [w for w in co.windows_ if w.status == "used" and w.shift_px is not None]
+    measured = {w.index: w for w in co.pair.windows}
+    for k, (col, row, ww, wh) in enumerate(co.windows):
+        colour = "lime" if k in measured and measured[k].status == "used" else "red"
+        ax.add_patch(Rectangle((col, row), ww, wh, fill=False, ec=colour, lw=0.6, alpha=0.6))
+    used = [w for w in co.pair.windows if w.status == "used" and w.shift_px is not None]
     if used:
         c = np.array([w.centre for w in used])
         d = np.array([w.shift_px for w in used])
@@ -627,6 +401,7 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
     if shift:
         text.append(f"shift: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "
                     f"(σ {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m)")
+    text += [f"warning: {w}" for w in result.get("warnings", [])]
     wn = result["windows"]
     text.append(f"windows: {wn['used']} used, {wn['rejected']} rejected; tie points {result['tie_points']}; "
                 f"{result.get('seconds', 0):.1f} s")
@@ -648,8 +423,13 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     Returns the content of ``coregistration.json``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"--correction {correction}: choose translation, affine or field")
+    if output is not None:
+        engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress)
     result = co.run()
+    result["provenance"] = engine.provenance([reference, target], co.cfg, bands=list(bands or co.cfg.bands),
+                                             correction=correction if write_corrected else None,
+                                             matching=co.pipeline.name)
     if output is not None:
         result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
     return result
@@ -658,6 +438,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
 def main(argv=None) -> int:
     cfg = CoregisterConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__[__doc__.index("Exit codes"):],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("reference", type=Path, nargs="?", help="the product the target is aligned to")
     parser.add_argument("target", type=Path, nargs="?", help="the product to co-register")
@@ -671,7 +452,9 @@ def main(argv=None) -> int:
                         help="with --stack and no --scheduler: worker processes (default: one per core)")
     parser.add_argument("--neighbours", type=int, default=2, help="with --stack: dates matched on each side in time")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration")
-    parser.add_argument("--bands", default=",".join(cfg.bands), help="bands used (those both products have)")
+    parser.add_argument("--bands", default=",".join(cfg.bands),
+                        help="bands used: names (those both products have) or, for a raster whose bands have no "
+                             "names, 1-based indices as GDAL counts them (3,2,1)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows)
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
@@ -696,6 +479,8 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     shift = result["shift_m"]
     if shift:
         print(f"shift of the target: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "

@@ -61,6 +61,9 @@ class Product:
     offsets: dict[str, float] = field(default_factory=dict)
     masks: dict[str, str] = field(default_factory=dict)   # "cloud_prob" | "scl" | "classi" → path
     band_index: dict[str, int] = field(default_factory=dict)  # band → 1-based index in a multi-band file
+    # No-data value of the band files: "file" = each file's own nodata tag (none when it has no
+    # tag), or a number (Sentinel-2 products: 0). One policy for every reader of the product.
+    nodata: float | str | None = "file"
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -197,7 +200,8 @@ def open_safe(path: Path) -> Product:
         name=product_id, source=str(path), level=level, band_files=band_files,
         tile_id=f"T{tile.group(1)}" if tile else "", sensing_date=start[:10].replace("-", ""),
         product_id=product_id, processing_baseline=baseline,
-        quantification=float(q) if q else config.S2_DEFAULT_QUANTIFICATION, offsets=offsets, masks=masks)
+        quantification=float(q) if q else config.S2_DEFAULT_QUANTIFICATION, offsets=offsets, masks=masks,
+        nodata=config.S2_NODATA_DN)
 
 
 # STAC common band names (the eo extension) → Sentinel-2 band names
@@ -252,26 +256,50 @@ def _baseline_tuple(baseline: str) -> tuple[int, int]:
 
 def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
     """Plain GeoTIFF / JP2 band files: single-band files named by band (``B04.tif``,
-    ``T36UYA_20190601_B04.jp2``) or one multi-band file whose band descriptions are band names."""
+    ``T36UYA_20190601_B04.jp2``), or one raster whose bands are named by their descriptions
+    (``B04``, or a STAC common name such as ``red``). A raster without band names is used as it
+    is: one band as grey, three as red, green, blue (an RGB picture), more by ``--bands``
+    (1-based indices, as GDAL counts), which always select bands by index. An 8-bit raster is
+    scaled so that 255 is the top of the display range."""
     import rasterio
 
     band_files: dict[str, dict[int, str]] = {}
     band_index: dict[str, int] = {}
+    unnamed: dict[str, int] = {}
+    eight_bit = False
     for f in files:
         m = re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", f.stem)
-        if m:
-            band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
-            continue
         try:
             with rasterio.open(f) as src:
-                descriptions = src.descriptions
+                descriptions, count, dtype = src.descriptions, src.count, src.dtypes[0]
         except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{f}: cannot read ({exc}); the file is corrupt or not a raster") from exc
+            raise PipelineError(f"{f}: cannot read ({str(exc).splitlines()[0]}); the file is corrupt or not a "
+                                "raster") from exc
+        eight_bit |= dtype == "uint8"
+        if m and count == 1:
+            band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
+            continue
         for k, d in enumerate(descriptions, start=1):
-            if d in config.S2_BAND_RESOLUTION:
-                band_files.setdefault(d, {})[10] = str(f)
-                band_index[d] = k
-    if not band_files:
+            name = (d or "").strip()
+            name = STAC_COMMON_NAMES.get(name.lower(), name.upper())
+            if name in config.S2_BAND_RESOLUTION:
+                band_files.setdefault(name, {})[10] = str(f)
+                band_index[name] = k
+        if len(files) == 1:
+            # every band is reachable by its 1-based index; unnamed rasters get the usual reading
+            for k in range(1, count + 1):
+                band_files.setdefault(str(k), {})[10] = str(f)
+                band_index[str(k)] = k
+            if not any(b in config.S2_BAND_RESOLUTION for b in band_files):
+                if count == 1:
+                    unnamed = {"grey": 1}
+                elif count == 3:
+                    unnamed = {"B04": 1, "B03": 2, "B02": 3}
+                for b, k in unnamed.items():
+                    band_files[b] = {10: str(f)}
+                    band_index[b] = k
+    named = [b for b in band_files if not b.isdigit()]
+    if not named and len(files) > 1:
         raise PipelineError(f"{files[0].parent}: no band recognised in {[f.name for f in files][:5]}; name "
                             "single-band files by band (B04.tif) or set band descriptions")
     first = Path(files[0])
@@ -284,6 +312,8 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
         if dates_txt.exists():
             date = re.search(rf"date_{oscd.group(1)}:\s*(\d{{8}})", dates_txt.read_text())
     name = place if len(files) == 1 else f"{place}_{date.group(1) if date else first.parent.name}"
+    if eight_bit and scale == config.S2_DEFAULT_QUANTIFICATION:
+        scale = 255.0 / PreprocessConfig.reflectance_max
     return Product(name=name, source=str(first if len(files) == 1 else first.parent), level="raster",
                    band_files=band_files, tile_id=place, sensing_date=date.group(1) if date else "",
                    product_id=name, quantification=scale, offsets={b: offset for b in band_files},
@@ -326,25 +356,32 @@ def _open(path: str):
                             "truncated, download the product again") from exc
 
 
+def nodata_value(src, policy: float | str | None = "file") -> float | None:
+    """The no-data value of an open raster under ``policy`` (``Product.nodata``): ``"file"`` = its
+    own tag (None when it has none), else the number given (None: no value is no-data)."""
+    return src.nodata if policy == "file" else policy
+
+
 @contextlib.contextmanager
-def _on_grid(src, grid: Grid, warp: bool, resampling: str = "bilinear"):
+def _on_grid(src, grid: Grid, warp: bool, resampling: str = "bilinear", nodata: float | None = None):
     """``src`` itself when it is in the grid's CRS (and ``warp`` is not asked), else a virtual
-    warp of it onto the grid (GDAL's WarpedVRT, bilinear, outside = nodata): nothing is
-    reprojected beyond the windows read from it."""
+    warp of it onto the grid (GDAL's WarpedVRT, outside = no data: ``nodata`` when the source has
+    a no-data value, else an alpha band): nothing is reprojected beyond the windows read from it."""
     if not warp and (grid.crs is None or src.crs is None or src.crs == grid.crs):
         yield src
         return
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
+    options = dict(src_nodata=nodata, nodata=nodata) if nodata is not None else dict(add_alpha=True)
     with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                   resampling=getattr(Resampling, resampling), src_nodata=src.nodata or 0, nodata=0) as vrt:
+                   resampling=getattr(Resampling, resampling), **options) as vrt:
         yield vrt
 
 
 def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
                  resampling_up: str = "bilinear", band: int | list[int] = 1, with_nodata: bool = False,
-                 warp: bool = False):
+                 warp: bool = False, nodata: float | str | None = "file"):
     """Read one band (or a list of bands of the file: (k, rows, cols)) into a window of the
     reference grid at ``out_shape`` = (rows, cols).
 
@@ -354,9 +391,10 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     levels / overviews make an overview read touch a fraction of the data. Finer bands are
     averaged down, coarser bands resampled up (``resampling_up``).
 
-    With ``with_nodata``, returns ``(data, nodata)``: a pixel is nodata where the band is
-    (DN 0), judged without blending in neighbours — from the same read when it is pixel for
-    pixel (full-resolution tiles), else from a second, nearest-neighbour read.
+    With ``with_nodata``, returns ``(data, nodata)``: a pixel is no data where the band holds the
+    no-data value (``nodata``: see ``nodata_value``), is not finite, or lies outside the file,
+    judged without blending in neighbours — from the same read when it is pixel for pixel
+    (full-resolution tiles), else from a second, nearest-neighbour read.
     """
     import rasterio
     from rasterio.enums import Resampling
@@ -364,8 +402,12 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
 
     shape = (len(band), *out_shape) if isinstance(band, list) else out_shape
 
-    def read(src, win, resampling):
+    def read(src, win, resampling, masks=False):
         try:
+            if masks:
+                first = band[0] if isinstance(band, list) else band
+                return src.read_masks(first, window=win, out_shape=out_shape, resampling=resampling,
+                                      boundless=False)
             return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
             raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
@@ -374,19 +416,27 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     col, row, w, h = window_px
     left, top = grid.transform @ (col, row)
     right, bottom = grid.transform @ (col + w, row + h)
-    with _open(path) as file, _on_grid(file, grid, warp, resampling_up) as src:
-        win = from_bounds(left, bottom, right, top, transform=src.transform)
-        out_res = (right - left) / out_shape[1]
-        resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
-        data = read(src, win, resampling)
-        if not with_nodata:
-            return data
-        pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
-                           and abs(win.col_off - round(win.col_off)) < 1e-6
-                           and abs(win.row_off - round(win.row_off)) < 1e-6)
-        nearest = data if pixel_for_pixel else read(src, win, Resampling.nearest)
-    nodata = (nearest == config.S2_NODATA_DN) | ~np.isfinite(nearest)
-    return data, nodata.any(axis=0) if nodata.ndim == 3 else nodata
+    with _open(path) as file:
+        value = nodata_value(file, nodata)
+        with _on_grid(file, grid, warp, resampling_up, value) as src:
+            win = from_bounds(left, bottom, right, top, transform=src.transform)
+            out_res = (right - left) / out_shape[1]
+            resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
+            data = read(src, win, resampling)
+            if not with_nodata:
+                return data
+            pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
+                               and abs(win.col_off - round(win.col_off)) < 1e-6
+                               and abs(win.row_off - round(win.row_off)) < 1e-6)
+            nearest = data if pixel_for_pixel else read(src, win, Resampling.nearest)
+            outside = None
+            if value is None and src is not file:        # warped without a no-data value: its alpha
+                outside = read(src, win, Resampling.nearest, masks=True) == 0
+    bad = ~np.isfinite(nearest) if np.issubdtype(nearest.dtype, np.floating) else np.zeros(nearest.shape, bool)
+    if value is not None:
+        bad |= nearest == value
+    bad = bad.any(axis=0) if bad.ndim == 3 else bad
+    return data, bad if outside is None else bad | outside
 
 
 def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
@@ -410,7 +460,8 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
         # a virtual warp resamples by cubic convolution: bilinear weights shift fine detail by less
         # than the sub-pixel offset, which biases a sub-pixel shift estimate towards whole pixels
         dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, "cubic" if warp else "bilinear",
-                                       band=index if len(index) > 1 else index[0], with_nodata=True, warp=warp)
+                                       band=index if len(index) > 1 else index[0], with_nodata=True, warp=warp,
+                                       nodata=product.nodata)
         nodata |= band_nodata
         for b, layer in zip(group, dn if dn.ndim == 3 else dn[None]):
             channels[b] = normalise(np.nan_to_num(layer), product.offsets.get(b, 0.0), product.quantification, cfg)

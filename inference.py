@@ -72,7 +72,7 @@ class ImageMatcher:
         match_threshold: the matcher's score threshold (None: the checkpoint's).
         resize: longer side the network sees; larger inputs are shrunk (coordinates are still
             returned in each input's own frame). 0 = never resize.
-        bands: for multi-band inputs, the 0-based channel indices to use (1, 3 or 4 of them,
+        bands: for multi-band inputs, the bands to use, 1-based as GDAL counts them (1, 3 or 4 of them,
             matching the model's input channels; grey models average them).
         ransac_threshold: px, in image 1's own frame.
         refine: move each match's point in image 1 to where image 0's keypoint fits best,
@@ -125,7 +125,7 @@ class ImageMatcher:
             size = image_dimensions(path)
             net = extractor.network_size(*size)
             array = load_image(path, None if net == size else net)
-            valid = load_valid_mask(path)
+            valid = load_valid_mask(path, None if net == size else net)
             georef = geo.read_georeference(path)
         else:
             array, name, valid, georef = np.asarray(image), name or "array", None, None
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,
                         help="longer side the network sees; 0 = none")
-    parser.add_argument("--bands", default=None, help="multi-band inputs: 0-based channels, e.g. 0,1,2")
+    parser.add_argument("--bands", default=None, help="multi-band inputs: the bands to use, 1-based as GDAL counts them, e.g. 3,2,1")
     args = parser.parse_args(argv)
     start = time.time()
     try:

@@ -84,21 +84,23 @@ def to_own_frame(points: np.ndarray, scale) -> np.ndarray:
 
 
 def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) -> np.ndarray:
-    """The channels of a multi-band array to use: ``bands`` (0-based), or an 8-bit RGB picture
-    as it is; a 16-bit or multi-band raster without ``bands`` is ambiguous, hence an error."""
+    """The channels of a multi-band array to use: ``bands`` (1-based indices, as GDAL and
+    rasterio count bands: ``(3, 2, 1)``), or an 8-bit RGB picture as it is; a 16-bit or
+    multi-band raster without ``bands`` is ambiguous, hence an error."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3):
         raise PipelineError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {array.shape}")
     if array.ndim == 3:
         if bands is not None:
-            bad = [b for b in bands if not 0 <= b < array.shape[2]]
+            bad = [b for b in bands if not 1 <= b <= array.shape[2]]
             if bad:
-                raise PipelineError(f"{name}: bands {bad} out of range for an image with {array.shape[2]} bands")
-            array = array[..., list(bands)]
+                raise PipelineError(f"{name}: bands {bad} out of range for an image with {array.shape[2]} bands "
+                                    f"(1-based: 1..{array.shape[2]}); fix bands=")
+            array = array[..., [b - 1 for b in bands]]
         elif not (array.shape[2] == 3 and array.dtype == np.uint8):
             raise PipelineError(f"{name}: {array.shape[2]}-band {array.dtype} image; choose the bands to use "
-                                "with ImageMatcher(bands=(r, g, b)) or --bands 0,1,2")
+                                "with ImageMatcher(bands=(r, g, b)) or --bands 1,2,3 (1-based)")
     return array
 
 

@@ -159,7 +159,11 @@ def test_bad_inputs(matcher, sample, tmp_path):
 
 
 def test_band_choice_for_multiband_input(sample):
-    m = ImageMatcher(device="cpu", bands=(2, 1, 0))
+    """``bands`` are 1-based, as GDAL and rasterio count them (and as coregister.py --bands)."""
+    with pytest.raises(utils.PipelineError, match="1-based"):
+        ImageMatcher(device="cpu", bands=(0, 1, 2)).match_images(np.zeros((64, 64, 4), np.uint8),
+                                                                 np.zeros((64, 64, 4), np.uint8))
+    m = ImageMatcher(device="cpu", bands=(3, 2, 1))
     stack = np.concatenate([rgb(sample[0])[..., ::-1], np.zeros((512, 512, 1), np.uint8)], axis=2)  # B, G, R, 0
     r = m.match_images(stack, np.concatenate([rgb(sample[1])[..., ::-1], np.zeros((512, 512, 1), np.uint8)], 2))
     assert r.num_inliers > 100

@@ -181,7 +181,7 @@ def test_shift_between_georeferenced_dates_in_metres(matcher, sample, tmp_path):
         with rasterio.open(tmp_path / name, "w", driver="GTiff", width=512, height=512, count=3, dtype="uint8",
                            crs="EPSG:32632", transform=from_origin(x0, y0, 10, 10)) as dst:
             dst.write(image)
-    r = ImageMatcher(device="cpu", bands=(0, 1, 2)).match_images(tmp_path / "a.tif", tmp_path / "b.tif")
+    r = ImageMatcher(device="cpu", bands=(1, 2, 3)).match_images(tmp_path / "a.tif", tmp_path / "b.tif")
     assert r.verified and r.crs == "EPSG:32632"
     assert r.shift_m["dx"] == pytest.approx(7, abs=0.3) and r.shift_m["dy"] == pytest.approx(-3, abs=0.3)
 

@@ -39,7 +39,7 @@ def shifted_stack(folder: Path, seed: int) -> dict[str, np.ndarray]:
             profile["transform"] = Affine.translation(*d) * s.transform
         with rasterio.open(folder / path.name, "w", **profile) as dst:
             dst.write(data)
-        truth[stack.date_of(coregister.open_product(path, "date"), str(path))] = d
+        truth[stack.date_of(coregister.engine.open_date(path), str(path))] = d
     return truth
 
 
@@ -72,9 +72,12 @@ def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path):
     assert rows1[SNOW]["status"] == "excluded" or np.isfinite(rows1[SNOW]["dx_m"])
     shifts = list(csv.DictReader(open(tmp_path / "out" / "shifts.csv")))
     pairs = list(csv.DictReader(open(tmp_path / "out" / "pairs.csv")))
-    assert {"path", "date", "dx_m", "dy_m", "sigma_m", "tie_points", "status", "reason"} <= set(shifts[0])
+    assert {"path", "id", "date", "dx_m", "dy_m", "sigma_m", "tie_points", "status", "reason", "warnings"} <= set(shifts[0])
+    assert all(Path(r["path"]).is_absolute() for r in shifts)
     assert any(p["verified"] == "True" and float(p["residual_m"]) >= 0 for p in pairs)    # loop closure
-    assert (tmp_path / "out" / "shifts.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "report.png").stat().st_size > 10_000
+    info = json.loads((tmp_path / "out" / "stack.json").read_text())
+    assert info["provenance"]["version"] == config.VERSION and info["reference_id"] == f"T36UYA_{reference}_B04"
 
 
 def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
@@ -96,6 +99,9 @@ def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
     assert len(corrected) == 3 and "T36UYA_20170101" not in str(corrected)      # the placed dates only
     catalog = json.loads((tmp_path / "out" / "corrected" / "stack.geojson").read_text())
     assert len(catalog["features"]) == 3 and all("coregistration:dx_m" in f["properties"] for f in catalog["features"])
+    for f in catalog["features"]:                    # items users can open: footprint, bbox, projection, links
+        assert f["geometry"]["type"] == "Polygon" and len(f["bbox"]) == 4 and f["properties"]["proj:epsg"] == 32636
+        assert f["links"] and f["properties"]["datetime"].startswith(f["id"][7:11])
     with rasterio.open(corrected[0]) as c, rasterio.open(folder / corrected[0].name.replace("_coregistered", "")) as o:
         assert c.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         np.testing.assert_array_equal(c.read(), o.read())
@@ -140,3 +146,60 @@ def test_separately_started_dask_cluster_gives_the_same_results(tmp_path):
         assert a[date]["status"] == b[date]["status"]
         if a[date]["status"] != "excluded":
             assert abs(a[date]["dx_m"] - b[date]["dx_m"]) < 0.1 and abs(a[date]["dy_m"] - b[date]["dy_m"]) < 0.1
+
+
+BRACCIANO = Path(__file__).parent / "data" / "bracciano"
+
+
+def test_a_pair_is_a_stack_of_two(tmp_path):
+    """The same pair through ``coregister.py A B`` and ``--stack A B``: the same answer (0.05 m)."""
+    from matching import MatchingPipeline
+
+    ref, target = BRACCIANO / "20160718.tif", BRACCIANO / "20180610.tif"
+    pair = coregister.coregister(ref, target, pipeline=MatchingPipeline.from_checkpoints(), progress=False)
+    st = stack.coregister_stack([ref, target], None, str(ref), workers=1, progress=False)
+    row = next(r for r in st["dates"] if r["status"] == "ok")
+    assert abs(row["dx_m"] - pair["shift_m"]["dx"]) < 0.05 and abs(row["dy_m"] - pair["shift_m"]["dy"]) < 0.05
+    assert abs(row["sigma_m"] - pair["shift_m"]["sigma_m"]) < 0.05
+
+
+def test_a_stack_of_per_date_band_folders_and_a_date_on_the_other_utm_zone(tmp_path):
+    """Dates given as folders of band files (B02.tif, B03.tif, B04.tif): one date a folder, their
+    corrected files kept apart, ids unique; the date on the neighbouring UTM zone corrected in its
+    own CRS registers to ≈ 0 against the reference."""
+    dates = {}
+    for name in ("20160718", "20180610", "20170404"):           # the last on EPSG:32633
+        folder = tmp_path / "in" / name / "imgs"
+        folder.mkdir(parents=True)
+        with rasterio.open(BRACCIANO / f"{name}.tif") as s:
+            for k, band in enumerate(s.descriptions, 1):
+                with rasterio.open(folder / f"{band}.tif", "w", **{**s.profile, "count": 1}) as dst:
+                    dst.write(s.read(k), 1)
+        dates[name] = folder
+    out = tmp_path / "out"
+    ref = dates["20160718"]
+    assert stack.expand_inputs([tmp_path / "in" / "*" / "imgs"]) == sorted(dates.values())
+    r = stack.coregister_stack([str(p) for p in dates.values()], out, str(ref), workers=2, progress=False,
+                               write_corrected=True)
+    assert [row["status"] for row in r["dates"]] == ["reference", "ok", "ok"]
+    assert len({row["id"] for row in r["dates"]}) == 3
+    written = sorted((out / "corrected").rglob("*.tif"))
+    assert len(written) == 9                                     # 3 bands × 3 dates, none overwritten
+    catalog = json.loads((out / "corrected" / "stack.geojson").read_text())
+    assert len(catalog["features"]) == 3 and all(len(f["assets"]) == 3 for f in catalog["features"])
+    other = next(f for f in catalog["features"] if f["properties"]["proj:epsg"] == 32633)
+    moved = [out / "corrected" / a["href"] for a in other["assets"].values()]
+    again = coregister.coregister(BRACCIANO / "20160718.tif", moved, progress=False)
+    assert again["verified"] and np.hypot(again["shift_m"]["dx"], again["shift_m"]["dy"]) < 0.3
+
+
+def test_coregister_stack_from_a_plain_script_without_a_main_guard(tmp_path):
+    """A user's script that calls ``coregister_stack`` at module level (no ``if __name__ ==
+    "__main__":``) runs: the LocalCluster's workers do not run it again."""
+    script = tmp_path / "my_script.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom stack import coregister_stack\n"
+                      f"r = coregister_stack({[str(p) for p in DATES[1:4]]!r}, None, workers=2, progress=False)\n"
+                      "print('PLACED', sum(d['status'] != 'excluded' for d in r['dates']))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PLACED 3" in done.stdout and done.stdout.count("PLACED") == 1

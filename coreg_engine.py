@@ -1,0 +1,847 @@
+"""The co-registration engine: what a pair and a stack of dates share. A pair is a stack of two.
+
+``coregister.py A B`` (a pair) and ``coregister.py --stack`` (``stack.py``, on Dask) run the same
+functions, in this order:
+
+1. ``open_date``: a date's product (``.SAFE``, zip, STAC Item, band files, a folder of band files,
+   a multi-band raster) and the bands it is read with (``date_bands``).
+2. ``locate_date``: the date's whole-pixel **coarse offset** against the reference, from both
+   products' decimated overviews matched through the one matching path (``matching.py``), and
+   the extent of its data on the reference grid. Offsets of hundreds of pixels are fine: each date
+   is read on the reference grid moved by its own offset (``date_grid``).
+3. ``plan_windows``: windows on the reference grid, inside the part that every date's raster
+   covers after its offset (a window never reads past a date's data).
+4. ``extract_date``: every window of a date read at native resolution (its no-data, cloud and
+   scene-class masks applied), its features extracted once.
+5. ``measure_pair``: two dates matched window by window. A window's displacement is the
+   **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine
+   head and the correlation stage — with its standard error from the inliers' spread. (An ECC
+   refinement used to replace it and was up to 0.5 px off near the data's edge, where it was pulled
+   by the mean-filled invalid pixels of the target; measured against the learned estimate on the
+   validation pairs of ``benchmarks/coregistration.py`` it was never better, so it is gone.)
+   Windows are combined by their median; those beyond ``outlier_sigmas`` robust spreads are
+   rejected; where the windows disagree beyond their noise (rotation, scale, a bad window) the
+   pair carries a warning naming what was seen. The pair's ``sigma_px`` is calibrated (see
+   ``CoregisterConfig.sigma_scale``).
+6. Outputs shared by pairs and stacks: ``correction_in_crs`` (the vector that moves a date's
+   georeference, in its own CRS), ``write_moved`` (a corrected COG with provenance tags),
+   ``stac_item``, ``provenance`` and ``OutputFolder`` (checked before any work, replaced whole).
+
+**Convention**: a displacement ``d`` (px on the reference grid, x right, y down) of date *b*
+relative to date *a* means a feature at grid pixel *p* in date *a* is found at *p + d* in date
+*b*; in metres it is x east, y north. A date's correction is its negative.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import config
+import data_preprocess as dp
+import geo
+from config import CoregisterConfig, PreprocessConfig
+from utils import PipelineError, atomic_path, write_json
+
+CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
+MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
+
+
+# ----------------------------------------------------------------------------- inputs
+def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...] = ()) -> dp.Product:
+    """The one product of a date: a ``.SAFE`` (folder or zip), a STAC Item, a raster file, a
+    folder of one date's band files, or a list of one date's band files. ``bands`` given as
+    1-based indices (``1,2,3``) select those bands of a single raster, as GDAL counts them."""
+    if isinstance(path, (list, tuple)):
+        files = [Path(p) for p in path]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise PipelineError(f"{missing[0]}: no such file; give the {role}'s band files")
+        return dp.open_band_files(files, config.S2_DEFAULT_QUANTIFICATION, 0.0)
+    path = Path(path)
+    found = dp.find_products(path)
+    if len(found) != 1:
+        raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product, file or "
+                            "folder of one date's band files")
+    product = found[0]
+    if isinstance(product, tuple):
+        raise PipelineError(product[1])
+    if bands and all(b.isdigit() for b in bands):
+        count = max((int(b) for b in product.band_index if b.isdigit()), default=0)
+        if not count:
+            raise PipelineError(f"{path}: --bands {','.join(bands)} selects bands of one raster file by 1-based "
+                                "index; this input is a product or several files: give band names (B04,B03,B02)")
+        bad = [b for b in bands if not 1 <= int(b) <= count]
+        if bad:
+            raise PipelineError(f"{path}: has no band {', '.join(bad)} (it has {count}); fix --bands "
+                                "(1-based indices)")
+    return product
+
+
+def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:
+    """The bands of ``product`` read for matching: those of ``wanted`` it has (names, or 1-based
+    indices of a raster); an unnamed single-band raster is read as it is (``grey``)."""
+    have = [b for b in wanted if b in product.band_files]
+    if have:
+        return have
+    if "grey" in product.band_files:
+        return ["grey"]
+    named = sorted(b for b in product.band_files if not b.isdigit())
+    if not named:
+        count = max(int(b) for b in product.band_files)
+        raise PipelineError(f"{product.source}: {count} unnamed bands; choose the bands with --bands (1-based "
+                            "indices as GDAL counts them, e.g. --bands 3,2,1) or set band descriptions (B04...)")
+    raise PipelineError(f"{product.source}: none of the bands {', '.join(wanted)} (it has: {', '.join(named)}); "
+                        "choose with --bands (names such as B04,B03,B02, or 1-based indices such as 3,2,1 for a "
+                        "raster whose bands have no names)")
+
+
+def common_bands(products: list[dp.Product], wanted: tuple[str, ...]) -> list[list[str]]:
+    """Each product's bands: the bands of ``wanted`` that all of them have where there are any
+    (the dates then look alike), else each its own (``date_bands``)."""
+    shared = [b for b in wanted if all(b in p.band_files for p in products)]
+    return [shared if shared else date_bands(p, wanted) for p in products]
+
+
+def date_of(product: dp.Product, path) -> str:
+    """The date's YYYYMMDD (from the product, else from its name), or its name."""
+    if product.sensing_date:
+        return product.sensing_date
+    name = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    found = re.search(r"(20\d{6})", str(name))
+    return found.group(1) if found else name.stem
+
+
+def first_file(product: dp.Product, bands: list[str]) -> str:
+    return product.band_files[bands[0]][min(product.band_files[bands[0]])]
+
+
+def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
+    """The reference grid: the product's 10 m grid, else the finest of its bands'."""
+    grid = dp.reference_grid(product, [b for b in bands if b in product.band_files])
+    if grid.crs is None:
+        raise PipelineError(f"{product.source}: not georeferenced; co-registration needs a CRS and transform")
+    return grid
+
+
+def date_grid(grid: dp.Grid, offset_px) -> dp.Grid:
+    """The reference grid moved by a date's offset (px; whole, plus the fraction by which the
+    date's own pixels sit off the grid): a date is read on it, so that its content lands on the
+    reference's windows (any offset; nothing is read beyond the grid's size)."""
+    from rasterio.transform import Affine
+
+    ox, oy = (float(v) for v in offset_px)
+    return dp.Grid(grid.transform * Affine.translation(ox, oy), grid.width, grid.height, grid.crs)
+
+
+def grid_fraction(product: dp.Product, bands: list[str], grid: dp.Grid) -> np.ndarray | None:
+    """Where the date's own pixels lie on ``grid``, as the fractional part (2,) of the grid px of
+    its pixel corners, when every band file is in the grid's CRS at its pixel size without
+    rotation; else None (then it is read through a virtual warp). A date whose pixels are the
+    grid's shifted by a fraction is read pixel for pixel, without resampling, and the fraction is
+    added to what is measured: resampling would bias a sub-pixel measurement (GDAL's cubic warp
+    moves the content by a few hundredths of a pixel less than asked)."""
+    found = None
+    for b in bands:
+        path = product.band_files[b][min(product.band_files[b])]
+        with dp._open(path) as src:
+            t, g = src.transform, grid.transform
+            if src.crs != grid.crs or not np.allclose([t.a, t.b, t.d, t.e], [g.a, g.b, g.d, g.e], rtol=1e-9, atol=0):
+                return None
+            corner = np.array([(t.c - g.c) / g.a, (t.f - g.f) / g.e])
+        frac = corner - np.round(corner)
+        if found is not None and not np.allclose(frac, found, atol=1e-6):
+            return None
+        found = frac
+    return found
+
+
+def valid_mask(product: dp.Product, nodata: np.ndarray, grid: dp.Grid, window, shape, warp: bool,
+               cfg: CoregisterConfig) -> np.ndarray:
+    """Where a window of ``product`` is usable: data, no cloud (L1C ``MSK_CLASSI``, L2A cloud
+    probability) and no scene class left out (cloud shadow, water, cloud, cirrus, snow)."""
+    valid = ~nodata
+    masks = dp.render_masks(product, grid, window, shape, warp=warp)
+    if "cloud" in masks:
+        valid &= masks["cloud"] <= (cfg.cloud_probability if "cloud_prob" in product.masks else 0)
+    if "scl" in masks:
+        valid &= ~np.isin(masks["scl"], cfg.scl_invalid)
+    return valid
+
+
+def read_date(product: dp.Product, bands: list[str], grid: dp.Grid, window, shape, warp: bool,
+              cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A window of a date on ``grid`` (its own ``date_grid``): the rendered bands (rows, cols, C)
+    0..1 and where it is valid."""
+    image, nodata = dp.render(product, bands, grid, window, shape, PreprocessConfig(), warp=warp)
+    return image, valid_mask(product, nodata, grid, window, shape, warp, cfg)
+
+
+# ----------------------------------------------------------------------------- coarse step
+@dataclass
+class Overview:
+    """The reference's decimated overview: features, valid mask and the scale to grid px."""
+
+    features: dict
+    valid: np.ndarray
+    image: np.ndarray
+    scale: tuple[float, float]        # grid px per overview px (x, y)
+    shape: tuple[int, int]
+
+
+def overview_shape(grid: dp.Grid, cfg: CoregisterConfig) -> tuple[int, int]:
+    s = min(1.0, cfg.overview / max(grid.width, grid.height))
+    return max(8, round(grid.height * s)), max(8, round(grid.width * s))
+
+
+def reference_overview(pipeline, product: dp.Product, bands: list[str], grid: dp.Grid,
+                       cfg: CoregisterConfig) -> Overview:
+    """The reference read whole at ``cfg.overview`` px (decimated), its features extracted."""
+    shape = overview_shape(grid, cfg)
+    image, valid = read_date(product, bands, grid, (0, 0, grid.width, grid.height), shape, False, cfg)
+    if not valid.any():
+        raise PipelineError(f"{product.source}: no valid pixel in the bands {', '.join(bands)} (nodata, cloud or "
+                            "snow everywhere); choose another reference")
+    f = pipeline.extract(image, valid, "reference overview")
+    return Overview(f, valid, image, (grid.width / shape[1], grid.height / shape[0]), shape)
+
+
+@dataclass
+class DateLocation:
+    """Where a date lies against the reference: its coarse offset and its raster's extent."""
+
+    path: object
+    date: str
+    name: str
+    bands: list[str]
+    offset_px: tuple[float, float]                   # whole px + the fraction of its own grid (``grid_fraction``)
+    extent_px: tuple[float, float, float, float]     # (col0, row0, col1, row1) on the reference grid, offset applied
+    warp: bool
+    coarse: dict
+
+
+def raster_extent(product: dp.Product, bands: list[str], grid: dp.Grid) -> tuple[float, float, float, float]:
+    """The date's raster footprint on ``grid``, in grid px (col0, row0, col1, row1): the
+    intersection over its band files."""
+    from rasterio.warp import transform_bounds
+
+    out = [-np.inf, -np.inf, np.inf, np.inf]
+    for b in bands:
+        path = product.band_files[b][min(product.band_files[b])]
+        with dp._open(path) as src:
+            left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+        corners = geo.map_to_pixel(np.array([[left, top], [right, bottom], [left, bottom], [right, top]]),
+                                   grid.transform) + 0.5                   # pixel corners
+        out = [max(out[0], corners[:, 0].min()), max(out[1], corners[:, 1].min()),
+               min(out[2], corners[:, 0].max()), min(out[3], corners[:, 1].max())]
+    return tuple(float(v) for v in out)
+
+
+def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.Grid, overview: Overview | None,
+                cfg: CoregisterConfig) -> DateLocation:
+    """The date's coarse offset against the reference overview (whole px, plus the fraction by
+    which its own pixels sit off the grid's: ``grid_fraction``; 0 for the reference itself, and
+    the whole part 0 when the overviews do not verify) and its raster's extent on the grid."""
+    fraction = grid_fraction(product, bands, grid)
+    warp = fraction is None
+    extent = raster_extent(product, bands, grid)
+    g = grid
+    if extent[0] >= g.width or extent[2] <= 0 or extent[1] >= g.height or extent[3] <= 0:
+        raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
+    coarse = {"verified": None, "inliers": 0, "reason": "the reference itself", "offset_px": [0, 0]}
+    offset = np.zeros(2)
+    if overview is not None:
+        image, valid = read_date(product, bands, g, (0, 0, g.width, g.height), overview.shape, True, cfg)
+        f = pipeline.extract(image, valid, f"{Path(str(path)).name} overview")
+        r = pipeline.verify(pipeline.match_features(overview.features, f))
+        coarse = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"]}
+        if r["verified"]:
+            d = r["mkpts1"][r["inliers"]] - r["mkpts0"][r["inliers"]]
+            offset = np.round(np.median(d, axis=0) * np.array(overview.scale))
+        coarse["offset_px"] = offset.tolist()
+    if fraction is not None:
+        offset = offset + fraction
+    ext = (extent[0] - offset[0], extent[1] - offset[1], extent[2] - offset[0], extent[3] - offset[1])
+    return DateLocation(path, date_of(product, path), product.name, bands, (float(offset[0]), float(offset[1])),
+                        ext, warp, coarse)
+
+
+# ----------------------------------------------------------------------------- windows
+Window = tuple[int, int, int, int]       # (col, row, width, height) on the reference grid, px
+
+
+def common_region(grid: dp.Grid, extents: list[tuple[float, float, float, float]]) -> tuple[int, int, int, int]:
+    """(col0, row0, col1, row1): the part of the grid that every date's raster covers after its
+    offset (dates covering less than half of the grid are left out of the intersection: their
+    windows outside their data are invalid for them alone)."""
+    region = [0.0, 0.0, float(grid.width), float(grid.height)]
+    area = grid.width * grid.height
+    for e in extents:
+        w = max(0.0, min(e[2], grid.width) - max(e[0], 0)) * max(0.0, min(e[3], grid.height) - max(e[1], 0))
+        if w < 0.5 * area:
+            continue
+        region = [max(region[0], e[0]), max(region[1], e[1]), min(region[2], e[2]), min(region[3], e[3])]
+    c0, r0 = int(np.ceil(region[0] - 1e-6)), int(np.ceil(region[1] - 1e-6))
+    c1, r1 = int(np.floor(region[2] + 1e-6)), int(np.floor(region[3] + 1e-6))
+    return c0, r0, max(c0, c1), max(r0, r1)
+
+
+def plan_windows(region: tuple[int, int, int, int], cfg: CoregisterConfig) -> list[Window]:
+    """About ``max_windows`` windows on a regular grid over ``region``; small regions get smaller
+    windows (at least ``min_window`` px), a region less than two of those across is one window
+    (the matcher sees all of it: more inliers than in pieces)."""
+    c0, r0, c1, r1 = region
+    width, height = c1 - c0, r1 - r0
+    if width < 16 or height < 16:
+        return []
+    if min(width, height) < 2 * cfg.min_window:
+        return [(c0, r0, min(width, cfg.window * 2), min(height, cfg.window * 2))] if max(width, height) <= \
+            2 * cfg.window else _grid_windows(region, min(width, height, cfg.window), cfg)
+    return _grid_windows(region, min(cfg.window, max(cfg.min_window, min(width, height) // 2)), cfg)
+
+
+def _grid_windows(region: tuple[int, int, int, int], side: int, cfg: CoregisterConfig) -> list[Window]:
+    c0, r0, c1, r1 = region
+    width, height = c1 - c0, r1 - r0
+    sw, sh = min(side, width), min(side, height)
+    nx = max(1, min(round(width / sw), round(np.sqrt(cfg.max_windows * width / height))))
+    ny = max(1, min(round(height / sh), round(cfg.max_windows / nx)))
+    cols = np.linspace(c0, c1 - sw, nx).round().astype(int)
+    rows = np.linspace(r0, r1 - sh, ny).round().astype(int)
+    return [(int(c), int(r), sw, sh) for r in rows for c in cols]
+
+
+# ----------------------------------------------------------------------------- per date
+@dataclass
+class DateFeatures:
+    """One date read on the reference grid at its offset: per window, its features."""
+
+    location: DateLocation
+    windows: list[Window]
+    features: dict[int, dict] = field(default_factory=dict)      # window index → features
+    valid_share: float = 0.0
+    keypoints: int = 0
+
+    @property
+    def date(self) -> str:
+        return self.location.date
+
+    @property
+    def offset(self) -> np.ndarray:
+        return np.array(self.location.offset_px, np.float64)
+
+
+def extract_date(pipeline, product: dp.Product, location: DateLocation, grid: dp.Grid, windows: list[Window],
+                 cfg: CoregisterConfig, images: bool = False) -> DateFeatures:
+    """Every window of the date read on its ``date_grid`` and its features extracted once
+    (windows with less than ``min_valid`` valid area are skipped). ``images``: keep each
+    window's rendered image in its features (``image``; for the pair's report)."""
+    g = date_grid(grid, location.offset_px)
+    out = DateFeatures(location, windows)
+    shares = []
+    name = Path(str(location.path)).name
+    for k, (col, row, w, h) in enumerate(windows):
+        e = location.extent_px              # a window reaching past the date's raster: through the warp
+        inside = col >= e[0] - 1e-6 and row >= e[1] - 1e-6 and col + w <= e[2] + 1e-6 and row + h <= e[3] + 1e-6
+        image, valid = read_date(product, location.bands, g, (col, row, w, h), (h, w), location.warp or not inside,
+                                 cfg)
+        shares.append(valid.mean())
+        if valid.mean() < cfg.min_valid:
+            continue
+        f = pipeline.extract(image, valid, f"{name} window {k}")
+        if len(f["keypoints"]) == 0:
+            continue
+        f["valid"] = valid
+        if images:
+            f["image"] = image
+        out.features[k] = f
+        out.keypoints += len(f["keypoints"])
+    out.valid_share = float(np.mean(shares)) if shares else 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------- per pair
+@dataclass
+class WindowMeasure:
+    """One window pair: the displacement of date b's content relative to date a (grid px)."""
+
+    index: int
+    window: Window
+    status: str = "rejected"                  # used | rejected
+    reason: str | None = None
+    shift_px: np.ndarray | None = None        # (2,) the window's estimate (refined where it could be)
+    learned_px: np.ndarray | None = None      # (2,) the learned estimate: median of the inliers' displacements
+    refined: bool = False                     # shift_px is the bias-free refinement of the learned estimate
+    se_px: np.ndarray | None = None           # (2,) its standard error per axis
+    inliers: int = 0
+    tie_a: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # grid px, date a
+    tie_b: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # grid px where date b shows them
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def centre(self) -> np.ndarray:
+        c, r, w, h = self.window
+        return np.array([c + (w - 1) / 2, r + (h - 1) / 2])
+
+
+@dataclass
+class PairMeasure:
+    """Two dates measured window by window and combined."""
+
+    i: int
+    j: int
+    verified: bool
+    shift_px: list[float] | None = None       # displacement of date j's content relative to date i
+    sigma_px: float | None = None             # calibrated standard error (per axis, RMS of the two)
+    se_px: list[float] | None = None          # (2,) per axis, calibrated
+    spread_px: list[float] | None = None      # (2,) robust spread of the used windows' shifts
+    windows_used: int = 0
+    windows_total: int = 0
+    tie_points: int = 0
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    affine_px: list[list[float]] | None = None   # 2×3: grid px of date i → grid px of date j
+    windows: list[WindowMeasure] = field(default_factory=list)
+
+
+def refine_translation(fa: dict, fb: dict, points_b: np.ndarray, shift: np.ndarray,
+                       cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The window's displacement made free of interpolation bias: date a's local contrast
+    (``texture``) moved by the current estimate with a band-limited (Fourier) shift — exact, no
+    interpolation — then pyramid-free Lucas-Kanade at date b's inlier points measures what is
+    left (near zero, where LK's bilinear sampling of both images is symmetric: unbiased); the
+    median of those residuals corrects the estimate; ``refine_iterations`` times, the last step
+    within ``refine_converged_px`` (else None: no fixed point). Only points
+    whose LK window is valid on both dates count (both dates' masks). The correlation stage's
+    LK, which warps bilinearly by the full sub-pixel offset, is biased by up to ±0.03 px
+    towards the half pixel; this removes it (measured in ``benchmarks/coregistration.py``).
+
+    Returns (shift, per-point displacements (N, 2), points used), or None where it cannot run."""
+    import cv2
+
+    from utils import fourier_shift
+
+    ta, tb = fa.get("texture"), fb.get("texture")
+    if ta is None or tb is None or ta.shape != tb.shape:
+        return None
+    if not (np.allclose(fa.get("texture_scale", 1.0), 1.0) and np.allclose(fb.get("texture_scale", 1.0), 1.0)):
+        return None
+    h, w = tb.shape
+    half = cfg.refine_window // 2
+    both = np.ones((h, w), bool) if fb.get("valid") is None else fb["valid"].copy()
+    if fa.get("valid") is not None:
+        moved = np.zeros_like(both)
+        ox, oy = (int(v) for v in np.round(shift))
+        src = fa["valid"][max(0, -oy):h - max(0, oy), max(0, -ox):w - max(0, ox)]
+        moved[max(0, oy):max(0, oy) + src.shape[0], max(0, ox):max(0, ox) + src.shape[1]] = src
+        both &= moved
+    both = cv2.erode(both.astype(np.uint8), np.ones((2 * half + 3, 2 * half + 3), np.uint8)) > 0
+    # the inlier points and a grid of textured points (Shi-Tomasi response in the upper half):
+    # where the matcher found few keypoints (water, fields) the texture still measures
+    step = max(4, cfg.refine_window // 2)
+    gy, gx = np.mgrid[step // 2:h:step, step // 2:w:step]
+    grid_pts = np.stack([gx.ravel(), gy.ravel()], -1)
+    response = cv2.cornerMinEigenVal(tb, 7)
+    grid_pts = grid_pts[both[grid_pts[:, 1], grid_pts[:, 0]]]
+    if len(grid_pts):
+        r = response[grid_pts[:, 1], grid_pts[:, 0]]
+        grid_pts = grid_pts[r >= np.median(r)]
+    pts = np.round(points_b).astype(int)
+    inside = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < w) & (pts[:, 1] < h)
+    pts = pts[inside]
+    pts = np.unique(np.concatenate([pts[both[pts[:, 1], pts[:, 0]]], grid_pts]), axis=0)
+    if len(pts) < cfg.refine_min_points:
+        return None
+    p0 = pts.astype(np.float32).reshape(-1, 1, 2)
+    base = ta.astype(np.float64)
+    d = np.asarray(shift, np.float64).copy()
+    flows = np.zeros((0, 2))
+    for _ in range(cfg.refine_iterations):
+        template = np.clip(np.round(fourier_shift(base, *d)), 0, 255).astype(np.uint8)
+        p1, status, _ = cv2.calcOpticalFlowPyrLK(
+            template, tb, p0, p0.copy(), winSize=(cfg.refine_window, cfg.refine_window), maxLevel=0,
+            flags=cv2.OPTFLOW_USE_INITIAL_FLOW, criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-3))
+        flow = (p1 - p0).reshape(-1, 2).astype(np.float64)
+        ok = (status.ravel() == 1) & (np.abs(flow) < cfg.refine_max_px).all(1)
+        if ok.sum() < cfg.refine_min_points:
+            return None
+        flows = d + flow[ok]
+        step = np.median(flow[ok], axis=0)
+        d = d + step
+    if np.hypot(*step) > cfg.refine_converged_px:       # no fixed point: changed or ambiguous content
+        return None
+    return d, flows, int(len(flows))
+
+
+def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_a, offset_b,
+                   cfg: CoregisterConfig | None = None) -> WindowMeasure:
+    """Match one window pair; its learned estimate (inlier median after the fine head and the
+    correlation stage), refined free of interpolation bias where ``cfg.refine`` and it stays
+    within ``refine_max_px`` of it (``refine_translation``); the estimate's standard error from
+    the points' robust spread."""
+    cfg = cfg or CoregisterConfig()
+    m = WindowMeasure(k, window)
+    r = pipeline.verify(pipeline.match_features(fa, fb))
+    if not r["verified"]:
+        m.reason = r["reason"]
+        return m
+    inl = r["inliers"]
+    d = (r["mkpts1"][inl] - r["mkpts0"][inl]).astype(np.float64)
+    med = np.median(d, axis=0)
+    m.learned_px = med + (np.asarray(offset_b, np.float64) - offset_a)
+    refined = refine_translation(fa, fb, r["mkpts1"][inl], med, cfg) if cfg.refine else None
+    if refined is not None and np.hypot(*(refined[0] - med)) <= cfg.refine_max_px:
+        med, d = refined[0], refined[1]
+        m.refined = True
+    spread = geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0)
+    origin = np.array(window[:2], np.float64)
+    m.tie_a = r["mkpts0"][inl] + origin + offset_a
+    m.tie_b = r["mkpts1"][inl] + origin + offset_b
+    m.score = r["mconf"][inl]
+    m.inliers = int(inl.sum())
+    m.shift_px = med + (np.asarray(offset_b, np.float64) - offset_a)
+    m.se_px = MEDIAN_SE * np.maximum(spread, 0.05) / np.sqrt(len(d))
+    m.status = "used"
+    return m
+
+
+def reason_kind(reason: str | None) -> str:
+    """A window's reason for rejection, as one of a few kinds (for the counts in the JSON)."""
+    text = (reason or "").lower()
+    for words, kind in ((("blank", "uniform"), "blank or uniform (cloud?)"), (("no keypoint",), "no keypoint"),
+                        (("ransac inliers",), "too few RANSAC inliers"), (("valid",), "too little valid area"),
+                        (("outlier",), "outlier window"), (("no match",), "no match")):
+        if any(w in text for w in words):
+            return kind
+    return reason or "unknown"
+
+
+def consistent_windows(shifts: np.ndarray, se: np.ndarray, cfg: CoregisterConfig) -> np.ndarray:
+    """Which windows' shifts (N, 2) px lie within ``outlier_sigmas`` spreads of their median on
+    both axes; the spread is the windows' robust spread (1.4826 × MAD), at least twice a window's
+    own standard error and ``min_spread_px``."""
+    med = np.median(shifts, axis=0)
+    spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0)
+    spread = np.maximum(np.maximum(spread, 2 * np.median(se, axis=0)), cfg.min_spread_px)
+    return (np.abs(shifts - med) <= cfg.outlier_sigmas * spread).all(1)
+
+
+def fit_affine_px(centres: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares affine (2×3) from grid px of date a to where date b shows them, fitted to
+    window centres and their shifts; and its residuals (N,) px."""
+    c1 = centres + shifts
+    origin = centres.mean(0)
+    X = np.hstack([centres - origin, np.ones((len(centres), 1))])
+    coef, *_ = np.linalg.lstsq(X, c1 - origin, rcond=None)
+    A = coef[:2].T
+    t = coef[2] + origin - A @ origin
+    residual = np.linalg.norm(X @ coef - (c1 - origin), axis=1)
+    return np.hstack([A, t[:, None]]), residual
+
+
+def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: CoregisterConfig) -> str | None:
+    """A warning when the verified tie points (of one window or many) are not one translation:
+    an affine fitted to them moves the corners of the measured area by more than
+    ``disagreement_px`` (and their noise) away from the median shift — rotation or scale — or
+    windows differ from the others beyond their noise without an affine explaining it."""
+    tie_a = np.concatenate([w.tie_a for w in windows]) if windows else np.zeros((0, 2))
+    tie_b = np.concatenate([w.tie_b for w in windows]) if windows else np.zeros((0, 2))
+    if len(tie_a) < 12:
+        return None
+    d = tie_b - tie_a
+    med = np.median(d, axis=0)
+    noise = np.linalg.norm(np.median([w.se_px for w in windows], axis=0))
+    limit = max(cfg.disagreement_px, cfg.outlier_sigmas * 2 * noise)
+    M, residual = fit_affine_px(tie_a, d)
+    lo, hi = tie_a.min(0), tie_a.max(0)
+    corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]]])
+    moved = corners @ M[:, :2].T + M[:, 2] - corners - med
+    reach = np.linalg.norm(moved, axis=1)
+    if reach.max() > limit:
+        angle = np.degrees(np.arctan2(M[1, 0] - M[0, 1], M[0, 0] + M[1, 1]))
+        scale = np.sqrt(abs(np.linalg.det(M[:, :2])))
+        return (f"windows disagree by {reach.min() * px_m:.0f}–{reach.max() * px_m:.0f} m at the corners of the "
+                f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}°, scale "
+                f"{scale:.4f}); the translation is only an average, use --correction affine")
+    if len(windows) >= 3:
+        shifts = np.array([w.shift_px for w in windows])
+        dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)
+        if dev.max() > limit:
+            bad = int((dev > limit).sum())
+            return (f"{bad} of {len(windows)} windows disagree with the others by {np.min(dev[dev > limit]) * px_m:.0f}–"
+                    f"{dev.max() * px_m:.0f} m beyond their noise: local distortion, a changed landscape or a bad "
+                    "window (left out of the shift as outliers where beyond their spread); check report.png")
+    return None
+
+
+def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig,
+                 px_m: float = 10.0) -> PairMeasure:
+    """Match two dates window by window (features extracted once per date) and combine the
+    windows: the median of the used windows' estimates, its calibrated standard error,
+    warnings where they disagree. ``px_m``: metres per grid px (for the warnings' wording)."""
+    common = sorted(set(a.features) & set(b.features))
+    measures = [measure_window(pipeline, k, a.windows[k], a.features[k], b.features[k], a.offset, b.offset, cfg)
+                for k in common]
+    out = PairMeasure(i, j, False, windows_total=len(a.windows), windows=measures)
+    used = [m for m in measures if m.status == "used"]
+    # at least ``min_windows`` verified windows, or all of those both dates have (a small scene
+    # is one window; a partly cloudy date has a few): each window is verified on its own
+    needed = min(cfg.min_windows, max(1, len(common)))
+    if len(used) < needed:
+        kinds: dict[str, int] = {}
+        for m in measures:
+            kinds[reason_kind(m.reason)] = kinds.get(reason_kind(m.reason), 0) + 1
+        missing = len(a.windows) - len(measures)
+        if missing:
+            kinds["too little valid area or texture on one date"] = missing
+        head = (f"only {len(used)} of {len(a.windows)} windows verified (at least {needed} needed)" if common
+                else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
+        out.reason = head + "".join(f"; {k}: {v}" for k, v in kinds.items())
+        return out
+    warning = disagreement_warning(used, px_m, cfg)
+    if warning:
+        out.warnings.append(warning)
+    shifts = np.array([m.shift_px for m in used])
+    se = np.array([m.se_px for m in used])
+    keep = consistent_windows(shifts, se, cfg)
+    if keep.sum() < needed:
+        # no majority to reject against: all of them, with the spread as their uncertainty
+        keep[:] = True
+        out.warnings.append(f"the {len(used)} verified windows do not agree within their noise and no majority "
+                            "does: all are used, the uncertainty is their spread")
+    for m, ok in zip(used, keep):
+        if not ok:
+            m.status, m.reason = "rejected", "outlier: its shift disagrees with the other windows"
+    used = [m for m in used if m.status == "used"]
+    shifts, se = shifts[keep], se[keep]
+    med = np.median(shifts, axis=0)
+    n = len(used)
+    spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
+    # the median's standard error: from the windows' spread where there are enough of them to
+    # tell, never below what the windows' own errors allow
+    own = MEDIAN_SE * np.sqrt(np.mean(se ** 2, axis=0) / n)
+    between = MEDIAN_SE * spread / np.sqrt(n) if n >= 4 else np.zeros(2)
+    total = cfg.sigma_scale * np.maximum(np.maximum(own, between), cfg.sigma_floor_px)
+    out.verified = True
+    out.shift_px = med.tolist()
+    out.se_px = total.tolist()
+    out.sigma_px = float(np.sqrt(np.mean(total ** 2)))
+    out.spread_px = spread.tolist()
+    out.windows_used = n
+    out.tie_points = int(sum(m.inliers for m in used))
+    if n >= 4:
+        out.affine_px = fit_affine_px(np.array([m.centre for m in used]), shifts)[0].tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------- metres
+def pixel_shifts_in_metres(grid: dp.Grid, at_px: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, object]:
+    """Displacements ``shifts_px`` (N, 2) of the grid's pixels ``at_px`` in metres, x east, y north
+    (``geo.displacements_in_metres``); and the metric CRS."""
+    at_px = np.asarray(at_px, np.float64).reshape(-1, 2)
+    return geo.displacements_in_metres(geo.pixel_to_map(at_px, grid.transform),
+                                       geo.pixel_to_map(at_px + np.asarray(shifts_px).reshape(-1, 2), grid.transform),
+                                       grid.crs)
+
+
+def metres_per_px(grid: dp.Grid) -> float:
+    centre = np.array([[grid.width / 2, grid.height / 2]])
+    return float(np.linalg.norm(pixel_shifts_in_metres(grid, centre, [[1.0, 0.0]])[0][0]))
+
+
+def correction_in_crs(grid: dp.Grid, shift_px, crs, at_px=None) -> np.ndarray:
+    """The vector (in ``crs``'s units) that moves a date's georeference onto the reference: the
+    negative of its displacement ``shift_px`` on the reference grid, expressed in the date's own
+    CRS at ``at_px`` (default the grid's centre) — a date on another UTM zone is moved by the
+    same ground vector, not by the reference CRS's numbers."""
+    at = np.array([at_px if at_px is not None else [grid.width / 2, grid.height / 2]], np.float64)
+    p0 = geo.pixel_to_map(at, grid.transform)
+    p1 = geo.pixel_to_map(at + np.asarray(shift_px, np.float64), grid.transform)
+    q0, q1 = (geo.reproject_points(p, grid.crs, crs) for p in (p0, p1))
+    return -(q1 - q0)[0]
+
+
+# ----------------------------------------------------------------------------- provenance
+def software_version() -> dict:
+    """The project's version and, in a git checkout, its commit (``+dirty`` with local edits)."""
+    out = {"name": config.PROJECT_NAME, "version": config.VERSION}
+    root = Path(__file__).resolve().parent
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            if commit:
+                out["commit"] = commit + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
+def input_label(date) -> str:
+    """A date's input as one string: its absolute path (a list of band files: each of them, joined
+    by ``;``); a URL as it is."""
+    if isinstance(date, (list, tuple)):
+        return ";".join(input_label(p) for p in date)
+    return str(date) if "://" in str(date) else str(Path(date).resolve())
+
+
+def provenance(inputs: list, cfg: CoregisterConfig, **settings) -> dict:
+    """What made a result: software, settings, inputs, time (for the JSON and the COG tags)."""
+    return {**software_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "inputs": [input_label(p) for p in inputs],
+            "settings": {**config.as_dict(cfg), **settings}}
+
+
+def provenance_tags(prov: dict, **extra) -> dict:
+    """Provenance as GeoTIFF metadata tags (``gdalinfo`` / ``rio info --tags`` show them)."""
+    tags = {"SOFTWARE": f"{prov['name']} {prov['version']}" + (f" ({prov['commit']})" if prov.get("commit") else ""),
+            "PROCESSING_TIME": prov["created"], "COREGISTRATION_SETTINGS": json.dumps(prov["settings"]),
+            "COREGISTRATION_INPUTS": json.dumps(prov["inputs"])}
+    tags.update({k.upper(): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return tags
+
+
+# ----------------------------------------------------------------------------- outputs
+class OutputFolder:
+    """A result folder written as a whole: checked before any work (``check``), built in a hidden
+    folder beside it, then moved in — the earlier run's files of the same names (and every one
+    of ``owned``) removed first, so that nothing stale lies beside a new result. Files of others
+    in the folder are left alone."""
+
+    def __init__(self, folder: str | Path, owned: tuple[str, ...]):
+        self.folder = Path(folder).resolve()
+        self.owned = owned
+
+    def check(self) -> "OutputFolder":
+        """One line (a ``PipelineError``) when the folder cannot be made or written; creates
+        nothing (a probe file in the nearest existing folder is removed at once)."""
+        existing = self.folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(20, f"{existing} is not a folder")
+            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise PipelineError(f"{self.folder}: cannot write there ({exc.strerror or exc}); choose another "
+                                "--output") from None
+        return self
+
+    @contextlib.contextmanager
+    def building(self):
+        """Yield a hidden folder to write into; on success its content replaces ours."""
+        self.check()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building.", dir=self.folder))
+        try:
+            yield tmp
+            for name in self.owned:
+                old = self.folder / name
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                elif old.exists() or old.is_symlink():
+                    old.unlink()
+            for p in sorted(tmp.iterdir(), key=lambda q: q.name.endswith(".json")):   # the JSON last
+                os.replace(p, self.folder / p.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None) -> Path:
+    """A raster with its georeference moved by ``move`` (its own CRS's units) and its pixels
+    untouched, as a Cloud-Optimized GeoTIFF with ``tags`` (written atomically), block by block."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.transform import Affine
+
+    plain = out.with_name(f".{out.stem}.plain.tif")
+    try:
+        with rasterio.open(src_path) as src:
+            profile = {**src.profile, "driver": "GTiff", "transform": Affine.translation(*move) * src.transform,
+                       "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+                       "BIGTIFF": "IF_SAFER"}
+            profile.pop("photometric", None)
+            with rasterio.open(plain, "w", **profile) as dst:
+                for _, win in dst.block_windows(1):
+                    dst.write(src.read(window=win), window=win)
+                dst.descriptions = src.descriptions
+                dst.update_tags(**src.tags())
+                if tags:
+                    dst.update_tags(**tags)
+        with atomic_path(out) as tmp:
+            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
+    finally:
+        plain.unlink(missing_ok=True)
+    return out
+
+
+def footprint_lonlat(path: str | Path, transform=None) -> tuple[dict, list[float], dict]:
+    """A raster's footprint as a GeoJSON polygon in lon/lat, its bbox, and its ``proj:`` fields
+    (with ``transform`` instead of its own when given)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        t = transform or src.transform
+        w, h, crs = src.width, src.height, src.crs
+    edge = np.linspace(0, 1, 11)
+    ring = np.concatenate([np.stack([edge * w, np.zeros_like(edge)], -1), np.stack([np.full_like(edge, w), edge * h], -1),
+                           np.stack([(1 - edge) * w, np.full_like(edge, h)], -1),
+                           np.stack([np.zeros_like(edge), (1 - edge) * h], -1)])
+    xy = np.stack(t * (ring[:, 0], ring[:, 1]), -1)
+    ll = geo.reproject_points(xy, crs, "EPSG:4326")
+    coords = [[round(float(x), 7), round(float(y), 7)] for x, y in ll]
+    coords.append(coords[0])
+    bbox = [float(ll[:, 0].min()), float(ll[:, 1].min()), float(ll[:, 0].max()), float(ll[:, 1].max())]
+    proj = {"proj:shape": [h, w], "proj:transform": [float(v) for v in tuple(t)[:6]]}
+    epsg = crs.to_epsg()
+    proj.update({"proj:epsg": epsg} if epsg else {"proj:wkt2": crs.to_wkt()})
+    return {"type": "Polygon", "coordinates": [coords]}, bbox, proj
+
+
+def stac_item(item_id: str, date: str, cog: Path, source: str, properties: dict) -> dict:
+    """A STAC Item (1.0, projection extension) for a corrected COG: geometry, bbox and ``proj:``
+    fields of the corrected raster, a link to what it was made from."""
+    geometry, bbox, proj = footprint_lonlat(cog)
+    when = (f"{date[:4]}-{date[4:6]}-{date[6:8]}T00:00:00Z" if re.fullmatch(r"\d{8}", date or "") else None)
+    links = [{"rel": "derived_from", "href": str(source) if "://" in str(source) else Path(source).resolve().as_uri()}]
+    return {"type": "Feature", "stac_version": "1.0.0",
+            "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json"],
+            "id": item_id, "geometry": geometry, "bbox": bbox,
+            "properties": {"datetime": when, **({} if when else {"start_datetime": None}), **proj, **properties},
+            "links": links,
+            "assets": {"data": {"href": cog.name, "roles": ["data"],
+                                "type": "image/tiff; application=geotiff; profile=cloud-optimized"}}}
+
+
+def safe_name(text: str) -> str:
+    """A file name made from an outside name (an id, a date, a file stem): letters, digits and
+    ``._-`` only, never a path."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "date"
+    return name[:120]
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    import csv
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields or (list(rows[0]) if rows else []))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_result_json(path: Path, result: dict) -> None:
+    write_json(path, result)
