@@ -190,13 +190,13 @@ def px_to_metres(path: Path, d_px) -> np.ndarray:
 class Ours:
     name = "coregister.py"
 
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
+    def __init__(self, pipeline, cfg=None):
+        self.pipeline, self.cfg = pipeline, cfg
 
     def __call__(self, ref: Path, tgt: Path):
         from coregister import coregister
 
-        r = coregister(ref, tgt, pipeline=self.pipeline, progress=False)
+        r = coregister(ref, tgt, pipeline=self.pipeline, progress=False, cfg=self.cfg)
         if not r["verified"]:
             return None, None, r["reason"]
         return np.array([r["shift_m"]["dx"], r["shift_m"]["dy"]]), r["shift_m"]["sigma_m"], None
@@ -229,7 +229,8 @@ class Arosics:
 
         with rasterio.open(ref) as src:
             side = min(256, (min(src.width, src.height) // 2) * 2 - 32)
-            nodata = src.nodata
+            nodata, crs = src.nodata, src.crs
+            centre = np.array([[(src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -241,7 +242,13 @@ class Arosics:
                 return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         if not cr.success:
             return None, None, "no reliable shift (AROSICS: not successful)"
-        return -np.array([cr.x_shift_map, cr.y_shift_map], np.float64), None, None
+        d = -np.array([cr.x_shift_map, cr.y_shift_map], np.float64)
+        if not crs.is_projected:         # map units are degrees: the same displacement in metres, like ours
+            from geo import metric_crs, reproject_points
+
+            metric = metric_crs(crs, centre)
+            d = (reproject_points(centre + d, crs, metric) - reproject_points(centre, crs, metric))[0]
+        return d, None, None
 
 
 def run(methods, items: list[dict], tmp: Path, seed: int) -> dict:
@@ -325,6 +332,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cloud-series", action="store_true")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a CoregisterConfig setting for coregister.py (variants: --set refine=False)")
+    parser.add_argument("--no-matcher", action="store_true", help="leave out ImageMatcher")
     parser.add_argument("--output", type=Path, default=None,
                         help="default data/results/coregistration_<split>.json")
     args = parser.parse_args(argv)
@@ -332,7 +342,12 @@ def main(argv=None) -> int:
     from utils import set_threads, write_json
 
     set_threads(args.threads or None)
-    methods = [Ours(MatchingPipeline.from_checkpoints()), Matcher()]
+    cfg = config.CoregisterConfig()
+    for item in args.set:
+        name, value = item.split("=", 1)
+        kind = type(getattr(cfg, name))
+        cfg = config.replace(cfg, **{name: value == "True" if kind is bool else kind(value)})
+    methods = [Ours(MatchingPipeline.from_checkpoints(), cfg)] + ([] if args.no_matcher else [Matcher()])
     if not args.no_arosics:
         try:
             methods.append(Arosics())
@@ -376,7 +391,7 @@ def main(argv=None) -> int:
     print(text)
     output = args.output or config.RESULTS_DIR / f"coregistration_{args.split}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output, {"results": out, "table": text, "seed": args.seed, "split": args.split})
+    write_json(output, {"results": out, "table": text, "seed": args.seed, "split": args.split, "settings": args.set})
     print(f"\nresults → {output}")
     return 0
 

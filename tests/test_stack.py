@@ -105,6 +105,7 @@ def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
     with rasterio.open(corrected[0]) as c, rasterio.open(folder / corrected[0].name.replace("_coregistered", "")) as o:
         assert c.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         np.testing.assert_array_equal(c.read(), o.read())
+        assert c.tags()["SOFTWARE"].startswith(config.PROJECT_NAME) and "COREGISTRATION_SHIFT_M" in c.tags()
 
 
 def free_port() -> int:
