@@ -1,4 +1,4 @@
-"""SuperGlue (Sarlin, DeTone, Malisiewicz, Rabinovich 2020) and the matching script.
+"""SuperGlue (Sarlin, DeTone, Malisiewicz, Rabinovich 2020); ``python SuperGlue_architecture.py`` runs the matching stage.
 
 Network: a keypoint encoder (MLP on normalised position and score) added to each
 descriptor, an attentional graph network alternating self- and cross-attention layers
@@ -16,16 +16,14 @@ verified), ``inliers``, ``num_inliers``, ``verified`` and ``reason``. When the f
 SuperPoint's fine patches, each matched keypoint of image 1 is moved to where image 0's keypoint
 fits best (sub-pixel; ``keypoints1`` then holds the refined positions, ``refined1`` marks them);
 ``--no-refine`` keeps the detected positions; ``--no-correlate`` skips the correlation stage that
-then makes them precise (``matching.correlation_stage``, on the features' ``texture``).
+then makes them precise (``matching.correlation_stage``, on the features' ``texture``). The stage
+script itself is ``stages.match_main``.
 """
 from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
-import itertools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,6 @@ from torch.nn import functional as F
 
 from checkpoints import CheckpointMixin
 from config import SuperGlueConfig
-from utils import PipelineError, set_threads, write_npz
 
 CHECKPOINT_KIND = "SuperGlue"
 MASKED = -1e9  # score of padded (masked) entries
@@ -327,110 +324,7 @@ def pad_batch(features0: list[dict], features1: list[dict]) -> dict:
     return {**stack(features0, 0), **stack(features1, 1)}
 
 
-# ----------------------------------------------------------------------------- script
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split("#", 1)[0].split()
-        if not parts:
-            continue
-        if len(parts) < 2:
-            raise PipelineError(f"{path}:{line_no}: expected two image names on the line, got {line.strip()!r}")
-        pairs.append((parts[0], parts[1]))
-    return pairs
-
-
-def _features_path(folder: Path, name: str) -> Path:
-    p = folder / name
-    return p if p.suffix == ".npz" else p.with_suffix(".npz")
-
-
-def result_to_file(result: dict) -> dict:
-    """The arrays of a verified match result to write to an ``.npz``: SuperGlue's names, image
-    1's refined keypoints, and the verification (``homography`` NaN when not verified)."""
-    out = {"keypoints0": result["keypoints0"], "keypoints1": result["refined_keypoints1"],
-           "matches0": result["matches0"], "matching_scores0": result["matching_scores0"],
-           "matches1": result["matches1"], "matching_scores1": result["matching_scores1"],
-           "refined1": result["refined1"],
-           "homography": result["homography"] if result["homography"] is not None else np.full((3, 3), np.nan),
-           "inliers": result["inliers"], "num_inliers": np.int64(result["num_inliers"]),
-           "verified": np.bool_(result["verified"]), "method": np.array(result["method"])}
-    if result.get("reason"):
-        out["reason"] = np.array(result["reason"])
-    return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--features", type=Path, default=config.FEATURES_DIR, help="folder of SuperPoint .npz")
-    parser.add_argument("--pairs", type=Path, help="text file: two image (or .npz) names a line, relative "
-                                                   "to --features")
-    parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
-    parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
-    parser.add_argument("--matcher", default="superglue", help="a registered matcher: superglue or mnn")
-    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(), help="the matcher's checkpoint")
-    parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
-    parser.add_argument("--no-refine", action="store_true",
-                        help="keep image 1's detected keypoints (default: refine matches with the fine patches "
-                             "when the features have them)")
-    parser.add_argument("--no-correlate", action="store_true",
-                        help="skip the correlation stage (default: Lucas-Kanade on the features' local contrast "
-                             "when they carry it)")
-    parser.add_argument("--min-inliers", type=int, default=config.MatchingConfig.min_inliers,
-                        help="RANSAC inliers for a pair to count as verified")
-    parser.add_argument("--device", default=config.DEVICE)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-
-    from tqdm import tqdm
-
-    from matching import MatchingPipeline, build_matcher, load_features
-
-    try:
-        set_threads(args.threads or None)
-        if bool(args.pairs) == args.all_pairs:
-            raise PipelineError("give either --pairs FILE or --all-pairs")
-        if not args.features.is_dir():
-            raise PipelineError(f"{args.features}: no such folder; run SuperPoint.py first or fix --features")
-        if args.all_pairs:
-            names = sorted(str(p.relative_to(args.features)) for p in args.features.rglob("*.npz"))
-            pairs = list(itertools.combinations(names, 2))
-        else:
-            if not args.pairs.is_file():
-                raise PipelineError(f"{args.pairs}: no such pairs file")
-            pairs = read_pairs(args.pairs)
-        matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
-        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers,
-                                    correlate=not args.no_correlate)
-        args.output.mkdir(parents=True, exist_ok=True)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    start, done, verified, failed = time.time(), 0, 0, []
-    for a, b in tqdm(pairs, desc="matching", unit="pair"):
-        stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
-        out = args.output / f"{stem(a)}__{stem(b)}.npz"
-        if out.exists() and not args.overwrite:
-            continue
-        try:
-            f0 = load_features(_features_path(args.features, a))
-            f1 = load_features(_features_path(args.features, b))
-            result = pipeline.verify(pipeline.match_features(f0, f1))
-        except PipelineError as exc:
-            failed.append(str(exc))
-            continue
-        write_npz(out, result_to_file(result))
-        done += 1
-        verified += bool(result["verified"])
-    print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s, {verified} verified "
-          f"(≥ {args.min_inliers} RANSAC inliers; the others are likely different places) → {args.output}"
-          + (f"; {len(failed)} failed" if failed else ""))
-    for line in failed:
-        print(f"error: {line}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from stages import match_main          # the stage script lives with the matching path it calls
+
+    sys.exit(match_main())

@@ -1,4 +1,4 @@
-"""SuperPoint (DeTone, Malisiewicz, Rabinovich 2018) and the keypoint extraction script.
+"""SuperPoint (DeTone, Malisiewicz, Rabinovich 2018); ``python SuperPoint.py`` runs the extraction stage.
 
 Network: a VGG-style encoder with stride ``cell`` (8), a detector head of ``cell² + 1``
 channels (one per pixel of a cell plus "no keypoint") and a descriptor head whose dense
@@ -10,16 +10,15 @@ writes one ``.npz`` per image with ``keypoints`` (N×2, x y, pixel centres at in
 the input image's own pixel frame), ``scores`` (N), ``descriptors`` (N×D) and
 ``image_size`` (width, height); a model with a fine head adds ``fine_descriptors`` (N×C) and
 ``fine_patches`` (N×P×C, the fine map's cells around each keypoint; float16), with which
-matches are refined to sub-pixel, and ``fine_temperature``.
+matches are refined to sub-pixel, and ``fine_temperature``. The stage script itself is
+``stages.extract_main`` (it calls the matching path, which imports this network).
 """
 from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch import nn
 
 from checkpoints import CheckpointMixin
 from config import SuperPointConfig
-from utils import PipelineError, list_images, load_image, load_valid_mask, set_threads, write_npz
+from utils import PipelineError
 
 CHECKPOINT_KIND = "SuperPoint"
 
@@ -318,75 +317,7 @@ def default_checkpoint() -> Path:
     return config.CHECKPOINT_DIR / "superpoint.pt"
 
 
-# ----------------------------------------------------------------------------- script
-def main(argv=None) -> int:
-    cfg = SuperPointConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--input", type=Path, default=config.PREPROCESSED_DIR,
-                        help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("--output", type=Path, default=config.FEATURES_DIR, help="folder for the .npz files")
-    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(), help="SuperPoint checkpoint")
-    parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="-1 keeps all")
-    parser.add_argument("--detection-threshold", type=float, default=None,
-                        help="heatmap threshold (default: the checkpoint's)")
-    parser.add_argument("--nms-radius", type=int, default=None, help="NMS radius in px (default: the checkpoint's)")
-    parser.add_argument("--resize", type=int, default=0,
-                        help="longer side the network sees (keypoints stay in each image's own frame); 0 = none")
-    parser.add_argument("--device", default=config.DEVICE)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
-    parser.add_argument("--overwrite", action="store_true", help="redo images already extracted")
-    args = parser.parse_args(argv)
-
-    from tqdm import tqdm
-
-    from matching import SuperPointExtractor, features_to_file
-
-    try:
-        set_threads(args.threads or None)
-        extractor = SuperPointExtractor.from_checkpoint(args.checkpoint, args.device, max_keypoints=args.max_keypoints,
-                                                        resize=args.resize,
-                                                        detection_threshold=args.detection_threshold,
-                                                        nms_radius=args.nms_radius)
-        if args.input.is_file():
-            root, images = args.input.parent, [args.input]
-        elif args.input.is_dir():
-            root, images = args.input, list_images(args.input)
-        else:
-            raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
-        if not images:
-            raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
-        args.output.mkdir(parents=True, exist_ok=True)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    start, done, empty, failed = time.time(), 0, [], []
-    for path in tqdm(images, desc="SuperPoint", unit="img"):
-        out = args.output / path.relative_to(root).with_suffix(".npz")
-        if out.exists() and not args.overwrite:
-            continue
-        try:
-            feats = extractor.extract(load_image(path), load_valid_mask(path), name=str(path))
-        except PipelineError as exc:
-            failed.append(str(exc))
-            continue
-        except Exception as exc:  # an unforeseen failure on one image must not stop the batch
-            failed.append(f"{path}: {type(exc).__name__}: {exc}")
-            continue
-        if feats.get("reason"):
-            empty.append(feats["reason"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_npz(out, features_to_file(feats))
-        done += 1
-    print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
-          f"({len(images) - done - len(failed)} already done, {len(empty)} without keypoints, {len(failed)} failed) "
-          f"→ {args.output}")
-    for line in empty:
-        print(f"  empty: {line}", file=sys.stderr)
-    for line in failed:
-        print(f"  failed: {line}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from stages import extract_main        # the stage script lives with the matching path it calls
+
+    sys.exit(extract_main())

@@ -21,11 +21,14 @@ from utils import PipelineError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` checked against this machine (``None``: ``config.DEVICE``).
+    """``device`` checked against this machine (``None`` or ``"auto"``: a CUDA GPU where torch
+    can use one, else the CPU).
 
     A CUDA device on a machine without one is a clear error, not an unreadable checkpoint.
     """
     name = str(device or config.DEVICE)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError as exc:

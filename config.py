@@ -23,8 +23,6 @@ from pathlib import Path
 # the entry scripts import config before torch; set it yourself to choose otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402  (after the OpenMP setting above)
-
 PROJECT_NAME = "s2-image-matching"
 VERSION = "0.7.0"
 
@@ -43,7 +41,9 @@ CHECKPOINT_DIR = ROOT / "model_checkpoints"
 # takes it as a flag (``--data``); this is only the default.
 SHARED_DATA_DIR = ROOT.parent / "shared" / "data"
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# "auto": a CUDA GPU where torch can use one, else the CPU (``checkpoints.resolve_device``); config
+# itself never imports torch, so light modules (geo, the readers) load without it.
+DEVICE = "auto"
 SEED = 0
 
 # ----------------------------------------------------------------------------- Sentinel-2

@@ -35,7 +35,6 @@ import config  # noqa: I001  first: OpenMP's waiting policy is set there, before
 
 import argparse
 import contextlib
-import csv
 import sys
 import textwrap
 import time
@@ -52,8 +51,7 @@ from coreg_engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (
 from matching import MatchingPipeline
 from utils import PipelineError, atomic_path, normalize_for_network, set_threads, write_json
 
-PAIR_OUTPUTS = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
-                "corrected")
+PAIR_OUTPUTS = engine.RESULT_NAMES         # a rerun replaces any earlier result of ours, pair or stack
 
 
 class Coregistration:
@@ -67,7 +65,7 @@ class Coregistration:
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                  pipeline: MatchingPipeline | None = None, progress: bool = True):
         self.cfg = cfg or CoregisterConfig()
-        wanted = tuple(bands or self.cfg.bands)
+        wanted = engine.normalise_bands(bands) or tuple(self.cfg.bands)
         self.inputs = (reference, target)
         self.ref = engine.open_date(reference, "reference", wanted)
         self.tgt = engine.open_date(target, "target", wanted)
@@ -102,7 +100,6 @@ class Coregistration:
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     """The content of ``coregistration.json`` for a measured pair (shift in metres, its
     uncertainty, the affine, the windows' counts and the warnings)."""
-    c = co.cfg
     reasons: dict[str, int] = {}
     for w in pair.windows:
         if w.status != "used":
@@ -111,7 +108,11 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     missing = len(co.windows) - len(pair.windows)
     if missing:
         reasons["too little valid area or texture"] = missing
-    result = {"verified": pair.verified, "reason": pair.reason, "warnings": list(pair.warnings), "shift_m": None,
+    warnings = list(pair.warnings)
+    if co.ref_bands != co.tgt_bands:
+        warnings.append(f"the dates were matched on different bands ({','.join(co.ref_bands)} against "
+                        f"{','.join(co.tgt_bands)}): what they show differs; give both the same bands if you can")
+    result = {"verified": pair.verified, "reason": pair.reason, "warnings": warnings, "shift_m": None,
               "affine": None, "tie_points": pair.tie_points,
               "windows": {"used": pair.windows_used, "rejected": len(co.windows) - pair.windows_used,
                           "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None}}
@@ -135,8 +136,11 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
 
 def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
     """The affine from reference map coordinates to where the target shows them: least squares on
-    the used windows' estimates (centre → centre + shift) where there are at least 4, else on
-    their tie points (a small scene is one window)."""
+    the used windows' estimates (centre → centre + shift) where there are at least 4. With fewer
+    (a small scene is one window) the tie points give its linear part only where they show a
+    rotation or scale beyond their noise (the warning), its translation is then moved to agree with
+    the window estimate at their centroid; else it is the translation itself (tie points are
+    noisier than the window estimate: fitted freely they moved a corrected target by 0.6 m)."""
     used = [w for w in pair.windows if w.status == "used"]
     if len(used) >= 4:
         c0 = np.array([w.centre for w in used])
@@ -155,10 +159,18 @@ def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
     coef, *_ = np.linalg.lstsq(X, p1 - origin, rcond=None)        # (3, 2)
     A = coef[:2].T
     t = coef[2] + origin - A @ origin
-    residual = np.linalg.norm(X @ coef - (p1 - origin), axis=1)
+    if source == "tie points":
+        at = np.array([[co.grid.width / 2, co.grid.height / 2]])
+        q0 = geo.pixel_to_map(at, co.grid.transform)[0]
+        move = geo.pixel_to_map(at + np.array(pair.shift_px), co.grid.transform)[0] - q0
+        if not any("rotation or scale" in w for w in pair.warnings):
+            A, source = np.eye(2), "the translation (no rotation or scale beyond the tie points' noise)"
+        centre = p0.mean(0)
+        t = t + (centre + move) - (A @ centre + t)            # the window estimate at the centroid
+    residual = np.linalg.norm(p0 @ A.T + t - p1, axis=1)
     return {"matrix": np.round(np.hstack([A, t[:, None]]), 9).tolist(), "fitted_to": source, "points": len(p0),
             "rmse": float(np.sqrt(np.mean(residual ** 2))),
-            "rmse_units": "m" if co.grid.crs.is_projected else "CRS units",
+            "rmse_units": "m" if co.grid.crs.is_projected else "degrees (the reference CRS's units)",
             "convention": "reference map (x, y) → target map (x', y') = matrix @ (x, y, 1)"}
 
 
@@ -299,9 +311,11 @@ def displacement_px(co: Coregistration, result: dict, model: str, cols: np.ndarr
 
 
 def write_resampled_target(co: Coregistration, result: dict, folder: Path, model: str, block: int = 1024) -> Path:
-    """The target resampled onto the reference grid by the ``affine`` or the ``field`` (cubic),
-    every band of the target product, its nodata kept (0), block by block, as one COG with the
-    provenance as tags."""
+    """The target resampled onto the reference grid by the ``affine`` or the ``field`` (Lanczos,
+    after a cubic virtual warp where the target is not on the reference's grid), every band of the
+    target product (every band of a single raster file, named or not), in its own data type, block
+    by block, as one COG with the provenance as tags. No data: the target's own no-data value,
+    else NaN for floating-point data and 0 for integers (data then clipped to ≥ 1)."""
     import rasterio
     import rasterio.shutil
     from rasterio.transform import Affine
@@ -315,11 +329,21 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     P = 1024                                 # px of the target read around the grid
     padded = dp.Grid(g.transform * Affine.translation(offset[0] - P, offset[1] - P), g.width + 2 * P,
                      g.height + 2 * P, g.crs)
-    bands = [b for b in co.tgt.band_files if not b.isdigit() and b != "grey"] or list(co.tgt.band_files)
+    layers = target_layers(co)                        # (file, band index, description)
+    dtypes, nodatas = [], []
+    for path, _, _ in layers:
+        with rasterio.open(path) as src:
+            dtypes.append(src.dtypes[0])
+            nodatas.append(dp.nodata_value(src, co.tgt.nodata))
+    dtype = np.result_type(*dtypes)
+    floating = np.issubdtype(dtype, np.floating)
+    fill = nodatas[0] if nodatas[0] is not None else (np.nan if floating else 0)
+    low, high = (None, None) if floating else (np.iinfo(dtype).min + (fill == np.iinfo(dtype).min),
+                                              np.iinfo(dtype).max)
     name = folder / f"{engine.safe_name(Path(co.tgt.source).stem)}_coregistered_{model}.tif"
     with tempfile_beside(name) as plain:
-        profile = dict(driver="GTiff", width=g.width, height=g.height, count=len(bands), dtype="uint16",
-                       crs=g.crs, transform=g.transform, nodata=0, tiled=True, blockxsize=512, blockysize=512,
+        profile = dict(driver="GTiff", width=g.width, height=g.height, count=len(layers), dtype=dtype.name,
+                       crs=g.crs, transform=g.transform, nodata=fill, tiled=True, blockxsize=512, blockysize=512,
                        compress="deflate", BIGTIFF="IF_SAFER")
         with rasterio.open(plain, "w", **profile) as dst:
             for r0 in range(0, g.height, block):
@@ -334,22 +358,36 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
                     win = (c0 - pad + P, r0 - pad + P, w + 2 * pad, h + 2 * pad)
                     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
                     map_x, map_y = xx + pad + d[0], yy + pad + d[1]
-                    for k, b in enumerate(bands, 1):
-                        path = next(iter(co.tgt.band_files[b].values()))
-                        src, nodata = dp.read_to_grid(path, padded, win, (win[3], win[2]), "cubic",
-                                                      band=co.tgt.band_index.get(b, 1), with_nodata=True, warp=True,
-                                                      nodata=co.tgt.nodata)
-                        out = cv2.remap(src.astype(np.float32), map_x, map_y, cv2.INTER_LANCZOS4,
-                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                    for k, (path, index, _) in enumerate(layers, 1):
+                        src, nodata = dp.read_to_grid(path, padded, win, (win[3], win[2]), "cubic", band=index,
+                                                      with_nodata=True, warp=True, nodata=co.tgt.nodata)
+                        src = np.where(nodata, 0, np.nan_to_num(src.astype(np.float32)))
+                        out = cv2.remap(src, map_x, map_y, cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_CONSTANT,
+                                        borderValue=0)
                         bad = cv2.remap(nodata.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=1) > 0
-                        out = np.where(bad, 0, np.clip(np.round(out), 1, 65535)).astype(np.uint16)
+                        if not floating:
+                            out = np.clip(np.round(out), low, high)
+                        out = np.where(bad, fill, out).astype(dtype)
                         dst.write(out, k, window=rasterio.windows.Window(c0, r0, w, h))
-            dst.descriptions = tuple(bands)
+            dst.descriptions = tuple(d for _, _, d in layers)
             dst.update_tags(**engine.provenance_tags(result["provenance"], coregistration_correction=model))
         with atomic_path(name) as tmp:
             rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
     return name
+
+
+def target_layers(co: Coregistration) -> list[tuple[str, int, str | None]]:
+    """The target's bands to resample, as (file, 1-based band index, description): every band of
+    a single raster file; one a band file otherwise."""
+    import rasterio
+
+    files = target_files(co)
+    if len(files) == 1:
+        with rasterio.open(files[0]) as src:
+            return [(files[0], k, src.descriptions[k - 1]) for k in range(1, src.count + 1)]
+    return [(path, co.tgt.band_index.get(b, 1), b) for b, res in co.tgt.band_files.items()
+            if not b.isdigit() for path in [res[min(res)]]]
 
 
 @contextlib.contextmanager
@@ -451,7 +489,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="with --stack and no --scheduler: worker processes (default: one per core)")
     parser.add_argument("--neighbours", type=int, default=2, help="with --stack: dates matched on each side in time")
-    parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration")
+    parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration",
+                        help="the result folder (a rerun replaces our earlier result there)")
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
@@ -467,14 +506,23 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=config.DEVICE)
     args = parser.parse_args(argv)
     if args.stack:
+        if args.reference is not None:
+            parser.error(f"{args.reference}: give the dates of a stack after --stack (and its reference with "
+                         "--reference), or REFERENCE TARGET without --stack")
+        if args.correction != "translation":
+            parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
+                         "georeference moved (translation)")
         return stack_main(args, config.replace(cfg, window=args.window, max_windows=args.max_windows))
     if args.reference is None or args.target is None:
         parser.error("give REFERENCE and TARGET, or --stack INPUTS...")
+    if args.stack_reference != "auto":
+        parser.error("--reference chooses the reference of a --stack; for a pair, REFERENCE is the first of "
+                     "REFERENCE TARGET")
     try:
         set_threads(args.threads or None)
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
         pipeline = MatchingPipeline.from_checkpoints(device=args.device)
-        result = coregister(args.reference, args.target, args.output, tuple(args.bands.split(",")),
+        result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -495,7 +543,7 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
     from stack import coregister_stack
 
     try:
-        result = coregister_stack(args.stack, args.output, args.stack_reference, tuple(args.bands.split(",")), cfg,
+        result = coregister_stack(args.stack, args.output, args.stack_reference, args.bands, cfg,
                                   args.scheduler, args.workers or None, args.neighbours, args.write_corrected)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -503,7 +551,8 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
     rows = result["dates"]
     for r in rows:
         if r["status"] == "excluded":
-            print(f"excluded: {r['path']}: {r['reason']}", file=sys.stderr)
+            reason = str(r["reason"])
+            print(f"excluded: {reason if reason.startswith(r['path']) else r['path'] + ': ' + reason}", file=sys.stderr)
     placed = sum(r["status"] != "excluded" for r in rows)
     print(f"{placed} of {len(rows)} dates placed relative to {result['reference']} ({result['reference_reason']}) "
           f"in {result['seconds']:.1f} s → {args.output / 'shifts.csv'}")

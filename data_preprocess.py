@@ -278,6 +278,9 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
         eight_bit |= dtype == "uint8"
         if m and count == 1:
             band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
+            if len(files) == 1:                          # its band by index too (--bands 1)
+                band_files["1"] = {config.S2_BAND_RESOLUTION.get(m.group(1), 10): str(f)}
+                band_index["1"] = 1
             continue
         for k, d in enumerate(descriptions, start=1):
             name = (d or "").strip()

@@ -38,11 +38,13 @@ reported and the others go on; Dask retries a task whose worker died.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +52,10 @@ import numpy as np
 import coreg_engine as engine
 import data_preprocess as dp
 from config import CoregisterConfig
-from coreg_engine import DateFeatures, PairMeasure, date_of  # noqa: F401  (public names of this module)
+from coreg_engine import DateFeatures, PairMeasure
 from utils import PipelineError, set_threads, write_json
 
-STACK_OUTPUTS = ("shifts.csv", "pairs.csv", "stack.json", "report.png", "shifts.png", "corrected")
+STACK_OUTPUTS = engine.RESULT_NAMES        # a rerun replaces any earlier result of ours, pair or stack
 _PIPELINE = None      # one matching pipeline per worker process, loaded on its first task
 
 
@@ -121,12 +123,34 @@ def _label(date) -> str:
 
 
 # ----------------------------------------------------------------------------- tasks
+@dataclass
+class TaskError:
+    """A task's bad input (a ``PipelineError``), returned as a value: reported once with the date,
+    not retried, no worker traceback in the log."""
+
+    message: str
+
+
+def reports_bad_input(task):
+    """A task that returns its ``PipelineError`` as a ``TaskError`` instead of raising it (Dask
+    would log the traceback on the worker and retry a failure that cannot change)."""
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except PipelineError as exc:
+            return TaskError(str(exc))
+    return run
+
+
+@reports_bad_input
 def task_overview(path, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig) -> engine.Overview:
     """Task: the reference grid product's overview and its features."""
     product = engine.open_date(path, "reference", tuple(bands))
     return engine.reference_overview(worker_pipeline(), product, bands, grid, cfg)
 
 
+@reports_bad_input
 def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview | None,
                 cfg: CoregisterConfig) -> engine.DateLocation:
     """Task: a date's coarse offset and extent on the grid."""
@@ -134,6 +158,7 @@ def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview
     return engine.locate_date(worker_pipeline(), path, product, bands, grid, overview, cfg)
 
 
+@reports_bad_input
 def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig) -> DateFeatures:
     """Task: a date's windows read and their features extracted once."""
     product = engine.open_date(location.path, "date", tuple(location.bands))
@@ -260,7 +285,11 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
                     disable=not progress):
         k = by_key[fut.key]
         try:
-            out[k] = fut.result()
+            value = fut.result()
+            if isinstance(value, TaskError):
+                errors[k] = value.message
+            else:
+                out[k] = value
         except Exception as exc:       # a bad product is reported; the others go on
             errors[k] = str(exc) if isinstance(exc, PipelineError) else f"{_label(paths[k])}: {type(exc).__name__}: {exc}"
     return out
@@ -274,7 +303,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
     ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them."""
     cfg = cfg or CoregisterConfig()
-    bands = tuple(bands or cfg.bands)
+    bands = engine.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, STACK_OUTPUTS).check()          # before any work
     paths = expand_inputs(inputs)
@@ -319,6 +348,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         t_extract = time.time()
         ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg, retries=2,
                            key=f"overview-{time.time_ns()}")
+        if isinstance(ov.result(), TaskError):
+            raise PipelineError(ov.result().message)
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
                                     retries=2, key=f"locate-{k}-{time.time_ns()}") for k in date_bands}
         locations = _gather(located, "locate", progress, errors, paths)
@@ -443,7 +474,8 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             status, reason = "ok", None if direct else "placed through its neighbours (not matched to the reference)"
         elif reason is None:
             reason = "no verified pair joins it to the reference (snow, cloud or a different place?)"
-        warnings = sorted({w for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
+        # a pair's warnings belong to its dates other than the reference (the reference is the yardstick)
+        warnings = [] if k == ref else sorted({w for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
         date = d.date if d else (locations[k].date if k in locations else
                                  (engine.date_of(products[k], p) if k in products else ""))
         rows.append({"path": _label(p), "id": ids[k], "date": date, "dx_m": float(x_m[k, 0]),

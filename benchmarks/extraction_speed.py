@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config  # noqa: E402,F401  first: OpenMP's waiting policy, before torch is used
 from evaluate import OpenCVMethod, build_method  # noqa: E402
 from matching import correlation_stage, refine_feature_matches  # noqa: E402
-from tests.test_superpoint import sample_gray  # noqa: E402
+from samples import sample_gray  # noqa: E402
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data_preprocess  # noqa: E402
-from tests import safe_fixture as fx  # noqa: E402
+import samples as fx  # noqa: E402
 
 SIDE = 10980
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
 import SuperGlue_architecture as sga  # noqa: E402
 from matching import MatchingPipeline  # noqa: E402
-from tests.test_superpoint import sample_gray  # noqa: E402
+from samples import sample_gray  # noqa: E402
 
 
 def main() -> int:

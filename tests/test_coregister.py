@@ -13,7 +13,7 @@ from rasterio.transform import Affine
 import config
 import coregister
 from matching import MatchingPipeline
-from tests import safe_fixture as fx
+import samples as fx
 from utils import PipelineError, fourier_shift
 
 pytestmark = pytest.mark.shipped
@@ -208,9 +208,9 @@ def test_bad_inputs_one_line_and_nothing_half_written(pipeline, tmp_path, capsys
         coregister.coregister(REF, tmp_path / "corrupt.tif", pipeline=pipeline, progress=False)
     with rasterio.open(SUMMER) as s:
         profile = s.profile
-    with rasterio.open(tmp_path / "nir.tif", "w", **{**profile, "count": 1}) as dst:
-        dst.write(np.full((1, profile["height"], profile["width"]), 1000, np.uint16))
-        dst.descriptions = ("B08",)
+    with rasterio.open(tmp_path / "nir.tif", "w", **{**profile, "count": 2}) as dst:
+        dst.write(np.full((2, profile["height"], profile["width"]), 1000, np.uint16))
+        dst.descriptions = ("B08", "B11")
     with pytest.raises(PipelineError, match="nir.tif: none of the bands B04, B03, B02 .*--bands"):
         coregister.coregister(REF, tmp_path / "nir.tif", pipeline=pipeline, progress=False)
     # a blank target (cloud-covered, uniform): refused with its reason, no corrected output
@@ -400,3 +400,37 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot write there" in err and "--output" in err and "Traceback" not in err
     assert coregister.main(["--stack", str(REF), str(SUMMER), "--output", str(out)]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_single_band_files_of_different_bands_and_bands_as_users_write_them(pipeline, tmp_path):
+    """One band file against another (B04 against B08): each read as it is, with a warning that
+    the dates show different bands; ``bands`` as a string, as integers (1-based) or common names."""
+    with rasterio.open(SUMMER) as s:
+        data, profile = s.read(), {**s.profile, "count": 1}
+    for name, k in (("T32TQM_20180610_B04.tif", 0), ("T32TQM_20180610_B08.tif", 1)):
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(data[k:k + 1])
+    r = coregister.coregister(tmp_path / "T32TQM_20180610_B04.tif", tmp_path / "T32TQM_20180610_B08.tif",
+                              pipeline=pipeline, progress=False)
+    assert r["bands"] == {"reference": ["B04"], "target": ["B08"]} and "different bands" in r["warnings"][-1]
+    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    for bands in ("B04,B03,B02", ("red", "green", "blue"), (1, 2, 3)):
+        r = coregister.coregister(REF, SUMMER, bands=bands, pipeline=pipeline, progress=False)
+        np.testing.assert_allclose(shift_of(r), direct, atol=1e-6)
+    with pytest.raises(PipelineError, match="1-based"):
+        coregister.coregister(REF, SUMMER, bands=(0, 1, 2), pipeline=pipeline, progress=False)
+
+
+def test_a_target_covering_part_of_a_small_reference(pipeline, tmp_path):
+    """The windows lie inside what both dates cover, whichever is the reference."""
+    from rasterio.windows import Window
+
+    with rasterio.open(SUMMER) as s:
+        win = Window(150, 120, 168, 197)
+        profile = {**s.profile, "width": 168, "height": 197, "transform": s.window_transform(win)}
+        with rasterio.open(tmp_path / "part.tif", "w", **profile) as dst:
+            dst.write(s.read(window=win))
+            dst.descriptions = s.descriptions
+    a = coregister.coregister(REF, tmp_path / "part.tif", pipeline=pipeline, progress=False)
+    b = coregister.coregister(tmp_path / "part.tif", REF, pipeline=pipeline, progress=False)
+    np.testing.assert_allclose(shift_of(a), -shift_of(b), atol=0.5)

@@ -15,7 +15,7 @@ import data_preprocess
 import inference
 import utils
 from inference import ImageMatcher
-from tests import safe_fixture as fx
+import samples as fx
 
 pytestmark = pytest.mark.shipped
 

@@ -20,14 +20,14 @@ import evaluate
 import geo
 import inference
 import matching
-import SuperGlue_architecture
 import SuperPoint as sp
+import stages
 import train_superglue
 import train_superpoint
 import utils
 from inference import ImageMatcher
-from tests import safe_fixture as fx
-from tests.test_superpoint import sample_gray
+import samples as fx
+from samples import sample_gray
 
 shipped = pytest.mark.shipped
 
@@ -73,9 +73,9 @@ def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_pa
     np.testing.assert_array_equal(refined1[matches0[matches0 > -1]], r.mkpts1)
 
     root = sample[0].parent.parent
-    assert sp.main(["--input", str(root), "--output", str(tmp_path / "f")]) == 0
+    assert stages.extract_main(["--input", str(root), "--output", str(tmp_path / "f")]) == 0
     (tmp_path / "pairs.txt").write_text("pisa_20150704/overview pisa_20180211/overview\n")
-    assert SuperGlue_architecture.main(["--features", str(tmp_path / "f"), "--pairs", str(tmp_path / "pairs.txt"),
+    assert stages.match_main(["--features", str(tmp_path / "f"), "--pairs", str(tmp_path / "pairs.txt"),
                                         "--output", str(tmp_path / "m")]) == 0
     m = np.load(tmp_path / "m" / "pisa_20150704_overview__pisa_20180211_overview.npz")
     np.testing.assert_array_equal(m["keypoints0"], r.keypoints0)
@@ -131,7 +131,7 @@ def test_no_keypoint_images_give_an_empty_result_with_a_reason(matcher, sample, 
     Image.fromarray(gradient).save(tmp_path / "a_gradient.png")
     Image.fromarray(tiny).save(tmp_path / "b_tiny.png")
     shutil.copy(sample[0], tmp_path / "c_real.png")
-    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
+    assert stages.extract_main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
     assert len(np.load(tmp_path / "f" / "a_gradient.npz")["keypoints"]) == 0
     assert "no keypoint" in str(np.load(tmp_path / "f" / "b_tiny.npz")["reason"])
     assert len(np.load(tmp_path / "f" / "c_real.npz")["keypoints"]) > 100

@@ -11,7 +11,7 @@ import rasterio
 from PIL import Image
 
 import data_preprocess as dp
-from tests import safe_fixture as fx
+import samples as fx
 
 PNG = ["--format", "png", "--no-masks"]
 

@@ -39,7 +39,7 @@ def shifted_stack(folder: Path, seed: int) -> dict[str, np.ndarray]:
             profile["transform"] = Affine.translation(*d) * s.transform
         with rasterio.open(folder / path.name, "w", **profile) as dst:
             dst.write(data)
-        truth[stack.date_of(coregister.engine.open_date(path), str(path))] = d
+        truth[coregister.engine.date_of(coregister.engine.open_date(path), str(path))] = d
     return truth
 
 

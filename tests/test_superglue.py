@@ -7,8 +7,9 @@ import torch
 
 import config
 import utils
+from stages import match_main as main
 from SuperGlue_architecture import (MASKED, MultiHeadAttention, SuperGlue, _logsumexp, extract_matches,
-                                    log_optimal_transport, main, pad_batch)
+                                    log_optimal_transport, pad_batch)
 
 SLIM = config.SuperGlueConfig(descriptor_dim=32, keypoint_encoder=(16, 32), layers=2, heads=4)
 
@@ -183,7 +184,7 @@ def test_assignment_loss_on_known_case():
 def test_smoke_training_loss_decreases(tmp_path):
     import SuperPoint as sp
     import train_superglue
-    from tests import safe_fixture as fx
+    import samples as fx
 
     (tmp_path / "oscd").mkdir()
     for name in ("pisa", "pisa_copy"):
@@ -212,7 +213,7 @@ def matched_warped_pisa(method_name: str, seed: int):
     import cv2
 
     from evaluate import build_method
-    from tests.test_superpoint import sample_gray
+    from samples import sample_gray
 
     a = utils.percentile_stretch(sample_gray("imgs_1"))
     H = utils.sample_homography(np.random.default_rng(seed), (512, 512), "medium")

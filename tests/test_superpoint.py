@@ -10,25 +10,16 @@ import torch
 import config
 import dataset
 import evaluate
+import stages
 import SuperPoint as sp
 import train_superpoint
 import training
 import utils
-from tests import safe_fixture as fx
+import samples as fx
+from samples import sample_gray
 
 SLIM = config.SuperPointConfig()
 SHIPPED = sp.default_checkpoint()
-
-
-def sample_gray(date="imgs_1"):
-    """Real 512×512 grey image of the Pisa sample (float, DN)."""
-    import rasterio
-
-    bands = []
-    for band in ("B04", "B03", "B02"):
-        with rasterio.open(fx.SAMPLE / date / f"{band}.tif") as src:
-            bands.append(src.read(1).astype(np.float32))
-    return utils.to_gray(np.stack(bands, -1))
 
 
 # ----------------------------------------------------------------------------- network
@@ -136,7 +127,7 @@ def test_extraction_script_on_real_crop(tmp_path):
     img = utils.to_uint8(utils.percentile_stretch(sample_gray()))
     Image.fromarray(img).save(tmp_path / "pisa.png")
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "blank.png")
-    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f"), "--max-keypoints", "500"]) == 0
+    assert stages.extract_main(["--input", str(tmp_path), "--output", str(tmp_path / "f"), "--max-keypoints", "500"]) == 0
     f = np.load(tmp_path / "f" / "pisa.npz")
     k = f["keypoints"]
     assert 100 < len(k) <= 500 and f["descriptors"].shape == (len(k), f["descriptors"].shape[1])
@@ -147,15 +138,15 @@ def test_extraction_script_on_real_crop(tmp_path):
     assert len(blank["keypoints"]) == 0 and blank["descriptors"].shape[0] == 0
     # second run skips what exists
     mtime = (tmp_path / "f" / "pisa.npz").stat().st_mtime_ns
-    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
+    assert stages.extract_main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 0
     assert (tmp_path / "f" / "pisa.npz").stat().st_mtime_ns == mtime
 
 
 def test_extraction_script_bad_input(tmp_path, capsys):
-    assert sp.main(["--input", str(tmp_path / "nope")]) == 2
+    assert stages.extract_main(["--input", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
-    assert sp.main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 1
+    assert stages.extract_main(["--input", str(tmp_path), "--output", str(tmp_path / "f")]) == 1
     assert "cannot read image" in capsys.readouterr().err
     assert not (tmp_path / "f" / "x.npz").exists()
 

@@ -1,4 +1,5 @@
-"""Build realistic Sentinel-2 ``.SAFE`` products for tests and benchmarks.
+"""Real sample inputs for tests and benchmarks: realistic Sentinel-2 ``.SAFE`` products and the
+shipped Pisa sample as a grey image.
 
 Real metadata (``tests/data/safe_metadata``: unmodified ``MTD_MSIL1C.xml`` of baseline
 05.10, ``MTD_MSIL2A.xml`` of baseline 05.10, a trimmed granule ``MTD_TL.xml``) and real
@@ -16,9 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent / "tests" / "data"
 META = DATA / "safe_metadata"
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "pisa"  # real OSCD pixels
+SAMPLE = Path(__file__).resolve().parent / "data" / "sample" / "pisa"  # real OSCD pixels
 # tile T30NWM: UTM zone 30N; the fixture's upper-left corner in map coordinates
 CRS = "EPSG:32630"
 ULX, ULY = 499980.0, 600000.0
@@ -142,3 +143,14 @@ def _maybe_zip(safe: Path, zip_it: bool) -> Path:
             zf.write(p, p.relative_to(safe.parent).as_posix())
     shutil.rmtree(safe)
     return archive
+
+
+def sample_gray(date: str = "imgs_1") -> np.ndarray:
+    """Real 512×512 grey image of the Pisa sample (float32, DN)."""
+    from utils import to_gray
+
+    bands = []
+    for band in ("B04", "B03", "B02"):
+        with rasterio.open(SAMPLE / date / f"{band}.tif") as src:
+            bands.append(src.read(1).astype(np.float32))
+    return to_gray(np.stack(bands, -1))

@@ -1,0 +1,208 @@
+"""The matching stages as scripts: ``python SuperPoint.py`` and ``python SuperGlue_architecture.py``.
+
+The network files hold the networks; their stage scripts live here, with the matching path they
+call (``matching.py``), so that no module imports back the one that imports it.
+
+    python SuperPoint.py --input data/preprocessed --output data/features
+        one ``.npz`` per image: ``keypoints`` (N×2, x y, pixel centres at integers, in the input
+        image's own frame), ``scores``, ``descriptors``, ``image_size``; with a fine head
+        ``fine_descriptors``, ``fine_patches``, ``fine_temperature``; the correlation stage's
+        ``texture`` (``matching.SuperPointExtractor``).
+    python SuperGlue_architecture.py --features data/features --pairs pairs.txt --output data/matches
+    python SuperGlue_architecture.py --features data/features --all-pairs --output data/matches
+        one ``.npz`` per pair: ``keypoints0/1``, ``matches0`` (index into image 1, −1 = none),
+        ``matching_scores0``, ``matches1`` / ``matching_scores1``, ``refined1`` and the geometric
+        verification (``homography``, NaN when not verified; ``inliers``, ``num_inliers``,
+        ``verified``, ``reason``).
+"""
+from __future__ import annotations
+
+import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from config import SuperPointConfig
+from matching import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
+from utils import PipelineError, list_images, load_image, load_valid_mask, set_threads, write_npz
+
+EXTRACT_HELP = "SuperPoint keypoints and descriptors of every image, one .npz each."
+MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual nearest neighbours), one .npz each."
+
+
+# ----------------------------------------------------------------------------- python SuperPoint.py
+def extract_main(argv=None) -> int:
+    """``python SuperPoint.py``: keypoints and descriptors of every image (see the module docstring)."""
+    cfg = SuperPointConfig()
+    parser = argparse.ArgumentParser(prog="SuperPoint.py", description=EXTRACT_HELP,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--input", type=Path, default=config.PREPROCESSED_DIR,
+                        help="an image file or a folder of images (searched recursively)")
+    parser.add_argument("--output", type=Path, default=config.FEATURES_DIR, help="folder for the .npz files")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt", help="SuperPoint checkpoint")
+    parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="-1 keeps all")
+    parser.add_argument("--detection-threshold", type=float, default=None,
+                        help="heatmap threshold (default: the checkpoint's)")
+    parser.add_argument("--nms-radius", type=int, default=None, help="NMS radius in px (default: the checkpoint's)")
+    parser.add_argument("--resize", type=int, default=0,
+                        help="longer side the network sees (keypoints stay in each image's own frame); 0 = none")
+    parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    parser.add_argument("--overwrite", action="store_true", help="redo images already extracted")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    try:
+        set_threads(args.threads or None)
+        extractor = SuperPointExtractor.from_checkpoint(args.checkpoint, args.device, max_keypoints=args.max_keypoints,
+                                                        resize=args.resize,
+                                                        detection_threshold=args.detection_threshold,
+                                                        nms_radius=args.nms_radius)
+        if args.input.is_file():
+            root, images = args.input.parent, [args.input]
+        elif args.input.is_dir():
+            root, images = args.input, list_images(args.input)
+        else:
+            raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
+        if not images:
+            raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
+        args.output.mkdir(parents=True, exist_ok=True)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start, done, empty, failed = time.time(), 0, [], []
+    for path in tqdm(images, desc="SuperPoint", unit="img"):
+        out = args.output / path.relative_to(root).with_suffix(".npz")
+        if out.exists() and not args.overwrite:
+            continue
+        try:
+            feats = extractor.extract(load_image(path), load_valid_mask(path), name=str(path))
+        except PipelineError as exc:
+            failed.append(str(exc))
+            continue
+        except Exception as exc:  # an unforeseen failure on one image must not stop the batch
+            failed.append(f"{path}: {type(exc).__name__}: {exc}")
+            continue
+        if feats.get("reason"):
+            empty.append(feats["reason"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(out, features_to_file(feats))
+        done += 1
+    print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
+          f"({len(images) - done - len(failed)} already done, {len(empty)} without keypoints, {len(failed)} failed) "
+          f"→ {args.output}")
+    for line in empty:
+        print(f"  empty: {line}", file=sys.stderr)
+    for line in failed:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- python SuperGlue_architecture.py
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise PipelineError(f"{path}:{line_no}: expected two image names on the line, got {line.strip()!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def _features_path(folder: Path, name: str) -> Path:
+    p = folder / name
+    return p if p.suffix == ".npz" else p.with_suffix(".npz")
+
+
+def result_to_file(result: dict) -> dict:
+    """The arrays of a verified match result to write to an ``.npz``: SuperGlue's names, image
+    1's refined keypoints, and the verification (``homography`` NaN when not verified)."""
+    out = {"keypoints0": result["keypoints0"], "keypoints1": result["refined_keypoints1"],
+           "matches0": result["matches0"], "matching_scores0": result["matching_scores0"],
+           "matches1": result["matches1"], "matching_scores1": result["matching_scores1"],
+           "refined1": result["refined1"],
+           "homography": result["homography"] if result["homography"] is not None else np.full((3, 3), np.nan),
+           "inliers": result["inliers"], "num_inliers": np.int64(result["num_inliers"]),
+           "verified": np.bool_(result["verified"]), "method": np.array(result["method"])}
+    if result.get("reason"):
+        out["reason"] = np.array(result["reason"])
+    return out
+
+
+def match_main(argv=None) -> int:
+    """``python SuperGlue_architecture.py``: every listed pair matched (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="SuperGlue_architecture.py", description=MATCH_HELP,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--features", type=Path, default=config.FEATURES_DIR, help="folder of SuperPoint .npz")
+    parser.add_argument("--pairs", type=Path, help="text file: two image (or .npz) names a line, relative "
+                                                   "to --features")
+    parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
+    parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
+    parser.add_argument("--matcher", default="superglue", help="a registered matcher: superglue or mnn")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt", help="the matcher's checkpoint")
+    parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="keep image 1's detected keypoints (default: refine matches with the fine patches "
+                             "when the features have them)")
+    parser.add_argument("--no-correlate", action="store_true",
+                        help="skip the correlation stage (default: Lucas-Kanade on the features' local contrast "
+                             "when they carry it)")
+    parser.add_argument("--min-inliers", type=int, default=config.MatchingConfig.min_inliers,
+                        help="RANSAC inliers for a pair to count as verified")
+    parser.add_argument("--device", default=config.DEVICE)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    try:
+        set_threads(args.threads or None)
+        if bool(args.pairs) == args.all_pairs:
+            raise PipelineError("give either --pairs FILE or --all-pairs")
+        if not args.features.is_dir():
+            raise PipelineError(f"{args.features}: no such folder; run SuperPoint.py first or fix --features")
+        if args.all_pairs:
+            names = sorted(str(p.relative_to(args.features)) for p in args.features.rglob("*.npz"))
+            pairs = list(itertools.combinations(names, 2))
+        else:
+            if not args.pairs.is_file():
+                raise PipelineError(f"{args.pairs}: no such pairs file")
+            pairs = read_pairs(args.pairs)
+        matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
+        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers,
+                                    correlate=not args.no_correlate)
+        args.output.mkdir(parents=True, exist_ok=True)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start, done, verified, failed = time.time(), 0, 0, []
+    for a, b in tqdm(pairs, desc="matching", unit="pair"):
+        stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
+        out = args.output / f"{stem(a)}__{stem(b)}.npz"
+        if out.exists() and not args.overwrite:
+            continue
+        try:
+            f0 = load_features(_features_path(args.features, a))
+            f1 = load_features(_features_path(args.features, b))
+            result = pipeline.verify(pipeline.match_features(f0, f1))
+        except PipelineError as exc:
+            failed.append(str(exc))
+            continue
+        write_npz(out, result_to_file(result))
+        done += 1
+        verified += bool(result["verified"])
+    print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s, {verified} verified "
+          f"(≥ {args.min_inliers} RANSAC inliers; the others are likely different places) → {args.output}"
+          + (f"; {len(failed)} failed" if failed else ""))
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,82 @@
+"""The project's layers: no import circle among its modules, light modules without torch,
+benchmarks that stand alone."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = {p.stem for p in ROOT.glob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The project modules ``path`` imports anywhere (in functions too), except in its
+    ``if __name__ == "__main__":`` block — a script's entry, not a dependency of the module."""
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return (found & MODULES) - {path.stem}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_no_import_circle_among_the_project_modules():
+    graph = {m: imports_of(ROOT / f"{m}.py") for m in MODULES}
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+    # the check itself finds a circle when there is one
+    assert find_cycle({**graph, "config": graph["config"] | {"coregister"}}) is not None
+
+
+def test_config_and_geo_load_without_torch():
+    code = "import sys; sys.path.insert(0, %r); import config, geo, data_preprocess; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code % str(ROOT)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_benchmarks_stand_alone():
+    """No benchmark imports the tests: shared helpers live in the project (or benchmarks/)."""
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        assert "tests" not in {n.split(".")[0] for n in _all_imports(path)}, path.name
+
+
+def _all_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
