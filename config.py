@@ -53,8 +53,6 @@ S2_BAND_RESOLUTION = {
     "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20,
 }
 S2_BANDS = tuple(S2_BAND_RESOLUTION)
-# Band index used by the metadata's per-band lists (RADIO_ADD_OFFSET band_id="3" is B04).
-S2_BAND_ID = {name: i for i, name in enumerate(S2_BANDS)}
 S2_NODATA_DN = 0
 # Products from processing baseline 04.00 on add 1000 to every digital number (the
 # metadata then carries RADIO_ADD_OFFSET / BOA_ADD_OFFSET of -1000).
@@ -156,9 +154,7 @@ class SuperPointTrainConfig:
     desc_temperature: float = 0.05    # dual-softmax temperature
     desc_weight: float = 1.0
     negative_radius: float = 6.0      # other points closer than this are not negatives (px)
-    synthetic_fraction: float = 0.0   # pairs made from one image + warp (no second date)
     fine_max_shift: float = 5.0       # px: fine-head training moves the window off the truth by up to this
-    workers: int = 1
 
 
 @dataclass
@@ -178,7 +174,6 @@ class SuperGlueTrainConfig:
     difficulty: str = "train"
     positive_threshold: float = 3.0   # px: mutual nearest within this → a match
     negative_threshold: float = 5.0   # px: nearest beyond this → unmatched (dustbin); between: ignored
-    synthetic_fraction: float = 0.0
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -183,7 +183,7 @@ def grid_fraction(product: dp.Product, bands: list[str], grid: dp.Grid) -> np.nd
     found = None
     for b in bands:
         path = product.band_files[b][min(product.band_files[b])]
-        with dp._open(path) as src:
+        with dp.open_raster(path) as src:
             t, g = src.transform, grid.transform
             if src.crs != grid.crs or not np.allclose([t.a, t.b, t.d, t.e], [g.a, g.b, g.d, g.e], rtol=1e-9, atol=0):
                 return None
@@ -267,7 +267,7 @@ def raster_extent(product: dp.Product, bands: list[str], grid: dp.Grid) -> tuple
     out = [-np.inf, -np.inf, np.inf, np.inf]
     for b in bands:
         path = product.band_files[b][min(product.band_files[b])]
-        with dp._open(path) as src:
+        with dp.open_raster(path) as src:
             left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
         corners = geo.map_to_pixel(np.array([[left, top], [right, bottom], [left, bottom], [right, top]]),
                                    grid.transform) + 0.5                   # pixel corners
@@ -593,6 +593,10 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
     noise = np.linalg.norm(np.median([w.se_px for w in windows], axis=0))
     limit = max(cfg.disagreement_px, cfg.outlier_sigmas * 2 * noise)
     M, residual = fit_affine_px(tie_a, d)
+    # an affine fitted to n noisy points predicts its corners to about 3 × (point spread) / √n:
+    # a reach below three of those is the points' noise, not a rotation
+    spread = geo.MAD_TO_SIGMA * np.median(residual)
+    limit = max(limit, 9 * spread / np.sqrt(len(tie_a)))
     lo, hi = tie_a.min(0), tie_a.max(0)
     corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]]])
     moved = corners @ M[:, :2].T + M[:, 2] - corners - med

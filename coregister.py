@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
 import contextlib
 import sys
 import textwrap
@@ -43,6 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import cli
 import coreg_engine as engine
 import data_preprocess as dp
 import geo
@@ -81,7 +81,8 @@ class Coregistration:
         self.overview = e.reference_overview(self.pipeline, self.ref, self.ref_bands, g, c)
         self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
         self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c)
-        self.windows = e.plan_windows(e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px]), c)
+        self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px])
+        self.windows = e.plan_windows(self.region, c)
         self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
         self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
         self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g))
@@ -117,7 +118,9 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
               "windows": {"used": pair.windows_used, "rejected": len(co.windows) - pair.windows_used,
                           "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None}}
     if not co.windows:
-        result["reason"] = "no window fits the data both dates cover (no overlap?)"
+        c0, r0, c1, r1 = co.region
+        result["reason"] = (f"the data both dates cover is {max(0, c1 - c0)}×{max(0, r1 - r0)} px on the reference grid: "
+                            "too small for a window (16 px at least) — no overlap, or a raster too small")
     if not pair.verified:
         return result
     g = co.grid
@@ -465,7 +468,8 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress)
     result = co.run()
-    result["provenance"] = engine.provenance([reference, target], co.cfg, bands=list(bands or co.cfg.bands),
+    result["provenance"] = engine.provenance([reference, target], co.cfg,
+                                             bands=list(engine.normalise_bands(bands) or co.cfg.bands),
                                              correction=correction if write_corrected else None,
                                              matching=co.pipeline.name)
     if output is not None:
@@ -475,9 +479,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
 
 def main(argv=None) -> int:
     cfg = CoregisterConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__[__doc__.index("Exit codes"):],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(__doc__, epilog=__doc__[__doc__.index("Exit codes"):])
     parser.add_argument("reference", type=Path, nargs="?", help="the product the target is aligned to")
     parser.add_argument("target", type=Path, nargs="?", help="the product to co-register")
     parser.add_argument("--stack", nargs="+", default=None, metavar="INPUT",
@@ -485,25 +487,25 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", "--stack-reference", dest="stack_reference", default="auto",
                         help="with --stack: auto (the most valid, textured date) or the path of one input")
     parser.add_argument("--scheduler", default=None,
-                        help="with --stack: a Dask scheduler address (tcp://HOST:8786); default a LocalCluster")
+                        help="with --stack: a Dask scheduler address (tcp://HOST:8786); none = a LocalCluster")
     parser.add_argument("--workers", type=int, default=0,
-                        help="with --stack and no --scheduler: worker processes (default: one per core)")
-    parser.add_argument("--neighbours", type=int, default=2, help="with --stack: dates matched on each side in time")
+                        help="with --stack and no --scheduler: worker processes; 0 = one per core")
+    parser.add_argument("--neighbours", type=int, default=None,
+                        help="with --stack: dates matched on each side in time (2 when not given)")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration",
                         help="the result folder (a rerun replaces our earlier result there)")
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
-    parser.add_argument("--max-windows", type=int, default=cfg.max_windows)
+    parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
     parser.add_argument("--write-corrected", action="store_true",
-                        help="also write the target aligned to the reference (COG; translation, no resampling)")
+                        help="also write the target aligned to the reference, as COGs (see --correction)")
     parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],
                         help="the corrected target: its georeference moved (translation, no resampling), or "
                              "resampled onto the reference grid by the affine or the shift field")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
-    parser.add_argument("--device", default=config.DEVICE)
+    cli.add_runtime(parser)
     args = parser.parse_args(argv)
     if args.stack:
         if args.reference is not None:
@@ -518,6 +520,10 @@ def main(argv=None) -> int:
     if args.stack_reference != "auto":
         parser.error("--reference chooses the reference of a --stack; for a pair, REFERENCE is the first of "
                      "REFERENCE TARGET")
+    stack_only = [f for f, v in (("--scheduler", args.scheduler), ("--workers", args.workers),
+                                 ("--neighbours", args.neighbours)) if v]
+    if stack_only:
+        parser.error(f"{', '.join(stack_only)}: for --stack only; a pair runs in this process")
     try:
         set_threads(args.threads or None)
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
@@ -525,8 +531,7 @@ def main(argv=None) -> int:
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     for w in result.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     shift = result["shift_m"]
@@ -544,10 +549,9 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
 
     try:
         result = coregister_stack(args.stack, args.output, args.stack_reference, args.bands, cfg,
-                                  args.scheduler, args.workers or None, args.neighbours, args.write_corrected)
+                                  args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     rows = result["dates"]
     for r in rows:
         if r["status"] == "excluded":

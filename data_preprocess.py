@@ -17,6 +17,13 @@ under a temporary name and renamed when complete):
       ``_nodata.png`` mask (255 = no data) and, when the product has them, ``_cloud.png``
       (cloud probability 0-100 for L2A, 255 = opaque cloud or cirrus for L1C) and ``_scl.png``.
 
+Also the project's reading library (public API): ``find_products``, ``open_safe``,
+``open_stac_item``, ``open_band_files`` → ``Product`` (band files, masks, no-data policy);
+``Grid``, ``reference_grid``, ``read_to_grid`` / ``render`` / ``render_masks`` (windowed,
+decimated reads onto a grid, through a virtual warp where needed), ``open_raster``, ``is_safe``,
+``nodata_value``. Co-registration, ``ImageMatcher``'s georeference and the benchmarks read
+through it.
+
 Radiometry: reflectance = (DN + offset) / QUANTIFICATION_VALUE, with the offset of -1000
 that products from processing baseline 04.00 on carry (RADIO_ADD_OFFSET / BOA_ADD_OFFSET),
 then clipped to a fixed range (``--reflectance-range``, default 0-0.3) and optionally
@@ -24,7 +31,6 @@ gamma-corrected: the same mapping for every date, so one place looks alike on al
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import shutil
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 import config
 from config import PreprocessConfig
 from utils import PipelineError, atomic_path, write_json
@@ -74,7 +81,7 @@ def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, o
     if not path.exists():
         raise PipelineError(f"{path}: no such file or folder; pass a .SAFE folder, a zipped .SAFE, "
                             "a folder of them, or GeoTIFF/JP2 band files")
-    if _is_safe(path):
+    if is_safe(path):
         return [_try(open_safe, path)]
     if path.is_file() and path.suffix.lower() == ".json":
         return [_try(open_stac_item, path)]
@@ -83,7 +90,7 @@ def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, o
     if path.is_file():
         raise PipelineError(f"{path}: not a Sentinel-2 product (expected a .SAFE folder, a .zip holding "
                             "one, a .tif/.jp2 band file or a STAC Item .json)")
-    safes = sorted(p for p in path.iterdir() if _is_safe(p))
+    safes = sorted(p for p in path.iterdir() if is_safe(p))
     if safes:
         return [_try(open_safe, p) for p in safes]
     rasters = _rasters(path)
@@ -109,7 +116,9 @@ def _try(fn, *args):
         return (str(args[0]), str(exc))
 
 
-def _is_safe(p: Path) -> bool:
+def is_safe(p: Path) -> bool:
+    """Whether ``p`` is a Sentinel-2 ``.SAFE`` product: a folder (named ``.SAFE`` or holding its
+    ``MTD_MSIL*.xml``) or a zip (assumed to hold one; ``open_safe`` checks)."""
     if p.is_dir():
         return p.suffix.upper() == ".SAFE" or any(p.glob("MTD_MSIL*.xml"))
     return p.suffix.lower() == ".zip"
@@ -340,16 +349,17 @@ def reference_grid(product: Product, bands: list[str]) -> Grid:
     tenm = [files[10] for files in product.band_files.values() if 10 in files]
     path = tenm[0] if tenm else min((product.band_files[b][min(product.band_files[b])] for b in bands),
                                     key=lambda p: _resolution_of(p))
-    with _open(path) as src:
+    with open_raster(path) as src:
         return Grid(src.transform, src.width, src.height, src.crs)
 
 
 def _resolution_of(path: str) -> float:
-    with _open(path) as src:
+    with open_raster(path) as src:
         return src.res[0]
 
 
-def _open(path: str):
+def open_raster(path: str):
+    """``rasterio.open(path)``, with a corrupt or truncated file as one line (``PipelineError``)."""
     import rasterio
 
     try:
@@ -401,7 +411,7 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     """
     import rasterio
     from rasterio.enums import Resampling
-    from rasterio.windows import from_bounds
+    from rasterio.windows import Window
 
     shape = (len(band), *out_shape) if isinstance(band, list) else out_shape
 
@@ -417,14 +427,17 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
                                 "truncated, download the product again") from exc
 
     col, row, w, h = window_px
-    left, top = grid.transform @ (col, row)
-    right, bottom = grid.transform @ (col + w, row + h)
-    with _open(path) as file:
+    with open_raster(path) as file:
         value = nodata_value(file, nodata)
         with _on_grid(file, grid, warp, resampling_up, value) as src:
-            win = from_bounds(left, bottom, right, top, transform=src.transform)
-            out_res = (right - left) / out_shape[1]
-            resampling = Resampling.average if out_res > src.res[0] * 1.01 else getattr(Resampling, resampling_up)
+            # the window's corners in the source's pixels (through map coordinates: a grid may be
+            # rotated, and the source's pixels may be another size)
+            to_src = ~src.transform * grid.transform
+            c0, r0 = to_src * (col, row)
+            c1, r1 = to_src * (col + w, row + h)
+            win = Window(min(c0, c1), min(r0, r1), abs(c1 - c0), abs(r1 - r0))
+            coarser = win.width / out_shape[1] > 1.01          # the output's pixels are larger: average
+            resampling = Resampling.average if coarser else getattr(Resampling, resampling_up)
             data = read(src, win, resampling)
             if not with_nodata:
                 return data
@@ -614,8 +627,7 @@ def parse_bands(text: str) -> list[str]:
 
 def main(argv=None) -> int:
     d = PreprocessConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--input", type=Path, required=True,
                         help=".SAFE folder, zipped .SAFE, folder of several, or GeoTIFF/JP2 band file(s)")
     parser.add_argument("--output", type=Path, default=config.PREPROCESSED_DIR, help="output folder")
@@ -658,8 +670,7 @@ def main(argv=None) -> int:
         except OSError as exc:
             raise PipelineError(f"{args.output}: cannot write here ({exc.strerror}); choose another --output") from exc
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
 
     from tqdm import tqdm
 

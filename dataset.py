@@ -374,7 +374,7 @@ class TrainingPairs(torch.utils.data.Dataset):
             scene = self.scenes[idx[rng.choice(len(idx), p=area / area.sum())]]
             n = len(scene.images)
             i = int(rng.integers(n))
-            j = i if (n == 1 or rng.random() < cfg.synthetic_fraction) else int((i + rng.integers(1, n)) % n)
+            j = i if n == 1 else int((i + rng.integers(1, n)) % n)        # another date where there is one
             origin = pick_crop(rng, scene, i, cfg.crop)
             if origin is None:
                 continue

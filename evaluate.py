@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
 import sys
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+import cli
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample, test_pairs
 from matching import MATCHERS, MatchingPipeline, correlate_keypoints1
@@ -110,6 +110,8 @@ class PipelineMethod:
 
     def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
         result = self.pipeline.match_features(f0, f1)
+        # the keypoints the result's matches index (the fast mode's learned path has its own)
+        f0["keypoints"], f1["keypoints"] = result["keypoints0"], result["keypoints1"]
         return result["matches0"], result["refined_keypoints1"]
 
 
@@ -118,13 +120,21 @@ def method_names() -> list[str]:
     correlation stage), and SuperPoint with each registered matcher, with or without the fine
     head and the correlation stage (``superpoint`` = ``superpoint+mnn``)."""
     learned = [f"superpoint+{m}{r}{c}" for m in sorted(MATCHERS) for r in ("", "+refine") for c in ("", "+correlate")]
-    return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned]
+    return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned, "fast"]
 
 
 def build_method(name: str, cfg: EvalConfig, model_path: Path = config.CHECKPOINT_DIR, device: str = "cpu",
                  match_threshold: float | None = None, superpoint=None, superglue=None):
     """The benchmark method called ``name`` (see ``method_names``). ``superpoint`` /
     ``superglue``: models already in memory (training validation) instead of checkpoint files."""
+    if name == "fast":       # SIFT + ratio + correlation, the learned pipeline where that does not verify
+        method = PipelineMethod(MatchingPipeline.from_checkpoints(model_path, "fast", device,
+                                                                  max_keypoints=cfg.max_keypoints,
+                                                                  match_threshold=match_threshold,
+                                                                  ransac_threshold=cfg.ransac_threshold,
+                                                                  min_inliers=cfg.min_inliers))
+        method.name = "fast"
+        return method
     parts = name.split("+")
     correlate = parts[-1] == "correlate"
     if correlate:
@@ -281,8 +291,7 @@ def markdown_table(results: dict, cfg: EvalConfig) -> str:
 
 def main(argv=None) -> int:
     cfg = EvalConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="folder with oscd/, ombria/, ukraine_T36UYA/ (validation places are used)")
     parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine",
@@ -302,8 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--match-threshold", type=float, default=None,
                         help="the matcher's score threshold (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=config.SEED)
-    parser.add_argument("--device", default="cpu", help="timings are reported for this device")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    # the CPU by default, deliberately: the baselines run there and the timings are compared
+    cli.add_runtime(parser, device="cpu", device_help="the learned methods' device; timings are reported for it")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON results (default data/results/eval_<split>_<difficulty>.json)")
     parser.add_argument("--reference", type=Path, default=None,
@@ -327,8 +336,7 @@ def main(argv=None) -> int:
                    for p in pairs for r in range(args.repeats)]
         results = run_benchmark(methods, samples, cfg)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     table = markdown_table(results, cfg)
     print(f"\n{len(samples)} {args.split} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
           f"{torch.get_num_threads()} threads\n\n{table}")

@@ -105,15 +105,29 @@ def reproject_points(xy: np.ndarray, src_crs, dst_crs) -> np.ndarray:
 
 
 def metric_crs(crs, xy: np.ndarray):
-    """A CRS in metres for points ``xy`` of ``crs``: itself when projected, else the local UTM zone."""
+    """A CRS in ground metres for points ``xy`` of ``crs``: itself when it is projected in metres
+    with less than 2 % scale distortion there (UTM, national grids), else the local UTM zone (a
+    geographic CRS; Web Mercator, whose "metres" are 1/cos(latitude) ground metres)."""
     from rasterio.crs import CRS
 
-    if crs.is_projected:
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    if crs.is_projected and _scale_at(crs, xy) < 1.02:
         return crs
     lonlat = reproject_points(xy, crs, "EPSG:4326")
     lon, lat = np.median(lonlat[:, 0]), np.median(lonlat[:, 1])
     zone = int((lon + 180) // 6) % 60 + 1
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def _scale_at(crs, xy: np.ndarray) -> float:
+    """How far a projected CRS's units stray from ground metres at ``xy`` (1 = none): the ratio of
+    a 100-unit east step and its length on the ground (haversine on the mean Earth radius: good to
+    0.5 %, enough to tell UTM from Web Mercator)."""
+    p = np.median(xy, axis=0, keepdims=True)
+    (lon0, lat0), (lon1, lat1) = np.radians(reproject_points(np.vstack([p, p + [100.0, 0.0]]), crs, "EPSG:4326"))
+    a = np.sin((lat1 - lat0) / 2) ** 2 + np.cos(lat0) * np.cos(lat1) * np.sin((lon1 - lon0) / 2) ** 2
+    ground = 2 * 6_371_008.8 * np.arcsin(np.sqrt(a))
+    return float(max(100.0 / max(ground, 1e-9), ground / 100.0))
 
 
 def displacements_in_metres(points0: np.ndarray, points1: np.ndarray, crs) -> tuple[np.ndarray, object]:

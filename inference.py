@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
+import dataclasses
 import hashlib
 import sys
 import time
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 import geo
 import visualization
 from config import MatchingConfig
@@ -83,25 +84,36 @@ class ImageMatcher:
         min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
             ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
             chance agreements, not a transform).
-        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), or ``auto``.
+        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), ``auto``, or ``fast``
+            (SIFT, the ratio test and the correlation stage first; the learned pipeline where that
+            does not verify: ``matching.FastPipeline``).
         threads: torch CPU threads (None leaves torch's setting: all cores); give each of
             several parallel workers ``cores // workers``.
         cache_size: images whose features are kept (least recently used dropped first).
+        config: a ``config.MatchingConfig`` with every default of the matching path; the
+            keyword arguments above override its fields (``ImageMatcher(config=cfg, resize=0)``).
     """
 
     def __init__(self, model_path: str | Path = config.CHECKPOINT_DIR, device: str | None = None,
                  max_keypoints: int | None = None, match_threshold: float | None = None,
-                 resize: int = MatchingConfig.resize, bands: tuple[int, ...] | None = None,
-                 ransac_threshold: float = MatchingConfig.ransac_threshold, refine: bool = MatchingConfig.refine,
-                 min_inliers: int = MatchingConfig.min_inliers, matcher: str = MatchingConfig.matcher,
-                 threads: int | None = None, cache_size: int = MatchingConfig.cache_size,
-                 correlate: bool = MatchingConfig.correlate):
+                 resize: int | None = None, bands: tuple[int, ...] | None = None,
+                 ransac_threshold: float | None = None, refine: bool | None = None,
+                 min_inliers: int | None = None, matcher: str | None = None,
+                 threads: int | None = None, cache_size: int | None = None,
+                 correlate: bool | None = None, *, config: MatchingConfig | None = None):
+        # one configuration object, merged with the keyword overrides (LightGlue's default_conf)
+        overrides = {k: v for k, v in dict(resize=resize, ransac_threshold=ransac_threshold, refine=refine,
+                                           min_inliers=min_inliers, matcher=matcher, cache_size=cache_size,
+                                           correlate=correlate).items() if v is not None}
+        cfg = dataclasses.replace(config or MatchingConfig(), **overrides)
         if threads:
             set_threads(threads)
+        self.config = cfg
         self.pipeline = MatchingPipeline.from_checkpoints(
-            model_path, matcher, device, max_keypoints=max_keypoints, resize=resize, match_threshold=match_threshold,
-            refine=refine, ransac_threshold=ransac_threshold, min_inliers=min_inliers, correlate=correlate)
-        self.bands, self.cache_size = bands, cache_size
+            model_path, cfg.matcher, device, max_keypoints=max_keypoints, resize=cfg.resize,
+            match_threshold=match_threshold, refine=cfg.refine, ransac_threshold=cfg.ransac_threshold,
+            min_inliers=cfg.min_inliers, correlate=cfg.correlate)
+        self.bands, self.cache_size = bands, cfg.cache_size
         self._cache: OrderedDict[str, tuple[Loaded, dict]] = OrderedDict()
 
     @property
@@ -127,11 +139,13 @@ class ImageMatcher:
             array = load_image(path, None if net == size else net)
             valid = load_valid_mask(path, None if net == size else net)
             georef = geo.read_georeference(path)
+            bands = band_indices(path, self.bands)
         else:
             array, name, valid, georef = np.asarray(image), name or "array", None, None
             size = (array.shape[1], array.shape[0]) if array.ndim >= 2 else (0, 0)
             net = extractor.network_size(*size)
-        array = select_bands(array, self.bands, name)
+            bands = band_indices(None, self.bands)
+        array = select_bands(array, bands, name)
         array = resize_to(array, *net)       # an image smaller than a network cell is refused by extract()
         if valid is not None:
             valid = resize_to(valid, *net)
@@ -220,6 +234,34 @@ class ImageMatcher:
     write_geo = staticmethod(geo.write_matches)
 
 
+def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
+    """``bands`` as 1-based indices of the raster at ``path``: indices as they are; names (``B04``,
+    or STAC common names such as ``red``) by the file's band descriptions."""
+    if bands is None or all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
+        return None if bands is None else tuple(int(b) for b in bands)
+    wanted = [data_preprocess_names(b) for b in bands]
+    if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
+        raise PipelineError(f"{path or 'array'}: bands by name ({', '.join(map(str, bands))}) need a raster whose "
+                            "bands are described; give 1-based indices instead (e.g. 3,2,1)")
+    import rasterio
+
+    with rasterio.open(path) as src:
+        names = [data_preprocess_names(d or "") for d in src.descriptions]
+    missing = [b for b in wanted if b not in names]
+    if missing:
+        raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: "
+                            f"{', '.join(n or '?' for n in names)}); fix --bands (names or 1-based indices)")
+    return tuple(names.index(b) + 1 for b in wanted)
+
+
+def data_preprocess_names(name) -> str:
+    """A band name as the readers name it (``red`` → ``B04``, ``b4`` → ``B4``)."""
+    from data_preprocess import STAC_COMMON_NAMES
+
+    text = str(name).strip()
+    return STAC_COMMON_NAMES.get(text.lower(), text.upper())
+
+
 def _pixels(image) -> int:
     """Pixel count of a path (from its header) or an array; 0 when unknown."""
     if isinstance(image, (str, Path)):
@@ -256,27 +298,29 @@ def sample_pair() -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("images", nargs="*", type=Path, help="two images to match (default: the shipped sample pair)")
     parser.add_argument("--query", type=Path, help="rank --gallery by verified matches with this image")
     parser.add_argument("--gallery", type=Path, help="folder of candidate images for --query")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR)
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR)
-    parser.add_argument("--matcher", default=MatchingConfig.matcher, help="superglue, mnn, or auto")
-    parser.add_argument("--device", default=config.DEVICE)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    parser.add_argument("--matcher", default=MatchingConfig.matcher, help="superglue, mnn, auto or fast")
+    parser.add_argument("--fast", action="store_true",
+                        help="the fast mode (--matcher fast): SIFT + the correlation stage first, the learned "
+                             "pipeline where that does not verify")
+    cli.add_runtime(parser)
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,
                         help="longer side the network sees; 0 = none")
-    parser.add_argument("--bands", default=None, help="multi-band inputs: the bands to use, 1-based as GDAL counts them, e.g. 3,2,1")
+    parser.add_argument("--bands", default=None, help="multi-band inputs: the bands to use, by name (B04,B03,B02 or red,green,blue, from the "
+                             "files' band descriptions) or 1-based index as GDAL counts them (3,2,1)")
     args = parser.parse_args(argv)
     start = time.time()
     try:
         set_threads(args.threads or None)
-        bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
+        bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in args.bands.split(",")) if args.bands else None
         matcher = ImageMatcher(args.model_path, args.device, args.max_keypoints, resize=args.resize, bands=bands,
-                               matcher=args.matcher)
+                               matcher="fast" if args.fast else args.matcher)
         if args.query or args.gallery:
             if not (args.query and args.gallery):
                 raise PipelineError("--query and --gallery go together")
@@ -301,8 +345,7 @@ def main(argv=None) -> int:
         info = summary(result, time.time() - start)
         write_json(args.output / "matches.json", info)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     shift = info["shift_m"]
     print(f"{info['matches']} matches, {info['inliers']} inliers ({info['method']}) in {info['seconds']} s"
           + (f"; shift between the dates (median vector): dx {shift['dx']:+.1f} m east, dy {shift['dy']:+.1f} m "

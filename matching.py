@@ -53,7 +53,7 @@ from checkpoints import find_checkpoint, resolve_device
 from config import MatchingConfig, SuperPointConfig
 from SuperPoint import SuperPoint, refine_matches
 from utils import (PipelineError, estimate_homography, is_verified, local_contrast, mutual_nearest_neighbours,
-                   normalize_for_network, resize_to, warp_points)
+                   normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8, warp_points)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -100,7 +100,8 @@ def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) ->
             array = array[..., [b - 1 for b in bands]]
         elif not (array.shape[2] == 3 and array.dtype == np.uint8):
             raise PipelineError(f"{name}: {array.shape[2]}-band {array.dtype} image; choose the bands to use "
-                                "with ImageMatcher(bands=(r, g, b)) or --bands 1,2,3 (1-based)")
+                                "with ImageMatcher(bands=...) or --bands: names from the file's band descriptions "
+                                "(B04,B03,B02) or 1-based indices (e.g. 3,2,1: the third band as red)")
     return array
 
 
@@ -214,6 +215,50 @@ class SuperPointExtractor:
     __call__ = extract
 
 
+class SiftExtractor:
+    """SIFT keypoints and descriptors (OpenCV) on the 1–99 % stretched image, over its valid
+    pixels, with the local contrast the correlation stage runs on: the classical half of the fast
+    mode (``FastPipeline``). The same features dict as ``SuperPointExtractor`` (own-frame
+    ``keypoints`` (N, 2), ``scores`` (the detector's response), ``descriptors`` (N, 128) float32,
+    ``image_size``, ``texture``), so the matchers, the correlation stage and verification take it."""
+
+    texture = True
+
+    def __init__(self, max_keypoints: int = 1024, network_size=None):
+        self.max_keypoints = max_keypoints
+        self.feature = cv2.SIFT_create(nfeatures=max(max_keypoints, 0))
+        self._network_size = network_size
+
+    def network_size(self, width: int, height: int) -> tuple[int, int]:
+        return self._network_size(width, height) if self._network_size else (width, height)
+
+    def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
+        image = np.asarray(image)
+        h, w = image.shape[:2]
+        size = tuple(int(v) for v in (size or (w, h)))
+        grey = to_gray(image) if image.ndim == 3 else image.astype(np.float32)
+        valid = None if valid is None else np.asarray(valid, bool)
+        scale = np.array([w, h], np.float64) / np.array(size, np.float64)
+        empty = {"keypoints": np.zeros((0, 2), np.float32), "scores": np.zeros(0, np.float32),
+                 "descriptors": np.zeros((0, 128), np.float32), "image_size": np.array(size),
+                 "network_size": np.array([w, h]), "scale": scale}
+        if valid is not None and not valid.any():
+            return {**empty, "reason": f"{name}: no valid pixel (all nodata)"}
+        stretched = percentile_stretch(grey, valid=valid)
+        if float(stretched.std()) < MatchingConfig.min_texture:
+            return {**empty, "reason": f"{name}: blank or uniform image (cloud-covered?), nothing to match"}
+        mask = None if valid is None else valid.astype(np.uint8) * 255
+        kps, desc = self.feature.detectAndCompute(to_uint8(stretched), mask)
+        if not kps:
+            return {**empty, "reason": f"{name}: no keypoint found (blank or cloud-covered?)"}
+        pts = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
+        return {"keypoints": to_own_frame(pts, scale), "scores": np.array([k.response for k in kps], np.float32),
+                "descriptors": desc.astype(np.float32), "image_size": np.array(size), "network_size": np.array([w, h]),
+                "scale": scale, "texture": local_contrast(image, valid), "texture_scale": scale}
+
+    __call__ = extract
+
+
 def network_keypoints(features: dict) -> np.ndarray:
     """A features dict's keypoints in the frame the network saw them (features written before
     ``scale`` existed were extracted at full size)."""
@@ -282,6 +327,35 @@ class MutualNearestNeighbours(Matcher):
         scores0 = np.zeros(len(matches0), np.float32)
         ok = matches0 > -1
         scores0[ok] = np.einsum("nd,nd->n", f0["descriptors"][ok], f1["descriptors"][matches0[ok]])
+        return matches0, scores0
+
+
+@register_matcher
+class RatioTest(Matcher):
+    """Lowe's ratio test: a keypoint's nearest descriptor of image 1 when it is clearly nearer
+    than the second (distance ratio below ``ratio``, 0.8); the score is 1 − that ratio. SIFT's
+    matcher in the fast mode."""
+
+    name = "ratio"
+
+    def __init__(self, ratio: float = 0.8):
+        self.ratio = ratio
+
+    @classmethod
+    def build(cls, model_path, device, match_threshold: float | None = None, **_):
+        return cls(0.8 if match_threshold is None else match_threshold)
+
+    def match(self, f0, f1):
+        matches0 = np.full(len(f0["keypoints"]), -1, np.int64)
+        scores0 = np.zeros(len(f0["keypoints"]), np.float32)
+        if len(f1["keypoints"]) < 2:
+            return matches0, scores0
+        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(np.asarray(f0["descriptors"], np.float32),
+                                                     np.asarray(f1["descriptors"], np.float32), k=2)
+        for pair in pairs:
+            if len(pair) == 2 and pair[0].distance < self.ratio * pair[1].distance:
+                matches0[pair[0].queryIdx] = pair[0].trainIdx
+                scores0[pair[0].queryIdx] = 1 - pair[0].distance / max(pair[1].distance, 1e-9)
         return matches0, scores0
 
 
@@ -443,7 +517,13 @@ class MatchingPipeline:
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
-        checkpoint's."""
+        checkpoint's. ``matcher="fast"`` gives a ``FastPipeline`` (SIFT first, this as fallback)."""
+        if matcher == "fast":
+            return FastPipeline.from_checkpoints(model_path, device, max_keypoints=max_keypoints, resize=resize,
+                                                 ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+                                                 match_threshold=match_threshold, refine=refine,
+                                                 detection_threshold=detection_threshold, nms_radius=nms_radius,
+                                                 correlate=correlate)
         model_path = Path(model_path)
         device = resolve_device(device)
         sp_model = superpoint if superpoint is not None else SuperPoint.from_checkpoint(model_path, device)
@@ -509,6 +589,64 @@ class MatchingPipeline:
         f0 = self.extract(image0, valid0, "image 0")
         f1 = self.extract(image1, valid1, "image 1")
         return self.verify(self.match_features(f0, f1))
+
+
+class FastPipeline:
+    """``matcher="fast"``: SIFT, the ratio test and the correlation stage first — cheap, and as
+    precise as the learned path where it verifies (easy pairs: the same season, clear skies) —
+    and the learned pipeline where it does not (seasons, snow, floods, clouds). The same interface
+    as ``MatchingPipeline``; a result says which path made it (``method``, ``fast_path``).
+
+    The image an extraction was made from is kept with its features (``source``), so that the
+    learned features are extracted only for a pair that needs them, once an image."""
+
+    def __init__(self, classical: MatchingPipeline, learned: MatchingPipeline):
+        self.classical, self.learned = classical, learned
+        self.extractor = classical.extractor
+        self.refine, self.correlate = learned.refine, True
+        self.ransac_threshold, self.min_inliers = learned.ransac_threshold, learned.min_inliers
+
+    @classmethod
+    def from_checkpoints(cls, model_path=config.CHECKPOINT_DIR, device=None, *, max_keypoints=None, resize=0,
+                         ransac_threshold=MatchingConfig.ransac_threshold, min_inliers=MatchingConfig.min_inliers,
+                         **learned_options) -> "FastPipeline":
+        learned = MatchingPipeline.from_checkpoints(model_path, "auto", device, max_keypoints=max_keypoints,
+                                                    resize=resize, ransac_threshold=ransac_threshold,
+                                                    min_inliers=min_inliers, **learned_options)
+        sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
+        classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
+                                     min_inliers=min_inliers, correlate=True)
+        classical.extractor = sift
+        return cls(classical, learned)
+
+    @property
+    def name(self) -> str:
+        return f"fast (sift+ratio+correlate, else {self.learned.name})"
+
+    def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
+        f = self.extractor.extract(image, valid, name, size, normalized)
+        f["source"] = (image, valid, name, size, normalized)
+        return f
+
+    def _learned_features(self, f: dict) -> dict:
+        if "learned" not in f:
+            f["learned"] = self.learned.extract(*f["source"])
+        return f["learned"]
+
+    def match_features(self, f0: dict, f1: dict) -> dict:
+        """The classical path's verified result, else the learned path's (verified or not)."""
+        r = self.classical.verify(self.classical.match_features(f0, f1))
+        if r["verified"]:
+            return {**r, "method": "fast: sift+ratio+correlate", "fast_path": "classical"}
+        g0, g1 = self._learned_features(f0), self._learned_features(f1)
+        r = self.learned.verify(self.learned.match_features(g0, g1))
+        return {**r, "method": f"fast: {self.learned.name} (sift did not verify)", "fast_path": "learned"}
+
+    def verify(self, result: dict) -> dict:
+        return result if "verified" in result else self.learned.verify(result)
+
+    def match(self, image0, image1, valid0=None, valid1=None) -> dict:
+        return self.match_features(self.extract(image0, valid0, "image 0"), self.extract(image1, valid1, "image 1"))
 
 
 # ----------------------------------------------------------------------------- features files

@@ -77,7 +77,7 @@ def _is_band_file(p: Path) -> bool:
 
 def _dates_in_folder(folder: Path) -> list:
     """The dates a folder holds (each a path, or a list of one date's band files)."""
-    safes = sorted(p for p in folder.iterdir() if dp._is_safe(p))
+    safes = sorted(p for p in folder.iterdir() if dp.is_safe(p))
     items = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json")
     rasters = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
     out: list = [*safes, *items]
@@ -111,7 +111,7 @@ def expand_inputs(inputs: list) -> list:
         matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
         for m in matches:
             p = Path(m)
-            out += _dates_in_folder(p) if p.is_dir() and not dp._is_safe(p) else [p]
+            out += _dates_in_folder(p) if p.is_dir() and not dp.is_safe(p) else [p]
     return out
 
 

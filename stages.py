@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import argparse
 import itertools
 import sys
 import time
@@ -27,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 from config import SuperPointConfig
 from matching import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
-from utils import PipelineError, list_images, load_image, load_valid_mask, set_threads, write_npz
+from utils import PipelineError, list_images, load_image, load_valid_mask, write_npz
 
 EXTRACT_HELP = "SuperPoint keypoints and descriptors of every image, one .npz each."
 MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual nearest neighbours), one .npz each."
@@ -39,63 +39,53 @@ MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual neare
 def extract_main(argv=None) -> int:
     """``python SuperPoint.py``: keypoints and descriptors of every image (see the module docstring)."""
     cfg = SuperPointConfig()
-    parser = argparse.ArgumentParser(prog="SuperPoint.py", description=EXTRACT_HELP,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(EXTRACT_HELP, prog="SuperPoint.py")
     parser.add_argument("--input", type=Path, default=config.PREPROCESSED_DIR,
                         help="an image file or a folder of images (searched recursively)")
     parser.add_argument("--output", type=Path, default=config.FEATURES_DIR, help="folder for the .npz files")
-    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt", help="SuperPoint checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superpoint.pt",
+                        help="SuperPoint checkpoint")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="-1 keeps all")
     parser.add_argument("--detection-threshold", type=float, default=None,
                         help="heatmap threshold (default: the checkpoint's)")
     parser.add_argument("--nms-radius", type=int, default=None, help="NMS radius in px (default: the checkpoint's)")
     parser.add_argument("--resize", type=int, default=0,
                         help="longer side the network sees (keypoints stay in each image's own frame); 0 = none")
-    parser.add_argument("--device", default=config.DEVICE)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--overwrite", action="store_true", help="redo images already extracted")
-    args = parser.parse_args(argv)
+    cli.add_runtime(parser)
+    return cli.run(_extract, parser.parse_args(argv))
 
+
+def _extract(args) -> int:
     from tqdm import tqdm
 
-    try:
-        set_threads(args.threads or None)
-        extractor = SuperPointExtractor.from_checkpoint(args.checkpoint, args.device, max_keypoints=args.max_keypoints,
-                                                        resize=args.resize,
-                                                        detection_threshold=args.detection_threshold,
-                                                        nms_radius=args.nms_radius)
-        if args.input.is_file():
-            root, images = args.input.parent, [args.input]
-        elif args.input.is_dir():
-            root, images = args.input, list_images(args.input)
-        else:
-            raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
-        if not images:
-            raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
-        args.output.mkdir(parents=True, exist_ok=True)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    extractor = SuperPointExtractor.from_checkpoint(args.checkpoint, args.device, max_keypoints=args.max_keypoints,
+                                                    resize=args.resize, detection_threshold=args.detection_threshold,
+                                                    nms_radius=args.nms_radius)
+    if args.input.is_file():
+        root, images = args.input.parent, [args.input]
+    elif args.input.is_dir():
+        root, images = args.input, list_images(args.input)
+    else:
+        raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
+    if not images:
+        raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
+    args.output.mkdir(parents=True, exist_ok=True)
     start, done, empty, failed = time.time(), 0, [], []
-    for path in tqdm(images, desc="SuperPoint", unit="img"):
-        out = args.output / path.relative_to(root).with_suffix(".npz")
-        if out.exists() and not args.overwrite:
-            continue
-        try:
-            feats = extractor.extract(load_image(path), load_valid_mask(path), name=str(path))
-        except PipelineError as exc:
-            failed.append(str(exc))
-            continue
-        except Exception as exc:  # an unforeseen failure on one image must not stop the batch
-            failed.append(f"{path}: {type(exc).__name__}: {exc}")
-            continue
+    todo = [p for p in images if args.overwrite or not (args.output / p.relative_to(root).with_suffix(".npz")).exists()]
+
+    def extract(path: Path) -> dict:
+        return extractor.extract(load_image(path), load_valid_mask(path), name=str(path))
+
+    for path, feats in cli.each(tqdm(todo, desc="SuperPoint", unit="img"), extract, failed):
         if feats.get("reason"):
             empty.append(feats["reason"])
+        out = args.output / path.relative_to(root).with_suffix(".npz")
         out.parent.mkdir(parents=True, exist_ok=True)
         write_npz(out, features_to_file(feats))
         done += 1
     print(f"extracted {done} of {len(images)} images in {time.time() - start:.1f} s "
-          f"({len(images) - done - len(failed)} already done, {len(empty)} without keypoints, {len(failed)} failed) "
+          f"({len(images) - len(todo)} already done, {len(empty)} without keypoints, {len(failed)} failed) "
           f"→ {args.output}")
     for line in empty:
         print(f"  empty: {line}", file=sys.stderr)
@@ -139,15 +129,15 @@ def result_to_file(result: dict) -> dict:
 
 def match_main(argv=None) -> int:
     """``python SuperGlue_architecture.py``: every listed pair matched (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="SuperGlue_architecture.py", description=MATCH_HELP,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(MATCH_HELP, prog="SuperGlue_architecture.py")
     parser.add_argument("--features", type=Path, default=config.FEATURES_DIR, help="folder of SuperPoint .npz")
     parser.add_argument("--pairs", type=Path, help="text file: two image (or .npz) names a line, relative "
                                                    "to --features")
     parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
     parser.add_argument("--matcher", default="superglue", help="a registered matcher: superglue or mnn")
-    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt", help="the matcher's checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
+                        help="the matcher's checkpoint")
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--no-refine", action="store_true",
                         help="keep image 1's detected keypoints (default: refine matches with the fine patches "
@@ -157,52 +147,51 @@ def match_main(argv=None) -> int:
                              "when they carry it)")
     parser.add_argument("--min-inliers", type=int, default=config.MatchingConfig.min_inliers,
                         help="RANSAC inliers for a pair to count as verified")
-    parser.add_argument("--device", default=config.DEVICE)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    cli.add_runtime(parser)
+    return cli.run(_match, parser.parse_args(argv))
 
+
+def _pair_output(folder: Path, a: str, b: str) -> Path:
+    def stem(n: str) -> str:
+        return Path(n).with_suffix("").as_posix().replace("/", "_")
+    return folder / f"{stem(a)}__{stem(b)}.npz"
+
+
+def _match(args) -> int:
     from tqdm import tqdm
 
-    try:
-        set_threads(args.threads or None)
-        if bool(args.pairs) == args.all_pairs:
-            raise PipelineError("give either --pairs FILE or --all-pairs")
-        if not args.features.is_dir():
-            raise PipelineError(f"{args.features}: no such folder; run SuperPoint.py first or fix --features")
-        if args.all_pairs:
-            names = sorted(str(p.relative_to(args.features)) for p in args.features.rglob("*.npz"))
-            pairs = list(itertools.combinations(names, 2))
-        else:
-            if not args.pairs.is_file():
-                raise PipelineError(f"{args.pairs}: no such pairs file")
-            pairs = read_pairs(args.pairs)
-        matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
-        pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers,
-                                    correlate=not args.no_correlate)
-        args.output.mkdir(parents=True, exist_ok=True)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if bool(args.pairs) == args.all_pairs:
+        raise PipelineError("give either --pairs FILE or --all-pairs")
+    if not args.features.is_dir():
+        raise PipelineError(f"{args.features}: no such folder; run SuperPoint.py first or fix --features")
+    if args.all_pairs:
+        names = sorted(str(p.relative_to(args.features)) for p in args.features.rglob("*.npz"))
+        pairs = list(itertools.combinations(names, 2))
+    else:
+        if not args.pairs.is_file():
+            raise PipelineError(f"{args.pairs}: no such pairs file")
+        pairs = read_pairs(args.pairs)
+    matcher = build_matcher(args.matcher, args.checkpoint, args.device, match_threshold=args.match_threshold)
+    pipeline = MatchingPipeline(None, matcher, refine=not args.no_refine, min_inliers=args.min_inliers,
+                                correlate=not args.no_correlate)
+    args.output.mkdir(parents=True, exist_ok=True)
     start, done, verified, failed = time.time(), 0, 0, []
-    for a, b in tqdm(pairs, desc="matching", unit="pair"):
-        stem = lambda n: Path(n).with_suffix("").as_posix().replace("/", "_")  # noqa: E731
-        out = args.output / f"{stem(a)}__{stem(b)}.npz"
-        if out.exists() and not args.overwrite:
-            continue
-        try:
-            f0 = load_features(_features_path(args.features, a))
-            f1 = load_features(_features_path(args.features, b))
-            result = pipeline.verify(pipeline.match_features(f0, f1))
-        except PipelineError as exc:
-            failed.append(str(exc))
-            continue
-        write_npz(out, result_to_file(result))
+    todo = [(a, b) for a, b in pairs if args.overwrite or not _pair_output(args.output, a, b).exists()]
+
+    def match(pair: tuple[str, str]) -> dict:
+        f0 = load_features(_features_path(args.features, pair[0]))
+        f1 = load_features(_features_path(args.features, pair[1]))
+        return pipeline.verify(pipeline.match_features(f0, f1))
+
+    for (a, b), result in cli.each(tqdm(todo, desc="matching", unit="pair"), match, failed,
+                                   name=lambda p: f"{p[0]} × {p[1]}"):
+        write_npz(_pair_output(args.output, a, b), result_to_file(result))
         done += 1
         verified += bool(result["verified"])
     print(f"matched {done} of {len(pairs)} pairs in {time.time() - start:.1f} s, {verified} verified "
           f"(≥ {args.min_inliers} RANSAC inliers; the others are likely different places) → {args.output}"
           + (f"; {len(failed)} failed" if failed else ""))
     for line in failed:
-        print(f"error: {line}", file=sys.stderr)
+        print(f"  failed: {line}", file=sys.stderr)
     return 1 if failed else 0

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import cli
 import config
 from dataset import evaluation_pairs, make_eval_sample
 from utils import PipelineError, atomic_path, set_threads
@@ -74,7 +75,10 @@ def check_resumable(stored: dict, current: dict, last: Path) -> None:
         raise PipelineError(f"{last}: the training data changed since this run started ({stored.get('train_scenes')} "
                             f"scenes then, {current.get('train_scenes')} now); resume with the same --data")
     a, b = stored.get("train_config", {}), current.get("train_config", {})
-    changed = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    # a setting the config no longer has was retired (``workers``, unused; ``synthetic_fraction``,
+    # always 0): a run that stored it resumes — its batches after that point differ from an
+    # uninterrupted run's, since the retired setting's random draw is gone
+    changed = sorted(k for k in set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
     if changed:
         raise PipelineError(f"{last}: resumed with other settings ({', '.join(f'{k} {a.get(k)} → {b.get(k)}' for k in changed)}); "
                             f"resume with the run's own command: {stored.get('command')} --resume")
@@ -215,8 +219,7 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
 
 def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
     """The flags every training script shares (defaults from its train config)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.parser(doc)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="training data: folder with oscd/, ombria/, ukraine_T36UYA/ or preprocessed outputs")
     parser.add_argument("--run-dir", type=Path, default=config.RUNS_DIR / name,
@@ -238,7 +241,7 @@ def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=tcfg.lr)
     parser.add_argument("--val-every", type=int, default=tcfg.val_every, help="steps between validations")
     parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs, help="held-out pairs for validation")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0 = all cores")
+    cli.add_runtime(parser, device=None)
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--smoke", action="store_true", help="tiny run that overfits one small batch (tests)")
     return parser
@@ -276,8 +279,7 @@ def run_training(train_fn, argv, output: Path) -> int:
     try:
         record = train_fn(command)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     best, key = record["best"] or {}, record.get("selected_by", "auc@5px")
     status = "stopped (resume with --resume)" if record.get("stopped") else "done"
     print(f"{status}: {record['steps']} steps in {record['seconds'] / 60:.1f} min "

@@ -80,3 +80,14 @@ def _all_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def test_every_script_builds_its_parser_on_the_one_skeleton():
+    """Scripts share ``cli.parser`` / ``cli.add_runtime`` (one place for the shared flags and the
+    one-line errors): ``argparse.ArgumentParser`` is built in ``cli.py`` alone."""
+    for path in sorted(ROOT.glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        assert "ArgumentParser(" not in path.read_text(), path.name
+    for script in ("data_preprocess", "stages", "inference", "coregister", "evaluate", "training"):
+        assert "cli.parser(" in (ROOT / f"{script}.py").read_text(), script

@@ -434,3 +434,45 @@ def test_a_target_covering_part_of_a_small_reference(pipeline, tmp_path):
     a = coregister.coregister(REF, tmp_path / "part.tif", pipeline=pipeline, progress=False)
     b = coregister.coregister(tmp_path / "part.tif", REF, pipeline=pipeline, progress=False)
     np.testing.assert_allclose(shift_of(a), -shift_of(b), atol=0.5)
+
+
+def test_a_reference_on_a_rotated_grid(pipeline, tmp_path):
+    """A reference whose geotransform is rotated (10°): the pair measures the same shift as on the
+    north-up grid, and the affine correction resampled onto the rotated grid registers to ≈ 0."""
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(REF) as s:
+        t = s.transform
+        angle = np.radians(10)
+        rot = Affine(10 * np.cos(angle), 10 * np.sin(angle), t.c + 500, 10 * np.sin(angle), -10 * np.cos(angle),
+                     t.f - 300)
+        out = np.zeros((3, 220, 220), np.uint16)
+        reproject(s.read(), out, src_transform=t, src_crs=s.crs, dst_transform=rot, dst_crs=s.crs,
+                  resampling=Resampling.cubic, src_nodata=0, dst_nodata=0)
+        profile = {**s.profile, "width": 220, "height": 220, "transform": rot}
+    with rasterio.open(tmp_path / "rot.tif", "w", **profile) as dst:
+        dst.write(out)
+        dst.descriptions = ("B04", "B03", "B02")
+    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    r = coregister.coregister(tmp_path / "rot.tif", SUMMER, tmp_path / "out", write_corrected=True,
+                              correction="affine", pipeline=pipeline, progress=False)
+    np.testing.assert_allclose(shift_of(r), direct, atol=1.0)
+    (corrected,) = (tmp_path / "out" / "corrected").glob("*.tif")
+    again = coregister.coregister(tmp_path / "rot.tif", corrected, pipeline=pipeline, progress=False)
+    assert np.hypot(*shift_of(again)) < 0.5 and not again["warnings"]
+
+
+def test_a_web_mercator_reference_reports_ground_metres(pipeline, tmp_path):
+    """EPSG:3857's units are 1/cos(latitude) ground metres (1.35 at Lake Bracciano): the shift is
+    reported in the local UTM zone's metres, as for a geographic reference."""
+    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    mercator = coregister.coregister(reprojected(REF, tmp_path / "ref3857.tif", "EPSG:3857"), SUMMER,
+                                     pipeline=pipeline, progress=False)
+    assert mercator["shift_m"]["metric_crs"] == "EPSG:32633" or mercator["shift_m"]["metric_crs"] == "EPSG:32632"
+    np.testing.assert_allclose(shift_of(mercator), direct, atol=1.5)
+
+
+def test_flags_of_the_other_mode_are_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        coregister.main([str(REF), str(SUMMER), "--workers", "2"])
+    assert stop.value.code == 2 and "for --stack only" in capsys.readouterr().err

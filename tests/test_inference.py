@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -184,3 +185,39 @@ def test_mismatched_checkpoint(tmp_path):
         ImageMatcher(model_path=tmp_path)
     with pytest.raises(utils.PipelineError, match="no such checkpoint"):
         ImageMatcher(model_path=tmp_path / "empty_dir_that_is_missing")
+
+
+def test_one_configuration_object_merged_with_overrides(sample):
+    """``ImageMatcher(config=MatchingConfig(...), **overrides)``: the config's fields are used,
+    a keyword overrides one of them."""
+    strict = config.MatchingConfig(min_inliers=100_000, resize=512)
+    m = ImageMatcher(device="cpu", config=strict)
+    assert m.config.resize == 512 and not m.match_images(*sample).verified          # the config's rule
+    m = ImageMatcher(device="cpu", config=strict, min_inliers=15)
+    assert m.config.min_inliers == 15 and m.config.resize == 512 and m.match_images(*sample).verified
+
+
+def test_bands_by_name_from_the_files_descriptions(tmp_path):
+    """``ImageMatcher(bands=("B04", "B03", "B02"))`` and ``("red", "green", "blue")`` pick the
+    bands a raster's descriptions name — the same as their 1-based indices."""
+    bracciano = Path(__file__).parent / "data" / "bracciano"
+    a, b = bracciano / "20160718.tif", bracciano / "20180610.tif"      # described B04, B03, B02
+    by_index = ImageMatcher(device="cpu", bands=(1, 2, 3)).match_images(a, b)
+    for bands in (("B04", "B03", "B02"), ("red", "green", "blue")):
+        r = ImageMatcher(device="cpu", bands=bands).match_images(a, b)
+        np.testing.assert_array_equal(r.mkpts0, by_index.mkpts0)
+    with pytest.raises(utils.PipelineError, match="no band named B08"):
+        ImageMatcher(device="cpu", bands=("B08",)).match_images(a, b)
+
+
+def test_the_fast_mode_and_its_fallback(matcher, sample):
+    """``matcher="fast"``: SIFT + the ratio test + the correlation stage where that verifies (the
+    Pisa pair: the same shift as the learned path, within a metre), the learned path where it
+    does not (a blank image: SIFT finds nothing; the learned path then says why)."""
+    fast = ImageMatcher(device="cpu", matcher="fast")
+    r = fast.match_images(*sample)
+    assert r.verified and r["fast_path"] == "classical" and r.method.startswith("fast: sift")
+    learned = matcher.match_images(*sample)
+    assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 1.0
+    r = fast.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])
+    assert r["fast_path"] == "learned" and not r.verified and "blank" in r.reason
