@@ -114,7 +114,7 @@ def test_matcher_registry_names_every_caller():
         assert isinstance(matching.build_matcher("test-nearest"), Nearest)
     finally:
         del matching.MATCHERS["test-nearest"]
-    with pytest.raises(utils.PipelineError, match="unknown matcher 'lightglue'; choose from mnn, superglue"):
+    with pytest.raises(utils.PipelineError, match="unknown matcher .lightglue.; choose from mnn, ratio, superglue"):
         matching.build_matcher("lightglue")
 
 
