@@ -75,9 +75,9 @@ def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...
     if len(found) != 1:
         raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product, file or "
                             "folder of one date's band files")
-    product = found[0]
-    if isinstance(product, tuple):
-        raise PipelineError(product[1])
+    if found.errors:
+        raise PipelineError(found.errors[0][1])
+    product = found.products[0]
     if bands and all(b.isdigit() for b in bands):
         count = max((int(b) for b in product.band_index if b.isdigit()), default=0)
         if not count:

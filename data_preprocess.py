@@ -74,10 +74,25 @@ class Product:
 
 
 # ----------------------------------------------------------------------------- discovery
-def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset: float = 0.0) -> list:
-    """Products under ``path``; a list of ``Product`` or ``(source, error message)`` for inputs
-    that could not be opened (reported, not fatal)."""
-    path = Path(path)
+@dataclass
+class Found:
+    """What ``find_products`` found under a path: the products it could open, and for each input
+    it could not, ``(source, message)`` (reported, not fatal: a batch goes on past it)."""
+
+    products: list[Product]
+    errors: list[tuple[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.products) + len(self.errors)
+
+
+def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset: float = 0.0) -> Found:
+    """The products under ``path`` (see ``Found``); a path that holds none is a ``PipelineError``."""
+    outcomes = _find(Path(path), scale, offset)
+    return Found([p for p in outcomes if isinstance(p, Product)], [p for p in outcomes if isinstance(p, tuple)])
+
+
+def _find(path: Path, scale: float, offset: float) -> list:
     if not path.exists():
         raise PipelineError(f"{path}: no such file or folder; pass a .SAFE folder, a zipped .SAFE, "
                             "a folder of them, or GeoTIFF/JP2 band files")
@@ -674,11 +689,8 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    written, failed = 0, []
-    for product in tqdm(products, desc="products", unit="product", disable=len(products) < 2):
-        if isinstance(product, tuple):
-            failed.append(product)
-            continue
+    written, failed = 0, list(products.errors)
+    for product in tqdm(products.products, desc="products", unit="product", disable=len(products) < 2):
         try:
             written += preprocess_product(product, args.output, bands, cfg)
         except PipelineError as exc:
