@@ -257,6 +257,7 @@ class DateLocation:
     extent_px: tuple[float, float, float, float]     # (col0, row0, col1, row1) on the reference grid, offset applied
     warp: bool
     coarse: dict
+    pixel_ratio: float = 1.0                         # the date's pixel size over the grid's (a 60 m date on 20 m: 3)
 
 
 def raster_extent(product: dp.Product, bands: list[str], grid: dp.Grid) -> tuple[float, float, float, float]:
@@ -302,7 +303,19 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
         offset = offset + fraction
     ext = (extent[0] - offset[0], extent[1] - offset[1], extent[2] - offset[0], extent[3] - offset[1])
     return DateLocation(path, date_of(product, path), product.name, bands, (float(offset[0]), float(offset[1])),
-                        ext, warp, coarse)
+                        ext, warp, coarse, pixel_ratio(product, bands, grid))
+
+
+def pixel_ratio(product: dp.Product, bands: list[str], grid: dp.Grid) -> float:
+    """The date's coarsest band's pixel size over the grid's, at least 1 (both in their own CRS's
+    units, compared through the ground metres of one pixel)."""
+    coarsest = 0.0
+    for b in bands:
+        path = product.band_files[b][min(product.band_files[b])]
+        with dp.open_raster(path) as src:
+            g = dp.Grid(src.transform, src.width, src.height, src.crs)
+        coarsest = max(coarsest, metres_per_px(g))
+    return max(1.0, coarsest / max(metres_per_px(grid), 1e-9))
 
 
 # ----------------------------------------------------------------------------- windows
@@ -579,7 +592,8 @@ def fit_affine_px(centres: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, 
     return np.hstack([A, t[:, None]]), residual
 
 
-def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: CoregisterConfig) -> str | None:
+def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: CoregisterConfig,
+                         coarse: float = 1.0) -> str | None:
     """A warning when the verified tie points (of one window or many) are not one translation:
     an affine fitted to them moves the corners of the measured area by more than
     ``disagreement_px`` (and their noise) away from the median shift — rotation or scale — or
@@ -591,7 +605,8 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
     d = tie_b - tie_a
     med = np.median(d, axis=0)
     noise = np.linalg.norm(np.median([w.se_px for w in windows], axis=0))
-    limit = max(cfg.disagreement_px, cfg.outlier_sigmas * 2 * noise)
+    # a pixel of the coarser date, not of the grid: a 60 m date cannot show a 20 m grid's pixel
+    limit = max(cfg.disagreement_px * coarse, cfg.outlier_sigmas * 2 * noise)
     M, residual = fit_affine_px(tie_a, d)
     # an affine fitted to n noisy points predicts its corners to about 3 × (point spread) / √n:
     # a reach below three of those is the points' noise, not a rotation
@@ -647,7 +662,7 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
                 else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
         out.reason = head + "".join(f"; {k}: {v}" for k, v in kinds.items())
         return out
-    warning = disagreement_warning(used, px_m, cfg)
+    warning = disagreement_warning(used, px_m, cfg, max(a.location.pixel_ratio, b.location.pixel_ratio))
     if warning:
         out.warnings.append(warning)
     shifts = np.array([m.shift_px for m in used])

@@ -476,3 +476,13 @@ def test_flags_of_the_other_mode_are_refused(capsys):
     with pytest.raises(SystemExit) as stop:
         coregister.main([str(REF), str(SUMMER), "--workers", "2"])
     assert stop.value.code == 2 and "for --stack only" in capsys.readouterr().err
+
+
+def test_a_coarse_date_is_not_warned_about_its_own_pixels(pipeline):
+    """A 60 m band against a 20 m one (real crops of tile 18SVG): their tie points scatter by a
+    fraction of a 60 m pixel — noise at that resolution, not a rotation — so no rotation warning;
+    the shift is within a third of the coarse pixel of the bands' own registration."""
+    jp2 = Path(__file__).parent / "data" / "jp2_18SVG"
+    r = coregister.coregister(jp2 / "s2_B11.tif", jp2 / "s2_B01.tif", pipeline=pipeline, progress=False)
+    assert r["verified"] and not any("rotation" in w for w in r["warnings"])
+    assert np.hypot(*shift_of(r)) < 20 and any("different bands" in w for w in r["warnings"])
