@@ -130,7 +130,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     se = np.array(pair.se_px) * px_m
     sigma_m = float(np.sqrt(np.mean(se ** 2)))
     result["shift_m"] = {"dx": float(d_m[0, 0]), "dy": float(d_m[0, 1]), "sigma_m": sigma_m,
-                         "ce90_m": CE90_PER_SIGMA * sigma_m, "sigma_x": float(se[0]), "sigma_y": float(se[1]),
+                         "ce90_m": CE90_PER_SIGMA * sigma_m, "se_x": float(se[0]), "se_y": float(se[1]),
                          "window_spread_m": [float(v) * px_m for v in pair.spread_px],
                          "shift_px": [float(v) for v in pair.shift_px], "metric_crs": metric.to_string()}
     result["affine"] = affine_in_map(co, pair)
