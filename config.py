@@ -226,6 +226,7 @@ class CoregisterConfig:
     min_window: int = 256             # px, smallest window side where the data allows it
     max_windows: int = 48             # windows matched at most, spread evenly over the valid area
     min_valid: float = 0.5            # share of a window valid (no nodata, cloud, snow) on both dates
+    speck_px: int = 16                # invalid specks up to this many px are inpainted and matched through
     min_windows: int = 3              # fewer verified windows (or all, where fewer fit): refused
     outlier_sigmas: float = 3.0       # windows further than this × their spread are rejected
     min_spread_px: float = 0.05       # px, smallest spread the outlier rule assumes

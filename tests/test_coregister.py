@@ -486,3 +486,18 @@ def test_a_coarse_date_is_not_warned_about_its_own_pixels(pipeline):
     r = coregister.coregister(jp2 / "s2_B11.tif", jp2 / "s2_B01.tif", pipeline=pipeline, progress=False)
     assert r["verified"] and not any("rotation" in w for w in r["warnings"])
     assert np.hypot(*shift_of(r)) < 20 and any("different bands" in w for w in r["warnings"])
+
+
+def test_scattered_no_data_specks_are_matched_through(pipeline, tmp_path):
+    """1 % of the target's pixels set to no data at random (single pixels): inpainted for matching,
+    so the pair keeps most of its tie points and its shift."""
+    clean = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    with rasterio.open(SUMMER) as s:
+        profile, data, desc = s.profile, s.read(), s.descriptions
+    data[:, np.random.default_rng(0).random(data.shape[1:]) < 0.01] = 0            # nodata 0
+    with rasterio.open(tmp_path / "specks.tif", "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    r = coregister.coregister(REF, tmp_path / "specks.tif", pipeline=pipeline, progress=False)
+    assert r["tie_points"] >= 0.8 * clean["tie_points"]
+    np.testing.assert_allclose(shift_of(r), shift_of(clean), atol=0.2)
