@@ -6,23 +6,26 @@ functions, in this order:
 1. ``open_date``: a date's product (``.SAFE``, zip, STAC Item, band files, a folder of band files,
    a multi-band raster) and the bands it is read with (``date_bands``).
 2. ``locate_date``: the date's whole-pixel **coarse offset** against the reference, from both
-   products' decimated overviews matched through the one matching path (``matching.py``), and
-   the extent of its data on the reference grid. Offsets of hundreds of pixels are fine: each date
-   is read on the reference grid moved by its own offset (``date_grid``).
+   products' decimated overviews matched through the one matching path (``matching.py``), plus
+   the fraction by which its own pixels sit off the grid (``grid_fraction``: such a date is read
+   pixel for pixel, without resampling), and the extent of its data on the reference grid.
+   Offsets of hundreds of pixels are fine: each date is read on the reference grid moved by its
+   own offset (``date_grid``).
 3. ``plan_windows``: windows on the reference grid, inside the part that every date's raster
    covers after its offset (a window never reads past a date's data).
 4. ``extract_date``: every window of a date read at native resolution (its no-data, cloud and
-   scene-class masks applied), its features extracted once.
-5. ``measure_pair``: two dates matched window by window. A window's displacement is the
-   **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine
-   head and the correlation stage — with its standard error from the inliers' spread. (An ECC
-   refinement used to replace it and was up to 0.5 px off near the data's edge, where it was pulled
-   by the mean-filled invalid pixels of the target; measured against the learned estimate on the
-   validation pairs of ``benchmarks/coregistration.py`` it was never better, so it is gone.)
-   Windows are combined by their median; those beyond ``outlier_sigmas`` robust spreads are
-   rejected; where the windows disagree beyond their noise (rotation, scale, a bad window) the
-   pair carries a warning naming what was seen. The pair's ``sigma_px`` is calibrated (see
-   ``CoregisterConfig.sigma_scale``).
+   scene-class masks applied, specks of no data inpainted), its features extracted once.
+5. ``measure_pair``: two dates matched window by window. A window's displacement starts from the
+   **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine head
+   and the correlation stage — and, where both dates are read pixel for pixel, is then freed of
+   the correlation stage's interpolation bias (``refine_translation``: a Fourier pre-shift and
+   Lucas-Kanade on both dates' valid pixels; used only when it converges near the learned
+   estimate). Its standard error comes from the points' spread. (The ECC refinement this replaced
+   was up to 0.5 px off near the data's edge, pulled by the target's mean-filled invalid pixels.)
+   Windows are combined by their median; those beyond ``outlier_sigmas`` spreads are rejected;
+   where the tie points are not one translation (rotation, scale, a bad window) the pair carries
+   a warning naming what was seen. The pair's ``sigma_px`` is calibrated on validation pairs
+   (``CoregisterConfig.sigma_scale``; ``benchmarks/coregistration.py`` reports the coverage).
 6. Outputs shared by pairs and stacks: ``correction_in_crs`` (the vector that moves a date's
    georeference, in its own CRS), ``write_moved`` (a corrected COG with provenance tags),
    ``stac_item``, ``provenance`` and ``OutputFolder`` (checked before any work, replaced whole).
