@@ -302,8 +302,10 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="*", type=Path, help="two images to match (default: the shipped sample pair)")
     parser.add_argument("--query", type=Path, help="rank --gallery by verified matches with this image")
     parser.add_argument("--gallery", type=Path, help="folder of candidate images for --query")
-    parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR)
-    parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR)
+    parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR,
+                        help="folder for matches.png, matches.json, .geojson, .csv (or ranking.json)")
+    parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
+                        help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
     parser.add_argument("--matcher", default=MatchingConfig.matcher, help="superglue, mnn, auto or fast")
     parser.add_argument("--fast", action="store_true",
                         help="the fast mode (--matcher fast): SIFT + the correlation stage first, the learned "
