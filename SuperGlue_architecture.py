@@ -14,7 +14,7 @@ image 1, -1 = none), ``matching_scores0``, ``matches1`` / ``matching_scores1``, 
 geometric verification of ``matching.MatchingPipeline``: ``homography`` (NaN when not
 verified), ``inliers``, ``num_inliers``, ``verified`` and ``reason``. When the features carry
 SuperPoint's fine patches, each matched keypoint of image 1 is moved to where image 0's keypoint
-fits best (sub-pixel; ``keypoints1`` then holds the refined positions, ``refined1`` marks them);
+fits best (sub-pixel; ``refined_keypoints1`` holds the refined positions, ``refined1`` marks them);
 ``--no-refine`` keeps the detected positions; ``--no-correlate`` skips the correlation stage that
 then makes them precise (``matching.correlation_stage``, on the features' ``texture``). The stage
 script itself is ``stages.match_main``.

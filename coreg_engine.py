@@ -498,7 +498,7 @@ def refine_translation(fa: dict, fb: dict, points_b: np.ndarray, shift: np.ndarr
     Returns (shift, per-point displacements (N, 2), points used), or None where it cannot run."""
     import cv2
 
-    from utils import fourier_shift
+    from imaging import fourier_shift
 
     ta, tb = fa.get("texture"), fb.get("texture")
     if ta is None or tb is None or ta.shape != tb.shape:

@@ -49,7 +49,9 @@ import geo
 from config import CoregisterConfig
 from coreg_engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (public names of this script)
 from matching import MatchingPipeline
-from utils import PipelineError, atomic_path, normalize_for_network, set_threads, write_json
+from results import CoregistrationResult, ShiftEstimate
+from imaging import normalize_for_network
+from utils import PipelineError, atomic_path, set_threads, write_json
 
 PAIR_OUTPUTS = engine.RESULT_NAMES         # a rerun replaces any earlier result of ours, pair or stack
 
@@ -474,7 +476,9 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
                                              matching=co.pipeline.name)
     if output is not None:
         result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
-    return result
+    if result.get("shift_m") is not None:
+        result["shift_m"] = ShiftEstimate.from_dict(result["shift_m"])
+    return CoregistrationResult.from_dict(result)
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 import config
-from utils import PipelineError, load_image, percentile_stretch, sample_homography, to_gray, translation, warp_points
+from geometry import sample_homography, translation, warp_points
+from imaging import load_image, percentile_stretch, to_gray
+from utils import PipelineError
 
 # Validation places. OSCD: cities whose two dates span seasons (pisa: July vs February,
 # beihai: December vs March, ...) and one on another pixel grid (saclay_e).

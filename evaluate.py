@@ -35,8 +35,9 @@ import cli
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample, test_pairs
 from matching import MATCHERS, MatchingPipeline, correlate_keypoints1
-from utils import (PipelineError, corner_error, estimate_homography, is_verified, local_contrast, percentile_stretch,
-                   pose_auc, set_threads, to_uint8, warp_points, write_json)
+from geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
+from imaging import local_contrast, percentile_stretch, to_uint8
+from utils import PipelineError, set_threads, write_json
 
 
 # ----------------------------------------------------------------------------- methods

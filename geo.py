@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RASTER_SUFFIXES, PipelineError, atomic_path, write_json
+from imaging import RASTER_SUFFIXES
+from utils import PipelineError, atomic_path, write_json
 
 MAD_TO_SIGMA = 1.4826   # median absolute deviation → standard deviation of a normal distribution
 
@@ -138,14 +139,16 @@ def displacements_in_metres(points0: np.ndarray, points1: np.ndarray, crs) -> tu
     return reproject_points(points1, crs, metric) - reproject_points(points0, crs, metric), metric
 
 
-def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs) -> dict | None:
-    """The shift between two dates from matched map points (N, 2) in ``crs``; None without points.
+def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs):
+    """The shift between two dates from matched map points (N, 2) in ``crs`` as a
+    ``results.ShiftEstimate``; None without points.
 
     ``dx``, ``dy``: the median displacement vector in metres (x east, y north), robust to a
     minority of wrong matches. ``sigma_x``, ``sigma_y``: robust spread of one match's
     displacement (1.4826 × MAD); ``r68``, ``r95``: radii holding 68 % / 95 % of the
     displacements around the median; ``se``: standard error of the median vector
-    (1.2533 × sigma / √n), what the shift itself is uncertain by when the matches are independent.
+    (1.2533 × sigma / √n), what the shift itself is uncertain by when the matches are independent
+    (``sigma_m``, as a co-registration names it).
     """
     if len(points0) == 0:
         return None
@@ -155,11 +158,13 @@ def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs) -> dict | No
     sigma = MAD_TO_SIGMA * np.median(np.abs(residual), axis=0)
     radius = np.linalg.norm(residual, axis=1)
     n = len(d)
-    return {"dx": float(median[0]), "dy": float(median[1]), "length": float(np.hypot(*median)),
-            "sigma_x": float(sigma[0]), "sigma_y": float(sigma[1]),
-            "r68": float(np.percentile(radius, 68)), "r95": float(np.percentile(radius, 95)),
-            "se": float(1.2533 * np.hypot(*sigma) / np.sqrt(n)), "points": int(n),
-            "metric_crs": metric.to_string()}
+    from results import ShiftEstimate
+
+    se = float(1.2533 * np.hypot(*sigma) / np.sqrt(n))
+    return ShiftEstimate(dx=float(median[0]), dy=float(median[1]), sigma_m=se, metric_crs=metric.to_string(),
+                         length=float(np.hypot(*median)), sigma_x=float(sigma[0]), sigma_y=float(sigma[1]),
+                         r68=float(np.percentile(radius, 68)), r95=float(np.percentile(radius, 95)), se=se,
+                         points=int(n))
 
 
 def georeference_matches(mkpts0: np.ndarray, mkpts1: np.ndarray, geo0: Georeference | None,

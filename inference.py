@@ -36,18 +36,9 @@ import geo
 import visualization
 from config import MatchingConfig
 from matching import MatchingPipeline, select_bands
-from utils import (IMAGE_SUFFIXES, PipelineError, image_dimensions, list_images, load_image, load_valid_mask, resize_to,
-                   set_threads, write_json)
-
-
-class MatchResult(dict):
-    """The result of ``match_images``: a dict that also reads like an object (``r.mkpts0``)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
+from results import MatchResult
+from imaging import IMAGE_SUFFIXES, image_dimensions, list_images, load_image, load_valid_mask, resize_to
+from utils import PipelineError, set_threads, write_json
 
 
 @dataclass
@@ -188,7 +179,7 @@ class ImageMatcher:
             bar.update()
             l1, f1 = self.features(image1)
             bar.update()
-            result = MatchResult(self.pipeline.verify(self.pipeline.match_features(f0, f1)))
+            result = MatchResult.from_dict(self.pipeline.verify(self.pipeline.match_features(f0, f1)))
             bar.update()
         result["names"] = (l0.name, l1.name)
         inliers = result["inliers"] if result["verified"] else np.zeros_like(result["inliers"])

@@ -20,7 +20,7 @@ SuperGlue_architecture.py) all go through this module, so they cannot drift:
   where image 0's keypoint fits best (sub-pixel).
 * ``correlate_matches``: then a correlation stage makes them precise: image 0 is warped onto
   image 1 by a provisional homography of the matches, and each inlier's point is moved by
-  Lucas-Kanade on both images' local contrast (``utils.local_contrast``, gain- and offset-free).
+  Lucas-Kanade on both images' local contrast (``imaging.local_contrast``, gain- and offset-free).
 * ``verify``: USAC_MAGSAC homography; a pair is verified with at least ``min_inliers`` inliers.
 
 Features (``extract``): ``keypoints`` (N, 2) x y in the input's own pixel frame, pixel centres at
@@ -52,8 +52,9 @@ import config
 from checkpoints import find_checkpoint, resolve_device
 from config import MatchingConfig, SuperPointConfig
 from SuperPoint import SuperPoint, refine_matches
-from utils import (PipelineError, estimate_homography, is_verified, local_contrast, mutual_nearest_neighbours,
-                   normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8, warp_points)
+from geometry import estimate_homography, is_verified, mutual_nearest_neighbours, warp_points
+from imaging import local_contrast, normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8
+from utils import PipelineError
 
 
 # ----------------------------------------------------------------------------- frames
@@ -555,20 +556,20 @@ class MatchingPipeline:
         matches1, scores1 = np.full(n1, -1, np.int64), np.zeros(n1, np.float32)
         matches1[matches0[valid]] = np.nonzero(valid)[0]
         scores1[matches0[valid]] = scores0[valid]
-        refined1 = np.asarray(f1["keypoints"], np.float32)
+        points1 = np.asarray(f1["keypoints"], np.float32)
         refined = np.zeros(n1, bool)
         if self.refine and valid.any() and "fine_patches" in f1 and "fine_descriptors" in f0:
-            refined1 = refine_feature_matches(f0, f1, matches0)
+            points1 = refine_feature_matches(f0, f1, matches0)
             refined = matches1 > -1
         correlated = np.zeros(n1, bool)
         if self.correlate and valid.any():
-            refined1, correlated = correlate_keypoints1(f0, f1, matches0, refined1, self.ransac_threshold)
+            points1, correlated = correlate_keypoints1(f0, f1, matches0, points1, self.ransac_threshold)
         reason = f0.get("reason") or f1.get("reason") or (None if valid.any() else "no match found")
         return {"keypoints0": f0["keypoints"], "keypoints1": f1["keypoints"], "scores0": f0["scores"],
                 "scores1": f1["scores"], "descriptors0": f0["descriptors"], "descriptors1": f1["descriptors"],
                 "matches0": matches0, "matching_scores0": scores0, "matches1": matches1, "matching_scores1": scores1,
-                "refined_keypoints1": refined1, "refined1": refined, "correlated1": correlated,
-                "mkpts0": np.asarray(f0["keypoints"], np.float32)[valid], "mkpts1": refined1[matches0[valid]],
+                "refined_keypoints1": points1, "refined1": refined, "correlated1": correlated,
+                "mkpts0": np.asarray(f0["keypoints"], np.float32)[valid], "mkpts1": points1[matches0[valid]],
                 "mconf": scores0[valid], "image_size0": tuple(int(v) for v in f0["image_size"]),
                 "image_size1": tuple(int(v) for v in f1["image_size"]), "method": self.name, "reason": reason}
 

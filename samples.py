@@ -147,7 +147,7 @@ def _maybe_zip(safe: Path, zip_it: bool) -> Path:
 
 def sample_gray(date: str = "imgs_1") -> np.ndarray:
     """Real 512×512 grey image of the Pisa sample (float32, DN)."""
-    from utils import to_gray
+    from imaging import to_gray
 
     bands = []
     for band in ("B04", "B03", "B02"):

@@ -11,7 +11,8 @@ call (``matching.py``), so that no module imports back the one that imports it.
     python SuperGlue_architecture.py --features data/features --pairs pairs.txt --output data/matches
     python SuperGlue_architecture.py --features data/features --all-pairs --output data/matches
         one ``.npz`` per pair: ``keypoints0/1``, ``matches0`` (index into image 1, −1 = none),
-        ``matching_scores0``, ``matches1`` / ``matching_scores1``, ``refined1`` and the geometric
+        ``matching_scores0``, ``matches1`` / ``matching_scores1``, ``refined_keypoints1`` (image 1's
+        keypoints after refinement; ``keypoints1`` as detected), ``refined1`` and the geometric
         verification (``homography``, NaN when not verified; ``inliers``, ``num_inliers``,
         ``verified``, ``reason``).
 """
@@ -29,7 +30,8 @@ import numpy as np
 import cli
 from config import SuperPointConfig
 from matching import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
-from utils import PipelineError, list_images, load_image, load_valid_mask, write_npz
+from imaging import list_images, load_image, load_valid_mask
+from utils import PipelineError, write_npz
 
 EXTRACT_HELP = "SuperPoint keypoints and descriptors of every image, one .npz each."
 MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual nearest neighbours), one .npz each."
@@ -113,9 +115,11 @@ def _features_path(folder: Path, name: str) -> Path:
 
 
 def result_to_file(result: dict) -> dict:
-    """The arrays of a verified match result to write to an ``.npz``: SuperGlue's names, image
-    1's refined keypoints, and the verification (``homography`` NaN when not verified)."""
-    out = {"keypoints0": result["keypoints0"], "keypoints1": result["refined_keypoints1"],
+    """The arrays of a verified match result to write to an ``.npz``, under the names they have in
+    memory (``results.MatchResult``): the detected keypoints, image 1's refined ones, the matches
+    and the verification (``homography`` NaN when not verified)."""
+    out = {"keypoints0": result["keypoints0"], "keypoints1": result["keypoints1"],
+           "refined_keypoints1": result["refined_keypoints1"],
            "matches0": result["matches0"], "matching_scores0": result["matching_scores0"],
            "matches1": result["matches1"], "matching_scores1": result["matching_scores1"],
            "refined1": result["refined1"],

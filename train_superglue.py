@@ -5,7 +5,7 @@
 Each step draws cross-date pairs with a random homography and photometric changes
 (``dataset.TrainingPairs``, the same pairs as SuperPoint's training), extracts keypoints
 with the shipped SuperPoint (frozen), and derives the ground-truth assignment from the
-known homography (``utils.ground_truth_matches``): mutual nearest within 3 px → a match,
+known homography (``geometry.ground_truth_matches``): mutual nearest within 3 px → a match,
 nearest beyond 5 px → the dustbin, in between ignored. The loss is the negative
 log-likelihood of that assignment under the network's log assignment matrix, dustbins
 included. Validation, checkpoints, ``--resume`` and budgets as in ``train_superpoint.py``.
@@ -27,7 +27,7 @@ from SuperGlue_architecture import SuperGlue, pad_batch
 from SuperPoint import SuperPoint
 from training import (data_fingerprint, fit, output_path, run_training, select_val_samples, stop_after,
                       train_config_from_args, training_parser)
-from utils import ground_truth_matches
+from geometry import ground_truth_matches
 
 
 def assignment_loss(log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import atomic_path, percentile_stretch, to_gray
+from imaging import percentile_stretch, to_gray
+from utils import atomic_path
 
 
 def display_image(image: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ Pairs (``--split val``, the default: places the shipped models were selected on,
   2021's chips.
 
 (a) Cross-date, differential: the target's content is moved twice by known sub-pixel shifts s1, s2
-    (±1.5 px each axis; ``utils.fourier_shift``: a band-limited shift of the reflect-padded image,
+    (±1.5 px each axis; ``imaging.fourier_shift``: a band-limited shift of the reflect-padded image,
     on the same grid — as a real misregistration looks; windows reach the data's edge on these
     small scenes); the error is |(estimate2 − estimate1) − (s2 − s1)| in metres, which cancels the
     dataset's own ~1 px residual between the dates.
@@ -151,12 +151,12 @@ def pairs(data: Path, tmp: Path, split: str) -> list[dict]:
 
 def content_shifted(src: Path, out: Path, dx: float, dy: float, gain: float = 1.0, offset: float = 0.0,
                     noise: float = 0.0, seed: int = 0) -> None:
-    """``src`` with its content moved by (dx, dy) px on the same grid (``utils.fourier_shift``),
+    """``src`` with its content moved by (dx, dy) px on the same grid (``imaging.fourier_shift``),
     optionally with a radiometric gain, offset and Gaussian noise (in DN); its nodata (when it has
     a tag) moved with it and kept out."""
     import rasterio
 
-    from utils import fourier_shift
+    from imaging import fourier_shift
 
     with rasterio.open(src) as s:
         profile, data, desc = s.profile, s.read().astype(np.float64), s.descriptions

@@ -23,7 +23,9 @@ import config  # noqa: E402  first: OpenMP's waiting policy, before torch is use
 from dataset import evaluation_pairs, make_eval_sample  # noqa: E402
 from evaluate import build_method  # noqa: E402
 from matching import correlation_stage  # noqa: E402
-from utils import corner_error, estimate_homography, local_contrast, pose_auc  # noqa: E402
+from geometry import corner_error, estimate_homography
+from imaging import local_contrast
+from utils import pose_auc  # noqa: E402
 
 # (window px, max shift px, local-contrast sigma px); None = no correlation stage
 VARIANTS = [None, (31, 3.0, 2.0), (15, 3.0, 2.0), (21, 3.0, 2.0), (41, 3.0, 2.0), (31, 2.0, 2.0), (31, 5.0, 2.0),

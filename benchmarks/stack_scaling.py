@@ -4,7 +4,7 @@
 
 (a) Accuracy: the 39 dates of Lake Bracciano (SEN2DWATER, 2016–2022, 5 of them on the neighbouring
     UTM zone's grid), each with its content moved by a known random sub-pixel shift (up to ±0.5 px;
-    ``utils.fourier_shift``, band-limited, on the date's own grid, as a real misregistration looks),
+    ``imaging.fourier_shift``, band-limited, on the date's own grid, as a real misregistration looks),
     run twice with two sets of shifts; per date, the change of its estimate against the change of
     its shift relative to the reference's (the dates' own ~1 px residual cancels). Median and 90th
     percentile of that error over the placed dates (metres and px), and how many dates were placed
@@ -40,7 +40,7 @@ def shifted_copies(dates: list[Path], folder: Path, reference_crs, seed: int) ->
     import rasterio
 
     from geo import reproject_points
-    from utils import fourier_shift
+    from imaging import fourier_shift
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -14,7 +14,8 @@ import config
 import coregister
 from matching import MatchingPipeline
 import samples as fx
-from utils import PipelineError, fourier_shift
+from imaging import fourier_shift
+from utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 
@@ -501,3 +502,12 @@ def test_scattered_no_data_specks_are_matched_through(pipeline, tmp_path):
     r = coregister.coregister(REF, tmp_path / "specks.tif", pipeline=pipeline, progress=False)
     assert r["tie_points"] >= 0.8 * clean["tie_points"]
     np.testing.assert_allclose(shift_of(r), shift_of(clean), atol=0.2)
+
+
+def test_the_result_is_typed_and_reads_as_its_json(pipeline):
+    import results
+
+    r = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    assert isinstance(r, results.CoregistrationResult) and isinstance(r.shift_m, results.ShiftEstimate)
+    assert r.shift_m.sigma_m == r["shift_m"]["sigma_m"] and r.shift_m.se_x is not None and r.shift_m.se is None
+    assert r.verified is r["verified"] and r.windows["used"] >= 1 and set(r) >= {"provenance", "warnings"}

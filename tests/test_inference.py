@@ -14,6 +14,7 @@ from PIL import Image
 import config
 import data_preprocess
 import inference
+import geometry
 import utils
 from inference import ImageMatcher
 import samples as fx
@@ -43,11 +44,11 @@ def test_known_warp_recovered_in_each_frame(sample):
     to image-1 pixels in their own frames (here 768 px, the network seeing 512)."""
     m = ImageMatcher(device="cpu", resize=512)
     big0 = cv2.resize(rgb(sample[0]), (768, 768), interpolation=cv2.INTER_CUBIC)
-    H = utils.sample_homography(np.random.default_rng(3), (768, 768), "easy")
+    H = geometry.sample_homography(np.random.default_rng(3), (768, 768), "easy")
     big1 = cv2.warpPerspective(big0, H, (768, 768), flags=cv2.INTER_LINEAR)
     result = m.match_images(big0, big1)
     assert result.num_inliers > 50
-    assert utils.corner_error(result.homography, H, (768, 768)) < 2.0
+    assert geometry.corner_error(result.homography, H, (768, 768)) < 2.0
     assert result.keypoints0[:, 0].max() > 600   # the input's own frame, not the network's
 
 
@@ -55,14 +56,14 @@ def test_refinement_brings_matches_closer_to_the_truth(sample):
     """Same-date image against a warped copy at twice the network size: the fine head moves the
     matched points of image 1 (in image 1's own frame) closer to where H puts image 0's keypoints."""
     big0 = cv2.resize(rgb(sample[0]), (1024, 1024), interpolation=cv2.INTER_CUBIC)
-    H = utils.sample_homography(np.random.default_rng(4), (1024, 1024), "medium")
+    H = geometry.sample_homography(np.random.default_rng(4), (1024, 1024), "medium")
     big1 = cv2.warpPerspective(big0, H, (1024, 1024), flags=cv2.INTER_LINEAR)
     refined = ImageMatcher(device="cpu", resize=512, correlate=False).match_images(big0, big1)
     plain = ImageMatcher(device="cpu", resize=512, refine=False, correlate=False).match_images(big0, big1)
     assert refined.method.endswith("+refine") and not plain.method.endswith("+refine")
     np.testing.assert_array_equal(refined.matches0, plain.matches0)
     np.testing.assert_allclose(refined.mkpts0, plain.mkpts0)
-    truth = utils.warp_points(refined.mkpts0.astype(np.float64), H)
+    truth = geometry.warp_points(refined.mkpts0.astype(np.float64), H)
     err_refined = np.linalg.norm(refined.mkpts1 - truth, axis=1)
     err_plain = np.linalg.norm(plain.mkpts1 - truth, axis=1)
     near = err_plain < 16                     # 16 px of the input = 8 px of what the network saw
@@ -92,8 +93,8 @@ def test_different_input_sizes(matcher, sample):
     assert r.num_inliers > 20
     # the true mapping is a scale by 300/512 about pixel corners
     s = 300 / 512
-    H_true = utils.translation(-0.5, -0.5) @ np.diag([s, s, 1]) @ utils.translation(0.5, 0.5)
-    assert utils.corner_error(r.homography, H_true, (512, 512)) < 3.0
+    H_true = geometry.translation(-0.5, -0.5) @ np.diag([s, s, 1]) @ geometry.translation(0.5, 0.5)
+    assert geometry.corner_error(r.homography, H_true, (512, 512)) < 3.0
     assert set(r) >= {"keypoints0", "keypoints1", "matches0", "matching_scores0", "mkpts0", "mkpts1", "mconf",
                       "homography", "inliers"}
     assert r.mkpts0.shape == r.mkpts1.shape == (len(r.mconf), 2)
@@ -221,3 +222,21 @@ def test_the_fast_mode_and_its_fallback(matcher, sample):
     assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 1.0
     r = fast.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])
     assert r["fast_path"] == "learned" and not r.verified and "blank" in r.reason
+
+
+def test_typed_results_still_read_as_dicts(matcher):
+    """``match_images`` returns a ``results.MatchResult`` (documented fields) that reads like the
+    dict it was: by key, by attribute, ``get``, ``in``, ``{**r}``, JSON; its shift is a
+    ``ShiftEstimate`` whose ``sigma_m`` is the same standard error as ``se``."""
+    import results
+
+    bracciano = Path(__file__).parent / "data" / "bracciano"
+    m = ImageMatcher(device="cpu", bands=(1, 2, 3))
+    r = m.match_images(bracciano / "20160718.tif", bracciano / "20180610.tif")
+    assert isinstance(r, results.MatchResult) and isinstance(r.shift_m, results.ShiftEstimate)
+    assert r["homography"] is r.homography and r.get("names") == r.names and "mkpts0" in {**r}
+    assert r.shift_m.sigma_m == r["shift_m"]["se"] > 0 and r.shift_m.ce90_m is None
+    r["something_new"] = 1                                     # a result can grow
+    assert r.something_new == 1 and r["something_new"] == 1
+    text = json.dumps({"shift_m": r.shift_m}, default=utils._json_default)
+    assert "ce90_m" not in text and json.loads(text)["shift_m"]["dx"] == pytest.approx(r.shift_m.dx)

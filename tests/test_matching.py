@@ -24,6 +24,8 @@ import SuperPoint as sp
 import stages
 import train_superglue
 import train_superpoint
+import geometry
+import imaging
 import utils
 from inference import ImageMatcher
 import samples as fx
@@ -65,7 +67,7 @@ def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_pa
     assert r.method == "superpoint+superglue+refine+correlate" and r.verified
 
     method = evaluate.build_method("superpoint+superglue+refine+correlate", config.EvalConfig())
-    f0, f1 = (method.extract(utils.load_image(p), utils.load_valid_mask(p)) for p in sample)
+    f0, f1 = (method.extract(imaging.load_image(p), imaging.load_valid_mask(p)) for p in sample)
     matches0, refined1 = method.match(f0, f1)
     np.testing.assert_array_equal(f0["keypoints"], r.keypoints0)
     np.testing.assert_array_equal(f1["keypoints"], r.keypoints1)
@@ -80,7 +82,8 @@ def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_pa
     m = np.load(tmp_path / "m" / "pisa_20150704_overview__pisa_20180211_overview.npz")
     np.testing.assert_array_equal(m["keypoints0"], r.keypoints0)
     np.testing.assert_array_equal(m["matches0"], r.matches0)
-    np.testing.assert_array_equal(m["keypoints1"][r.matches0[r.matches0 > -1]], r.mkpts1)
+    np.testing.assert_array_equal(m["refined_keypoints1"][r.matches0[r.matches0 > -1]], r.mkpts1)
+    np.testing.assert_array_equal(m["keypoints1"], r.keypoints1)
     assert bool(m["verified"]) and int(m["num_inliers"]) == r.num_inliers
     np.testing.assert_allclose(m["homography"], r.homography)
 
@@ -250,8 +253,8 @@ def test_large_input_is_read_small_with_progress(sample, tmp_path, capsys):
     assert "match" in capsys.readouterr().err
     assert r.verified and r.image_size0 == (3000, 3000) and r.keypoints0[:, 0].max() > 2500
     s = 3000 / 512                       # image 0 is image 1's date at 3000/512 times the size
-    H_true = utils.translation(-0.5, -0.5) @ np.diag([1 / s, 1 / s, 1]) @ utils.translation(0.5, 0.5)
-    assert utils.corner_error(r.homography, H_true, (3000, 3000)) < 3.0
+    H_true = geometry.translation(-0.5, -0.5) @ np.diag([1 / s, 1 / s, 1]) @ geometry.translation(0.5, 0.5)
+    assert geometry.corner_error(r.homography, H_true, (3000, 3000)) < 3.0
 
 
 def test_features_cache_is_bounded(monkeypatch):
@@ -316,8 +319,8 @@ def test_correlation_recovers_a_known_sub_pixel_shift_across_gain_and_offset():
     shift = np.array([0.3, -0.6])
     moved = cv2.warpAffine(base, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (200, 200),
                            flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    t0 = utils.local_contrast(base * 1000 + 50)
-    t1 = utils.local_contrast(moved * 700 + 300)
+    t0 = imaging.local_contrast(base * 1000 + 50)
+    t1 = imaging.local_contrast(moved * 700 + 300)
     assert abs(int(np.median(t0)) - 128) <= 3 and abs(int(np.median(t1)) - 128) <= 3      # gain and offset gone
     f0, f1 = {"texture": t0}, {"texture": t1}
     pts0 = rng.uniform(30, 170, (40, 2))

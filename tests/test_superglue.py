@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import config
+import geometry
+import imaging
 import utils
 from stages import match_main as main
 from SuperGlue_architecture import (MASKED, MultiHeadAttention, SuperGlue, _logsumexp, extract_matches,
@@ -141,10 +143,11 @@ def test_matching_script(tmp_path, capsys):
     r = np.load(tmp_path / "r" / "a__b.npz")
     assert (r["matches0"] == np.arange(10)).all() and r["refined1"].all()
     cell_centre = 2 * np.round((f["keypoints"] - 0.5) / 2) + 0.5          # the fine cell (stride 2) of each keypoint
-    np.testing.assert_allclose(r["keypoints1"], cell_centre + 2 * offsets, atol=0.01)
+    np.testing.assert_allclose(r["refined_keypoints1"], cell_centre + 2 * offsets, atol=0.01)
+    np.testing.assert_array_equal(r["keypoints1"], f["keypoints"])          # as detected, as in memory
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ab.txt"), "--output", str(tmp_path / "r2"),
                  "--checkpoint", str(tmp_path / "sg.pt"), "--no-refine"]) == 0
-    assert np.array_equal(np.load(tmp_path / "r2" / "a__b.npz")["keypoints1"], f["keypoints"])
+    assert np.array_equal(np.load(tmp_path / "r2" / "a__b.npz")["refined_keypoints1"], f["keypoints"])
     np.savez(feats / "c.npz", **f, **{**fine_a, "fine_patches": rng.normal(size=(10, 49, 4)).astype(np.float16)})
     (tmp_path / "ac.txt").write_text("a c\n")
     assert main(["--features", str(feats), "--pairs", str(tmp_path / "ac.txt"), "--output", str(tmp_path / "r3"),
@@ -157,13 +160,13 @@ def test_matching_script(tmp_path, capsys):
 
 
 def test_ground_truth_assignment():
-    H = utils.translation(10, 0)
+    H = geometry.translation(10, 0)
     k0 = np.array([[0, 0], [50, 50], [100, 100], [150, 150]], np.float32)
     k1 = np.array([[11, 0],        # 1 px from the warp of k0[0]: positive
                    [64, 50],       # 4 px from the warp of k0[1]: ignored (between 3 and 5)
                    [300, 300]],    # far from everything: dustbin
                   np.float32)
-    m0, m1 = utils.ground_truth_matches(k0, k1, H)
+    m0, m1 = geometry.ground_truth_matches(k0, k1, H)
     assert m0.tolist() == [0, -2, -1, -1]
     assert m1.tolist() == [0, -2, -1]
 
@@ -215,9 +218,9 @@ def matched_warped_pisa(method_name: str, seed: int):
     from evaluate import build_method
     from samples import sample_gray
 
-    a = utils.percentile_stretch(sample_gray("imgs_1"))
-    H = utils.sample_homography(np.random.default_rng(seed), (512, 512), "medium")
-    b = cv2.warpPerspective(utils.percentile_stretch(sample_gray("imgs_2")), H, (512, 512))
+    a = imaging.percentile_stretch(sample_gray("imgs_1"))
+    H = geometry.sample_homography(np.random.default_rng(seed), (512, 512), "medium")
+    b = cv2.warpPerspective(imaging.percentile_stretch(sample_gray("imgs_2")), H, (512, 512))
     valid1 = cv2.warpPerspective(np.ones((512, 512), np.uint8), H, (512, 512)) > 0
     method = build_method(method_name, config.EvalConfig())
     f0, f1 = method.extract(a, np.ones((512, 512), bool)), method.extract(b, valid1)
@@ -230,11 +233,11 @@ def test_shipped_superglue_matches_real_crops_consistently():
     most matches agree with the known transform, and more than mutual nearest neighbours find."""
     H, f0, f1, m, _ = matched_warped_pisa("superpoint+superglue", 5)
     ok = m > -1
-    err = np.linalg.norm(utils.warp_points(f0["keypoints"][ok], H) - f1["keypoints"][m[ok]], axis=1)
+    err = np.linalg.norm(geometry.warp_points(f0["keypoints"][ok], H) - f1["keypoints"][m[ok]], axis=1)
     assert ok.sum() > 100 and (err < 3).mean() > 0.5
-    mnn = utils.mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
+    mnn = geometry.mutual_nearest_neighbours(f0["descriptors"], f1["descriptors"])
     ok_mnn = mnn > -1
-    err_mnn = np.linalg.norm(utils.warp_points(f0["keypoints"][ok_mnn], H) - f1["keypoints"][mnn[ok_mnn]], axis=1)
+    err_mnn = np.linalg.norm(geometry.warp_points(f0["keypoints"][ok_mnn], H) - f1["keypoints"][mnn[ok_mnn]], axis=1)
     assert (err < 3).sum() > (err_mnn < 3).sum() and (err < 3).mean() > (err_mnn < 3).mean()
     assert SuperGlue.from_checkpoint(config.CHECKPOINT_DIR / "superglue.pt").training_record["steps"] > 0
 
@@ -245,7 +248,7 @@ def test_shipped_fine_head_refines_real_matches():
     refined matches are closer to the truth than the detected keypoints they replace."""
     H, f0, f1, m, refined1 = matched_warped_pisa("superpoint+superglue+refine", 7)
     ok = m > -1
-    truth = utils.warp_points(f0["keypoints"][ok], H)
+    truth = geometry.warp_points(f0["keypoints"][ok], H)
     before = np.linalg.norm(truth - f1["keypoints"][m[ok]], axis=1)
     after = np.linalg.norm(truth - refined1[m[ok]], axis=1)
     near = before < 8                      # matches at the right place, give or take the detector

@@ -14,6 +14,8 @@ import stages
 import SuperPoint as sp
 import train_superpoint
 import training
+import geometry
+import imaging
 import utils
 import samples as fx
 from samples import sample_gray
@@ -124,7 +126,7 @@ def test_shipped_checkpoint_loads_and_is_small():
 def test_extraction_script_on_real_crop(tmp_path):
     from PIL import Image
 
-    img = utils.to_uint8(utils.percentile_stretch(sample_gray()))
+    img = imaging.to_uint8(imaging.percentile_stretch(sample_gray()))
     Image.fromarray(img).save(tmp_path / "pisa.png")
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "blank.png")
     assert stages.extract_main(["--input", str(tmp_path), "--output", str(tmp_path / "f"), "--max-keypoints", "500"]) == 0
@@ -155,7 +157,7 @@ def test_extraction_script_bad_input(tmp_path, capsys):
 def test_features_found_again_across_dates():
     """Shipped model on the real summer/winter pair: matches agree with the identity ground truth."""
     method = evaluate.build_method("superpoint+mnn", config.EvalConfig())
-    a, b = (utils.percentile_stretch(sample_gray(d)) for d in ("imgs_1", "imgs_2"))
+    a, b = (imaging.percentile_stretch(sample_gray(d)) for d in ("imgs_1", "imgs_2"))
     ones = np.ones(a.shape, bool)
     f0, f1 = method.extract(a, ones), method.extract(b, ones)
     m, _ = method.match(f0, f1)
@@ -170,8 +172,8 @@ def test_homography_sampler_ranges():
     for name in ("easy", "medium", "hard"):
         d = config.DIFFICULTIES[name]
         for _ in range(20):
-            H = utils.sample_homography(rng, (256, 256), name)
-            centre = utils.warp_points([[127.5, 127.5]], H)[0]
+            H = geometry.sample_homography(rng, (256, 256), name)
+            centre = geometry.warp_points([[127.5, 127.5]], H)[0]
             assert np.all(np.abs(centre - 127.5) <= d.translation * 256 + d.perspective * 256)
             assert np.linalg.det(H[:2, :2]) > 0
 
@@ -180,10 +182,10 @@ def test_warped_pair_ground_truth():
     """A point of image 0 and its warp by H show the same ground in image 1."""
     img = sample_gray()
     scene = dataset.Scene("pisa", "test", [img, img.copy()], [np.ones(img.shape, bool)] * 2)
-    H = utils.sample_homography(np.random.default_rng(1), (256, 256), "medium")
+    H = geometry.sample_homography(np.random.default_rng(1), (256, 256), "medium")
     pair = dataset.warp_pair(scene, 0, 1, 100, 120, (256, 256), H)
     pts = np.random.default_rng(2).uniform(40, 215, size=(200, 2))
-    warped = utils.warp_points(pts, H)
+    warped = geometry.warp_points(pts, H)
     inside = (warped > 1).all(1) & (warped < 254).all(1)
     import cv2
 
@@ -206,22 +208,22 @@ def test_keypoint_labels():
 def test_auc_perfect_and_shifted_matches():
     rng = np.random.default_rng(0)
     pts = rng.uniform(0, 512, size=(300, 2))
-    H_gt = utils.sample_homography(rng, (512, 512), "medium")
-    H, inl = utils.estimate_homography(pts, utils.warp_points(pts, H_gt))
-    err = utils.corner_error(H, H_gt, (512, 512))
+    H_gt = geometry.sample_homography(rng, (512, 512), "medium")
+    H, inl = geometry.estimate_homography(pts, geometry.warp_points(pts, H_gt))
+    err = geometry.corner_error(H, H_gt, (512, 512))
     assert err < 1e-3 and inl.all()
-    assert utils.pose_auc([err] * 10, [1, 3, 5, 10]) == pytest.approx([1, 1, 1, 1], abs=1e-3)
+    assert geometry.pose_auc([err] * 10, [1, 3, 5, 10]) == pytest.approx([1, 1, 1, 1], abs=1e-3)
     # every match shifted by 4 px: the homography is off by 4 px at every corner
-    H4, _ = utils.estimate_homography(pts, utils.warp_points(pts, H_gt) + [4, 0])
-    err4 = utils.corner_error(H4, H_gt, (512, 512))
+    H4, _ = geometry.estimate_homography(pts, geometry.warp_points(pts, H_gt) + [4, 0])
+    err4 = geometry.corner_error(H4, H_gt, (512, 512))
     assert err4 == pytest.approx(4.0, abs=1e-3)
-    auc = utils.pose_auc([err4] * 1000, [1, 3, 5, 10])
+    auc = geometry.pose_auc([err4] * 1000, [1, 3, 5, 10])
     assert auc == pytest.approx([0.0, 0.0, 0.2, 0.6], abs=2e-3)
-    assert utils.pose_auc([float("inf")] * 3, [5]) == [0.0]
+    assert geometry.pose_auc([float("inf")] * 3, [5]) == [0.0]
 
 
 def test_benchmark_scores_sift_on_identity_pairs():
-    img = utils.percentile_stretch(sample_gray())
+    img = imaging.percentile_stretch(sample_gray())
     valid = np.ones((256, 256), bool)
     sample = {"image0": img[:256, :256], "image1": img[:256, :256], "valid0": valid, "valid1": valid,
               "H_0to1": np.eye(3), "name": "id", "category": "test"}

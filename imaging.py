@@ -1,0 +1,217 @@
+"""Images: reading (any size, decimated where it is large), valid masks, and the normalisation
+every method shares (percentile stretch, local contrast, the network's input); the band-limited
+sub-pixel shift the benchmarks and tests move content with.
+
+Pure functions: nothing here knows about networks or training. Coordinates are ``(x, y)`` with
+pixel centres at integer values (docs/conventions.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import config
+from utils import PipelineError
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2"}
+
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".jp2"}
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted; masks are skipped."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.stem.endswith(("_mask", "_cloud", "_scl", "_nodata")))
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Read an image file inside: a missing or unreadable file becomes one clear line."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; check the path")
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:  # corrupt or truncated file
+        raise PipelineError(f"{path}: cannot read image ({exc}); re-export or re-download it") from exc
+
+
+def load_image(path: str | os.PathLike, out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image file as an array ``(H, W)`` or ``(H, W, C)``, in its own dtype.
+
+    JPEG/PNG go through Pillow; GeoTIFF/JP2 through rasterio (bands last). With ``out_size``
+    (width, height) the image comes back at that size, area-averaged: rasters are read
+    decimated (JPEG 2000 resolution levels, overviews), so a whole tile never sits in memory.
+    """
+    path = Path(path)
+    with _reading(path):
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            import rasterio
+            from rasterio.enums import Resampling
+
+            with rasterio.open(path) as src:
+                shape = None if out_size is None else (src.count, out_size[1], out_size[0])
+                data = src.read(out_shape=shape, resampling=Resampling.average)
+            return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+        return array if out_size is None else resize_to(array, *out_size)
+
+
+def image_dimensions(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file, from its header (no pixels decoded)."""
+    path = Path(path)
+    with _reading(path):
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            import rasterio
+
+            with rasterio.open(path) as src:
+                return src.width, src.height
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` array as float32 grey ``(H, W)``.
+
+    Three channels are taken as R, G, B (ITU-R 601 luma); any other count is averaged.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    if image.ndim != 3:
+        raise PipelineError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
+    if image.shape[2] == 3:
+        return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return image.astype(np.float32).mean(axis=2)
+
+
+def percentile_stretch(image: np.ndarray, low: float = 1.0, high: float = 99.0,
+                       valid: np.ndarray | None = None) -> np.ndarray:
+    """Per-image contrast stretch: the ``low``..``high`` percentiles map to 0..1 (clipped).
+
+    ``valid`` (bool, same ``H, W``) excludes nodata from the percentiles. Channels are
+    stretched together. A uniform image gives zeros. Returns float32.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    values = image[valid] if valid is not None else image
+    if values.size == 0:
+        return np.zeros_like(image)
+    lo, hi = np.percentile(values, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(image)
+    return np.clip((image - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def local_contrast(image: np.ndarray, valid: np.ndarray | None = None,
+                   sigma: float = config.MatchingConfig.correlation_sigma) -> np.ndarray:
+    """Grey image with its local mean removed and divided by its local spread (Gaussian windows
+    of ``sigma`` px), as uint8 (128 = the local mean, 40 levels per local standard deviation).
+
+    Invariant to gain and offset that vary slowly over the image — between two dates, haze,
+    illumination, the season's brightness — which is what correlation across dates needs.
+    Nodata (``valid`` False) is set to the local mean (no texture) first.
+    """
+    grey = to_gray(image)
+    if valid is not None and not valid.all():
+        grey = np.where(valid, grey, np.float32(grey[valid].mean()) if valid.any() else np.float32(0))
+    mean = cv2.GaussianBlur(grey, (0, 0), sigma)
+    detail = grey - mean
+    spread = np.sqrt(cv2.GaussianBlur(detail * detail, (0, 0), sigma))
+    scaled = detail / (spread + 1e-3 * max(float(spread.max()), 1e-6)) * 40 + 128
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def normalize_for_network(image: np.ndarray, channels: int = 1, valid: np.ndarray | None = None) -> np.ndarray:
+    """Any image array → float32 ``(C, H, W)`` in 0..1 with a 1-99 percentile stretch.
+
+    The same input normalisation is used for training, extraction and the baselines, so
+    dark or hazy chips (e.g. OMBRIA's false-colour composites) get full contrast. ``valid``
+    (H, W) bool keeps nodata out of the percentiles, as in training and evaluation.
+    """
+    image = np.asarray(image)
+    if channels == 1:
+        return percentile_stretch(to_gray(image), valid=valid)[None]
+    if image.ndim != 3 or image.shape[2] < channels:
+        raise PipelineError(f"the model takes {channels} bands but the image has shape {image.shape}")
+    return np.moveaxis(percentile_stretch(image[..., :channels], valid=valid), -1, 0)
+
+
+def load_valid_mask(image_path: str | os.PathLike, out_size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Where an image file holds data (True), by the one no-data policy of the project: the mask
+    written beside a ``data_preprocess.py`` image (``<stem>_nodata.png``, 255 = no data), else a
+    GeoTIFF / JP2's own no-data value (every band at it = no data; a raster without a no-data
+    tag has none); ``None`` when there is no no-data. ``out_size`` (width, height) as in
+    ``load_image`` (a decimated read)."""
+    image_path = Path(image_path)
+    mask_path = image_path.with_name(image_path.stem + "_nodata.png")
+    if mask_path.exists():
+        valid = load_image(mask_path) == 0
+        return valid if out_size is None else resize_to(valid.astype(np.uint8), *out_size, nearest=True) > 0
+    if image_path.suffix.lower() not in RASTER_SUFFIXES or not image_path.is_file():
+        return None
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with _reading(image_path), rasterio.open(image_path) as src:
+        if src.nodata is None:
+            return None
+        shape = None if out_size is None else (out_size[1], out_size[0])
+        masks = [src.read_masks(k, out_shape=shape, resampling=Resampling.nearest) for k in range(1, src.count + 1)]
+    return np.any(np.stack(masks) > 0, axis=0)
+
+
+def resize_to(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    """``image`` (H, W) or (H, W, C) resized to ``width`` × ``height`` in its own dtype (area
+    averaging, or nearest neighbour for masks); bool masks stay bool."""
+    image = np.asarray(image)
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    if image.dtype == bool:
+        return resize_to(image.astype(np.uint8), width, height, nearest=True) > 0
+    if image.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        image = image.astype(np.float32)
+    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    if image.ndim == 3 and image.shape[2] > 4:   # OpenCV resizes up to 4 channels at once
+        return np.stack([cv2.resize(image[..., c], (width, height), interpolation=method)
+                         for c in range(image.shape[2])], -1)
+    out = cv2.resize(image, (width, height), interpolation=method)
+    return out[..., None] if image.ndim == 3 and out.ndim == 2 else out
+
+
+def to_uint8(image01: np.ndarray) -> np.ndarray:
+    """0..1 float image → uint8."""
+    return np.clip(np.round(np.asarray(image01) * 255.0), 0, 255).astype(np.uint8)
+
+
+def fourier_shift(image: np.ndarray, dx: float, dy: float, pad: int = 32) -> np.ndarray:
+    """``image`` (H, W) or (H, W, C) with its content moved by (dx, dy) px (x right, y down: what
+    lay at p lies at p + d), by a band-limited shift — a phase ramp in the Fourier domain of the
+    reflect-padded image — on the same pixel grid, as a real sub-pixel misregistration looks.
+    Exact for band-limited content; unlike a cubic or Lanczos warp it adds no bias (OpenCV's cubic
+    shift biases a sub-pixel truth by 0.02–0.04 px). Returns float64."""
+    a = np.asarray(image, np.float64)
+    squeeze = a.ndim == 2
+    a = a[..., None] if squeeze else a
+    h, w = a.shape[:2]
+    p = np.pad(a, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    ky = np.fft.fftfreq(p.shape[0])[:, None, None]
+    kx = np.fft.fftfreq(p.shape[1])[None, :, None]
+    ramp = np.exp(-2j * np.pi * (kx * dx + ky * dy))
+    out = np.real(np.fft.ifft2(np.fft.fft2(p, axes=(0, 1)) * ramp, axes=(0, 1)))[pad:pad + h, pad:pad + w]
+    return out[..., 0] if squeeze else out

@@ -1,0 +1,179 @@
+"""The public results, typed: what a user gets back, with every field documented once.
+
+Shapes follow kornia's style: ``(N, 2)`` is N points as (x, y) in the image's own pixel frame,
+pixel centres at integers (see docs/conventions.md). Each result is a dataclass that also reads
+as the dict it used to be (``r["homography"]``, ``r.get("shift_m")``, ``{**r}``, ``json``), and like
+an object (``r.homography``), so code written against the dicts keeps working.
+
+* ``Features`` — one image's keypoints and descriptors (a ``TypedDict``: the features dicts the
+  matching path passes around, ``matching.SuperPointExtractor.extract`` / ``SiftExtractor``).
+* ``MatchResult`` — two images matched (``ImageMatcher.match_images``).
+* ``ShiftEstimate`` — the displacement of one date's content relative to another's, in metres.
+* ``CoregistrationResult`` — two products co-registered (``coregister.coregister``, the content
+  of ``coregistration.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import MutableMapping
+from typing import Any, TypedDict
+
+import numpy as np
+
+
+class Features(TypedDict, total=False):
+    """One image's features (the dict every extractor returns and every matcher takes)."""
+
+    keypoints: np.ndarray          # (N, 2) float32, x y, the image's own frame
+    scores: np.ndarray             # (N,) float32, detector confidence
+    descriptors: np.ndarray        # (N, D) float32, L2-normalised (SuperPoint) or SIFT's 128
+    image_size: np.ndarray         # (2,) the image's own (width, height)
+    network_size: np.ndarray       # (2,) (width, height) the detector saw
+    scale: np.ndarray              # (2,) network size / own size, per axis
+    fine_descriptors: np.ndarray   # (N, C) float16, the fine head's descriptor at each keypoint
+    fine_patches: np.ndarray       # (N, P, C) float16, the fine map around each keypoint
+    fine_temperature: float
+    texture: np.ndarray            # (h, w) uint8, local contrast for the correlation stage
+    texture_scale: np.ndarray      # (2,) texture size / own size
+    valid: np.ndarray              # (h, w) bool, where the image holds data (co-registration windows)
+    reason: str                    # why there are no keypoints (blank, cloud, no data)
+
+
+class Record(MutableMapping):
+    """A dataclass that reads (and writes) like a dict of its fields; keys it does not declare
+    are kept too (``extra``), so that a result can grow without breaking its readers."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._fields():
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._fields():
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._fields():
+            raise KeyError(f"{key} is a field of {type(self).__name__}; set it to None instead")
+        del self.extra[key]
+
+    def __iter__(self):
+        yield from self._fields()
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(self._fields()) + len(self.extra)
+
+    def __getattr__(self, name: str) -> Any:      # undeclared keys read as attributes too
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def _fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Record":
+        """From a plain dict: declared keys become fields, the others ``extra``."""
+        names = set(cls._fields())
+        out = cls(**{k: v for k, v in data.items() if k in names})
+        out.extra.update({k: v for k, v in data.items() if k not in names})
+        return out
+
+    def to_dict(self) -> dict:
+        """A plain dict (nested records too), for JSON."""
+        return {k: (v.to_dict() if isinstance(v, Record) else v) for k, v in self.items()}
+
+
+@dataclasses.dataclass(eq=False)
+class ShiftEstimate(Record):
+    """The displacement of one date's content relative to another's: a feature at map point P in
+    the first is found at P + (dx, dy) in the second. Metres, x east, y north, in ``metric_crs``
+    (the first date's CRS where it is projected in ground metres, else the local UTM zone)."""
+
+    dx: float = 0.0
+    dy: float = 0.0
+    sigma_m: float | None = None        # standard error of the shift (per axis, RMS of the two), m
+    metric_crs: str | None = None
+    # from matches (``ImageMatcher``): one match's robust spread and radii, their count
+    length: float | None = None         # |(dx, dy)|
+    sigma_x: float | None = None        # robust spread (1.4826 × MAD) of one match's displacement, m
+    sigma_y: float | None = None
+    r68: float | None = None            # radius around (dx, dy) holding 68 % of the matches, m
+    r95: float | None = None
+    se: float | None = None             # = sigma_m (the name ImageMatcher used first)
+    points: int | None = None           # matches the estimate is made of
+    # from a co-registration (``coregister``): per-axis errors, the windows, the grid
+    ce90_m: float | None = None         # radius holding 90 % of the error (2.146 σ), m
+    se_x: float | None = None           # standard error of dx, m
+    se_y: float | None = None
+    window_spread_m: list[float] | None = None   # robust spread of the windows' estimates, m (x, y)
+    shift_px: list[float] | None = None          # the shift in pixels of the reference grid (x right, y down)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The fields this estimate has (the others, of the other kind of estimate, left out)."""
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
+@dataclasses.dataclass(eq=False)
+class MatchResult(Record):
+    """Two images matched (``ImageMatcher.match_images``); names as SuperGlue / LightGlue /
+    glue-factory use them. Image 1's matched points are refined (fine head, correlation stage)."""
+
+    keypoints0: np.ndarray | None = None          # (N0, 2) detected in image 0
+    keypoints1: np.ndarray | None = None          # (N1, 2) detected in image 1
+    scores0: np.ndarray | None = None             # (N0,)
+    scores1: np.ndarray | None = None
+    descriptors0: np.ndarray | None = None        # (N0, D)
+    descriptors1: np.ndarray | None = None
+    matches0: np.ndarray | None = None            # (N0,) index into keypoints1, −1 = no match
+    matching_scores0: np.ndarray | None = None    # (N0,)
+    matches1: np.ndarray | None = None            # (N1,) index into keypoints0, −1 = no match
+    matching_scores1: np.ndarray | None = None
+    refined_keypoints1: np.ndarray | None = None  # (N1, 2) image 1's keypoints after refinement
+    refined1: np.ndarray | None = None            # (N1,) bool: moved by the fine head
+    correlated1: np.ndarray | None = None         # (N1,) bool: moved by the correlation stage
+    mkpts0: np.ndarray | None = None              # (K, 2) matched points of image 0
+    mkpts1: np.ndarray | None = None              # (K, 2) their matches in image 1 (refined)
+    mconf: np.ndarray | None = None               # (K,) match confidence
+    homography: np.ndarray | None = None          # (3, 3) image 0 → image 1, None when not verified
+    inliers: np.ndarray | None = None             # (K,) bool, USAC_MAGSAC inliers
+    num_inliers: int = 0
+    verified: bool = False                        # at least min_inliers inliers
+    reason: str | None = None                     # why there is nothing to match, or no verification
+    image_size0: tuple | None = None              # (width, height) of each input
+    image_size1: tuple | None = None
+    method: str = ""
+    names: tuple | None = None                    # the inputs' names
+    crs: str | None = None                        # with two georeferenced inputs: image 0's CRS
+    map_points0: np.ndarray | None = None         # (K, 2) the matches in map coordinates of ``crs``
+    map_points1: np.ndarray | None = None
+    shift_m: ShiftEstimate | None = None          # from the verified inliers
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False)
+class CoregistrationResult(Record):
+    """Two products co-registered (``coregister.coregister``; ``coregistration.json``)."""
+
+    verified: bool = False
+    reason: str | None = None                     # why the pair is refused
+    warnings: list[str] = dataclasses.field(default_factory=list)   # what a translation does not describe
+    shift_m: ShiftEstimate | None = None          # the target's content relative to the reference
+    affine: dict | None = None                    # reference map → target map, "matrix" 2×3
+    tie_points: int = 0
+    windows: dict | None = None                   # used, rejected, reasons, size_px
+    coarse: dict | None = None                    # the coarse step: verified, inliers, offset_px
+    seconds: float | None = None
+    bands: dict | None = None                     # each date's bands read
+    reference: str | None = None                  # absolute paths
+    target: str | None = None
+    crs: str | None = None                        # the reference grid's
+    provenance: dict | None = None                # software, version, commit, settings, inputs, time
+    outputs: list[str] | None = None              # the files written, absolute
+    extra: dict = dataclasses.field(default_factory=dict)
