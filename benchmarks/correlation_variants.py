@@ -25,7 +25,7 @@ from evaluate import build_method  # noqa: E402
 from matching import correlation_stage  # noqa: E402
 from geometry import corner_error, estimate_homography
 from imaging import local_contrast
-from utils import pose_auc  # noqa: E402
+from geometry import pose_auc  # noqa: E402
 
 # (window px, max shift px, local-contrast sigma px); None = no correlation stage
 VARIANTS = [None, (31, 3.0, 2.0), (15, 3.0, 2.0), (21, 3.0, 2.0), (41, 3.0, 2.0), (31, 2.0, 2.0), (31, 5.0, 2.0),
