@@ -91,3 +91,15 @@ def test_every_script_builds_its_parser_on_the_one_skeleton():
         assert "ArgumentParser(" not in path.read_text(), path.name
     for script in ("data_preprocess", "stages", "inference", "coregister", "evaluate", "training"):
         assert "cli.parser(" in (ROOT / f"{script}.py").read_text(), script
+
+
+def test_every_benchmark_and_script_starts():
+    """Each benchmark and top-level script imports and explains its flags (``--help``): a moved
+    function or a broken import shows here, not in a user's run."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py")) + [ROOT / f"{s}.py" for s in (
+        "coregister", "inference", "data_preprocess", "evaluate", "SuperPoint", "SuperGlue_architecture",
+        "train_superpoint", "train_superglue")]
+    for path in scripts:
+        done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        assert done.returncode == 0 and "usage" in done.stdout, f"{path.name}: {done.stderr[-500:]}"
