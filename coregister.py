@@ -459,11 +459,11 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
 def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
                pipeline: MatchingPipeline | None = None, progress: bool = True,
-               correction: str = "translation") -> dict:
+               correction: str = "translation") -> CoregistrationResult:
     """Co-register ``target`` to ``reference``; with ``output``, write every output there
     (``correction``: the model the corrected target is written with — ``translation``: its
     georeference moved, no resampling; ``affine`` / ``field``: resampled onto the reference grid).
-    Returns the content of ``coregistration.json``."""
+    Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"--correction {correction}: choose translation, affine or field")
     if output is not None:

@@ -147,8 +147,8 @@ def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs):
     minority of wrong matches. ``sigma_x``, ``sigma_y``: robust spread of one match's
     displacement (1.4826 × MAD); ``r68``, ``r95``: radii holding 68 % / 95 % of the
     displacements around the median; ``se``: standard error of the median vector
-    (1.2533 × sigma / √n), what the shift itself is uncertain by when the matches are independent
-    (``sigma_m``, as a co-registration names it).
+    (1.2533 × sigma / √n), what the shift itself is uncertain by when the matches are independent;
+    ``sigma_m`` the same per axis (the RMS of the two: ``se`` / √2), as a co-registration gives it.
     """
     if len(points0) == 0:
         return None
@@ -160,8 +160,9 @@ def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs):
     n = len(d)
     from results import ShiftEstimate
 
-    se = float(1.2533 * np.hypot(*sigma) / np.sqrt(n))
-    return ShiftEstimate(dx=float(median[0]), dy=float(median[1]), sigma_m=se, metric_crs=metric.to_string(),
+    se = float(1.2533 * np.hypot(*sigma) / np.sqrt(n))                 # of the vector
+    sigma_m = float(1.2533 * np.sqrt(np.mean(sigma ** 2)) / np.sqrt(n))  # per axis, as a co-registration's
+    return ShiftEstimate(dx=float(median[0]), dy=float(median[1]), sigma_m=sigma_m, metric_crs=metric.to_string(),
                          length=float(np.hypot(*median)), sigma_x=float(sigma[0]), sigma_y=float(sigma[1]),
                          r68=float(np.percentile(radius, 68)), r95=float(np.percentile(radius, 95)), se=se,
                          points=int(n))

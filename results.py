@@ -11,6 +11,9 @@ an object (``r.homography``), so code written against the dicts keeps working.
 * ``ShiftEstimate`` — the displacement of one date's content relative to another's, in metres.
 * ``CoregistrationResult`` — two products co-registered (``coregister.coregister``, the content
   of ``coregistration.json``).
+
+``to_dict()`` is the JSON form (a ``ShiftEstimate`` leaves out the fields of the other kind of
+estimate); ``dict(r)`` holds every field, ``None`` where it does not apply.
 """
 from __future__ import annotations
 
@@ -93,7 +96,27 @@ class Record(MutableMapping):
 class ShiftEstimate(Record):
     """The displacement of one date's content relative to another's: a feature at map point P in
     the first is found at P + (dx, dy) in the second. Metres, x east, y north, in ``metric_crs``
-    (the first date's CRS where it is projected in ground metres, else the local UTM zone)."""
+    (the first date's CRS where it is projected in ground metres, else the local UTM zone).
+
+    Attributes:
+        dx: the displacement east, m
+        dy: the displacement north, m
+        sigma_m: standard error of the shift (per axis, RMS of the two), m
+        metric_crs: the CRS whose metres these are (EPSG code)
+        length: |(dx, dy)|
+        sigma_x: robust spread (1.4826 × MAD) of one match's displacement, m
+        sigma_y: the same north
+        r68: radius around (dx, dy) holding 68 % of the matches, m
+        r95: the same for 95 %
+        se: standard error of the shift vector's length (= √2 sigma_m; ImageMatcher's first name for it)
+        points: matches the estimate is made of
+        ce90_m: radius holding 90 % of the error (2.146 σ), m
+        se_x: standard error of dx, m
+        se_y: standard error of dy, m
+        window_spread_m: robust spread of the windows' estimates, m (x, y)
+        shift_px: the shift in pixels of the reference grid (x right, y down)
+        extra: keys the result carries beyond these (a result can grow)
+    """
 
     dx: float = 0.0
     dy: float = 0.0
@@ -105,7 +128,7 @@ class ShiftEstimate(Record):
     sigma_y: float | None = None
     r68: float | None = None            # radius around (dx, dy) holding 68 % of the matches, m
     r95: float | None = None
-    se: float | None = None             # = sigma_m (the name ImageMatcher used first)
+    se: float | None = None             # standard error of the vector (√2 sigma_m), ImageMatcher's first name
     points: int | None = None           # matches the estimate is made of
     # from a co-registration (``coregister``): per-axis errors, the windows, the grid
     ce90_m: float | None = None         # radius holding 90 % of the error (2.146 σ), m
@@ -123,7 +146,40 @@ class ShiftEstimate(Record):
 @dataclasses.dataclass(eq=False)
 class MatchResult(Record):
     """Two images matched (``ImageMatcher.match_images``); names as SuperGlue / LightGlue /
-    glue-factory use them. Image 1's matched points are refined (fine head, correlation stage)."""
+    glue-factory use them. Image 1's matched points are refined (fine head, correlation stage).
+
+    Attributes:
+        keypoints0: (N0, 2) detected in image 0
+        keypoints1: (N1, 2) detected in image 1
+        scores0: (N0,)
+        scores1: (N1,)
+        descriptors0: (N0, D)
+        descriptors1: (N1, D)
+        matches0: (N0,) index into keypoints1, −1 = no match
+        matching_scores0: (N0,)
+        matches1: (N1,) index into keypoints0, −1 = no match
+        matching_scores1: (N1,)
+        refined_keypoints1: (N1, 2) image 1's keypoints after refinement
+        refined1: (N1,) bool: moved by the fine head
+        correlated1: (N1,) bool: moved by the correlation stage
+        mkpts0: (K, 2) matched points of image 0
+        mkpts1: (K, 2) their matches in image 1 (refined)
+        mconf: (K,) match confidence
+        homography: (3, 3) image 0 → image 1, None when not verified
+        inliers: (K,) bool, USAC_MAGSAC inliers
+        num_inliers: how many inliers
+        verified: at least min_inliers inliers
+        reason: why there is nothing to match, or no verification
+        image_size0: (width, height) of each input
+        image_size1: (width, height) of image 1
+        method: the path that made the result (e.g. superpoint+superglue+refine+correlate)
+        names: the inputs' names
+        crs: with two georeferenced inputs: image 0's CRS
+        map_points0: (K, 2) the matches in map coordinates of ``crs``
+        map_points1: (K, 2) their matches in map coordinates of ``crs``
+        shift_m: from the verified inliers
+        extra: keys the result carries beyond these (a result can grow)
+    """
 
     keypoints0: np.ndarray | None = None          # (N0, 2) detected in image 0
     keypoints1: np.ndarray | None = None          # (N1, 2) detected in image 1
@@ -159,7 +215,26 @@ class MatchResult(Record):
 
 @dataclasses.dataclass(eq=False)
 class CoregistrationResult(Record):
-    """Two products co-registered (``coregister.coregister``; ``coregistration.json``)."""
+    """Two products co-registered (``coregister.coregister``; ``coregistration.json``).
+
+    Attributes:
+        verified: co-registered (enough windows verified)
+        reason: why the pair is refused
+        warnings: what a translation does not describe
+        shift_m: the target's content relative to the reference
+        affine: reference map → target map, "matrix" 2×3
+        tie_points: verified matches in the used windows
+        windows: used, rejected, reasons, size_px
+        coarse: the coarse step: verified, inliers, offset_px
+        seconds: wall time
+        bands: each date's bands read
+        reference: absolute paths
+        target: the target's absolute path
+        crs: the reference grid's
+        provenance: software, version, commit, settings, inputs, time
+        outputs: the files written, absolute
+        extra: keys the result carries beyond these (a result can grow)
+    """
 
     verified: bool = False
     reason: str | None = None                     # why the pair is refused

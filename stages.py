@@ -139,7 +139,7 @@ def match_main(argv=None) -> int:
                                                    "to --features")
     parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
-    parser.add_argument("--matcher", default="superglue", help="a registered matcher: superglue or mnn")
+    parser.add_argument("--matcher", default="superglue", help="a registered matcher (matching.MATCHERS): superglue, mnn or ratio")
     parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
                         help="the matcher's checkpoint")
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")

@@ -103,3 +103,22 @@ def test_every_benchmark_and_script_starts():
         done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=ROOT,
                               timeout=120)
         assert done.returncode == 0 and "usage" in done.stdout, f"{path.name}: {done.stderr[-500:]}"
+
+
+LAYERS = {  # docs/architecture.md's module map: a module imports from its own layer or those below
+    "config": 0,
+    "utils": 1, "imaging": 1, "geometry": 1, "geo": 1, "results": 1, "cli": 1,
+    "data_preprocess": 2, "checkpoints": 2, "dataset": 2, "samples": 2,
+    "SuperPoint": 3, "SuperGlue_architecture": 3,
+    "matching": 4,
+    "evaluate": 5, "visualization": 5, "coreg_engine": 5,
+    "inference": 6, "stages": 6, "coregister": 6, "stack": 6, "training": 6, "train_superpoint": 6,
+    "train_superglue": 6,
+}
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    assert set(LAYERS) == MODULES, "put every module in a layer (docs/architecture.md)"
+    wrong = [f"{m} (layer {LAYERS[m]}) imports {n} (layer {LAYERS[n]})" for m in sorted(MODULES)
+             for n in imports_of(ROOT / f"{m}.py") if LAYERS[n] > LAYERS[m]]
+    assert not wrong, "; ".join(wrong)

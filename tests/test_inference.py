@@ -227,7 +227,7 @@ def test_the_fast_mode_and_its_fallback(matcher, sample):
 def test_typed_results_still_read_as_dicts(matcher):
     """``match_images`` returns a ``results.MatchResult`` (documented fields) that reads like the
     dict it was: by key, by attribute, ``get``, ``in``, ``{**r}``, JSON; its shift is a
-    ``ShiftEstimate`` whose ``sigma_m`` is the same standard error as ``se``."""
+    ``ShiftEstimate`` whose ``sigma_m`` is per axis, as a co-registration's (``se``: of the vector)."""
     import results
 
     bracciano = Path(__file__).parent / "data" / "bracciano"
@@ -235,7 +235,7 @@ def test_typed_results_still_read_as_dicts(matcher):
     r = m.match_images(bracciano / "20160718.tif", bracciano / "20180610.tif")
     assert isinstance(r, results.MatchResult) and isinstance(r.shift_m, results.ShiftEstimate)
     assert r["homography"] is r.homography and r.get("names") == r.names and "mkpts0" in {**r}
-    assert r.shift_m.sigma_m == r["shift_m"]["se"] > 0 and r.shift_m.ce90_m is None
+    assert r.shift_m.sigma_m == pytest.approx(r["shift_m"]["se"] / np.sqrt(2), rel=1e-6) and r.shift_m.ce90_m is None
     r["something_new"] = 1                                     # a result can grow
     assert r.something_new == 1 and r["something_new"] == 1
     text = json.dumps({"shift_m": r.shift_m}, default=utils._json_default)
