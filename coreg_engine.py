@@ -53,7 +53,7 @@ import config
 import data_preprocess as dp
 import geo
 from config import CoregisterConfig, PreprocessConfig
-from utils import PipelineError, atomic_path, write_json
+from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
@@ -113,7 +113,7 @@ def normalise_bands(bands) -> tuple[str, ...]:
         if text.isdigit() and int(text) < 1:
             raise PipelineError(f"--bands {','.join(map(str, bands))}: indices are 1-based, as GDAL counts bands "
                                 "(1, 2, 3)")
-        out.append(dp.STAC_COMMON_NAMES.get(text.lower(), text.upper() if not text.isdigit() else text))
+        out.append(dp.canonical_band_name(text))
     return tuple(out)
 
 
@@ -154,10 +154,6 @@ def date_of(product: dp.Product, path) -> str:
     return found.group(1) if found else name.stem
 
 
-def first_file(product: dp.Product, bands: list[str]) -> str:
-    return product.band_files[bands[0]][min(product.band_files[bands[0]])]
-
-
 def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
     """The reference grid: the product's 10 m grid, else the finest of its bands'."""
     grid = dp.reference_grid(product, [b for b in bands if b in product.band_files])
@@ -176,21 +172,29 @@ def date_grid(grid: dp.Grid, offset_px) -> dp.Grid:
     return dp.Grid(grid.transform * Affine.translation(ox, oy), grid.width, grid.height, grid.crs)
 
 
-def grid_fraction(product: dp.Product, bands: list[str], grid: dp.Grid) -> np.ndarray | None:
-    """Where the date's own pixels lie on ``grid``, as the fractional part (2,) of the grid px of
-    its pixel corners, when every band file is in the grid's CRS at its pixel size without
-    rotation; else None (then it is read through a virtual warp). A date whose pixels are the
+def band_grids(product: dp.Product, bands: list[str]) -> list[dp.Grid]:
+    """The own grid of each band's file (one header read each; what ``grid_fraction``,
+    ``raster_extent`` and ``pixel_ratio`` look at)."""
+    grids = []
+    for b in bands:
+        with dp.open_raster(product.band_path(b)) as src:
+            grids.append(dp.Grid(src.transform, src.width, src.height, src.crs))
+    return grids
+
+
+def grid_fraction(bands: list[dp.Grid], grid: dp.Grid) -> np.ndarray | None:
+    """Where a date's own pixels (its bands' grids) lie on ``grid``, as the fractional part (2,)
+    of the grid px of their pixel corners, when every band is in the grid's CRS at its pixel size
+    without rotation; else None (then it is read through a virtual warp). A date whose pixels are the
     grid's shifted by a fraction is read pixel for pixel, without resampling, and the fraction is
     added to what is measured: resampling would bias a sub-pixel measurement (GDAL's cubic warp
     moves the content by a few hundredths of a pixel less than asked)."""
     found = None
-    for b in bands:
-        path = product.band_files[b][min(product.band_files[b])]
-        with dp.open_raster(path) as src:
-            t, g = src.transform, grid.transform
-            if src.crs != grid.crs or not np.allclose([t.a, t.b, t.d, t.e], [g.a, g.b, g.d, g.e], rtol=1e-9, atol=0):
-                return None
-            corner = np.array([(t.c - g.c) / g.a, (t.f - g.f) / g.e])
+    for own in bands:
+        t, g = own.transform, grid.transform
+        if own.crs != grid.crs or not np.allclose([t.a, t.b, t.d, t.e], [g.a, g.b, g.d, g.e], rtol=1e-9, atol=0):
+            return None
+        corner = np.array([(t.c - g.c) / g.a, (t.f - g.f) / g.e])
         frac = corner - np.round(corner)
         if found is not None and not np.allclose(frac, found, atol=1e-6):
             return None
@@ -233,7 +237,7 @@ def fill_specks(image: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.n
     small = np.zeros(n, bool)
     small[1:] = stats[1:, cv2.CC_STAT_AREA] <= max_px
     specks = small[labels] & invalid
-    if not specks.any() or specks.sum() == invalid.sum() == valid.size:
+    if not specks.any() or specks.all():          # nothing to fill, or nothing to fill it from
         return image, valid
     mask = specks.astype(np.uint8)
     channels = image[..., None] if image.ndim == 2 else image
@@ -245,11 +249,10 @@ def fill_specks(image: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.n
 # ----------------------------------------------------------------------------- coarse step
 @dataclass
 class Overview:
-    """The reference's decimated overview: features, valid mask and the scale to grid px."""
+    """The reference's decimated overview: its features, its image and the scale to grid px."""
 
     features: dict
-    valid: np.ndarray
-    image: np.ndarray
+    image: np.ndarray                 # the rendered overview (the pair's report draws on it)
     scale: tuple[float, float]        # grid px per overview px (x, y)
     shape: tuple[int, int]
 
@@ -268,7 +271,7 @@ def reference_overview(pipeline, product: dp.Product, bands: list[str], grid: dp
         raise PipelineError(f"{product.source}: no valid pixel in the bands {', '.join(bands)} (nodata, cloud or "
                             "snow everywhere); choose another reference")
     f = pipeline.extract(image, valid, "reference overview")
-    return Overview(f, valid, image, (grid.width / shape[1], grid.height / shape[0]), shape)
+    return Overview(f, image, (grid.width / shape[1], grid.height / shape[0]), shape)
 
 
 @dataclass
@@ -286,16 +289,16 @@ class DateLocation:
     pixel_ratio: float = 1.0                         # the date's pixel size over the grid's (a 60 m date on 20 m: 3)
 
 
-def raster_extent(product: dp.Product, bands: list[str], grid: dp.Grid) -> tuple[float, float, float, float]:
-    """The date's raster footprint on ``grid``, in grid px (col0, row0, col1, row1): the
-    intersection over its band files."""
+def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, float, float]:
+    """A date's raster footprint on ``grid``, in grid px (col0, row0, col1, row1): the
+    intersection over its bands' grids."""
+    from rasterio.transform import array_bounds
     from rasterio.warp import transform_bounds
 
     out = [-np.inf, -np.inf, np.inf, np.inf]
-    for b in bands:
-        path = product.band_files[b][min(product.band_files[b])]
-        with dp.open_raster(path) as src:
-            left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+    for own in bands:
+        left, bottom, right, top = transform_bounds(own.crs, grid.crs, *array_bounds(own.height, own.width, own.transform),
+                                                    densify_pts=21)
         corners = geo.map_to_pixel(np.array([[left, top], [right, bottom], [left, bottom], [right, top]]),
                                    grid.transform) + 0.5                   # pixel corners
         out = [max(out[0], corners[:, 0].min()), max(out[1], corners[:, 1].min()),
@@ -308,9 +311,10 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
     """The date's coarse offset against the reference overview (whole px, plus the fraction by
     which its own pixels sit off the grid's: ``grid_fraction``; 0 for the reference itself, and
     the whole part 0 when the overviews do not verify) and its raster's extent on the grid."""
-    fraction = grid_fraction(product, bands, grid)
+    own = band_grids(product, bands)
+    fraction = grid_fraction(own, grid)
     warp = fraction is None
-    extent = raster_extent(product, bands, grid)
+    extent = raster_extent(own, grid)
     g = grid
     if extent[0] >= g.width or extent[2] <= 0 or extent[1] >= g.height or extent[3] <= 0:
         raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
@@ -329,18 +333,13 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
         offset = offset + fraction
     ext = (extent[0] - offset[0], extent[1] - offset[1], extent[2] - offset[0], extent[3] - offset[1])
     return DateLocation(path, date_of(product, path), product.name, bands, (float(offset[0]), float(offset[1])),
-                        ext, warp, coarse, pixel_ratio(product, bands, grid))
+                        ext, warp, coarse, pixel_ratio(own, grid))
 
 
-def pixel_ratio(product: dp.Product, bands: list[str], grid: dp.Grid) -> float:
-    """The date's coarsest band's pixel size over the grid's, at least 1 (both in their own CRS's
-    units, compared through the ground metres of one pixel)."""
-    coarsest = 0.0
-    for b in bands:
-        path = product.band_files[b][min(product.band_files[b])]
-        with dp.open_raster(path) as src:
-            g = dp.Grid(src.transform, src.width, src.height, src.crs)
-        coarsest = max(coarsest, metres_per_px(g))
+def pixel_ratio(bands: list[dp.Grid], grid: dp.Grid) -> float:
+    """A date's coarsest band's pixel size over the grid's, at least 1 (compared through the
+    ground metres of one pixel)."""
+    coarsest = max(metres_per_px(own) for own in bands)
     return max(1.0, coarsest / max(metres_per_px(grid), 1e-9))
 
 
@@ -475,11 +474,10 @@ class PairMeasure:
     se_px: list[float] | None = None          # (2,) per axis, calibrated
     spread_px: list[float] | None = None      # (2,) robust spread of the used windows' shifts
     windows_used: int = 0
-    windows_total: int = 0
     tie_points: int = 0
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
-    affine_px: list[list[float]] | None = None   # 2×3: grid px of date i → grid px of date j
+    affine_shown: bool = False                # the tie points show a rotation or scale (an affine fits them)
     windows: list[WindowMeasure] = field(default_factory=list)
 
 
@@ -619,15 +617,16 @@ def fit_affine_px(centres: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, 
 
 
 def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: CoregisterConfig,
-                         coarse: float = 1.0) -> str | None:
+                         coarse: float = 1.0) -> tuple[str | None, bool]:
     """A warning when the verified tie points (of one window or many) are not one translation:
     an affine fitted to them moves the corners of the measured area by more than
     ``disagreement_px`` (and their noise) away from the median shift — rotation or scale — or
-    windows differ from the others beyond their noise without an affine explaining it."""
+    windows differ from the others beyond their noise without an affine explaining it. Returns
+    the warning (or None) and whether an affine explains it."""
     tie_a = np.concatenate([w.tie_a for w in windows]) if windows else np.zeros((0, 2))
     tie_b = np.concatenate([w.tie_b for w in windows]) if windows else np.zeros((0, 2))
     if len(tie_a) < 12:
-        return None
+        return None, False
     d = tie_b - tie_a
     med = np.median(d, axis=0)
     noise = np.linalg.norm(np.median([w.se_px for w in windows], axis=0))
@@ -647,7 +646,7 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
         scale = np.sqrt(abs(np.linalg.det(M[:, :2])))
         return (f"windows disagree by {reach.min() * px_m:.0f}–{reach.max() * px_m:.0f} m at the corners of the "
                 f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}°, scale "
-                f"{scale:.4f}); the translation is only an average, use --correction affine")
+                f"{scale:.4f}); the translation is only an average, use --correction affine"), True
     if len(windows) >= 3:
         shifts = np.array([w.shift_px for w in windows])
         dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)
@@ -655,8 +654,8 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
             bad = int((dev > limit).sum())
             return (f"{bad} of {len(windows)} windows disagree with the others by {np.min(dev[dev > limit]) * px_m:.0f}–"
                     f"{dev.max() * px_m:.0f} m beyond their noise: local distortion, a changed landscape or a bad "
-                    "window (left out of the shift as outliers where beyond their spread); check report.png")
-    return None
+                    "window (left out of the shift as outliers where beyond their spread); check report.png"), False
+    return None, False
 
 
 def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig,
@@ -672,7 +671,7 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     refine = cfg.refine and not (a.location.warp or b.location.warp)
     measures = [measure_window(pipeline, k, a.windows[k], a.features[k], b.features[k], a.offset, b.offset,
                                cfg, refine) for k in common]
-    out = PairMeasure(i, j, False, windows_total=len(a.windows), windows=measures)
+    out = PairMeasure(i, j, False, windows=measures)
     used = [m for m in measures if m.status == "used"]
     # at least ``min_windows`` verified windows, or all of those both dates have (a small scene
     # is one window; a partly cloudy date has a few): each window is verified on its own
@@ -688,7 +687,8 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
                 else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
         out.reason = head + "".join(f"; {k}: {v}" for k, v in kinds.items())
         return out
-    warning = disagreement_warning(used, px_m, cfg, max(a.location.pixel_ratio, b.location.pixel_ratio))
+    warning, out.affine_shown = disagreement_warning(used, px_m, cfg,
+                                                     max(a.location.pixel_ratio, b.location.pixel_ratio))
     if warning:
         out.warnings.append(warning)
     shifts = np.array([m.shift_px for m in used])
@@ -719,8 +719,6 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     out.spread_px = spread.tolist()
     out.windows_used = n
     out.tie_points = int(sum(m.inliers for m in used))
-    if n >= 4:
-        out.affine_px = fit_affine_px(np.array([m.centre for m in used]), shifts)[0].tolist()
     return out
 
 
@@ -923,7 +921,3 @@ def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> 
             writer = csv.DictWriter(f, fieldnames=fields or (list(rows[0]) if rows else []))
             writer.writeheader()
             writer.writerows(rows)
-
-
-def write_result_json(path: Path, result: dict) -> None:
-    write_json(path, result)

@@ -72,7 +72,6 @@ class Coregistration:
         self.ref = engine.open_date(reference, "reference", wanted)
         self.tgt = engine.open_date(target, "target", wanted)
         self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
-        self.bands = self.ref_bands
         self.grid = engine.grid_of(self.ref, self.ref_bands)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints()
         self.progress = progress
@@ -94,10 +93,6 @@ class Coregistration:
                       reference=str(Path(self.ref.source).resolve()), target=str(Path(self.tgt.source).resolve()),
                       crs=g.crs.to_string())
         return result
-
-    @property
-    def overview_(self) -> np.ndarray:
-        return self.overview.image
 
 
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
@@ -159,16 +154,13 @@ def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
             return None
     p0 = geo.pixel_to_map(c0, co.grid.transform)
     p1 = geo.pixel_to_map(c1, co.grid.transform)
-    origin = p0.mean(0)                                # centred: a well-conditioned system
-    X = np.hstack([p0 - origin, np.ones((len(p0), 1))])
-    coef, *_ = np.linalg.lstsq(X, p1 - origin, rcond=None)        # (3, 2)
-    A = coef[:2].T
-    t = coef[2] + origin - A @ origin
+    M, _ = engine.fit_affine_px(p0, p1 - p0)           # the same least squares, in map coordinates
+    A, t = M[:, :2], M[:, 2]
     if source == "tie points":
         at = np.array([[co.grid.width / 2, co.grid.height / 2]])
         q0 = geo.pixel_to_map(at, co.grid.transform)[0]
         move = geo.pixel_to_map(at + np.array(pair.shift_px), co.grid.transform)[0] - q0
-        if not any("rotation or scale" in w for w in pair.warnings):
+        if not pair.affine_shown:
             A, source = np.eye(2), "the translation (no rotation or scale beyond the tie points' noise)"
         centre = p0.mean(0)
         t = t + (centre + move) - (A @ centre + t)            # the window estimate at the centroid
@@ -391,8 +383,7 @@ def target_layers(co: Coregistration) -> list[tuple[str, int, str | None]]:
     if len(files) == 1:
         with rasterio.open(files[0]) as src:
             return [(files[0], k, src.descriptions[k - 1]) for k in range(1, src.count + 1)]
-    return [(path, co.tgt.band_index.get(b, 1), b) for b, res in co.tgt.band_files.items()
-            if not b.isdigit() for path in [res[min(res)]]]
+    return [(co.tgt.band_path(b), co.tgt.band_index.get(b, 1), b) for b in co.tgt.band_files if not b.isdigit()]
 
 
 @contextlib.contextmanager

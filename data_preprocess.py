@@ -72,6 +72,11 @@ class Product:
     # tag), or a number (Sentinel-2 products: 0). One policy for every reader of the product.
     nodata: float | str | None = "file"
 
+    def band_path(self, band: str) -> str:
+        """The file of ``band`` at its finest resolution."""
+        files = self.band_files[band]
+        return files[min(files)]
+
 
 # ----------------------------------------------------------------------------- discovery
 @dataclass
@@ -228,6 +233,13 @@ def open_safe(path: Path) -> Product:
         nodata=config.S2_NODATA_DN)
 
 
+def canonical_band_name(name) -> str:
+    """A band name as the readers name it: Sentinel-2's (``b4`` → ``B4``), STAC common names
+    mapped (``red`` → ``B04``), 1-based indices (``"3"``) as they are."""
+    text = str(name).strip()
+    return text if text.isdigit() else STAC_COMMON_NAMES.get(text.lower(), text.upper())
+
+
 # STAC common band names (the eo extension) → Sentinel-2 band names
 STAC_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
                      "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
@@ -307,8 +319,7 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
                 band_index["1"] = 1
             continue
         for k, d in enumerate(descriptions, start=1):
-            name = (d or "").strip()
-            name = STAC_COMMON_NAMES.get(name.lower(), name.upper())
+            name = canonical_band_name(d or "")
             if name in config.S2_BAND_RESOLUTION:
                 band_files.setdefault(name, {})[10] = str(f)
                 band_index[name] = k
@@ -362,8 +373,7 @@ def reference_grid(product: Product, bands: list[str]) -> Grid:
     """The product's 10 m grid (20 m and 60 m bands are resampled onto it); for plain band
     files without a 10 m band, the finest grid among the requested bands."""
     tenm = [files[10] for files in product.band_files.values() if 10 in files]
-    path = tenm[0] if tenm else min((product.band_files[b][min(product.band_files[b])] for b in bands),
-                                    key=lambda p: _resolution_of(p))
+    path = tenm[0] if tenm else min((product.band_path(b) for b in bands), key=lambda p: _resolution_of(p))
     with open_raster(path) as src:
         return Grid(src.transform, src.width, src.height, src.crs)
 
@@ -485,7 +495,7 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
     # bands of one file are read together: a virtual warp resamples all of them at once
     by_file: dict[str, list[str]] = {}
     for b in bands:
-        by_file.setdefault(product.band_files[b][min(product.band_files[b])], []).append(b)
+        by_file.setdefault(product.band_path(b), []).append(b)
     for path, group in by_file.items():
         index = [product.band_index.get(b, 1) for b in group]
         # a virtual warp resamples by cubic convolution: bilinear weights shift fine detail by less

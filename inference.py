@@ -230,12 +230,14 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
     or STAC common names such as ``red``) by the file's band descriptions."""
     if bands is None or all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
         return None if bands is None else tuple(int(b) for b in bands)
-    wanted = [canonical_band_name(b) for b in bands]
     if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
         raise PipelineError(f"{path or 'array'}: bands by name ({', '.join(map(str, bands))}) need a raster whose "
                             "bands are described; give 1-based indices instead (e.g. 3,2,1)")
     import rasterio
 
+    from data_preprocess import canonical_band_name
+
+    wanted = [canonical_band_name(b) for b in bands]
     with rasterio.open(path) as src:
         names = [canonical_band_name(d or "") for d in src.descriptions]
     missing = [b for b in wanted if b not in names]
@@ -243,14 +245,6 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
         raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: "
                             f"{', '.join(n or '?' for n in names)}); fix --bands (names or 1-based indices)")
     return tuple(names.index(b) + 1 for b in wanted)
-
-
-def canonical_band_name(name) -> str:
-    """A band name as the readers name it (``red`` → ``B04``, ``b4`` → ``B4``)."""
-    from data_preprocess import STAC_COMMON_NAMES
-
-    text = str(name).strip()
-    return STAC_COMMON_NAMES.get(text.lower(), text.upper())
 
 
 def _pixels(image) -> int:
