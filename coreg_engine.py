@@ -52,28 +52,31 @@ import numpy as np
 import config
 import data_preprocess as dp
 import geo
+import remote
 from config import CoregisterConfig, PreprocessConfig
 from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
-                "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png")
+                "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "search.geojson")
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
 
 
 # ----------------------------------------------------------------------------- inputs
 def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...] = ()) -> dp.Product:
-    """The one product of a date: a ``.SAFE`` (folder or zip), a STAC Item, a raster file, a
-    folder of one date's band files, or a list of one date's band files. ``bands`` given as
+    """The one product of a date: a ``.SAFE`` (folder or zip), a STAC Item (file, URL or
+    ``dp.ItemRef``), a raster file or URL, a folder of one date's band files, or a list of one
+    date's band files (paths or URLs). ``bands`` given as
     1-based indices (``1,2,3``) select those bands of a single raster, as GDAL counts them."""
     if isinstance(path, (list, tuple)):
-        files = [Path(p) for p in path]
-        missing = [f for f in files if not f.exists()]
+        files = [p if remote.is_remote(p) else Path(p) for p in path]
+        missing = [f for f in files if not remote.is_remote(f) and not f.exists()]
         if missing:
             raise PipelineError(f"{missing[0]}: no such file; give the {role}'s band files")
         return dp.open_band_files(files, config.S2_DEFAULT_QUANTIFICATION, 0.0)
-    path = Path(path)
+    if not isinstance(path, dp.ItemRef) and not remote.is_remote(path):
+        path = Path(path)
     found = dp.find_products(path)
     if len(found) != 1:
         raise PipelineError(f"{path}: holds {len(found)} products; give the {role} as one product, file or "
@@ -149,9 +152,9 @@ def date_of(product: dp.Product, path) -> str:
     """The date's YYYYMMDD (from the product, else from its name), or its name."""
     if product.sensing_date:
         return product.sensing_date
-    name = Path(path[0] if isinstance(path, (list, tuple)) else path)
-    found = re.search(r"(20\d{6})", str(name))
-    return found.group(1) if found else name.stem
+    name = str(path[0] if isinstance(path, (list, tuple)) else path)
+    found = re.search(r"(20\d{6})", name)
+    return found.group(1) if found else remote.stem_of(name)
 
 
 def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
@@ -322,7 +325,7 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
     offset = np.zeros(2)
     if overview is not None:
         image, valid = read_date(product, bands, g, (0, 0, g.width, g.height), overview.shape, True, cfg)
-        f = pipeline.extract(image, valid, f"{Path(str(path)).name} overview")
+        f = pipeline.extract(image, valid, f"{remote.name_of(str(path))} overview")
         r = pipeline.verify(pipeline.match_features(overview.features, f))
         coarse = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"]}
         if r["verified"]:
@@ -417,7 +420,7 @@ def extract_date(pipeline, product: dp.Product, location: DateLocation, grid: dp
     g = date_grid(grid, location.offset_px)
     out = DateFeatures(location, windows)
     shares = []
-    name = Path(str(location.path)).name
+    name = remote.name_of(str(location.path))
     for k, (col, row, w, h) in enumerate(windows):
         e = location.extent_px              # a window reaching past the date's raster: through the warp
         inside = col >= e[0] - 1e-6 and row >= e[1] - 1e-6 and col + w <= e[2] + 1e-6 and row + h <= e[3] + 1e-6
@@ -772,7 +775,9 @@ def input_label(date) -> str:
     by ``;``); a URL as it is."""
     if isinstance(date, (list, tuple)):
         return ";".join(input_label(p) for p in date)
-    return str(date) if "://" in str(date) else str(Path(date).resolve())
+    if isinstance(date, dp.ItemRef):
+        return str(date) if remote.is_remote(date.base) else f"{Path(date.base).resolve()}#{date.id}"
+    return str(date) if remote.is_remote(date) or "://" in str(date) else str(Path(date).resolve())
 
 
 def provenance(inputs: list, cfg: CoregisterConfig, **settings) -> dict:
@@ -848,7 +853,7 @@ def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None)
 
     plain = out.with_name(f".{out.stem}.plain.tif")
     try:
-        with rasterio.open(src_path) as src:
+        with dp.open_raster(src_path) as src:
             profile = {**src.profile, "driver": "GTiff", "transform": Affine.translation(*move) * src.transform,
                        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
                        "BIGTIFF": "IF_SAFER"}
@@ -870,9 +875,7 @@ def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None)
 def footprint_lonlat(path: str | Path, transform=None) -> tuple[dict, list[float], dict]:
     """A raster's footprint as a GeoJSON polygon in lon/lat, its bbox, and its ``proj:`` fields
     (with ``transform`` instead of its own when given)."""
-    import rasterio
-
-    with rasterio.open(path) as src:
+    with dp.open_raster(path) as src:
         t = transform or src.transform
         w, h, crs = src.width, src.height, src.crs
     edge = np.linspace(0, 1, 11)[:-1]            # each side without its last corner: a closed ring
@@ -890,10 +893,11 @@ def footprint_lonlat(path: str | Path, transform=None) -> tuple[dict, list[float
     return {"type": "Polygon", "coordinates": [coords]}, bbox, proj
 
 
-def stac_item(item_id: str, date: str, cog: Path, source: str, properties: dict) -> dict:
+def stac_item(item_id: str, date: str, cog, source: str, properties: dict, transform=None) -> dict:
     """A STAC Item (1.0, projection extension) for a corrected COG: geometry, bbox and ``proj:``
-    fields of the corrected raster, a link to what it was made from."""
-    geometry, bbox, proj = footprint_lonlat(cog)
+    fields of the corrected raster (or of ``cog`` with ``transform`` as its georeference), a link
+    to what it was made from."""
+    geometry, bbox, proj = footprint_lonlat(cog, transform)
     when = (f"{date[:4]}-{date[4:6]}-{date[6:8]}T00:00:00Z" if re.fullmatch(r"\d{8}", date or "") else None)
     links = [{"rel": "derived_from", "href": str(source) if "://" in str(source) else Path(source).resolve().as_uri()}]
     return {"type": "Feature", "stac_version": "1.0.0",
@@ -902,7 +906,7 @@ def stac_item(item_id: str, date: str, cog: Path, source: str, properties: dict)
             "id": item_id, "geometry": geometry, "bbox": bbox,
             "properties": {"datetime": when, **({} if when else {"start_datetime": None}), **proj, **properties},
             "links": links,
-            "assets": {"data": {"href": cog.name, "roles": ["data"],
+            "assets": {"data": {"href": remote.name_of(cog), "roles": ["data"],
                                 "type": "image/tiff; application=geotiff; profile=cloud-optimized"}}}
 
 

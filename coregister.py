@@ -46,6 +46,7 @@ import cli
 import coreg_engine as engine
 import data_preprocess as dp
 import geo
+import remote
 from config import CoregisterConfig
 from coreg_engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (public names of this script)
 from matching import MatchingPipeline
@@ -90,7 +91,7 @@ class Coregistration:
         result = pair_result(self, self.pair)
         result.update(coarse=self.loc_tgt.coarse, seconds=round(time.time() - start, 2),
                       bands={"reference": self.ref_bands, "target": self.tgt_bands},
-                      reference=str(Path(self.ref.source).resolve()), target=str(Path(self.tgt.source).resolve()),
+                      reference=engine.input_label(self.ref.source), target=engine.input_label(self.tgt.source),
                       crs=g.crs.to_string())
         return result
 
@@ -274,18 +275,16 @@ def write_corrected_target(co: Coregistration, result: dict, folder: Path) -> li
     """The target with its georeference moved by the correction (the negative of the shift,
     expressed in each file's own CRS), no resampling, as Cloud-Optimized GeoTIFFs with the
     provenance as tags: the target file itself when it holds every band, else one per band."""
-    import rasterio
-
     folder.mkdir(parents=True, exist_ok=True)
     d = np.array(result["shift_m"]["shift_px"])
     tags = engine.provenance_tags(result["provenance"], coregistration_shift_m=result["shift_m"],
                                   coregistration_correction="translation")
     written = []
     for path in target_files(co):
-        with rasterio.open(path) as src:
+        with dp.open_raster(path) as src:
             crs = src.crs
         move = engine.correction_in_crs(co.grid, d, crs)
-        written.append(engine.write_moved(path, folder / (engine.safe_name(Path(path).stem) + "_coregistered.tif"),
+        written.append(engine.write_moved(path, folder / (engine.safe_name(remote.stem_of(path)) + "_coregistered.tif"),
                                           move, tags))
     return written
 
@@ -329,7 +328,7 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     layers = target_layers(co)                        # (file, band index, description)
     dtypes, nodatas = [], []
     for path, _, _ in layers:
-        with rasterio.open(path) as src:
+        with dp.open_raster(path) as src:
             dtypes.append(src.dtypes[0])
             nodatas.append(dp.nodata_value(src, co.tgt.nodata))
     dtype = np.result_type(*dtypes)
@@ -337,7 +336,7 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     fill = nodatas[0] if nodatas[0] is not None else (np.nan if floating else 0)
     low, high = (None, None) if floating else (np.iinfo(dtype).min + (fill == np.iinfo(dtype).min),
                                               np.iinfo(dtype).max)
-    name = folder / f"{engine.safe_name(Path(co.tgt.source).stem)}_coregistered_{model}.tif"
+    name = folder / f"{engine.safe_name(remote.stem_of(co.tgt.source))}_coregistered_{model}.tif"
     with tempfile_beside(name) as plain:
         profile = dict(driver="GTiff", width=g.width, height=g.height, count=len(layers), dtype=dtype.name,
                        crs=g.crs, transform=g.transform, nodata=fill, tiled=True, blockxsize=512, blockysize=512,
@@ -377,11 +376,9 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
 def target_layers(co: Coregistration) -> list[tuple[str, int, str | None]]:
     """The target's bands to resample, as (file, 1-based band index, description): every band of
     a single raster file; one a band file otherwise."""
-    import rasterio
-
     files = target_files(co)
     if len(files) == 1:
-        with rasterio.open(files[0]) as src:
+        with dp.open_raster(files[0]) as src:
             return [(files[0], k, src.descriptions[k - 1]) for k in range(1, src.count + 1)]
     return [(co.tgt.band_path(b), co.tgt.band_index.get(b, 1), b) for b in co.tgt.band_files if not b.isdigit()]
 
@@ -475,10 +472,21 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
 def main(argv=None) -> int:
     cfg = CoregisterConfig()
     parser = cli.parser(__doc__, epilog=__doc__[__doc__.index("Exit codes"):])
-    parser.add_argument("reference", type=Path, nargs="?", help="the product the target is aligned to")
-    parser.add_argument("target", type=Path, nargs="?", help="the product to co-register")
-    parser.add_argument("--stack", nargs="+", default=None, metavar="INPUT",
-                        help="co-register these dates jointly instead (files, folders or globs; see stack.py)")
+    parser.add_argument("reference", nargs="?", help="the product the target is aligned to (a path or URL)")
+    parser.add_argument("target", nargs="?", help="the product to co-register (a path or URL)")
+    parser.add_argument("--stack", nargs="*", default=None, metavar="INPUT",
+                        help="co-register these dates jointly instead (files, folders, globs, URLs of rasters, "
+                             "STAC Items or ItemCollections; see stack.py)")
+    parser.add_argument("--stac-search", metavar="API_URL", default=None,
+                        help="with --stack: the dates are the Items this STAC API finds (see --collection, --bbox, "
+                             "--datetime, --max-cloud)")
+    parser.add_argument("--collection", action="append", default=[], help="with --stac-search: a collection to "
+                        "search (e.g. sentinel-2-l2a); repeat for several")
+    parser.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), default=None,
+                        help="with --stac-search: the area, degrees")
+    parser.add_argument("--datetime", default=None, help="with --stac-search: START/END (ISO dates, .. open)")
+    parser.add_argument("--max-cloud", type=float, default=None, help="with --stac-search: eo:cloud_cover at most, %%")
+    parser.add_argument("--max-items", type=int, default=100, help="with --stac-search: Items used at most")
     parser.add_argument("--reference", "--stack-reference", dest="stack_reference", default="auto",
                         help="with --stack: auto (the most valid, textured date) or the path of one input")
     parser.add_argument("--scheduler", default=None,
@@ -502,7 +510,15 @@ def main(argv=None) -> int:
                              "resampled onto the reference grid by the affine or the shift field")
     cli.add_runtime(parser)
     args = parser.parse_args(argv)
-    if args.stack:
+    search_only = [f for f, v in (("--collection", args.collection), ("--bbox", args.bbox),
+                                  ("--datetime", args.datetime), ("--max-cloud", args.max_cloud)) if v]
+    if search_only and not args.stac_search:
+        parser.error(f"{', '.join(search_only)}: for --stac-search only")
+    if args.stac_search and args.stack is None:
+        parser.error("--stac-search finds the dates of a stack: add --stack")
+    if args.stack is not None and not args.stack and not args.stac_search:
+        parser.error("--stack needs its dates (files, folders, globs or URLs), or --stac-search API_URL")
+    if args.stack is not None:
         if args.reference is not None:
             parser.error(f"{args.reference}: give the dates of a stack after --stack (and its reference with "
                          "--reference), or REFERENCE TARGET without --stack")
@@ -543,7 +559,14 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
     from stack import coregister_stack
 
     try:
-        result = coregister_stack(args.stack, args.output, args.stack_reference, args.bands, cfg,
+        inputs = list(args.stack)
+        if args.stac_search:
+            engine.OutputFolder(args.output, engine.RESULT_NAMES).check()      # before the search
+            found = dp.search_items(args.stac_search, args.collection, args.bbox, args.datetime, args.max_cloud,
+                                    args.max_items)
+            print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
+            inputs += found
+        result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
                                   args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected)
     except PipelineError as exc:
         return cli.fail(exc)

@@ -45,8 +45,11 @@ import numpy as np
 
 import cli
 import config
+import remote
 from config import PreprocessConfig
 from utils import PipelineError, atomic_path, write_json
+
+remote.configure_gdal()          # GDAL's settings for reading COGs over the network, in this process
 
 FORMATS = {"jpeg": ".jpg", "png": ".png", "tif": ".tif"}
 _BAND_RE = re.compile(r"_(B\d[\dA])(?:_(\d\d)m)?\.jp2$")
@@ -91,10 +94,26 @@ class Found:
         return len(self.products) + len(self.errors)
 
 
-def find_products(path: Path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset: float = 0.0) -> Found:
-    """The products under ``path`` (see ``Found``); a path that holds none is a ``PipelineError``."""
-    outcomes = _find(Path(path), scale, offset)
+def find_products(path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset: float = 0.0) -> Found:
+    """The products under ``path`` (see ``Found``); a path that holds none is a ``PipelineError``.
+    ``path`` may be a URL (``https://``, ``s3://`` …: see ``remote``) of a raster, a STAC Item or an
+    ItemCollection, or an ``ItemRef``."""
+    if isinstance(path, ItemRef):
+        outcomes = [_try_item(path)]
+    elif remote.is_remote(path):
+        outcomes = _find_remote(str(path), scale, offset)
+    else:
+        outcomes = _find(Path(path), scale, offset)
     return Found([p for p in outcomes if isinstance(p, Product)], [p for p in outcomes if isinstance(p, tuple)])
+
+
+def _find_remote(url: str, scale: float, offset: float) -> list:
+    if remote.suffix_of(url) in (".tif", ".tiff", ".jp2"):
+        return [_try(open_band_files, [url], scale, offset)]
+    if remote.suffix_of(url) == ".zip" or remote.suffix_of(url) == ".safe":
+        raise PipelineError(f"{url}: a .SAFE is read from a local copy; download it, or give the product's "
+                            "STAC Item URL (its bands are then read as COGs, window by window)")
+    return [_try_item(ref) for ref in stac_items(url)]
 
 
 def _find(path: Path, scale: float, offset: float) -> list:
@@ -104,7 +123,7 @@ def _find(path: Path, scale: float, offset: float) -> list:
     if is_safe(path):
         return [_try(open_safe, path)]
     if path.is_file() and path.suffix.lower() == ".json":
-        return [_try(open_stac_item, path)]
+        return [_try_item(ref) for ref in stac_items(path)]
     if path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
         return [_try(open_band_files, [path], scale, offset)]
     if path.is_file():
@@ -134,6 +153,13 @@ def _try(fn, *args):
         return fn(*args)
     except PipelineError as exc:
         return (str(args[0]), str(exc))
+
+
+def _try_item(ref: "ItemRef"):
+    try:
+        return item_product(ref)
+    except PipelineError as exc:
+        return (str(ref), str(exc))
 
 
 def is_safe(p: Path) -> bool:
@@ -246,43 +272,159 @@ STAC_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B0
                      "cirrus": "B10", "swir16": "B11", "swir22": "B12"}
 
 
-def open_stac_item(path: Path) -> Product:
-    """A local STAC Item (JSON) whose assets are band files: each asset named by its ``eo:bands``
-    name (``B04``), its key (``B04`` or a common name such as ``red``); an ``scl`` asset becomes the
-    scene classification mask. Relative ``href``s are resolved against the JSON's folder; remote
-    ones are refused (nothing is downloaded at run time)."""
-    import json
+@dataclass(eq=False)
+class ItemRef:
+    """One STAC Item and where it was read from (``base``: its document's path or URL, against
+    which relative hrefs resolve). Each date of a stack from an ItemCollection or a search is one."""
 
-    path = Path(path)
+    base: str
+    item: dict
+
+    @property
+    def id(self) -> str:
+        return str(self.item.get("id", ""))
+
+    def __str__(self) -> str:
+        """Where the Item is: its ``self`` link, else its document's location ``#`` its id."""
+        self_link = next((lk.get("href") for lk in self.item.get("links", []) or []
+                          if isinstance(lk, dict) and lk.get("rel") == "self" and lk.get("href")), None)
+        if self_link and remote.is_remote(self_link) == remote.is_remote(self.base):
+            return str(self_link)
+        return f"{self.base}#{self.id}" if self.id else str(self.base)
+
+
+def stac_items(location) -> list[ItemRef]:
+    """The Items of a STAC document (local path or URL): an Item, or an ItemCollection /
+    FeatureCollection of them (an API's search page, ``stack.geojson``)."""
+    doc = remote.read_json(location, "STAC Item or ItemCollection")
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        return [ItemRef(str(location), doc)]
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" and isinstance(doc.get("features"), list):
+        items = [f for f in doc["features"] if isinstance(f, dict) and f.get("type") == "Feature"]
+        if not items:
+            raise PipelineError(f"{location}: an ItemCollection without Items")
+        return [ItemRef(str(location), f) for f in items]
+    raise PipelineError(f"{location}: not a STAC Item or ItemCollection (a GeoJSON Feature with assets, or a "
+                        "FeatureCollection of them)")
+
+
+def search_items(api: str, collections: list[str], bbox=None, datetime: str | None = None,
+                 max_cloud: float | None = None, max_items: int = 500) -> list[ItemRef]:
+    """The Items a STAC API (``pystac-client``) finds for ``collections`` over ``bbox`` (W, S, E,
+    N in degrees) in ``datetime`` (``START/END``), with ``eo:cloud_cover`` ≤ ``max_cloud`` % (the
+    API's query extension where it has one, and checked here too), oldest first. Each Item keeps the
+    API's URL as its base: its assets must be remote."""
+    from pystac_client import Client
+    from pystac_client.conformance import ConformanceClasses
+
+    if not remote.is_remote(api):
+        raise PipelineError(f"{api}: --stac-search takes the URL of a STAC API (https://...)")
     try:
-        item = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path}: not a readable JSON file ({exc}); give a STAC Item") from exc
-    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
-        raise PipelineError(f"{path}: not a STAC Item (a GeoJSON Feature with assets)")
+        client = Client.open(api)
+        query = None
+        if max_cloud is not None and client.conforms_to(ConformanceClasses.QUERY):
+            query = {"eo:cloud_cover": {"lte": max_cloud}}
+        search = client.search(collections=collections or None, bbox=bbox, datetime=datetime, query=query,
+                               max_items=max_items)
+        found = list(search.items_as_dicts())
+    except PipelineError:
+        raise
+    except Exception as exc:                      # network, HTTP and API errors: one line
+        raise PipelineError(f"{api}: the STAC search failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            "check the URL, --collection, --bbox and --datetime") from exc
+    if max_cloud is not None:
+        found = [i for i in found if float((i.get("properties") or {}).get("eo:cloud_cover", 0) or 0) <= max_cloud]
+    found.sort(key=lambda i: str((i.get("properties") or {}).get("datetime") or ""))
+    def base(item: dict) -> str:            # relative hrefs resolve against the Item's own URL
+        link = next((lk.get("href") for lk in item.get("links", []) or [] if isinstance(lk, dict)
+                     and lk.get("rel") == "self" and remote.is_remote(lk.get("href", ""))), None)
+        return link or api
+
+    return [ItemRef(base(i), i) for i in found]
+
+
+def open_stac_item(path) -> Product:
+    """A STAC Item (a local JSON file or a URL) as a ``Product`` (see ``item_product``)."""
+    refs = stac_items(path)
+    if len(refs) != 1:
+        raise PipelineError(f"{path}: holds {len(refs)} Items; give one Item (or use it as a stack)")
+    return item_product(refs[0])
+
+
+_ASSET_BAND_RE = re.compile(r"^(B\d[\dA])(?:_\d\dm)?$")
+_MASK_ASSETS = {"scl": "scl", "scl_20m": "scl", "cloud": "cloud_prob", "cld": "cloud_prob",
+                "cld_20m": "cloud_prob", "cloud_probability": "cloud_prob", "msk_cldprb": "cloud_prob"}
+
+
+def _asset_band(key: str, asset: dict) -> str | None:
+    """The Sentinel-2 band of an asset: from its single ``eo:bands`` / ``bands`` entry's name or
+    common name, else its key (``B04``, ``B04_10m``, ``red``); None for anything else (a
+    multi-band ``visual`` asset, a thumbnail, metadata)."""
+    bands = asset.get("eo:bands") or asset.get("bands") or []
+    if len(bands) > 1:
+        return None
+    names = [str(b.get(k, "")) for b in bands for k in ("name", "common_name", "eo:common_name")] + [key]
+    for n in names:
+        m = _ASSET_BAND_RE.match(n.strip().upper())
+        if m and m.group(1) in config.S2_BAND_RESOLUTION:
+            return m.group(1)
+    return next((STAC_COMMON_NAMES[n.strip().lower()] for n in names if n.strip().lower() in STAC_COMMON_NAMES), None)
+
+
+def item_product(ref: ItemRef) -> Product:
+    """A STAC Item as a ``Product`` whose bands are its assets' files (local or remote COGs, JP2),
+    each chosen by its ``eo:bands`` name or common name (``B04`` or ``red``; a COG preferred over a
+    JP2 of the same band); an ``scl`` asset is the scene classification, a cloud-probability
+    asset (``cloud``, ``CLD_20m``) the cloud mask. ``raster:bands`` scale and offset, where given,
+    turn DN into reflectance (an 8-bit ``data_type`` without them is scaled as an 8-bit file is). Hrefs resolve against the Item's document; a remote Item may only
+    name remote assets (``remote.resolve_href``)."""
+    item = ref.item
+    what = str(ref)
+    if not isinstance(item.get("assets"), dict):
+        raise PipelineError(f"{what}: not a STAC Item (a GeoJSON Feature with assets)")
     band_files: dict[str, dict[int, str]] = {}
     masks: dict[str, str] = {}
+    offsets: dict[str, float] = {}
+    scales: dict[str, float] = {}
+    eight_bit = False
     for key, asset in item["assets"].items():
-        href = str(asset.get("href", ""))
-        if "://" in href:
-            raise PipelineError(f"{path}: asset {key} is remote ({href}); download the assets and point the hrefs "
-                                "at the local files")
-        local = (path.parent / href).resolve()
-        names = [b.get("name", "") for b in asset.get("eo:bands", [])] + [b.get("common_name", "") for b in
-                                                                           asset.get("eo:bands", [])] + [key]
-        band = next((n.upper() for n in names if n.upper() in config.S2_BAND_RESOLUTION), None) or \
-            next((STAC_COMMON_NAMES[n.lower()] for n in names if n.lower() in STAC_COMMON_NAMES), None)
-        if band:
-            band_files.setdefault(band, {})[config.S2_BAND_RESOLUTION[band]] = str(local)
-        elif key.lower() == "scl":
-            masks["scl"] = str(local)
+        if not isinstance(asset, dict) or not asset.get("href"):
+            continue
+        media = str(asset.get("type", "")).lower()
+        if media and not any(t in media for t in ("tiff", "jp2", "jpeg2000")):
+            continue                                       # thumbnails, metadata, previews
+        band = _asset_band(str(key), asset)
+        mask = _MASK_ASSETS.get(str(key).lower())
+        if band is None and mask is None:
+            continue
+        href = remote.resolve_href(asset["href"], ref.base, what)
+        if mask:
+            masks.setdefault(mask, href)
+            continue
+        res = config.S2_BAND_RESOLUTION[band]
+        old = band_files.get(band, {}).get(res)
+        if old is not None and not (remote.suffix_of(old) == ".jp2" and remote.suffix_of(href) != ".jp2"):
+            continue                                       # the first asset of a band, a COG before a JP2
+        band_files.setdefault(band, {})[res] = href
+        rb = (asset.get("raster:bands") or [{}])[0]
+        eight_bit |= rb.get("data_type") == "uint8"
+        if rb.get("scale"):
+            scales[band] = float(rb["scale"])
+            offsets[band] = float(rb.get("offset", 0.0)) / float(rb["scale"])
     if not band_files:
-        raise PipelineError(f"{path}: no Sentinel-2 band among the assets {sorted(item['assets'])}")
-    props = item.get("properties", {})
-    date = re.sub(r"\D", "", str(props.get("datetime", "")))[:8]
-    return Product(name=str(item.get("id", path.stem)), source=str(path), level="raster", band_files=band_files,
-                   tile_id=str(props.get("s2:mgrs_tile", props.get("mgrs:tile", ""))), sensing_date=date,
-                   product_id=str(item.get("id", path.stem)), offsets={b: 0.0 for b in band_files}, masks=masks)
+        raise PipelineError(f"{what}: no Sentinel-2 band among the assets {sorted(item['assets'])}; name them "
+                            "by band (B04) or STAC common name (red) in eo:bands or as their keys")
+    props = item.get("properties", {}) or {}
+    date = re.sub(r"\D", "", str(props.get("datetime") or props.get("start_datetime") or ""))[:8]
+    scale = next(iter(scales.values()), None)
+    if scale is None and eight_bit:          # an 8-bit picture: 255 is the top of the display range
+        scale = PreprocessConfig.reflectance_max / 255.0
+    ident = str(item.get("id") or remote.stem_of(ref.base))
+    return Product(name=ident, source=what, level="raster", band_files=band_files,
+                   tile_id=str(props.get("s2:mgrs_tile", props.get("mgrs:tile", props.get("grid:code", "")))),
+                   sensing_date=date, product_id=ident,
+                   quantification=1.0 / scale if scale else config.S2_DEFAULT_QUANTIFICATION,
+                   offsets={b: offsets.get(b, 0.0) for b in band_files}, masks=masks)
 
 
 def _baseline_tuple(baseline: str) -> tuple[int, int]:
@@ -297,20 +439,15 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
     is: one band as grey, three as red, green, blue (an RGB picture), more by ``--bands``
     (1-based indices, as GDAL counts), which always select bands by index. An 8-bit raster is
     scaled so that 255 is the top of the display range."""
-    import rasterio
-
     band_files: dict[str, dict[int, str]] = {}
     band_index: dict[str, int] = {}
     unnamed: dict[str, int] = {}
     eight_bit = False
+    files = [f if remote.is_remote(f) else Path(f) for f in files]
     for f in files:
-        m = re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", f.stem)
-        try:
-            with rasterio.open(f) as src:
-                descriptions, count, dtype = src.descriptions, src.count, src.dtypes[0]
-        except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{f}: cannot read ({str(exc).splitlines()[0]}); the file is corrupt or not a "
-                                "raster") from exc
+        m = re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", remote.stem_of(f))
+        with open_raster(str(f)) as src:
+            descriptions, count, dtype = src.descriptions, src.count, src.dtypes[0]
         eight_bit |= dtype == "uint8"
         if m and count == 1:
             band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
@@ -338,21 +475,23 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
                     band_index[b] = k
     named = [b for b in band_files if not b.isdigit()]
     if not named and len(files) > 1:
-        raise PipelineError(f"{files[0].parent}: no band recognised in {[f.name for f in files][:5]}; name "
-                            "single-band files by band (B04.tif) or set band descriptions")
-    first = Path(files[0])
+        raise PipelineError(f"{remote.parent_of(files[0])}: no band recognised in "
+                            f"{[remote.name_of(f) for f in files][:5]}; name single-band files by band (B04.tif) "
+                            "or set band descriptions")
+    first = files[0]
+    folder = remote.parent_of(first)
     date = re.search(r"(20\d{6})", str(first))
-    place = first.stem if len(files) == 1 else first.parent.name
-    oscd = re.fullmatch(r"imgs_(\d)", first.parent.name)
+    place = remote.stem_of(first) if len(files) == 1 else remote.name_of(folder)
+    oscd = None if remote.is_remote(first) else re.fullmatch(r"imgs_(\d)", first.parent.name)
     if oscd:  # OSCD layout: <city>/imgs_N/B04.tif with the dates in <city>/dates.txt
         place = first.parent.parent.name
         dates_txt = first.parent.parent / "dates.txt"
         if dates_txt.exists():
             date = re.search(rf"date_{oscd.group(1)}:\s*(\d{{8}})", dates_txt.read_text())
-    name = place if len(files) == 1 else f"{place}_{date.group(1) if date else first.parent.name}"
+    name = place if len(files) == 1 else f"{place}_{date.group(1) if date else remote.name_of(folder)}"
     if eight_bit and scale == config.S2_DEFAULT_QUANTIFICATION:
         scale = 255.0 / PreprocessConfig.reflectance_max
-    return Product(name=name, source=str(first if len(files) == 1 else first.parent), level="raster",
+    return Product(name=name, source=str(first if len(files) == 1 else folder), level="raster",
                    band_files=band_files, tile_id=place, sensing_date=date.group(1) if date else "",
                    product_id=name, quantification=scale, offsets={b: offset for b in band_files},
                    band_index=band_index)
@@ -384,12 +523,17 @@ def _resolution_of(path: str) -> float:
 
 
 def open_raster(path: str):
-    """``rasterio.open(path)``, with a corrupt or truncated file as one line (``PipelineError``)."""
+    """``rasterio.open(path)`` for a local path or a URL (through GDAL's virtual file systems, with
+    bounded retries: ``remote``), with a corrupt, truncated or unreachable file as one line
+    (``PipelineError``)."""
     import rasterio
 
     try:
-        return rasterio.open(path)
+        return remote.open_with_retries(lambda: rasterio.open(remote.gdal_path(path)), path)
     except rasterio.errors.RasterioIOError as exc:
+        if remote.is_remote(path):
+            raise PipelineError(f"{path}: cannot read ({str(exc).splitlines()[0]}) after {remote.OPEN_RETRIES} "
+                                "attempts; check the URL, the network and credentials (AWS_*, GDAL_HTTP_*)") from exc
         raise PipelineError(f"{path}: cannot open ({str(exc).splitlines()[0]}); the file is corrupt or "
                             "truncated, download the product again") from exc
 

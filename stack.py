@@ -38,10 +38,13 @@ reported and the others go on; Dask retries a task whose worker died.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
+import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -49,13 +52,16 @@ from pathlib import Path
 
 import numpy as np
 
+import config
 import coreg_engine as engine
 import data_preprocess as dp
+import remote
+import stack_outputs
+from stack_cache import WorkCache
 from config import CoregisterConfig
 from coreg_engine import DateFeatures, PairMeasure
-from utils import PipelineError, set_threads, write_json
+from utils import PipelineError, set_threads
 
-STACK_OUTPUTS = engine.RESULT_NAMES        # a rerun replaces any earlier result of ours, pair or stack
 _PIPELINE = None      # one matching pipeline per worker process, loaded on its first task
 
 
@@ -80,7 +86,7 @@ def _dates_in_folder(folder: Path) -> list:
     safes = sorted(p for p in folder.iterdir() if dp.is_safe(p))
     items = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json")
     rasters = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
-    out: list = [*safes, *items]
+    out: list = [*safes, *(ref for p in items for ref in _expand_document(p))]
     if rasters:
         by_date: dict[str, list[Path]] = {}
         for r in rasters:
@@ -100,25 +106,47 @@ def _dates_in_folder(folder: Path) -> list:
 
 
 def expand_inputs(inputs: list) -> list:
-    """Files, folders and globs → the stack's dates, in the order given (each a path, or a list
-    of one date's band files)."""
+    """Files, folders, globs and URLs → the stack's dates, in the order given (each a path or
+    URL, a list of one date's band files, or a ``dp.ItemRef``: an ItemCollection, local or
+    remote, is a date an Item)."""
     out: list = []
     for item in inputs:
         if isinstance(item, (list, tuple)):
-            out.append([Path(p) for p in item])
+            out.append([p if remote.is_remote(p) else Path(p) for p in item])
+            continue
+        if isinstance(item, dp.ItemRef):
+            out.append(item)
             continue
         item = str(item)
+        if remote.is_remote(item):
+            out += _expand_document(item) if remote.suffix_of(item) not in (".tif", ".tiff", ".jp2") else [item]
+            continue
         matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
         for m in matches:
             p = Path(m)
-            out += _dates_in_folder(p) if p.is_dir() and not dp.is_safe(p) else [p]
+            if p.is_dir() and not dp.is_safe(p):
+                out += _dates_in_folder(p)
+            elif p.suffix.lower() in (".json", ".geojson") and p.is_file():
+                out += _expand_document(p)
+            else:
+                out.append(p)
     return out
 
 
+def _expand_document(location) -> list:
+    """A STAC document's dates: an Item is one (its location); an ItemCollection one an Item."""
+    try:
+        refs = dp.stac_items(location)
+    except PipelineError:
+        return [location]                    # reported with the date (open_date says what is wrong)
+    return refs
+
+
 def _label(date) -> str:
-    """A date's path as one string (a list of band files: their folder)."""
+    """A date's path as one string (a list of band files: their folder; an Item: its document#id)."""
     if isinstance(date, (list, tuple)):
-        return str(Path(date[0]).parent.resolve())
+        first = date[0]
+        return remote.parent_of(first) if remote.is_remote(first) else str(Path(first).parent.resolve())
     return engine.input_label(date)
 
 
@@ -299,22 +327,30 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
 def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto",
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
-                     write_corrected: bool = False, progress: bool = True) -> dict:
+                     write_corrected: bool = False, progress: bool = True, client=None) -> dict:
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
-    ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them."""
+    ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them.
+    ``client``: a ``dask.distributed.Client`` to run on (left open), instead of ``scheduler`` /
+    a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
+    more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``)."""
     cfg = cfg or CoregisterConfig()
     bands = engine.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
-        engine.OutputFolder(output, STACK_OUTPUTS).check()          # before any work
+        engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
     paths = expand_inputs(inputs)
     start = time.time()
-    ref_path = Path(reference) if reference != "auto" else None
-    if ref_path is not None:
-        same = [p for p in paths if not isinstance(p, list) and Path(p).resolve() == ref_path.resolve()]
+    ref_k = None                  # the reference's index: given (a path, URL or Item id of the stack) or chosen
+    if str(reference) != "auto":
+        same = [k for k, p in enumerate(paths) if _label(p) == _label(reference)
+                or (isinstance(p, dp.ItemRef) and p.id == str(reference))]
         if same:
-            ref_path = same[0]
+            ref_k = same[0]
         else:
-            paths = [ref_path, *paths]
+            given = expand_inputs([reference])
+            if len(given) != 1:
+                raise PipelineError(f"{reference}: --reference is one date (a path, URL or Item id of the stack); "
+                                    f"it holds {len(given)}")
+            paths, ref_k = [given[0], *paths], 0
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     errors: dict[int, str] = {}
@@ -324,7 +360,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             products[k] = engine.open_date(p, "date", bands)
         except PipelineError as exc:
             errors[k] = str(exc)
-    grid_k = paths.index(ref_path) if ref_path is not None else next(iter(products), None)
+    grid_k = ref_k if ref_k is not None else next(iter(products), None)
     if grid_k is None or grid_k not in products:
         raise PipelineError(errors.get(grid_k if grid_k is not None else 0, "no date of the stack can be opened"))
     keys = list(products)
@@ -343,32 +379,69 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         raise PipelineError(errors[grid_k])
     grid = engine.grid_of(products[grid_k], date_bands[grid_k])
     px_m = engine.metres_per_px(grid)
-    client, cluster = start_client(scheduler, workers)
+    cache = WorkCache(output, {"cfg": config.as_dict(cfg), "bands": list(bands),
+                               "grid": [list(grid.transform)[:6], grid.width, grid.height, str(grid.crs)]})
+    content = {}
+    for k in list(date_bands):
+        try:
+            content[k] = cache.date_content(products[k], date_bands[k])
+        except (OSError, PipelineError) as exc:
+            errors[k] = str(exc)
+            date_bands.pop(k)
+    if grid_k not in content:
+        raise PipelineError(errors[grid_k])
+    loc_keys = {k: cache.key("location", content[k], content[grid_k]) for k in date_bands}
+    own_client = client is None
+    if own_client:
+        client, cluster = start_client(scheduler, workers)
+    else:
+        cluster = None
     try:
         t_extract = time.time()
-        ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg, retries=2,
-                           key=f"overview-{time.time_ns()}")
-        if isinstance(ov.result(), TaskError):
-            raise PipelineError(ov.result().message)
+        locations = {}
+        for k in date_bands:
+            cached = cache.get("locations", loc_keys[k])
+            if cached is not None:
+                locations[k] = dataclasses.replace(cached, path=paths[k])
+        ov = None
+        if any(k not in locations for k in date_bands if k != grid_k):
+            ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg, retries=2,
+                               key=f"overview-{time.time_ns()}")
+            if isinstance(ov.result(), TaskError):
+                raise PipelineError(ov.result().message)
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
-                                    retries=2, key=f"locate-{k}-{time.time_ns()}") for k in date_bands}
-        locations = _gather(located, "locate", progress, errors, paths)
+                                    retries=2, key=f"locate-{k}-{time.time_ns()}")
+                   for k in date_bands if k not in locations}
+        for k, loc in _gather(located, "locate", progress, errors, paths).items():
+            cache.put("locations", loc_keys[k], loc)
+            locations[k] = loc
         if grid_k not in locations:
             raise PipelineError(f"{_label(paths[grid_k])}: the grid's date cannot be read: {errors.get(grid_k)}")
         region = engine.common_region(grid, [loc.extent_px for loc in locations.values()])
         windows = engine.plan_windows(region, cfg)
-        extracted = {k: client.submit(task_extract, loc, grid, windows, cfg, retries=2,
-                                      key=f"extract-{k}-{time.time_ns()}") for k, loc in locations.items()}
-        results = _gather(extracted, "dates", progress, errors, paths)
+        feature_keys = {k: cache.key("date", loc_keys[k], windows) for k in locations}
+        results, extracted = {}, {}
+        for k, loc in locations.items():
+            cached = cache.get("dates", feature_keys[k])
+            if cached is not None:
+                cached.location = loc
+                results[k] = cached
+                extracted[k] = client.scatter(cached)
+        new = {k: client.submit(task_extract, loc, grid, windows, cfg, retries=2, key=f"extract-{k}-{time.time_ns()}")
+               for k, loc in locations.items() if k not in results}
+        for k, value in _gather(new, "dates", progress, errors, paths).items():
+            cache.put("dates", feature_keys[k], value)
+            results[k] = value
+        extracted.update(new)
         dates: list[DateFeatures | None] = [results.get(k) for k in range(len(paths))]
         ok = [k for k in range(len(paths)) if dates[k] is not None and dates[k].features]
         for k in range(len(paths)):
             if dates[k] is not None and not dates[k].features:
                 errors[k] = "no window with enough valid, textured area (cloud, snow or nodata)"
-        if ref_path is not None:
-            ref = paths.index(ref_path)
+        if ref_k is not None:
+            ref = ref_k
             if ref not in ok:
-                raise PipelineError(f"{ref_path}: the reference has no usable window: {errors.get(ref)}")
+                raise PipelineError(f"{_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
             ref_reason = "given"
         elif ok:
             ref, ref_reason = choose_reference([dates[k] if k in ok else None for k in range(len(paths))])
@@ -384,7 +457,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             if k != ref:
                 wanted.add((min(k, ref), max(k, ref)))
         futures = {k: extracted[k] for k in ok}
-        pairs = run_pairs(client, sorted(wanted), futures, cfg, px_m, progress)
+        pairs = run_pairs(client, sorted(wanted), futures, cfg, px_m, progress, cache, feature_keys)
         counts = {k: 0 for k in ok}                 # a date with fewer than 2 verified pairs: more distant dates
         for p in pairs:
             if p.verified:
@@ -398,42 +471,56 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                     if m != k and (min(k, m), max(k, m)) not in wanted:
                         extra.add((min(k, m), max(k, m)))
         if extra:
-            pairs += run_pairs(client, sorted(extra), futures, cfg, px_m, progress)
+            pairs += run_pairs(client, sorted(extra), futures, cfg, px_m, progress, cache, feature_keys)
         timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(extracted),
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
     finally:
-        client.close()
+        if own_client:
+            client.close()
         if cluster is not None:
             cluster.close()
+    cache.prune()
     solution = adjust(len(paths), pairs, ref)
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
                     scheduler)
     result["timing"] = timing
+    result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
                                              correction="translation" if write_corrected else None)
     if output is not None:
-        write_stack_outputs(result, paths, products, grid, Path(output), write_corrected)
+        stack_outputs.write_stack_outputs(result, paths, products, grid, Path(output), write_corrected)
     return result
 
 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
-              progress: bool) -> list[PairMeasure]:
+              progress: bool, cache: WorkCache, feature_keys: dict) -> list[PairMeasure]:
+    """The pairs measured as Dask tasks, those of an earlier run taken from ``cache``."""
     from dask.distributed import as_completed
     from tqdm import tqdm
 
-    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, retries=2,
-                             key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs}
+    keys = {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
     out = []
+    for (i, j), key in keys.items():
+        cached = cache.get("pairs", key)
+        if cached is not None:
+            cached.i, cached.j = i, j
+            out.append(cached)
+    done = {(p.i, p.j) for p in out}
+    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, retries=2,
+                             key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
     for fut in tqdm(as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress):
+        i, j = futures[fut]
         try:
-            out.append(fut.result())
+            measure = fut.result()
         except Exception as exc:
-            i, j = futures[fut]
             out.append(PairMeasure(i, j, False, reason=f"{type(exc).__name__}: {exc}"))
+            continue
+        cache.put("pairs", keys[(i, j)], measure)
+        out.append(measure)
     return sorted(out, key=lambda p: (p.i, p.j))
 
 
@@ -449,10 +536,12 @@ def _to_metres(grid: dp.Grid, d_px) -> np.ndarray:
 
 
 def item_ids(paths: list, products: dict) -> list[str]:
-    """A unique, file-name-safe id a date: its product's name (else its file or folder name)."""
+    """A unique id a date: its STAC Item's id, else its product's name (else its file or folder
+    name). Outside names: files made from them go through ``engine.safe_name``."""
     ids, seen = [], {}
     for k, p in enumerate(paths):
-        base = engine.safe_name(products[k].name if k in products else Path(_label(p)).name)
+        base = (p.id if isinstance(p, dp.ItemRef) and p.id else
+                products[k].name if k in products else remote.name_of(_label(p)))
         seen[base] = seen.get(base, 0) + 1
         ids.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     return ids
@@ -501,101 +590,216 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             "placed": sum(r["status"] != "excluded" for r in rows), "excluded": sum(r["status"] == "excluded" for r in rows)}
 
 
-# ----------------------------------------------------------------------------- outputs
-def write_stack_outputs(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path,
-                        write_corrected: bool) -> None:
-    out = engine.OutputFolder(folder, STACK_OUTPUTS)
-    with out.building() as tmp:
-        engine.write_csv(tmp / "shifts.csv", [{k: v for k, v in r.items() if k not in ("offset_px", "shift_px")}
-                                              for r in result["dates"]])
-        engine.write_csv(tmp / "pairs.csv", result["pairs"])
-        plot_report(result, tmp / "report.png")
-        if write_corrected:
-            write_corrected_stack(result, paths, products, grid, tmp / "corrected", out.folder / "corrected")
-        write_json(tmp / "stack.json", {k: v for k, v in result.items() if k not in ("dates", "pairs")})
+# ----------------------------------------------------------------------------- xarray
+def _grid_of_dataarray(da) -> dp.Grid:
+    """The pixel grid of a ``(…, y, x)`` DataArray: its transform from the pixel-centre coordinates,
+    its CRS from ``.rio.crs`` (rioxarray), ``.odc.geobox`` (odc-stac), the ``spatial_ref`` /
+    ``epsg`` coordinates or a ``crs`` attribute (stackstac)."""
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
 
-
-def plot_report(result: dict, path: Path) -> None:
-    """dx and dy over time with ±2 sigma, the reference marked (a star), excluded dates marked
-    on the time axis, warned dates in orange."""
-    from datetime import datetime
-
-    from matplotlib.figure import Figure
-
-    from utils import atomic_path
-
-    def when(s):
+    for dim in ("y", "x"):
+        if dim not in da.dims:
+            raise PipelineError(f"DataArray with dims {da.dims}: needs 'y' and 'x' (and 'time', 'band')")
+    x, y = np.asarray(da["x"].values, np.float64), np.asarray(da["y"].values, np.float64)
+    if len(x) < 2 or len(y) < 2:
+        raise PipelineError(f"DataArray of {len(y)}×{len(x)} px: too small to co-register")
+    rx, ry = (x[-1] - x[0]) / (len(x) - 1), (y[-1] - y[0]) / (len(y) - 1)
+    if not (np.allclose(np.diff(x), rx, rtol=1e-6, atol=1e-6) and np.allclose(np.diff(y), ry, rtol=1e-6, atol=1e-6)):
+        raise PipelineError("DataArray: x and y are not a regular grid; reproject it onto one (rioxarray's .rio.reproject)")
+    crs = None
+    candidates = [lambda: da.rio.crs, lambda: da.odc.geobox.crs, lambda: da.coords["spatial_ref"].attrs.get("crs_wkt"),
+                  lambda: da.attrs.get("crs"), lambda: f"EPSG:{int(da.coords['epsg'].values.flat[0])}"]
+    for get in candidates:
         try:
-            return datetime.strptime(s[:8], "%Y%m%d")
-        except (ValueError, TypeError):
-            return None
-
-    rows = result["dates"]
-    fig = Figure(figsize=(11, 5.5), dpi=100)
-    axes = [fig.add_subplot(2, 1, k + 1) for k in range(2)]
-    timed = all(when(r["date"]) for r in rows)
-    xs = [when(r["date"]) if timed else k for k, r in enumerate(rows)]
-    for ax, key, label in zip(axes, ("dx_m", "dy_m"), ("dx (m, east)", "dy (m, north)")):
-        for k, r in enumerate(rows):
-            if r["status"] == "excluded":
-                ax.axvline(xs[k], color="red", alpha=0.3, lw=1)
-            elif r["status"] == "reference":
-                ax.plot([xs[k]], [0], marker="*", ms=14, color="gold", mec="black", zorder=5)
-            else:
-                ax.errorbar([xs[k]], [r[key]], yerr=[2 * r["sigma_m"]], fmt="o", ms=4, capsize=2,
-                            color="tab:orange" if r.get("warnings") else "tab:blue")
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.set_ylabel(label)
-    axes[0].set_title(f"shift of each date relative to the reference {result['reference_id']} (★; ±2σ; red lines: "
-                      f"excluded; orange: warned) — {result['placed']} placed, {result['excluded']} excluded",
-                      fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+            value = get()
+        except Exception:
+            continue
+        if value:
+            crs = CRS.from_user_input(str(value)) if not isinstance(value, CRS) else value
+            break
+    if crs is None:
+        raise PipelineError("DataArray: no CRS found (.rio.crs, .odc.geobox, spatial_ref, attrs['crs']); "
+                            "set one with da.rio.write_crs('EPSG:32636')")
+    transform = Affine(rx, 0.0, x[0] - rx / 2, 0.0, ry, y[0] - ry / 2)
+    return dp.Grid(transform, len(x), len(y), crs)
 
 
-def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path,
-                          final: Path) -> None:
-    """Each placed date's files with their georeference moved by its correction (the negative of
-    its displacement, expressed in each file's own CRS: a date on another UTM zone is moved by the
-    same ground vector), no resampling, as COGs with provenance tags; and a STAC ItemCollection of
-    them (``stack.geojson``, hrefs relative to it). A date of several files gets a folder of
-    them under their own names (readable as a date again)."""
+def _nodata_of_dataarray(da):
+    for get in (lambda: da.rio.nodata, lambda: da.attrs.get("nodata"), lambda: da.attrs.get("_FillValue"),
+                lambda: da.encoding.get("_FillValue")):
+        try:
+            value = get()
+        except Exception:
+            continue
+        if value is not None:
+            return value
+    return None
+
+
+def _time_labels(da) -> list[str]:
+    import pandas as pd
+
+    return [pd.Timestamp(t).strftime("%Y%m%dT%H%M%S") for t in da["time"].values]
+
+
+def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | None = None,
+                         cfg: CoregisterConfig | None = None, client=None, scheduler: str | None = None,
+                         workers: int | None = None, neighbours: int = 2, progress: bool = False):
+    """Co-register every date of a ``(time, band, y, x)`` (or ``(time, y, x)``) DataArray, as
+    ``odc-stac`` (``.to_array("band")``), ``stackstac`` or ``rioxarray`` produce it, Dask-backed or
+    not, on the same engine as ``--stack``. Returns an ``xarray.Dataset`` on ``time``:
+    ``dx_m`` / ``dy_m`` (east / north), ``dx_px`` / ``dy_px`` (on the array's grid), ``sigma_m``,
+    ``status`` (``reference`` / ``ok`` / ``excluded``) and ``reason``; ``align(da, result)``
+    moves the dates onto the reference.
+
+    ``reference``: ``"auto"``, a time (anything ``da.sel(time=...)`` takes) or an index. ``bands``:
+    names as the ``band`` coordinate has them (``red`` or ``B04``). Each date is written once,
+    computed date by date (one date in memory), as a tiled GeoTIFF in a temporary folder (kept in
+    ``output/cache/arrays`` when ``output`` is given, so that a grown array reuses the work of
+    its earlier run) and read window by window from there."""
+    import tempfile
+
     import rasterio
+    import xarray as xr
 
-    folder.mkdir(parents=True, exist_ok=True)
-    prov = result["provenance"]
-    x_by_k = {}
-    for k, row in enumerate(result["dates"]):
-        if row["status"] != "excluded" and k in products:
-            x_by_k[k] = row
-    items = []
-    for k, row in x_by_k.items():
-        product = products[k]
-        files = sorted({p for res in product.band_files.values() for p in res.values()})
-        d_px = np.array(row["shift_px"])
-        assets, first = {}, None
-        for f in files:
-            with rasterio.open(f) as src:
-                move = engine.correction_in_crs(grid, d_px, src.crs)
-            # one file: <name>_coregistered.tif; several: a folder a date, the files' own names (a
-            # date folder of band files again, B04.tif ...)
-            out = (folder / f"{engine.safe_name(Path(f).stem)}_coregistered.tif" if len(files) == 1 else
-                   folder / row["id"] / f"{engine.safe_name(Path(f).stem)}.tif")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tags = engine.provenance_tags(prov, coregistration_shift_m={"dx": row["dx_m"], "dy": row["dy_m"],
-                                                                       "sigma_m": row["sigma_m"]},
-                                          coregistration_reference=result["reference"])
-            engine.write_moved(f, out, move, tags)
-            first = first or out
-            assets[engine.safe_name(Path(f).stem)] = {"href": str(out.relative_to(folder)), "roles": ["data"],
-                                                     "type": "image/tiff; application=geotiff; profile=cloud-optimized"}
-        item = engine.stac_item(row["id"], row["date"], first, row["path"],
-                                {"coregistration:dx_m": row["dx_m"], "coregistration:dy_m": row["dy_m"],
-                                 "coregistration:sigma_m": row["sigma_m"], "coregistration:status": row["status"],
-                                 "coregistration:reference": result["reference_id"],
-                                 "processing:software": {prov["name"]: prov["version"]}})
-        item["assets"] = assets
-        items.append(item)
-    write_json(folder / "stack.geojson", {"type": "FeatureCollection", "features": items,
-                                          "links": [{"rel": "self", "href": (final / "stack.geojson").as_uri()}]})
+    if "time" not in da.dims:
+        raise PipelineError(f"DataArray with dims {da.dims}: needs a 'time' dimension (one date a step)")
+    grid = _grid_of_dataarray(da)
+    if "band" not in da.dims:
+        da = da.expand_dims(band=["grey"])
+    names = [dp.canonical_band_name(b) for b in da["band"].values]
+    wanted = engine.normalise_bands(bands) or tuple((cfg or CoregisterConfig()).bands)
+    chosen = [k for k, n in enumerate(names) if n in wanted]
+    chosen = sorted(chosen, key=lambda k: wanted.index(names[k])) or list(range(min(3, len(names))))
+    if bands and not [n for n in names if n in wanted]:
+        raise PipelineError(f"DataArray bands {list(map(str, da['band'].values))}: none of {', '.join(wanted)}; "
+                            "choose with bands=")
+    nodata = _nodata_of_dataarray(da)
+    stamps = _time_labels(da)
+    ref_k = None
+    if str(reference) != "auto":
+        if isinstance(reference, (int, np.integer)):
+            ref_k = int(reference)
+        else:
+            times = da["time"].values
+            ref_k = int(np.argmin(np.abs(times - np.datetime64(da.sel(time=reference, method="nearest")["time"].values))))
+    keep = None if output is None else Path(output).resolve() / "cache" / "arrays"
+    tmp = Path(tempfile.mkdtemp(prefix="coregister_da_")) if keep is None else keep
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        files = []
+        for k in range(da.sizes["time"]):
+            data = np.asarray(da.isel(time=k, band=chosen).transpose("band", "y", "x").values)
+            path = tmp / f"date_{stamps[k]}_{k:04d}.tif"
+            files.append(path)
+            profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(chosen), dtype=data.dtype.name,
+                           crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
+                           compress="deflate", nodata=nodata)
+            from utils import atomic_path
+
+            with atomic_path(path) as part:
+                with rasterio.open(part, "w", **profile) as dst:
+                    dst.write(data)
+                    dst.descriptions = tuple(names[c] if names[c] != "grey" else "" for c in chosen)
+        result = coregister_stack(files, output, str(files[ref_k]) if ref_k is not None else "auto", bands,
+                                  cfg, scheduler, workers, neighbours, progress=progress, client=client)
+    finally:
+        if keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    rows = result["dates"]
+    if len(rows) != da.sizes["time"]:
+        raise PipelineError("internal: one row a date expected")
+    shift_px = np.array([r["shift_px"] if r["status"] != "excluded" else [np.nan, np.nan] for r in rows], np.float64)
+    out = xr.Dataset({"dx_m": ("time", [r["dx_m"] for r in rows]), "dy_m": ("time", [r["dy_m"] for r in rows]),
+                      "dx_px": ("time", shift_px[:, 0]), "dy_px": ("time", shift_px[:, 1]),
+                      "sigma_m": ("time", [r["sigma_m"] for r in rows]),
+                      "status": ("time", [r["status"] for r in rows]),
+                      "reason": ("time", [r["reason"] or "" for r in rows])},
+                     coords={"time": da["time"].values},
+                     attrs={"reference_time": str(da["time"].values[[r["status"] for r in rows].index("reference")]),
+                            "crs": grid.crs.to_string(), "bands": ",".join(names[c] for c in chosen),
+                            "reused": json.dumps(result.get("reused", {})),
+                            "software": f"{result['provenance']['name']} {result['provenance']['version']}"})
+    return out
+
+
+def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int) -> np.ndarray:
+    """One chunk (…, y, x) with its content moved by −d (px), band-limited, its no-data kept:
+    a pixel whose source is no data (or outside) is no data."""
+    from imaging import fourier_shift
+
+    dx, dy = d
+    shape = block.shape
+    flat = block.reshape(-1, *shape[-2:])
+    floating = np.issubdtype(block.dtype, np.floating)
+    out = np.empty(flat.shape, np.float64)
+    fill = np.nan if floating and (nodata is None or np.isnan(nodata)) else nodata
+    for k, img in enumerate(flat):
+        invalid = ~np.isfinite(img) if floating else np.zeros(img.shape, bool)
+        if nodata is not None and not (floating and np.isnan(nodata)):
+            invalid |= img == nodata
+        filled = np.where(invalid, np.nanmean(np.where(invalid, np.nan, img)) if (~invalid).any() else 0, img)
+        out[k] = fourier_shift(filled, -dx, -dy, pad=max(32, margin))
+        # a pixel is no data where its nearest source pixel is (or lies outside the block)
+        src = np.pad(invalid, 1, constant_values=False)
+        h, w = img.shape
+        ys = np.clip(np.arange(h) + int(np.round(dy)) + 1, 0, h + 1)
+        xs = np.clip(np.arange(w) + int(np.round(dx)) + 1, 0, w + 1)
+        bad = src[np.ix_(ys, xs)]
+        if fill is not None:
+            out[k][bad] = fill
+    out = out.reshape(shape)
+    if not floating:
+        info = np.iinfo(block.dtype)
+        out = np.clip(np.round(np.nan_to_num(out, nan=fill if fill is not None else 0)), info.min, info.max)
+    return out.astype(block.dtype)
+
+
+def align(da, shifts, excluded: str = "nodata"):
+    """``da`` (the DataArray given to ``coregister_dataarray``) with every date's content moved onto
+    the reference by its ``shifts`` (that function's Dataset): a band-limited (Fourier) sub-pixel
+    shift on the same grid — same dims, coords and dtype; lazy, chunk by chunk (with an overlap of
+    the shift and a margin) when ``da`` is Dask-backed; no data kept (a pixel whose source is no
+    data is no data). ``excluded`` dates: ``"nodata"`` (all no data), ``"keep"`` (as they were)
+    or ``"drop"`` (removed from ``time``)."""
+    import xarray as xr
+
+    if excluded not in ("nodata", "keep", "drop"):
+        raise PipelineError(f"align: excluded={excluded!r}; one of nodata, keep, drop")
+    nodata = _nodata_of_dataarray(da)
+    status = {np.datetime64(t): str(s) for t, s in zip(shifts["time"].values, shifts["status"].values)}
+    d_by_time = {np.datetime64(t): (float(x), float(y)) for t, x, y in
+                 zip(shifts["time"].values, shifts["dx_px"].values, shifts["dy_px"].values)}
+    if excluded == "drop":
+        da = da.sel(time=[t for t in da["time"].values if status.get(np.datetime64(t)) != "excluded"])
+    floating = np.issubdtype(da.dtype, np.floating)
+    fill = np.nan if floating and nodata is None else (nodata if nodata is not None else 0)
+    slices = []
+    for t in da["time"].values:
+        piece = da.sel(time=t)
+        s = status.get(np.datetime64(t))
+        if s is None:
+            raise PipelineError(f"align: time {t} has no shift in the shifts given (run coregister_dataarray on "
+                                "this array)")
+        if s == "excluded":
+            slices.append(piece if excluded == "keep" else xr.full_like(piece, fill))
+            continue
+        d = d_by_time[np.datetime64(t)]
+        if s == "reference" or (abs(d[0]) < 1e-9 and abs(d[1]) < 1e-9):
+            slices.append(piece)
+            continue
+        margin = int(np.ceil(max(abs(d[0]), abs(d[1])))) + 16
+        dims = piece.dims
+        piece = piece.transpose(*[x for x in dims if x not in ("y", "x")], "y", "x")
+        if hasattr(piece.data, "map_overlap"):                       # Dask: chunk by chunk
+            depth = {piece.ndim - 2: margin, piece.ndim - 1: margin}
+            depth.update({k: 0 for k in range(piece.ndim - 2)})
+            data = piece.data.map_overlap(_shift_block, d=d, nodata=nodata, margin=margin, depth=depth,
+                                          boundary="reflect", dtype=piece.dtype)
+        else:
+            data = _shift_block(np.asarray(piece.data), d, nodata, margin)
+        slices.append(piece.copy(data=data).transpose(*dims))
+    out = xr.concat(slices, dim="time")
+    out.attrs = dict(da.attrs)
+    return out.transpose(*da.dims)

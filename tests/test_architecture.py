@@ -107,12 +107,12 @@ def test_every_benchmark_and_script_starts():
 
 LAYERS = {  # docs/architecture.md's module map: a module imports from its own layer or those below
     "config": 0,
-    "utils": 1, "imaging": 1, "geometry": 1, "geo": 1, "results": 1, "cli": 1,
+    "utils": 1, "imaging": 1, "geometry": 1, "geo": 1, "results": 1, "cli": 1, "remote": 1,
     "data_preprocess": 2, "checkpoints": 2, "dataset": 2, "samples": 2,
     "SuperPoint": 3, "SuperGlue_architecture": 3,
     "matching": 4,
     "evaluate": 5, "visualization": 5, "coreg_engine": 5,
-    "inference": 6, "stages": 6, "coregister": 6, "stack": 6, "training": 6, "train_superpoint": 6,
+    "inference": 6, "stages": 6, "coregister": 6, "stack": 6, "stack_outputs": 6, "stack_cache": 6, "training": 6, "train_superpoint": 6,
     "train_superglue": 6,
 }
 

@@ -1,0 +1,191 @@
+"""Data where it lives: URLs of rasters and STAC documents, read through GDAL's virtual file systems.
+
+Every reader of the project opens rasters by a *location*: a local path, or a URL —
+``https://…`` / ``http://…`` (GDAL's ``/vsicurl/``), ``s3://bucket/key`` (``/vsis3/``),
+``gs://`` (``/vsigs/``), ``az://`` (``/vsiaz/``) or a ``/vsi…/`` path as GDAL writes it. Only the
+windows and overview levels a read needs are fetched (HTTP range requests on a Cloud-Optimized
+GeoTIFF): nothing is downloaded whole.
+
+The GDAL settings a COG reader should use are set here, in one place (``GDAL_SETTINGS``; a value
+already in the environment wins, so a user can override any of them). Credentials and endpoints
+are GDAL's own environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_S3_ENDPOINT``, ``AWS_NO_SIGN_REQUEST``, ``GDAL_HTTP_HEADERS`` …), never code or files of
+ours. A failed request is retried by GDAL (``GDAL_HTTP_MAX_RETRY``) and an open by us
+(``open_with_retries``); then the input fails with one line naming the URL.
+
+Trust: hrefs in a remote STAC document are resolved against its URL and must stay remote — a
+remote catalog never makes us read a local file (``resolve_href``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from utils import PipelineError
+
+# GDAL configuration for reading COGs over the network (environment values win)
+GDAL_SETTINGS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # never list a remote "directory" on open
+    "CPL_VSIL_CURL_USE_HEAD": "NO",                # one ranged GET instead of HEAD + GET
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",                    # 429 / 5xx answers retried ...
+    "GDAL_HTTP_RETRY_DELAY": "1",                  # ... after 1 s, then longer
+    "GDAL_HTTP_TIMEOUT": "60",
+    "VSI_CACHE": "TRUE",                           # a block read twice is fetched once
+    "VSI_CACHE_SIZE": str(64 * 2 ** 20),
+}
+OPEN_RETRIES = 3          # attempts to open a remote raster before its date fails
+RETRY_DELAY_S = 0.5       # doubled after each failed attempt
+
+_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
+
+
+def configure_gdal() -> None:
+    """Put ``GDAL_SETTINGS`` into this process's environment where the user has not set them
+    (GDAL reads its configuration from there; Dask workers import the readers, so they get them)."""
+    for key, value in GDAL_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
+def is_remote(location) -> bool:
+    """Whether ``location`` is a URL (or a GDAL network path) rather than a local file."""
+    text = str(location)
+    scheme = urllib.parse.urlsplit(text).scheme.lower()
+    return scheme in _SCHEMES or text.startswith(("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/"))
+
+
+def gdal_path(location) -> str:
+    """The path GDAL opens for ``location``: a local path as it is, a URL through its virtual file
+    system (``https://h/a.tif`` → ``/vsicurl/https://h/a.tif``, ``s3://b/k`` → ``/vsis3/b/k``)."""
+    text = str(location)
+    scheme = urllib.parse.urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return "/vsicurl/" + text
+    if scheme in _SCHEMES:
+        return _SCHEMES[scheme] + text.split("://", 1)[1]
+    return text
+
+
+def name_of(location) -> str:
+    """The file name of a path or URL (no query string): ``https://h/T36_B04.tif?x=1`` → ``T36_B04.tif``."""
+    text = str(location)
+    if is_remote(text):
+        return Path(urllib.parse.urlsplit(text.split("/vsicurl/")[-1]).path).name
+    return Path(text).name
+
+
+def stem_of(location) -> str:
+    return Path(name_of(location)).stem
+
+
+def suffix_of(location) -> str:
+    return Path(name_of(location)).suffix.lower()
+
+
+def parent_of(location) -> str:
+    """The folder of a path or URL, as a string."""
+    text = str(location)
+    if is_remote(text):
+        parts = urllib.parse.urlsplit(text)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rsplit("/", 1)[0], "", ""))
+    return str(Path(text).parent)
+
+
+def resolve_href(href: str, base, what: str) -> str:
+    """An asset's or item's ``href`` as a location to read: relative hrefs against ``base`` (the
+    document's URL or path). A document read from the network may only point at the network:
+    a local path or ``file://`` href in it is refused (``what`` names the document)."""
+    href = str(href).strip()
+    if not href:
+        raise PipelineError(f"{what}: an asset has no href")
+    base_remote = is_remote(base)
+    if urllib.parse.urlsplit(href).scheme.lower() == "file":
+        href = urllib.parse.unquote(urllib.parse.urlsplit(href).path)
+        local = True
+    else:
+        local = not is_remote(href)
+    if not local:
+        return href
+    if base_remote:
+        if href.startswith("/") or urllib.parse.urlsplit(href).scheme:
+            raise PipelineError(f"{what}: names the local file {href}; a remote catalog may only point at "
+                                "remote assets (download the catalog to use local files)")
+        return urllib.parse.urljoin(str(base), href)
+    return str((Path(base).parent / href).resolve())
+
+
+def read_json(location, what: str = "STAC document") -> dict:
+    """A JSON document from a local path or an http(s) URL (bounded retries on network errors)."""
+    text = str(location)
+    if not is_remote(text):
+        try:
+            return json.loads(Path(text).read_text())
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{text}: not a readable JSON file ({exc}); give a {what}") from exc
+    if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
+        raise PipelineError(f"{text}: a {what} is read over http(s) only; give its https:// URL")
+    delay, last = RETRY_DELAY_S, None
+    for attempt in range(OPEN_RETRIES):
+        try:
+            with urllib.request.urlopen(text, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 60))) as answer:
+                return json.loads(answer.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code != 429:
+                break
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        except ValueError as exc:
+            raise PipelineError(f"{text}: not JSON ({exc}); give the URL of a {what}") from exc
+        if attempt + 1 < OPEN_RETRIES:
+            time.sleep(delay)
+            delay *= 2
+    raise PipelineError(f"{text}: cannot be fetched ({last}); check the URL and the network")
+
+
+def open_with_retries(open_fn, location):
+    """``open_fn()`` (a raster open); a remote location's failures are retried ``OPEN_RETRIES``
+    times with a growing delay (a network hiccup should not drop a date), a local one's are not."""
+    attempts = OPEN_RETRIES if is_remote(location) else 1
+    delay = RETRY_DELAY_S
+    for attempt in range(attempts):
+        try:
+            return open_fn()
+        except Exception:
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(delay)
+            delay *= 2
+
+
+def content_key(location) -> str:
+    """A short key that changes when the file at ``location`` changes (for reusing earlier work):
+    a local file's size, modification time and its first and last 64 KiB; a URL's ``ETag`` /
+    ``Last-Modified`` / length as its server states them (the URL alone where it states none)."""
+    text = str(location)
+    h = hashlib.sha1(text.encode() if is_remote(text) else b"")
+    if not is_remote(text):
+        p = Path(text)
+        st = p.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(65536))
+            if st.st_size > 65536:
+                f.seek(max(65536, st.st_size - 65536))
+                h.update(f.read(65536))
+        return h.hexdigest()[:16]
+    if urllib.parse.urlsplit(text).scheme.lower() in ("http", "https"):
+        try:
+            request = urllib.request.Request(text, method="HEAD")
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                for header in ("ETag", "Last-Modified", "Content-Length"):
+                    h.update(str(answer.headers.get(header, "")).encode())
+        except (urllib.error.URLError, OSError):
+            pass
+    return h.hexdigest()[:16]

@@ -1,0 +1,104 @@
+"""What a stack run keeps for the next one: a stack that grows reuses its earlier work.
+
+Running ``coregister.py --stack`` again into the same output folder with more dates reuses each
+date's coarse location and window features and each pair's measurement that an earlier run
+computed, and measures only what is new; the whole pair graph is then adjusted again. Every entry
+is keyed by what it was made from — the content of the date's files (``remote.content_key``:
+size, modification time and the first and last 64 KiB of a local file, the ETag / Last-Modified /
+length of a URL), the reference grid's date, the windows and the settings (``CoregisterConfig``,
+bands, the software version and the checkpoints) — so a changed file or setting is recomputed,
+never reused.
+
+Entries are pickles in ``OUTPUT/cache/{locations,dates,pairs}/<key>.pkl``, each written
+atomically; after a run only the entries it used are kept. The cache is this project's own
+output: point ``--output`` only at folders you trust (unpickling runs code).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import coreg_engine as engine
+import data_preprocess as dp
+import remote
+from utils import atomic_path
+
+KINDS = ("locations", "dates", "pairs")
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def checkpoint_keys() -> dict:
+    """The content keys of the shipped checkpoints the workers load (a retrained model: new features)."""
+    import config
+
+    folder = Path(config.CHECKPOINT_DIR)
+    return {p.name: remote.content_key(p) for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
+
+
+class WorkCache:
+    """The reusable work of a stack in ``output/cache`` (no cache when ``output`` is None)."""
+
+    def __init__(self, output: str | Path | None, settings: dict):
+        self.folder = Path(output).resolve() / "cache" if output is not None else None
+        self.salt = _digest(settings, engine.software_version(), checkpoint_keys())
+        self.used: set[Path] = set()
+        self.reused = {"locations": 0, "dates": 0, "pairs": 0}
+        self.computed = {"locations": 0, "dates": 0, "pairs": 0}
+
+    def key(self, *parts) -> str:
+        return _digest(self.salt, *parts)
+
+    @staticmethod
+    def date_content(product: dp.Product, bands: list[str]) -> str:
+        """A key of a date's data: the content keys of the files of its ``bands`` and masks."""
+        files = sorted({product.band_path(b) for b in bands} | set(product.masks.values()))
+        return _digest(bands, [remote.content_key(f) for f in files], product.nodata, product.quantification,
+                       sorted(product.offsets.items()))
+
+    def _path(self, kind: str, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / kind / f"{key}.pkl"
+
+    def get(self, kind: str, key: str):
+        """The entry of ``kind`` under ``key``, or None (absent or unreadable: then recomputed)."""
+        path = self._path(kind, key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with open(path, "rb") as f:
+                value = pickle.load(f)
+        except Exception:
+            return None
+        self.used.add(path)
+        self.reused[kind] += 1
+        return value
+
+    def put(self, kind: str, key: str, value) -> None:
+        self.computed[kind] += 1
+        path = self._path(kind, key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.used.add(path)
+
+    def prune(self) -> None:
+        """Remove the entries this run did not use (dates no longer in the stack, old settings)."""
+        if self.folder is None:
+            return
+        for kind in KINDS:
+            for path in (self.folder / kind).glob("*.pkl") if (self.folder / kind).is_dir() else []:
+                if path not in self.used:
+                    path.unlink(missing_ok=True)
+
+    def counts(self) -> dict:
+        return {"reused": {"dates": self.reused["dates"], "pairs": self.reused["pairs"],
+                           "locations": self.reused["locations"]},
+                "computed": {"dates": self.computed["dates"], "pairs": self.computed["pairs"],
+                             "locations": self.computed["locations"]}}

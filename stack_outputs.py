@@ -1,0 +1,181 @@
+"""What a stack run writes (``coregister.py --stack``; ``stack.py`` computes it): ``shifts.csv``,
+``pairs.csv``, ``stack.json``, ``report.png``, ``items.geojson`` (every placed date as a STAC Item
+whose ``proj:transform`` carries its correction, no pixel written) and, with
+``--write-corrected``, ``corrected/`` (COGs with their georeference moved, and
+``corrected/stack.geojson`` of them). All built in a hidden folder and moved in whole
+(``engine.OutputFolder``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import coreg_engine as engine
+import data_preprocess as dp
+import remote
+from utils import write_json
+
+STACK_OUTPUTS = engine.RESULT_NAMES        # a rerun replaces any earlier result of ours, pair or stack
+
+
+def write_stack_outputs(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path,
+                        write_corrected: bool) -> None:
+    out = engine.OutputFolder(folder, STACK_OUTPUTS)
+    with out.building() as tmp:
+        engine.write_csv(tmp / "shifts.csv", [{k: v for k, v in r.items() if k not in ("offset_px", "shift_px")}
+                                              for r in result["dates"]])
+        engine.write_csv(tmp / "pairs.csv", result["pairs"])
+        plot_report(result, tmp / "report.png")
+        write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid))
+        if write_corrected:
+            write_corrected_stack(result, paths, products, grid, tmp / "corrected", out.folder / "corrected")
+        write_json(tmp / "stack.json", {k: v for k, v in result.items() if k not in ("dates", "pairs")})
+
+
+def plot_report(result: dict, path: Path) -> None:
+    """dx and dy over time with ±2 sigma, the reference marked (a star), excluded dates marked
+    on the time axis, warned dates in orange."""
+    from datetime import datetime
+
+    from matplotlib.figure import Figure
+
+    from utils import atomic_path
+
+    def when(s):
+        try:
+            return datetime.strptime(s[:8], "%Y%m%d")
+        except (ValueError, TypeError):
+            return None
+
+    rows = result["dates"]
+    fig = Figure(figsize=(11, 5.5), dpi=100)
+    axes = [fig.add_subplot(2, 1, k + 1) for k in range(2)]
+    timed = all(when(r["date"]) for r in rows)
+    xs = [when(r["date"]) if timed else k for k, r in enumerate(rows)]
+    for ax, key, label in zip(axes, ("dx_m", "dy_m"), ("dx (m, east)", "dy (m, north)")):
+        for k, r in enumerate(rows):
+            if r["status"] == "excluded":
+                ax.axvline(xs[k], color="red", alpha=0.3, lw=1)
+            elif r["status"] == "reference":
+                ax.plot([xs[k]], [0], marker="*", ms=14, color="gold", mec="black", zorder=5)
+            else:
+                ax.errorbar([xs[k]], [r[key]], yerr=[2 * r["sigma_m"]], fmt="o", ms=4, capsize=2,
+                            color="tab:orange" if r.get("warnings") else "tab:blue")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_ylabel(label)
+    axes[0].set_title(f"shift of each date relative to the reference {result['reference_id']} (★; ±2σ; red lines: "
+                      f"excluded; orange: warned) — {result['placed']} placed, {result['excluded']} excluded",
+                      fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid) -> dict:
+    """Every placed date as a STAC Item whose georeference carries its correction: each raster
+    asset (local path or URL, as read) with ``proj:transform`` moved by the correction in its own
+    CRS, ``proj:shape`` and ``proj:epsg``; the Item's geometry and bbox moved likewise. No pixel is
+    written: a reader that honours ``proj:transform`` (odc-stac, stackstac) loads the date aligned.
+    A date that came as a STAC Item keeps its id, properties and other assets."""
+    import copy
+
+    from rasterio.transform import Affine
+
+    prov = result["provenance"]
+    items = []
+    for k, row in enumerate(result["dates"]):
+        if row["status"] == "excluded" or k not in products:
+            continue
+        product, date = products[k], paths[k]
+        d_px = np.array(row["shift_px"])
+        source = copy.deepcopy(date.item) if isinstance(date, dp.ItemRef) else None
+        assets, first_path, first_transform = {}, None, None
+        by_href = {}
+        for band, files in product.band_files.items():
+            for href in files.values():
+                by_href.setdefault(href, []).append(band)
+        for href in sorted({h for h in list(by_href) + list(product.masks.values())}):
+            with dp.open_raster(href) as src:
+                move = engine.correction_in_crs(grid, d_px, src.crs)
+                moved = Affine.translation(*move) * src.transform
+                epsg = src.crs.to_epsg() if src.crs else None
+                shape = [src.height, src.width]
+            key = next((kk for kk, a in (source or {}).get("assets", {}).items()
+                        if isinstance(date, dp.ItemRef) and remote.resolve_href(a.get("href", ""), date.base,
+                                                                               str(date)) == href), None)
+            key = key or (by_href[href][0] if href in by_href and not by_href[href][0].isdigit()
+                          else engine.safe_name(remote.stem_of(href)))
+            asset = dict((source or {}).get("assets", {}).get(key, {}))
+            asset.update({"href": href, "proj:transform": [float(v) for v in tuple(moved)[:6]], "proj:shape": shape,
+                          **({"proj:epsg": epsg} if epsg else {})})
+            asset.setdefault("roles", ["data"])
+            assets[key] = asset
+            if first_path is None and href in by_href:
+                first_path, first_transform = href, moved
+        geometry, bbox, proj = engine.footprint_lonlat(first_path, first_transform)
+        props = {"coregistration:dx_m": row["dx_m"], "coregistration:dy_m": row["dy_m"],
+                 "coregistration:sigma_m": row["sigma_m"], "coregistration:status": row["status"],
+                 "coregistration:reference": result["reference_id"],
+                 "processing:software": {prov["name"]: prov["version"]}}
+        if source is not None:
+            item = source
+            item["assets"] = {**{kk: v for kk, v in item.get("assets", {}).items() if kk not in assets
+                                 and remote.is_remote(v.get("href", ""))}, **assets}
+            item["geometry"], item["bbox"] = geometry, bbox
+            item.setdefault("properties", {}).update({**proj, **props})
+            item["links"] = [lk for lk in item.get("links", []) if lk.get("rel") not in ("self", "root", "parent")]
+            item["links"].append({"rel": "derived_from", "href": str(date)})
+            exts = set(item.get("stac_extensions", [])) | {
+                "https://stac-extensions.github.io/projection/v1.1.0/schema.json"}
+            item["stac_extensions"] = sorted(exts)
+        else:
+            item = engine.stac_item(row["id"], row["date"], Path(first_path) if not remote.is_remote(first_path)
+                                    else first_path, row["path"], props, transform=first_transform)
+            item["assets"] = assets
+        items.append(item)
+    return {"type": "FeatureCollection", "features": items}
+
+
+def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path,
+                          final: Path) -> None:
+    """Each placed date's files with their georeference moved by its correction (the negative of
+    its displacement, expressed in each file's own CRS: a date on another UTM zone is moved by the
+    same ground vector), no resampling, as COGs with provenance tags; and a STAC ItemCollection of
+    them (``stack.geojson``, hrefs relative to it). A date of several files gets a folder of
+    them under their own names (readable as a date again)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prov = result["provenance"]
+    x_by_k = {}
+    for k, row in enumerate(result["dates"]):
+        if row["status"] != "excluded" and k in products:
+            x_by_k[k] = row
+    items = []
+    for k, row in x_by_k.items():
+        product = products[k]
+        files = sorted({p for res in product.band_files.values() for p in res.values()})
+        d_px = np.array(row["shift_px"])
+        assets, first = {}, None
+        for f in files:
+            with dp.open_raster(f) as src:
+                move = engine.correction_in_crs(grid, d_px, src.crs)
+            # one file: <name>_coregistered.tif; several: a folder a date, the files' own names (a
+            # date folder of band files again, B04.tif ...)
+            out = (folder / f"{engine.safe_name(remote.stem_of(f))}_coregistered.tif" if len(files) == 1 else
+                   folder / engine.safe_name(row["id"]) / f"{engine.safe_name(remote.stem_of(f))}.tif")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tags = engine.provenance_tags(prov, coregistration_shift_m={"dx": row["dx_m"], "dy": row["dy_m"],
+                                                                       "sigma_m": row["sigma_m"]},
+                                          coregistration_reference=result["reference"])
+            engine.write_moved(f, out, move, tags)
+            first = first or out
+            assets[engine.safe_name(remote.stem_of(f))] = {"href": str(out.relative_to(folder)), "roles": ["data"],
+                                                     "type": "image/tiff; application=geotiff; profile=cloud-optimized"}
+        item = engine.stac_item(row["id"], row["date"], first, row["path"],
+                                {"coregistration:dx_m": row["dx_m"], "coregistration:dy_m": row["dy_m"],
+                                 "coregistration:sigma_m": row["sigma_m"], "coregistration:status": row["status"],
+                                 "coregistration:reference": result["reference_id"],
+                                 "processing:software": {prov["name"]: prov["version"]}})
+        item["assets"] = assets
+        items.append(item)
+    write_json(folder / "stack.geojson", {"type": "FeatureCollection", "features": items,
+                                          "links": [{"rel": "self", "href": (final / "stack.geojson").as_uri()}]})
