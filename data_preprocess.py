@@ -356,25 +356,31 @@ _MASK_ASSETS = {"scl": "scl", "scl_20m": "scl", "cloud": "cloud_prob", "cld": "c
                 "cld_20m": "cloud_prob", "cloud_probability": "cloud_prob", "msk_cldprb": "cloud_prob"}
 
 
-def _asset_band(key: str, asset: dict) -> str | None:
-    """The Sentinel-2 band of an asset: from its single ``eo:bands`` / ``bands`` entry's name or
-    common name, else its key (``B04``, ``B04_10m``, ``red``); None for anything else (a
-    multi-band ``visual`` asset, a thumbnail, metadata)."""
-    bands = asset.get("eo:bands") or asset.get("bands") or []
-    if len(bands) > 1:
-        return None
-    names = [str(b.get(k, "")) for b in bands for k in ("name", "common_name", "eo:common_name")] + [key]
-    for n in names:
-        m = _ASSET_BAND_RE.match(n.strip().upper())
-        if m and m.group(1) in config.S2_BAND_RESOLUTION:
-            return m.group(1)
-    return next((STAC_COMMON_NAMES[n.strip().lower()] for n in names if n.strip().lower() in STAC_COMMON_NAMES), None)
+def _asset_bands(key: str, asset: dict) -> list[str | None]:
+    """The Sentinel-2 bands of an asset, one a raster band: from its ``eo:bands`` / ``bands``
+    entries' names or common names, else (a single-band asset) its key (``B04``, ``B04_10m``,
+    ``red``); None where a band is not one (``[]`` for thumbnails and metadata)."""
+    entries = asset.get("eo:bands") or asset.get("bands") or [{}]
+
+    def band(names):
+        for n in names:
+            m = _ASSET_BAND_RE.match(n.strip().upper())
+            if m and m.group(1) in config.S2_BAND_RESOLUTION:
+                return m.group(1)
+        return next((STAC_COMMON_NAMES[n.strip().lower()] for n in names if n.strip().lower() in STAC_COMMON_NAMES),
+                    None)
+
+    names = [[str(b.get(k, "")) for k in ("name", "common_name", "eo:common_name")] for b in entries]
+    if len(entries) == 1:
+        names[0].append(key)
+    return [band(n) for n in names]
 
 
 def item_product(ref: ItemRef) -> Product:
     """A STAC Item as a ``Product`` whose bands are its assets' files (local or remote COGs, JP2),
-    each chosen by its ``eo:bands`` name or common name (``B04`` or ``red``; a COG preferred over a
-    JP2 of the same band); an ``scl`` asset is the scene classification, a cloud-probability
+    each chosen by its ``eo:bands`` name or common name (``B04`` or ``red``; a single-band COG
+    preferred over a JP2 of the same band, either over a band of a multi-band asset such as
+    ``visual``); an ``scl`` asset is the scene classification, a cloud-probability
     asset (``cloud``, ``CLD_20m``) the cloud mask. ``raster:bands`` scale and offset, where given,
     turn DN into reflectance (an 8-bit ``data_type`` without them is scaled as an 8-bit file is). Hrefs resolve against the Item's document; a remote Item may only
     name remote assets (``remote.resolve_href``)."""
@@ -387,30 +393,40 @@ def item_product(ref: ItemRef) -> Product:
     offsets: dict[str, float] = {}
     scales: dict[str, float] = {}
     eight_bit = False
+    band_index: dict[str, int] = {}
+    rank: dict[str, int] = {}          # a single-band COG before a single-band JP2 before a multi-band asset
     for key, asset in item["assets"].items():
         if not isinstance(asset, dict) or not asset.get("href"):
             continue
         media = str(asset.get("type", "")).lower()
         if media and not any(t in media for t in ("tiff", "jp2", "jpeg2000")):
             continue                                       # thumbnails, metadata, previews
-        band = _asset_band(str(key), asset)
         mask = _MASK_ASSETS.get(str(key).lower())
-        if band is None and mask is None:
+        bands = [] if mask else _asset_bands(str(key), asset)
+        if mask is None and not any(bands):
             continue
         href = remote.resolve_href(asset["href"], ref.base, what)
         if mask:
             masks.setdefault(mask, href)
             continue
-        res = config.S2_BAND_RESOLUTION[band]
-        old = band_files.get(band, {}).get(res)
-        if old is not None and not (remote.suffix_of(old) == ".jp2" and remote.suffix_of(href) != ".jp2"):
-            continue                                       # the first asset of a band, a COG before a JP2
-        band_files.setdefault(band, {})[res] = href
-        rb = (asset.get("raster:bands") or [{}])[0]
-        eight_bit |= rb.get("data_type") == "uint8"
-        if rb.get("scale"):
-            scales[band] = float(rb["scale"])
-            offsets[band] = float(rb.get("offset", 0.0)) / float(rb["scale"])
+        info = asset.get("raster:bands") or [{}] * len(bands)
+        for k, band in enumerate(bands, start=1):
+            if band is None:
+                continue
+            order = (2 if len(bands) > 1 else 0) + (remote.suffix_of(href) == ".jp2")
+            if band in rank and rank[band] <= order:
+                continue
+            rank[band] = order
+            band_files[band] = {config.S2_BAND_RESOLUTION[band]: href}
+            if len(bands) > 1:
+                band_index[band] = k
+            else:
+                band_index.pop(band, None)
+            rb = info[k - 1] if k - 1 < len(info) and isinstance(info[k - 1], dict) else {}
+            eight_bit |= rb.get("data_type") == "uint8"
+            if rb.get("scale"):
+                scales[band] = float(rb["scale"])
+                offsets[band] = float(rb.get("offset", 0.0)) / float(rb["scale"])
     if not band_files:
         raise PipelineError(f"{what}: no Sentinel-2 band among the assets {sorted(item['assets'])}; name them "
                             "by band (B04) or STAC common name (red) in eo:bands or as their keys")
@@ -424,7 +440,7 @@ def item_product(ref: ItemRef) -> Product:
                    tile_id=str(props.get("s2:mgrs_tile", props.get("mgrs:tile", props.get("grid:code", "")))),
                    sensing_date=date, product_id=ident,
                    quantification=1.0 / scale if scale else config.S2_DEFAULT_QUANTIFICATION,
-                   offsets={b: offsets.get(b, 0.0) for b in band_files}, masks=masks)
+                   offsets={b: offsets.get(b, 0.0) for b in band_files}, masks=masks, band_index=band_index)
 
 
 def _baseline_tuple(baseline: str) -> tuple[int, int]:

@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -654,10 +655,11 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     moves the dates onto the reference.
 
     ``reference``: ``"auto"``, a time (anything ``da.sel(time=...)`` takes) or an index. ``bands``:
-    names as the ``band`` coordinate has them (``red`` or ``B04``). Each date is written once,
-    computed date by date (one date in memory), as a tiled GeoTIFF in a temporary folder (kept in
-    ``output/cache/arrays`` when ``output`` is given, so that a grown array reuses the work of
-    its earlier run) and read window by window from there."""
+    names as the ``band`` coordinate has them (``red`` or ``B04``). Each date is computed date by
+    date (one date in memory) and written as a tiled GeoTIFF named by its content, in a temporary
+    folder — or, when ``output`` is given, in ``output/cache/arrays``, where an unchanged date keeps
+    its file and so its work: a grown array reuses its earlier run (``stack_cache``) — and read
+    window by window from there."""
     import tempfile
 
     import rasterio
@@ -690,9 +692,14 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     try:
         files = []
         for k in range(da.sizes["time"]):
-            data = np.asarray(da.isel(time=k, band=chosen).transpose("band", "y", "x").values)
-            path = tmp / f"date_{stamps[k]}_{k:04d}.tif"
+            data = np.ascontiguousarray(da.isel(time=k, band=chosen).transpose("band", "y", "x").values)
+            # named by its content: an unchanged date keeps its file (and its work in the cache)
+            digest = hashlib.sha1(data.tobytes() + repr((list(grid.transform)[:6], str(grid.crs), nodata,
+                                                         [names[c] for c in chosen])).encode()).hexdigest()[:16]
+            path = tmp / f"date_{stamps[k]}_{digest}.tif"
             files.append(path)
+            if path.exists():
+                continue
             profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(chosen), dtype=data.dtype.name,
                            crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                            compress="deflate", nodata=nodata)
@@ -702,6 +709,8 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
                 with rasterio.open(part, "w", **profile) as dst:
                     dst.write(data)
                     dst.descriptions = tuple(names[c] if names[c] != "grey" else "" for c in chosen)
+        for old in set(tmp.glob("date_*.tif")) - set(files):          # dates no longer in the array
+            old.unlink(missing_ok=True)
         result = coregister_stack(files, output, str(files[ref_k]) if ref_k is not None else "auto", bands,
                                   cfg, scheduler, workers, neighbours, progress=progress, client=client)
     finally:

@@ -128,6 +128,15 @@ class Handler(RangeRequestHandler):
         self.send_error(404)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A reader that hangs up mid-answer (GDAL, once it has the bytes it wanted) is normal."""
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
@@ -135,7 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     Handler.log_file, Handler.stac_api = args.log, args.stac_api
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(Path(args.folder).resolve())))
+    server = Server(("127.0.0.1", 0), partial(Handler, directory=str(Path(args.folder).resolve())))
     print(server.server_address[1], flush=True)
     try:
         server.serve_forever()
