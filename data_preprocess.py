@@ -614,6 +614,9 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     col, row, w, h = window_px
     with open_raster(path) as file:
         value = nodata_value(file, nodata)
+        if warp or not (grid.crs is None or file.crs is None or file.crs == grid.crs):
+            data, bad = _warp_window(file, grid, window_px, out_shape, band, value, resampling_up)
+            return (data, bad) if with_nodata else data
         with _on_grid(file, grid, warp, resampling_up, value) as src:
             # the window's corners in the source's pixels (through map coordinates: a grid may be
             # rotated, and the source's pixels may be another size)
@@ -638,6 +641,79 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         bad |= nearest == value
     bad = bad.any(axis=0) if bad.ndim == 3 else bad
     return data, bad if outside is None else bad | outside
+
+
+def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling_up: str = "bilinear"):
+    """A window of ``grid`` read from a file on another grid (another CRS, or pixels off the grid's):
+    only the source pixels under the window (a margin of 3) are read — from the file's overviews
+    when the output is coarser (at about its resolution, then averaged) — and reprojected in
+    memory. (A virtual warp reads far more: over HTTP, 3.5× the bytes of a window and most of the
+    file for an overview.) No data: a pixel whose nearest source pixel is no data or outside the
+    file. Returns (data in the file's dtype, no-data mask)."""
+    from rasterio.transform import Affine, array_bounds
+    from rasterio.warp import Resampling, reproject, transform_bounds
+    from rasterio.windows import Window, from_bounds
+
+    col, row, w, h = window_px
+    bands = band if isinstance(band, list) else [band]
+    dst_transform = grid.transform * Affine.translation(col, row) * Affine.scale(w / out_shape[1], h / out_shape[0])
+    bounds = transform_bounds(grid.crs, file.crs, *array_bounds(out_shape[0], out_shape[1], dst_transform),
+                              densify_pts=21)
+    src_px = np.hypot(file.transform.a, file.transform.d)
+    out_px = src_px * _pixel_ratio(file, grid, dst_transform, bounds)
+    # source px per read px: decimated (from the overviews, then averaged) only where the output is
+    # clearly coarser; near 1:1 (another UTM zone, Web Mercator) native pixels, interpolated
+    factor = out_px / src_px if out_px / src_px >= 1.5 else 1.0
+    margin = 3 * factor
+    win = from_bounds(*bounds, transform=file.transform)
+    win = Window(win.col_off - margin, win.row_off - margin, win.width + 2 * margin, win.height + 2 * margin)
+    c0, r0 = max(0, int(np.floor(win.col_off))), max(0, int(np.floor(win.row_off)))      # whole source pixels:
+    c1 = min(file.width, int(np.ceil(win.col_off + win.width)))                          # the data and its
+    r1 = min(file.height, int(np.ceil(win.row_off + win.height)))                        # transform agree
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    if win.width <= 0 or win.height <= 0:                  # no overlap: all outside
+        empty = np.zeros((len(bands), *out_shape), file.dtypes[0])
+        return (empty if isinstance(band, list) else empty[0]), np.ones(out_shape, bool)
+    shape = (max(1, round(win.height / factor)), max(1, round(win.width / factor)))
+    coarser = factor > 1.0
+    try:
+        src = file.read(bands, window=win, out_shape=(len(bands), *shape),
+                        resampling=Resampling.average if coarser else Resampling.nearest).astype(np.float64)
+        masks = file.read_masks(bands[0], window=win, out_shape=shape, resampling=Resampling.nearest) == 0
+    except Exception as exc:
+        raise PipelineError(f"{file.name}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
+                            "truncated, download the product again") from exc
+    invalid = ~np.isfinite(src).all(axis=0) | masks
+    if value is not None:
+        invalid |= (src == value).any(axis=0)
+    src[:, invalid] = np.nan
+    src_transform = file.window_transform(win) * Affine.scale(win.width / shape[1], win.height / shape[0])
+    common = dict(src_transform=src_transform, src_crs=file.crs, dst_transform=dst_transform, dst_crs=grid.crs)
+    out = np.full((len(bands), *out_shape), np.nan)
+    reproject(src, out, src_nodata=np.nan, dst_nodata=np.nan,
+              resampling=Resampling.average if coarser else getattr(Resampling, resampling_up), **common)
+    flag = np.full(out_shape, np.nan)
+    reproject(invalid.astype(np.float64), flag, dst_nodata=np.nan, resampling=Resampling.nearest, **common)
+    bad = ~(flag == 0) | ~np.isfinite(out).all(axis=0)     # no data, or outside the file
+    dtype = np.dtype(file.dtypes[0])
+    data = np.where(np.isfinite(out), out, value if value is not None else 0)
+    if not np.issubdtype(dtype, np.floating):
+        info = np.iinfo(dtype)
+        data = np.clip(np.round(data), info.min, info.max)
+    data = data.astype(dtype)
+    return (data if isinstance(band, list) else data[0]), bad
+
+
+def _pixel_ratio(file, grid: Grid, dst_transform, bounds) -> float:
+    """The output's pixel size over the file's, through ground positions (any two CRSs)."""
+    from rasterio.warp import transform as warp_points
+
+    x0, y0 = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+    step = np.hypot(file.transform.a, file.transform.d) * 10
+    xs, ys = warp_points(file.crs, grid.crs, [x0, x0 + step], [y0, y0])
+    grid_units = np.hypot(xs[1] - xs[0], ys[1] - ys[0]) / 10          # one file pixel in grid units
+    out_units = np.hypot(dst_transform.a, dst_transform.d)
+    return float(out_units / max(grid_units, 1e-12))
 
 
 def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
