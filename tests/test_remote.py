@@ -309,9 +309,10 @@ def test_a_growing_stack_reuses_its_work(tmp_path):
     for a, b in zip(grown["dates"], fresh["dates"]):
         assert a["status"] == b["status"]
         np.testing.assert_allclose(a["shift_px"], b["shift_px"], atol=1e-9)
-    with rasterio.open(files[4], "r+") as dst:          # the file changes: its work is done again
+    with rasterio.open(files[4], "r+") as dst:          # the file changes (its brightness): its work is redone
         data = dst.read()
-        dst.write(np.roll(data, 1, axis=2))
+        dst.write(np.where(data > 0, np.maximum(1, data * 0.8), 0).astype(data.dtype))
     changed = stack.coregister_stack(files, tmp_path / "out", workers=2, progress=False)
     assert changed["computed"]["dates"] == 1 and changed["reused"]["dates"] == 4
-    assert abs(changed["dates"][4]["shift_px"][0] - fresh["dates"][4]["shift_px"][0] - 1) < 0.2
+    assert changed["computed"]["pairs"] >= 2
+    np.testing.assert_allclose(changed["dates"][4]["shift_px"], fresh["dates"][4]["shift_px"], atol=0.1)
