@@ -382,10 +382,10 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     px_m = engine.metres_per_px(grid)
     cache = WorkCache(output, {"cfg": config.as_dict(cfg), "bands": list(bands),
                                "grid": [list(grid.transform)[:6], grid.width, grid.height, str(grid.crs)]})
-    content = {}
+    content = {}                  # what each date's data is (its files' content keys), for the cache
     for k in list(date_bands):
         try:
-            content[k] = cache.date_content(products[k], date_bands[k])
+            content[k] = cache.date_content(products[k], date_bands[k]) if cache.folder else str(k)
         except (OSError, PipelineError) as exc:
             errors[k] = str(exc)
             date_bands.pop(k)
