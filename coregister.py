@@ -1,12 +1,14 @@
 """Co-register two Sentinel-2 products: tie points, the shift in metres, a corrected target.
 
     python coregister.py REFERENCE TARGET [--output DIR] [--bands B04,B03,B02] [--write-corrected]
-    python coregister.py --stack DATES... [--reference auto|PATH] [--scheduler ADDRESS]  (stack.py)
+    python coregister.py --stack DATES... [--reference auto|PATH|ID] [--scheduler ADDRESS]  (stack.py)
+    python coregister.py --stack --stac-search API_URL --collection NAME --bbox W S E N --datetime START/END
 
 REFERENCE and TARGET: a ``.SAFE`` (folder or zip, L1C or L2A), a GeoTIFF / JP2 band file, a
 multi-band raster (bands named by their descriptions, or unnamed: one band is grey, three are
-RGB, others by ``--bands`` as 1-based indices), a folder of one date's band files, or a STAC Item.
-They may differ in CRS, grid or resolution: the target is read through a virtual warp onto the
+RGB, others by ``--bands`` as 1-based indices), a folder of one date's band files, or a STAC Item
+— local paths or URLs (``https://``, ``s3://``: only the windows needed are read; see
+``remote.py``). They may differ in CRS, grid or resolution: the target is read onto the
 reference's grid, window by window; nothing is reprojected beyond what is read.
 
 A pair is a stack of two: this script and ``--stack`` run the same engine (``coreg_engine.py``):

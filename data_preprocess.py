@@ -20,7 +20,7 @@ under a temporary name and renamed when complete):
 Also the project's reading library (public API): ``find_products``, ``open_safe``,
 ``open_stac_item``, ``open_band_files`` → ``Product`` (band files, masks, no-data policy);
 ``Grid``, ``reference_grid``, ``read_to_grid`` / ``render`` / ``render_masks`` (windowed,
-decimated reads onto a grid, through a virtual warp where needed), ``open_raster``, ``is_safe``,
+decimated reads onto a grid, resampled in memory where needed), ``open_raster``, ``is_safe``,
 ``nodata_value``. Co-registration, ``ImageMatcher``'s georeference and the benchmarks read
 through it.
 
@@ -31,7 +31,6 @@ gamma-corrected: the same mapping for every date, so one place looks alike on al
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import sys
@@ -560,23 +559,6 @@ def nodata_value(src, policy: float | str | None = "file") -> float | None:
     return src.nodata if policy == "file" else policy
 
 
-@contextlib.contextmanager
-def _on_grid(src, grid: Grid, warp: bool, resampling: str = "bilinear", nodata: float | None = None):
-    """``src`` itself when it is in the grid's CRS (and ``warp`` is not asked), else a virtual
-    warp of it onto the grid (GDAL's WarpedVRT, outside = no data: ``nodata`` when the source has
-    a no-data value, else an alpha band): nothing is reprojected beyond the windows read from it."""
-    if not warp and (grid.crs is None or src.crs is None or src.crs == grid.crs):
-        yield src
-        return
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-
-    options = dict(src_nodata=nodata, nodata=nodata) if nodata is not None else dict(add_alpha=True)
-    with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                   resampling=getattr(Resampling, resampling), **options) as vrt:
-        yield vrt
-
-
 def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
                  resampling_up: str = "bilinear", band: int | list[int] = 1, with_nodata: bool = False,
                  warp: bool = False, nodata: float | str | None = "file"):
@@ -584,10 +566,11 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
     reference grid at ``out_shape`` = (rows, cols).
 
     ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels; a band in
-    another CRS, or any band with ``warp``, is read through a virtual warp onto the grid (another
-    date's product resampled onto a reference's pixels). The band is read only over that window, at the decimation the output needs: JPEG 2000 resolution
-    levels / overviews make an overview read touch a fraction of the data. Finer bands are
-    averaged down, coarser bands resampled up (``resampling_up``).
+    another CRS, or any band with ``warp`` (another date's pixels off the grid's), is resampled
+    onto the grid in memory from only the source pixels under the window (``_warp_window``). The
+    band is read only over that window, at the decimation the output needs: JPEG 2000 resolution
+    levels / overviews make an overview read touch a fraction of the data (over HTTP, a fraction
+    of the bytes). Finer bands are averaged down, coarser bands resampled up (``resampling_up``).
 
     With ``with_nodata``, returns ``(data, nodata)``: a pixel is no data where the band holds the
     no-data value (``nodata``: see ``nodata_value``), is not finite, or lies outside the file,
@@ -600,12 +583,8 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
 
     shape = (len(band), *out_shape) if isinstance(band, list) else out_shape
 
-    def read(src, win, resampling, masks=False):
+    def read(src, win, resampling):
         try:
-            if masks:
-                first = band[0] if isinstance(band, list) else band
-                return src.read_masks(first, window=win, out_shape=out_shape, resampling=resampling,
-                                      boundless=False)
             return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
             raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
@@ -617,30 +596,26 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         if warp or not (grid.crs is None or file.crs is None or file.crs == grid.crs):
             data, bad = _warp_window(file, grid, window_px, out_shape, band, value, resampling_up)
             return (data, bad) if with_nodata else data
-        with _on_grid(file, grid, warp, resampling_up, value) as src:
-            # the window's corners in the source's pixels (through map coordinates: a grid may be
-            # rotated, and the source's pixels may be another size)
-            to_src = ~src.transform * grid.transform
-            c0, r0 = to_src * (col, row)
-            c1, r1 = to_src * (col + w, row + h)
-            win = Window(min(c0, c1), min(r0, r1), abs(c1 - c0), abs(r1 - r0))
-            coarser = win.width / out_shape[1] > 1.01          # the output's pixels are larger: average
-            resampling = Resampling.average if coarser else getattr(Resampling, resampling_up)
-            data = read(src, win, resampling)
-            if not with_nodata:
-                return data
-            pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
-                               and abs(win.col_off - round(win.col_off)) < 1e-6
-                               and abs(win.row_off - round(win.row_off)) < 1e-6)
-            nearest = data if pixel_for_pixel else read(src, win, Resampling.nearest)
-            outside = None
-            if value is None and src is not file:        # warped without a no-data value: its alpha
-                outside = read(src, win, Resampling.nearest, masks=True) == 0
+        # the window's corners in the file's pixels (through map coordinates: a grid may be rotated,
+        # and the file's pixels may be another size)
+        to_src = ~file.transform * grid.transform
+        c0, r0 = to_src * (col, row)
+        c1, r1 = to_src * (col + w, row + h)
+        win = Window(min(c0, c1), min(r0, r1), abs(c1 - c0), abs(r1 - r0))
+        coarser = win.width / out_shape[1] > 1.01          # the output's pixels are larger: average
+        resampling = Resampling.average if coarser else getattr(Resampling, resampling_up)
+        data = read(file, win, resampling)
+        if not with_nodata:
+            return data
+        pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
+                           and abs(win.col_off - round(win.col_off)) < 1e-6
+                           and abs(win.row_off - round(win.row_off)) < 1e-6)
+        nearest = data if pixel_for_pixel else read(file, win, Resampling.nearest)
     bad = ~np.isfinite(nearest) if np.issubdtype(nearest.dtype, np.floating) else np.zeros(nearest.shape, bool)
     if value is not None:
         bad |= nearest == value
     bad = bad.any(axis=0) if bad.ndim == 3 else bad
-    return data, bad if outside is None else bad | outside
+    return data, bad
 
 
 def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling_up: str = "bilinear"):
@@ -726,15 +701,15 @@ def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: Preproc
 def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape, cfg: PreprocessConfig,
            warp: bool = False):
     """Normalised bands (rows, cols, C) float 0..1 and the nodata mask (True = no data);
-    ``warp``: through a virtual warp onto ``grid`` (see ``read_to_grid``)."""
+    ``warp``: resampled onto ``grid`` (see ``read_to_grid``)."""
     channels, nodata = {}, np.zeros(out_shape, bool)
-    # bands of one file are read together: a virtual warp resamples all of them at once
+    # bands of one file are read together: one resampling for all of them
     by_file: dict[str, list[str]] = {}
     for b in bands:
         by_file.setdefault(product.band_path(b), []).append(b)
     for path, group in by_file.items():
         index = [product.band_index.get(b, 1) for b in group]
-        # a virtual warp resamples by cubic convolution: bilinear weights shift fine detail by less
+        # resampled onto the grid by cubic convolution: bilinear weights shift fine detail by less
         # than the sub-pixel offset, which biases a sub-pixel shift estimate towards whole pixels
         dn, band_nodata = read_to_grid(path, grid, window_px, out_shape, "cubic" if warp else "bilinear",
                                        band=index if len(index) > 1 else index[0], with_nodata=True, warp=warp,
