@@ -58,7 +58,7 @@ from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
-                "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "search.geojson")
+                "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "items", "search.geojson")
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
 
@@ -141,11 +141,13 @@ def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:
                         "such as 3,2,1 of a single raster file)")
 
 
-def common_bands(products: list[dp.Product], wanted: tuple[str, ...]) -> list[list[str]]:
-    """Each product's bands: the bands of ``wanted`` that all of them have where there are any
-    (the dates then look alike), else each its own (``date_bands``)."""
-    shared = [b for b in wanted if all(b in p.band_files for p in products)]
-    return [shared if shared else date_bands(p, wanted) for p in products]
+def common_bands(products: list[dp.Product], wanted: tuple[str, ...], quorum: float = 1.0) -> list[list[str]]:
+    """Each product's bands: the bands of ``wanted`` that the products have in common (held by
+    all of them, or with ``quorum`` < 1 by at least that share: in a stack, one date with fewer
+    bands does not cut the others down to its own) where there are any — the dates then look
+    alike — else, and for a product without them, its own (``date_bands``)."""
+    held = [b for b in wanted if sum(b in p.band_files for p in products) >= quorum * len(products) - 1e-9]
+    return [held if held and all(b in p.band_files for b in held) else date_bands(p, wanted) for p in products]
 
 
 def date_of(product: dp.Product, path) -> str:
@@ -869,6 +871,32 @@ def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None)
             rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate")
     finally:
         plain.unlink(missing_ok=True)
+    return out
+
+
+def write_moved_vrt(src, out: Path, transform) -> Path:
+    """A GDAL VRT of ``src`` (a path or URL, referenced by its absolute location: no pixel is
+    copied or resampled) whose georeference is ``transform``: any GDAL-based reader (rasterio,
+    odc-stac, stackstac, QGIS) opening it gets the date with its correction applied."""
+    import xml.etree.ElementTree as ET
+
+    import rasterio.shutil
+
+    source = remote.gdal_path(src) if remote.is_remote(src) else str(Path(src).resolve())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        with dp.open_raster(src) as dataset:
+            rasterio.shutil.copy(dataset, tmp, driver="VRT")
+        tree = ET.parse(tmp)
+        root = tree.getroot()
+        geo_transform = root.find("GeoTransform")
+        if geo_transform is None:
+            geo_transform = ET.SubElement(root, "GeoTransform")
+        geo_transform.text = ", ".join(repr(float(v)) for v in (transform.c, transform.a, transform.b, transform.f,
+                                                               transform.d, transform.e))
+        for name in root.iter("SourceFilename"):        # absolute: the VRT may be moved
+            name.text, name.attrib["relativeToVRT"] = source, "0"
+        tree.write(tmp)
     return out
 
 

@@ -107,11 +107,13 @@ def find_products(path, scale: float = config.S2_DEFAULT_QUANTIFICATION, offset:
 
 
 def _find_remote(url: str, scale: float, offset: float) -> list:
-    if remote.suffix_of(url) in (".tif", ".tiff", ".jp2"):
-        return [_try(open_band_files, [url], scale, offset)]
-    if remote.suffix_of(url) == ".zip" or remote.suffix_of(url) == ".safe":
+    suffix = remote.suffix_of(url)
+    if suffix in (".zip", ".safe"):
         raise PipelineError(f"{url}: a .SAFE is read from a local copy; download it, or give the product's "
                             "STAC Item URL (its bands are then read as COGs, window by window)")
+    if suffix in (".tif", ".tiff", ".jp2", ".vrt") or (suffix not in (".json", ".geojson")
+                                                       and remote.sniff(url) == "raster"):
+        return [_try(open_band_files, [url], scale, offset)]
     return [_try_item(ref) for ref in stac_items(url)]
 
 
@@ -292,6 +294,9 @@ class ItemRef:
         return f"{self.base}#{self.id}" if self.id else str(self.base)
 
 
+MAX_PAGES = 100         # pages of an ItemCollection followed at most
+
+
 def stac_items(location) -> list[ItemRef]:
     """The Items of a STAC document (local path or URL): an Item, or an ItemCollection /
     FeatureCollection of them (an API's search page, ``stack.geojson``)."""
@@ -300,6 +305,18 @@ def stac_items(location) -> list[ItemRef]:
         return [ItemRef(str(location), doc)]
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection" and isinstance(doc.get("features"), list):
         items = [f for f in doc["features"] if isinstance(f, dict) and f.get("type") == "Feature"]
+        page, seen = doc, {str(location)}
+        while remote.is_remote(location) and len(seen) <= MAX_PAGES:        # an API's pages: rel="next" (GET)
+            nxt = next((lk.get("href") for lk in page.get("links", []) or [] if isinstance(lk, dict)
+                        and lk.get("rel") == "next" and str(lk.get("method", "GET")).upper() == "GET"), None)
+            if not nxt:
+                break
+            nxt = remote.resolve_href(nxt, location, str(location))
+            if nxt in seen:
+                break
+            seen.add(nxt)
+            page = remote.read_json(nxt, "STAC ItemCollection page")
+            items += [f for f in page.get("features", []) if isinstance(f, dict) and f.get("type") == "Feature"]
         if not items:
             raise PipelineError(f"{location}: an ItemCollection without Items")
         return [ItemRef(str(location), f) for f in items]
@@ -333,6 +350,11 @@ def search_items(api: str, collections: list[str], bbox=None, datetime: str | No
                             "check the URL, --collection, --bbox and --datetime") from exc
     if max_cloud is not None:
         found = [i for i in found if float((i.get("properties") or {}).get("eo:cloud_cover", 0) or 0) <= max_cloud]
+    if not found:
+        asked = ", ".join(f"{k} {v}" for k, v in (("collections", ",".join(collections or [])), ("bbox", bbox),
+                                                   ("datetime", datetime), ("max-cloud", max_cloud)) if v)
+        raise PipelineError(f"{api}: the search found no Items ({asked or 'no filter'}); check --collection, widen "
+                            "--bbox, --datetime or --max-cloud")
     found.sort(key=lambda i: str((i.get("properties") or {}).get("datetime") or ""))
     def base(item: dict) -> str:            # relative hrefs resolve against the Item's own URL
         link = next((lk.get("href") for lk in item.get("links", []) or [] if isinstance(lk, dict)
@@ -350,7 +372,7 @@ def open_stac_item(path) -> Product:
     return item_product(refs[0])
 
 
-_ASSET_BAND_RE = re.compile(r"^(B\d[\dA])(?:_\d\dm)?$")
+_ASSET_BAND_RE = re.compile(r"^(B\d[\dA])(?:_\d\dM)?$", re.IGNORECASE)    # B04, B04_10m (CDSE)
 _MASK_ASSETS = {"scl": "scl", "scl_20m": "scl", "cloud": "cloud_prob", "cld": "cloud_prob",
                 "cld_20m": "cloud_prob", "cloud_probability": "cloud_prob", "msk_cldprb": "cloud_prob"}
 
@@ -363,9 +385,9 @@ def _asset_bands(key: str, asset: dict) -> list[str | None]:
 
     def band(names):
         for n in names:
-            m = _ASSET_BAND_RE.match(n.strip().upper())
-            if m and m.group(1) in config.S2_BAND_RESOLUTION:
-                return m.group(1)
+            m = _ASSET_BAND_RE.match(n.strip())
+            if m and m.group(1).upper() in config.S2_BAND_RESOLUTION:
+                return m.group(1).upper()
         return next((STAC_COMMON_NAMES[n.strip().lower()] for n in names if n.strip().lower() in STAC_COMMON_NAMES),
                     None)
 
@@ -398,7 +420,7 @@ def item_product(ref: ItemRef) -> Product:
         if not isinstance(asset, dict) or not asset.get("href"):
             continue
         media = str(asset.get("type", "")).lower()
-        if media and not any(t in media for t in ("tiff", "jp2", "jpeg2000")):
+        if media and not any(t in media for t in ("tiff", "jp2", "jpeg2000", "vrt")):
             continue                                       # thumbnails, metadata, previews
         mask = _MASK_ASSETS.get(str(key).lower())
         bands = [] if mask else _asset_bands(str(key), asset)
@@ -547,8 +569,9 @@ def open_raster(path: str):
         return remote.open_with_retries(lambda: rasterio.open(remote.gdal_path(path)), path)
     except rasterio.errors.RasterioIOError as exc:
         if remote.is_remote(path):
-            raise PipelineError(f"{path}: cannot read ({str(exc).splitlines()[0]}) after {remote.OPEN_RETRIES} "
-                                "attempts; check the URL, the network and credentials (AWS_*, GDAL_HTTP_*)") from exc
+            why = remote.diagnose(path) or str(exc).splitlines()[0]
+            raise PipelineError(f"{path}: cannot read ({why}) after {remote.OPEN_RETRIES} attempts; check the URL, "
+                                "the network and credentials (AWS_*, GDAL_HTTP_*)") from exc
         raise PipelineError(f"{path}: cannot open ({str(exc).splitlines()[0]}); the file is corrupt or "
                             "truncated, download the product again") from exc
 

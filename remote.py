@@ -36,7 +36,8 @@ GDAL_SETTINGS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MAX_RETRY": "3",                    # 429 / 5xx answers retried ...
     "GDAL_HTTP_RETRY_DELAY": "1",                  # ... after 1 s, then longer
-    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_TIMEOUT": "30",                     # a server that stops answering fails in bounded time
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
     "VSI_CACHE": "TRUE",                           # a block read twice is fetched once
     "VSI_CACHE_SIZE": str(64 * 2 ** 20),
 }
@@ -133,7 +134,7 @@ def read_json(location, what: str = "STAC document") -> dict:
     delay, last = RETRY_DELAY_S, None
     for attempt in range(OPEN_RETRIES):
         try:
-            with urllib.request.urlopen(text, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 60))) as answer:
+            with urllib.request.urlopen(text, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 30))) as answer:
                 return json.loads(answer.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code} {exc.reason}"
@@ -147,6 +148,52 @@ def read_json(location, what: str = "STAC document") -> dict:
             time.sleep(delay)
             delay *= 2
     raise PipelineError(f"{text}: cannot be fetched ({last}); check the URL and the network")
+
+
+_RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP", b"\xffO\xffQ")
+
+
+def _first_bytes(url: str) -> tuple[bytes, str]:
+    """The first 16 bytes of an http(s) URL (one ranged request) and its content type."""
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-15"})
+    with urllib.request.urlopen(request, timeout=float(os.environ.get("GDAL_HTTP_CONNECTTIMEOUT", 10))) as answer:
+        return answer.read(16), str(answer.headers.get("Content-Type", "")).lower()
+
+
+def sniff(location) -> str:
+    """What an http(s) URL without a telling file name holds, from its first bytes (one ranged
+    request): ``"raster"`` (TIFF, BigTIFF, JPEG 2000), ``"json"``, or ``"unknown"`` (other
+    schemes: ``"raster"``, as GDAL reads them)."""
+    text = str(location)
+    if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
+        return "raster"
+    try:
+        head, kind = _first_bytes(text)
+    except (urllib.error.URLError, OSError, ValueError):
+        return "unknown"
+    if head.startswith(_RASTER_MAGIC) or "tiff" in kind or "jp2" in kind:
+        return "raster"
+    return "json" if "json" in kind or head.lstrip().startswith(b"{") else "unknown"
+
+
+def diagnose(location) -> str:
+    """Why an http(s) URL cannot be read, in a few words (one request): ``HTTP 404 Not Found``,
+    ``connection refused``, ``no answer within 10 s`` …; empty for other schemes or when it answers."""
+    text = str(location)
+    if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
+        return ""
+    try:
+        head, _ = _first_bytes(text)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused"
+        return "no answer in time" if "timed out" in str(reason) else str(reason)
+    except (TimeoutError, OSError) as exc:
+        return "no answer in time" if "timed out" in str(exc) or isinstance(exc, TimeoutError) else str(exc)
+    return "" if head.startswith(_RASTER_MAGIC) else "it answers, but not with a TIFF or JPEG 2000 file"
 
 
 def open_with_retries(open_fn, location):

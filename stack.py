@@ -134,6 +134,44 @@ def expand_inputs(inputs: list) -> list:
     return out
 
 
+def _find_date(paths: list, reference: str) -> int | None:
+    """The index of the date ``reference`` names (its path or URL, or an Item's id), or None."""
+    label = engine.input_label(reference) if not remote.is_remote(reference) else reference
+    for k, p in enumerate(paths):
+        if _label(p) == label or (isinstance(p, dp.ItemRef) and (p.id == reference or str(p) == reference)):
+            return k
+    return None
+
+
+def _earlier_reference(output, paths: list) -> int | None:
+    """The reference an earlier run in ``output`` chose, if that date is still in the stack (a
+    stack that grows keeps its reference: the shifts of its old dates stay comparable)."""
+    if output is None or not (Path(output) / "stack.json").is_file():
+        return None
+    try:
+        earlier = json.loads((Path(output) / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("reference", "reference_id"):
+        k = _find_date(paths, str(earlier.get(key, ""))) if earlier.get(key) else None
+        if k is not None:
+            return k
+    return None
+
+
+def _unique(dates: list) -> list:
+    """The dates without repeats (the same file, URL or Item id given twice: used once, said once)."""
+    out, seen = [], set()
+    for d in dates:
+        key = ("item", d.id) if isinstance(d, dp.ItemRef) and d.id else ("path", _label(d))
+        if key in seen:
+            print(f"{_label(d)}: given twice; used once", file=sys.stderr)
+            continue
+        seen.add(key)
+        out.append(d)
+    return out
+
+
 def _expand_document(location) -> list:
     """A STAC document's dates: an Item is one (its location); an ItemCollection one an Item."""
     try:
@@ -338,20 +376,27 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     bands = engine.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
-    paths = expand_inputs(inputs)
+    paths = _unique(expand_inputs(inputs))
     start = time.time()
     ref_k = None                  # the reference's index: given (a path, URL or Item id of the stack) or chosen
     if str(reference) != "auto":
-        same = [k for k, p in enumerate(paths) if _label(p) == _label(reference)
-                or (isinstance(p, dp.ItemRef) and p.id == str(reference))]
-        if same:
-            ref_k = same[0]
-        else:
+        ref_k = _find_date(paths, str(reference))
+        if ref_k is None:
+            if not remote.is_remote(reference) and not Path(str(reference)).exists():
+                ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
+                raise PipelineError(f"{reference}: --reference is not a date of the stack (no such path, URL or Item "
+                                    f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
             given = expand_inputs([reference])
             if len(given) != 1:
                 raise PipelineError(f"{reference}: --reference is one date (a path, URL or Item id of the stack); "
                                     f"it holds {len(given)}")
-            paths, ref_k = [given[0], *paths], 0
+            same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
+                    and p.id == given[0].id]
+            if same:
+                ref_k = same[0]
+            else:
+                paths, ref_k = [given[0], *paths], 0
+    pinned = _earlier_reference(output, paths) if ref_k is None else None
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     errors: dict[int, str] = {}
@@ -366,7 +411,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         raise PipelineError(errors.get(grid_k if grid_k is not None else 0, "no date of the stack can be opened"))
     keys = list(products)
     try:
-        per_date = engine.common_bands([products[k] for k in keys], bands)
+        per_date = engine.common_bands([products[k] for k in keys], bands, quorum=0.5)
     except PipelineError:
         per_date = []
         for k in keys:
@@ -444,6 +489,9 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             if ref not in ok:
                 raise PipelineError(f"{_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
             ref_reason = "given"
+        elif pinned is not None and pinned in ok:
+            ref, ref_reason = pinned, (f"kept from the earlier run in {Path(output).resolve()} (a grown stack keeps "
+                                       "its reference; give --reference to change it)")
         elif ok:
             ref, ref_reason = choose_reference([dates[k] if k in ok else None for k in range(len(paths))])
         else:
@@ -552,6 +600,8 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
            scheduler) -> dict:
     px = engine.metres_per_px(grid)
     x_m = _to_metres(grid, solution["x"])
+    kinds = [tuple(loc.bands) for loc in locations.values()]
+    usual = max(set(kinds), key=kinds.count) if kinds else ()
     ids = item_ids(paths, products)
     rows = []
     for k, p in enumerate(paths):
@@ -566,9 +616,12 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             reason = "no verified pair joins it to the reference (snow, cloud or a different place?)"
         # a pair's warnings belong to its dates other than the reference (the reference is the yardstick)
         warnings = [] if k == ref else sorted({w for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
+        if k in locations and list(locations[k].bands) != list(usual):
+            warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
         date = d.date if d else (locations[k].date if k in locations else
                                  (engine.date_of(products[k], p) if k in products else ""))
-        rows.append({"path": _label(p), "id": ids[k], "date": date, "dx_m": float(x_m[k, 0]),
+        rows.append({"path": _label(p), "id": ids[k], "date": date, "bands": ",".join(locations[k].bands)
+                     if k in locations else None, "dx_m": float(x_m[k, 0]),
                      "dy_m": float(x_m[k, 1]), "sigma_m": float(solution["sigma"][k] * px),
                      "tie_points": sum(r.tie_points for r in pairs if r.verified and k in (r.i, r.j)),
                      "status": status, "reason": reason, "warnings": "; ".join(warnings) or None,
@@ -665,8 +718,8 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     import rasterio
     import xarray as xr
 
-    if "time" not in da.dims:
-        raise PipelineError(f"DataArray with dims {da.dims}: needs a 'time' dimension (one date a step)")
+    if "time" not in da.dims or da.sizes["time"] < 2:
+        raise PipelineError(f"DataArray with dims {dict(da.sizes)}: needs a 'time' dimension of at least two dates")
     grid = _grid_of_dataarray(da)
     if "band" not in da.dims:
         da = da.expand_dims(band=["grey"])
@@ -733,6 +786,9 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     return out
 
 
+ALIGN_MARGIN_PX = 32      # overlap beyond the shift between chunks in align(): the Fourier shift's support
+
+
 def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int) -> np.ndarray:
     """One chunk (…, y, x) with its content moved by −d (px), band-limited, its no-data kept:
     a pixel whose source is no data (or outside) is no data."""
@@ -750,8 +806,9 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
             invalid |= img == nodata
         filled = np.where(invalid, np.nanmean(np.where(invalid, np.nan, img)) if (~invalid).any() else 0, img)
         out[k] = fourier_shift(filled, -dx, -dy, pad=max(32, margin))
-        # a pixel is no data where its nearest source pixel is (or lies outside the block)
-        src = np.pad(invalid, 1, constant_values=False)
+        # a pixel is no data where its nearest source pixel is, or lies outside the array (a block
+        # reaches the array's edge on a side without overlap; elsewhere its overlap covers the shift)
+        src = np.pad(invalid, 1, constant_values=True)
         h, w = img.shape
         ys = np.clip(np.arange(h) + int(np.round(dy)) + 1, 0, h + 1)
         xs = np.clip(np.arange(w) + int(np.round(dx)) + 1, 0, w + 1)
@@ -770,7 +827,8 @@ def align(da, shifts, excluded: str = "nodata"):
     the reference by its ``shifts`` (that function's Dataset): a band-limited (Fourier) sub-pixel
     shift on the same grid — same dims, coords and dtype; lazy, chunk by chunk (with an overlap of
     the shift and a margin) when ``da`` is Dask-backed; no data kept (a pixel whose source is no
-    data is no data). ``excluded`` dates: ``"nodata"`` (all no data), ``"keep"`` (as they were)
+    data, or lies outside the array, is no data). In memory and chunk by chunk agree to a few DN
+    (each chunk's Fourier shift sees its overlap, not the whole array). ``excluded`` dates: ``"nodata"`` (all no data), ``"keep"`` (as they were)
     or ``"drop"`` (removed from ``time``)."""
     import xarray as xr
 
@@ -798,14 +856,14 @@ def align(da, shifts, excluded: str = "nodata"):
         if s == "reference" or (abs(d[0]) < 1e-9 and abs(d[1]) < 1e-9):
             slices.append(piece)
             continue
-        margin = int(np.ceil(max(abs(d[0]), abs(d[1])))) + 16
+        margin = int(np.ceil(max(abs(d[0]), abs(d[1])))) + ALIGN_MARGIN_PX
         dims = piece.dims
         piece = piece.transpose(*[x for x in dims if x not in ("y", "x")], "y", "x")
         if hasattr(piece.data, "map_overlap"):                       # Dask: chunk by chunk
             depth = {piece.ndim - 2: margin, piece.ndim - 1: margin}
             depth.update({k: 0 for k in range(piece.ndim - 2)})
             data = piece.data.map_overlap(_shift_block, d=d, nodata=nodata, margin=margin, depth=depth,
-                                          boundary="reflect", dtype=piece.dtype)
+                                          boundary="none", dtype=piece.dtype)
         else:
             data = _shift_block(np.asarray(piece.data), d, nodata, margin)
         slices.append(piece.copy(data=data).transpose(*dims))

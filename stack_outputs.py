@@ -26,7 +26,7 @@ def write_stack_outputs(result: dict, paths: list, products: dict, grid: dp.Grid
                                               for r in result["dates"]])
         engine.write_csv(tmp / "pairs.csv", result["pairs"])
         plot_report(result, tmp / "report.png")
-        write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid))
+        write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid, tmp))
         if write_corrected:
             write_corrected_stack(result, paths, products, grid, tmp / "corrected", out.folder / "corrected")
         write_json(tmp / "stack.json", {k: v for k, v in result.items() if k not in ("dates", "pairs")})
@@ -71,12 +71,15 @@ def plot_report(result: dict, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
-def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid) -> dict:
-    """Every placed date as a STAC Item whose georeference carries its correction: each raster
-    asset (local path or URL, as read) with ``proj:transform`` moved by the correction in its own
-    CRS, ``proj:shape`` and ``proj:epsg``; the Item's geometry and bbox moved likewise. No pixel is
-    written: a reader that honours ``proj:transform`` (odc-stac, stackstac) loads the date aligned.
-    A date that came as a STAC Item keeps its id, properties and other assets."""
+def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path) -> dict:
+    """Every placed date as a STAC Item whose georeference carries its correction, no pixel
+    written: each raster asset (a band file or URL as read) becomes a GDAL VRT of it in
+    ``folder/items/<id>/`` (a few hundred bytes that reference the original, absolute) whose
+    geotransform is moved by the correction in the asset's own CRS — readers that take the
+    georeference from the file (odc-stac, stackstac, rasterio, QGIS) load the date aligned — with
+    ``proj:transform`` (the moved one), ``proj:shape``, ``proj:epsg`` and
+    ``coregistration:source_href`` (the original); the Item's geometry and bbox moved likewise. A
+    date that came as a STAC Item keeps its id, properties and other remote assets."""
     import copy
 
     from rasterio.transform import Affine
@@ -106,7 +109,11 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid) ->
             key = key or (by_href[href][0] if href in by_href and not by_href[href][0].isdigit()
                           else engine.safe_name(remote.stem_of(href)))
             asset = dict((source or {}).get("assets", {}).get(key, {}))
-            asset.update({"href": href, "proj:transform": [float(v) for v in tuple(moved)[:6]], "proj:shape": shape,
+            vrt = Path("items") / engine.safe_name(row["id"]) / f"{engine.safe_name(key)}.vrt"
+            engine.write_moved_vrt(href, folder / vrt, moved)
+            asset.update({"href": vrt.as_posix(), "type": "application/x-gdal-vrt+xml",
+                          "coregistration:source_href": href,
+                          "proj:transform": [float(v) for v in tuple(moved)[:6]], "proj:shape": shape,
                           **({"proj:epsg": epsg} if epsg else {})})
             asset.setdefault("roles", ["data"])
             assets[key] = asset

@@ -137,13 +137,58 @@ def test_stack_from_an_item_collection_url(site, tmp_path):
     assert {i["id"] for i in items} == {k for k, r in rows.items() if r["status"] != "excluded"}
     for item in items:
         row, asset = rows[item["id"]], item["assets"]["red"]
-        assert asset["href"].startswith(site["url"]) and "thumbnail" not in item["assets"]   # a relative, local-only asset
-        with rasterio.open(site["root"] / "t36uya" / Path(asset["href"]).name) as src:
+        assert asset["coregistration:source_href"].startswith(site["url"])
+        assert "thumbnail" not in item["assets"]                      # a relative, local-only asset: dropped
+        with rasterio.open(site["root"] / "t36uya" / Path(asset["coregistration:source_href"]).name) as src:
             original = src.transform
         moved = asset["proj:transform"]
         np.testing.assert_allclose([moved[2] - original.c, moved[5] - original.f], [-row["dx_m"], -row["dy_m"]],
                                    atol=1e-6)
+        with rasterio.open(tmp_path / "remote" / asset["href"]) as vrt:   # a VRT of the URL, georeference moved
+            np.testing.assert_allclose(list(vrt.transform)[:6], moved, atol=1e-9)
         assert item["properties"]["coregistration:dx_m"] == row["dx_m"] and item["bbox"]
+    again = stack.coregister_stack([tmp_path / "remote" / "items.geojson"], None, reference="S2_T36UYA_20160830",
+                                   workers=2, progress=False)           # the corrected dates re-registered: 0
+    placed = [r for r in again["dates"] if r["status"] != "excluded"]
+    assert len(placed) == len(items) and max(abs(r["dx_m"]) + abs(r["dy_m"]) for r in placed) < 0.02
+
+
+def test_asset_keys_of_real_catalogs():
+    """Earth Search (common names, raster:bands scale/offset, a visual asset), Planetary Computer
+    (B04, SCL), CDSE (B04_10m, SCL_20m): the bands, masks and reflectance scaling found."""
+    base = "https://catalog.example/items/x.json"
+    earth = {"type": "Feature", "id": "e", "properties": {}, "assets": {
+        "red": {"href": "r.tif", "type": "image/tiff; application=geotiff",
+                "eo:bands": [{"name": "red", "common_name": "red"}],
+                "raster:bands": [{"scale": 0.0001, "offset": -0.1, "data_type": "uint16"}]},
+        "visual": {"href": "v.tif", "type": "image/tiff", "eo:bands": [{"name": "red"}, {"name": "green"},
+                                                                       {"name": "blue"}]},
+        "scl": {"href": "scl.tif", "type": "image/tiff"}, "thumbnail": {"href": "t.jpg", "type": "image/jpeg"}}}
+    p = dp.item_product(dp.ItemRef(base, earth))
+    assert p.band_path("B04").endswith("/r.tif") and p.band_path("B03").endswith("/v.tif")
+    assert p.band_index["B03"] == 2 and "B04" not in p.band_index and p.masks["scl"].endswith("/scl.tif")
+    assert p.quantification == pytest.approx(10000) and p.offsets["B04"] == pytest.approx(-1000)
+    cdse = {"type": "Feature", "id": "c", "properties": {}, "assets": {
+        "B04_10m": {"href": "B04_10m.jp2"}, "B11_20m": {"href": "B11_20m.jp2"}, "SCL_20m": {"href": "SCL_20m.jp2"}}}
+    p = dp.item_product(dp.ItemRef(base, cdse))
+    assert set(p.band_files) == {"B04", "B11"} and p.masks["scl"].endswith("SCL_20m.jp2")
+
+
+def test_an_extensionless_cog_url_and_unreachable_ones(pipeline, site):
+    """A raster URL without a file extension is read as a raster (sniffed), not fetched as JSON; a
+    404 and a refused connection each fail in one line saying so."""
+    for name in ("noext_a", "noext_b"):
+        shutil.copy(site["root"] / "t36uya" / DATES[2 if name.endswith("a") else 4].name, site["root"] / name)
+    r = coregister.coregister(f"{site['url']}/noext_a", f"{site['url']}/noext_b", pipeline=pipeline, progress=False)
+    assert r["verified"]
+    with pytest.raises(PipelineError, match=r"missing.tif: cannot read \(HTTP 404"):
+        coregister.coregister(f"{site['url']}/noext_a", f"{site['url']}/missing.tif", pipeline=pipeline, progress=False)
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(PipelineError, match=r"cannot read \(connection refused\)"):
+        coregister.coregister(f"http://127.0.0.1:{port}/a.tif", f"{site['url']}/noext_b", pipeline=pipeline,
+                              progress=False)
 
 
 def test_a_remote_catalog_never_names_a_local_file(tmp_path):
@@ -303,6 +348,7 @@ def test_a_growing_stack_reuses_its_work(tmp_path):
     first = stack.coregister_stack(files[:3], tmp_path / "out", workers=2, progress=False)
     assert first["reused"] == {"dates": 0, "pairs": 0, "locations": 0}
     grown = stack.coregister_stack(files, tmp_path / "out", workers=2, progress=False)
+    assert grown["reference"] == first["reference"] and grown["reference_reason"].startswith("kept from the earlier")
     assert grown["reused"]["dates"] == 3 and grown["reused"]["pairs"] >= 2 and grown["computed"]["dates"] == 2
     assert json.loads((tmp_path / "out" / "stack.json").read_text())["reused"] == grown["reused"]
     fresh = stack.coregister_stack(files, tmp_path / "fresh", workers=2, progress=False)
@@ -316,3 +362,20 @@ def test_a_growing_stack_reuses_its_work(tmp_path):
     assert changed["computed"]["dates"] == 1 and changed["reused"]["dates"] == 4
     assert changed["computed"]["pairs"] >= 2
     np.testing.assert_allclose(changed["dates"][4]["shift_px"], fresh["dates"][4]["shift_px"], atol=0.1)
+
+
+def test_a_date_with_fewer_bands_does_not_cut_the_others_down(tmp_path):
+    """Three RGB dates and one date of the red band only: the RGB dates are read with B04,B03,B02,
+    the single-band date with B04 (and warned); all placed."""
+    bracciano = sorted((HERE / "data" / "bracciano").glob("*.tif"))
+    with rasterio.open(bracciano[2]) as src:
+        profile, red = {**src.profile, "count": 1}, src.read(1)
+    with rasterio.open(tmp_path / "20190720_B04.tif", "w", **profile) as dst:
+        dst.write(red[None])
+    result = stack.coregister_stack([*bracciano, tmp_path / "20190720_B04.tif"], None, reference=str(bracciano[0]),
+                                    workers=2, progress=False)
+    rows = {Path(r["path"]).name: r for r in result["dates"]}
+    assert all(rows[f.name]["bands"] == "B04,B03,B02" for f in bracciano)
+    odd = rows["20190720_B04.tif"]
+    assert odd["bands"] == "B04" and "read with B04 (most dates: B04,B03,B02)" in odd["warnings"]
+    assert all(r["status"] != "excluded" for r in result["dates"])
