@@ -59,6 +59,7 @@ from utils import PipelineError, atomic_path
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
                 "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "items", "search.geojson")
+SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
 
@@ -244,11 +245,15 @@ def fill_specks(image: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.n
     specks = small[labels] & invalid
     if not specks.any() or specks.all():          # nothing to fill, or nothing to fill it from
         return image, valid
-    mask = specks.astype(np.uint8)
+    # normalised convolution: each speck pixel the Gaussian-weighted mean of the valid pixels
+    # around it (OpenCV's inpainting overshot far outside the data's range on float images)
+    weight = valid.astype(np.float32)
+    den = cv2.GaussianBlur(weight, (0, 0), SPECK_FILL_SIGMA_PX)
     channels = image[..., None] if image.ndim == 2 else image
-    filled = np.stack([cv2.inpaint(np.ascontiguousarray(c, np.float32), mask, 3, cv2.INPAINT_TELEA)
+    filled = np.stack([np.where(specks, cv2.GaussianBlur(np.ascontiguousarray(c, np.float32) * weight, (0, 0),
+                                                          SPECK_FILL_SIGMA_PX) / np.maximum(den, 1e-6), c)
                        for c in np.moveaxis(channels, -1, 0)], -1)
-    return (filled[..., 0] if image.ndim == 2 else filled).astype(image.dtype), valid | specks
+    return (filled[..., 0] if image.ndim == 2 else filled).astype(image.dtype), valid | (specks & (den > 1e-3))
 
 
 # ----------------------------------------------------------------------------- coarse step
