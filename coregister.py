@@ -516,7 +516,11 @@ def main(argv=None) -> int:
                                   ("--datetime", args.datetime), ("--max-cloud", args.max_cloud)) if v]
     if search_only and not args.stac_search:
         parser.error(f"{', '.join(search_only)}: for --stac-search only")
-    if args.bbox and not (args.bbox[1] < args.bbox[3] and -90 <= args.bbox[1] and args.bbox[3] <= 90):
+    if args.bbox and not (-90 <= args.bbox[1] <= 90 and -90 <= args.bbox[3] <= 90 and -180 <= args.bbox[0] <= 180
+                          and -180 <= args.bbox[2] <= 180):
+        parser.error(f"--bbox {' '.join(map(str, args.bbox))}: W S E N in degrees (longitudes -180..180, "
+                     "latitudes -90..90)")
+    if args.bbox and args.bbox[1] >= args.bbox[3]:
         parser.error(f"--bbox {' '.join(map(str, args.bbox))}: W S E N in degrees, south below north")
     if args.stac_search and args.stack is None:
         parser.error("--stac-search finds the dates of a stack: add --stack")

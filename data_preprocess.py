@@ -289,7 +289,7 @@ class ItemRef:
         """Where the Item is: its ``self`` link, else its document's location ``#`` its id."""
         self_link = next((lk.get("href") for lk in self.item.get("links", []) or []
                           if isinstance(lk, dict) and lk.get("rel") == "self" and lk.get("href")), None)
-        if self_link and remote.is_remote(self_link) == remote.is_remote(self.base):
+        if self_link and remote.is_remote(self_link) and remote.is_remote(self.base):
             return str(self_link)
         return f"{self.base}#{self.id}" if self.id else str(self.base)
 

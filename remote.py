@@ -142,6 +142,8 @@ def read_json(location, what: str = "STAC document") -> dict:
                 break
         except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
+            if "timed out" in last:
+                break
         except ValueError as exc:
             raise PipelineError(f"{text}: not JSON ({exc}); give the URL of a {what}") from exc
         if attempt + 1 < OPEN_RETRIES:
@@ -204,8 +206,9 @@ def open_with_retries(open_fn, location):
     for attempt in range(attempts):
         try:
             return open_fn()
-        except Exception:
-            if attempt + 1 == attempts:
+        except Exception as exc:
+            # a server that did not answer within GDAL_HTTP_TIMEOUT will not in the next second
+            if attempt + 1 == attempts or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
                 raise
             time.sleep(delay)
             delay *= 2

@@ -143,20 +143,25 @@ def _find_date(paths: list, reference: str) -> int | None:
     return None
 
 
-def _earlier_reference(output, paths: list) -> int | None:
-    """The reference an earlier run in ``output`` chose, if that date is still in the stack (a
-    stack that grows keeps its reference: the shifts of its old dates stay comparable)."""
+def _earlier_run(output, paths: list) -> tuple[int | None, int | None]:
+    """The reference an earlier run in ``output`` chose and the date whose grid it used, where
+    those dates are still in the stack (a stack that grows keeps both: the shifts of its old dates
+    stay comparable, and its cached work stays valid)."""
     if output is None or not (Path(output) / "stack.json").is_file():
-        return None
+        return None, None
     try:
         earlier = json.loads((Path(output) / "stack.json").read_text())
     except (OSError, ValueError):
+        return None, None
+
+    def find(*keys):
+        for key in keys:
+            k = _find_date(paths, str(earlier[key])) if earlier.get(key) else None
+            if k is not None:
+                return k
         return None
-    for key in ("reference", "reference_id"):
-        k = _find_date(paths, str(earlier.get(key, ""))) if earlier.get(key) else None
-        if k is not None:
-            return k
-    return None
+
+    return find("reference", "reference_id"), find("grid_date")
 
 
 def _unique(dates: list) -> list:
@@ -396,7 +401,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 ref_k = same[0]
             else:
                 paths, ref_k = [given[0], *paths], 0
-    pinned = _earlier_reference(output, paths) if ref_k is None else None
+    pinned, pinned_grid = _earlier_run(output, paths) if ref_k is None else (None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     errors: dict[int, str] = {}
@@ -406,7 +411,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             products[k] = engine.open_date(p, "date", bands)
         except PipelineError as exc:
             errors[k] = str(exc)
-    grid_k = ref_k if ref_k is not None else next(iter(products), None)
+    grid_k = ref_k if ref_k is not None else pinned_grid if pinned_grid in products else next(iter(products), None)
     if grid_k is None or grid_k not in products:
         raise PipelineError(errors.get(grid_k if grid_k is not None else 0, "no date of the stack can be opened"))
     keys = list(products)
@@ -534,6 +539,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
                     scheduler)
     result["timing"] = timing
+    result["grid_date"] = _label(paths[grid_k])
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
@@ -786,13 +792,19 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     return out
 
 
-ALIGN_MARGIN_PX = 32      # overlap beyond the shift between chunks in align(): the Fourier shift's support
+ALIGN_MARGIN_PX = 24      # overlap beyond the shift between chunks in align(): the sinc's 8 px and the fill's 4σ
+ALIGN_FILL_SIGMA_PX = 2.0  # no-data filled from valid neighbours within ~4σ before the shift
 
 
 def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int) -> np.ndarray:
-    """One chunk (…, y, x) with its content moved by −d (px), band-limited, its no-data kept:
-    a pixel whose source is no data (or outside) is no data."""
-    from imaging import fourier_shift
+    """One chunk (…, y, x) with its content moved by −d (px) by a windowed-sinc shift
+    (``imaging.sinc_shift``: local, so chunks with ``margin`` of overlap give the same pixels as
+    the whole array), its no-data kept: no-data pixels are first filled from their valid
+    neighbours (a local, Gaussian-weighted mean), and a pixel whose nearest source pixel is no data
+    or lies outside the array is no data."""
+    import cv2
+
+    from imaging import sinc_shift
 
     dx, dy = d
     shape = block.shape
@@ -804,8 +816,13 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
         invalid = ~np.isfinite(img) if floating else np.zeros(img.shape, bool)
         if nodata is not None and not (floating and np.isnan(nodata)):
             invalid |= img == nodata
-        filled = np.where(invalid, np.nanmean(np.where(invalid, np.nan, img)) if (~invalid).any() else 0, img)
-        out[k] = fourier_shift(filled, -dx, -dy, pad=max(32, margin))
+        values = np.where(invalid, 0.0, img).astype(np.float32)
+        if invalid.any():
+            weight = (~invalid).astype(np.float32)
+            den = cv2.GaussianBlur(weight, (0, 0), ALIGN_FILL_SIGMA_PX)
+            num = cv2.GaussianBlur(values * weight, (0, 0), ALIGN_FILL_SIGMA_PX)
+            values = np.where(invalid, num / np.maximum(den, 1e-6), values)
+        out[k] = sinc_shift(values.astype(np.float64), -dx, -dy)
         # a pixel is no data where its nearest source pixel is, or lies outside the array (a block
         # reaches the array's edge on a side without overlap; elsewhere its overlap covers the shift)
         src = np.pad(invalid, 1, constant_values=True)
@@ -824,11 +841,10 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
 
 def align(da, shifts, excluded: str = "nodata"):
     """``da`` (the DataArray given to ``coregister_dataarray``) with every date's content moved onto
-    the reference by its ``shifts`` (that function's Dataset): a band-limited (Fourier) sub-pixel
-    shift on the same grid — same dims, coords and dtype; lazy, chunk by chunk (with an overlap of
+    the reference by its ``shifts`` (that function's Dataset): a windowed-sinc sub-pixel shift
+    (``imaging.sinc_shift``, 8 lobes: close to band-limited, and local) on the same grid — same dims, coords and dtype; lazy, chunk by chunk (with an overlap of
     the shift and a margin) when ``da`` is Dask-backed; no data kept (a pixel whose source is no
-    data, or lies outside the array, is no data). In memory and chunk by chunk agree to a few DN
-    (each chunk's Fourier shift sees its overlap, not the whole array). ``excluded`` dates: ``"nodata"`` (all no data), ``"keep"`` (as they were)
+    data, or lies outside the array, is no data). In memory and chunk by chunk give the same pixels. ``excluded`` dates: ``"nodata"`` (all no data), ``"keep"`` (as they were)
     or ``"drop"`` (removed from ``time``)."""
     import xarray as xr
 

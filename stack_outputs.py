@@ -15,6 +15,8 @@ import data_preprocess as dp
 import remote
 from utils import write_json
 
+EO_EXTENSION = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+RASTER_EXTENSION = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 STACK_OUTPUTS = engine.RESULT_NAMES        # a rerun replaces any earlier result of ours, pair or stack
 
 
@@ -26,7 +28,7 @@ def write_stack_outputs(result: dict, paths: list, products: dict, grid: dp.Grid
                                               for r in result["dates"]])
         engine.write_csv(tmp / "pairs.csv", result["pairs"])
         plot_report(result, tmp / "report.png")
-        write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid, tmp))
+        write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid, tmp, out.folder))
         if write_corrected:
             write_corrected_stack(result, paths, products, grid, tmp / "corrected", out.folder / "corrected")
         write_json(tmp / "stack.json", {k: v for k, v in result.items() if k not in ("dates", "pairs")})
@@ -71,7 +73,7 @@ def plot_report(result: dict, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
-def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path) -> dict:
+def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path, final: Path) -> dict:
     """Every placed date as a STAC Item whose georeference carries its correction, no pixel
     written: each raster asset (a band file or URL as read) becomes a GDAL VRT of it in
     ``folder/items/<id>/`` (a few hundred bytes that reference the original, absolute) whose
@@ -79,7 +81,11 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
     georeference from the file (odc-stac, stackstac, rasterio, QGIS) load the date aligned — with
     ``proj:transform`` (the moved one), ``proj:shape``, ``proj:epsg`` and
     ``coregistration:source_href`` (the original); the Item's geometry and bbox moved likewise. A
-    date that came as a STAC Item keeps its id, properties and other remote assets."""
+    date that came as a STAC Item keeps its id, properties and other remote assets. Asset hrefs are
+    relative to ``items.geojson`` (the folder can move: this project's reader resolves them against
+    the document) and each Item's ``self`` link is ``final/items.geojson`` (pystac and odc-stac
+    resolve them against it, while the folder stays where it was written). A file of several bands
+    is one asset with their ``eo:bands``."""
     import copy
 
     from rasterio.transform import Affine
@@ -103,16 +109,22 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
                 moved = Affine.translation(*move) * src.transform
                 epsg = src.crs.to_epsg() if src.crs else None
                 shape = [src.height, src.width]
+                raster_bands = [{"data_type": t, **({"nodata": src.nodata} if src.nodata is not None
+                                                     and np.isfinite(src.nodata) else {})} for t in src.dtypes]
             key = next((kk for kk, a in (source or {}).get("assets", {}).items()
                         if isinstance(date, dp.ItemRef) and remote.resolve_href(a.get("href", ""), date.base,
                                                                                str(date)) == href), None)
-            key = key or (by_href[href][0] if href in by_href and not by_href[href][0].isdigit()
+            named = [b for b in by_href.get(href, []) if not b.isdigit() and b != "grey"]
+            key = key or (named[0] if len(named) == 1 else "data" if len(named) > 1 and len(by_href) == 1
                           else engine.safe_name(remote.stem_of(href)))
             asset = dict((source or {}).get("assets", {}).get(key, {}))
+            if source is None and len(named) > 1:             # a multi-band file: its bands in file order
+                asset["eo:bands"] = [{"name": b} for b in sorted(named, key=lambda b: product.band_index.get(b, 0))]
             vrt = Path("items") / engine.safe_name(row["id"]) / f"{engine.safe_name(key)}.vrt"
             engine.write_moved_vrt(href, folder / vrt, moved)
-            asset.update({"href": vrt.as_posix(), "type": "application/x-gdal-vrt+xml",
-                          "coregistration:source_href": href,
+            asset.pop("type", None)            # a VRT has no registered media type; readers see role "data"
+            asset.setdefault("raster:bands", raster_bands)
+            asset.update({"href": vrt.as_posix(), "coregistration:source_href": engine.input_label(href),
                           "proj:transform": [float(v) for v in tuple(moved)[:6]], "proj:shape": shape,
                           **({"proj:epsg": epsg} if epsg else {})})
             asset.setdefault("roles", ["data"])
@@ -132,6 +144,7 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
             item.setdefault("properties", {}).update({**proj, **props})
             item["links"] = [lk for lk in item.get("links", []) if lk.get("rel") not in ("self", "root", "parent")]
             item["links"].append({"rel": "derived_from", "href": str(date)})
+            item["links"].append({"rel": "self", "href": str(final / "items.geojson")})
             exts = set(item.get("stac_extensions", [])) | {
                 "https://stac-extensions.github.io/projection/v1.1.0/schema.json"}
             item["stac_extensions"] = sorted(exts)
@@ -139,6 +152,9 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
             item = engine.stac_item(row["id"], row["date"], Path(first_path) if not remote.is_remote(first_path)
                                     else first_path, row["path"], props, transform=first_transform)
             item["assets"] = assets
+            item["links"].append({"rel": "self", "href": str(final / "items.geojson")})
+            item["stac_extensions"] = sorted({*item["stac_extensions"], RASTER_EXTENSION,
+                                              *([EO_EXTENSION] if any("eo:bands" in a for a in assets.values()) else [])})
         items.append(item)
     return {"type": "FeatureCollection", "features": items}
 
