@@ -10,9 +10,10 @@
 (b) stack: Lake Bracciano's 39 dates (SEN2DWATER; 5 of them on the neighbouring UTM zone) as a
     STAC ItemCollection whose assets are the 5-band files (``eo:bands``), its URL given to
     ``--stack``, against the local files: the largest difference of the shifts.
-(c) grow: 7 of those dates, then grown to 10 in the same output folder, against a fresh 10-date
-    run, on one running LocalCluster of 2 workers (a monitoring service keeps its cluster), over
-    ``--repeats`` interleaved runs: median times, their ratio, the largest shift difference.
+(c) grow: 7 dates of tile T36UYA (2019, 1024² px, the whole tile at 107 m), then grown to 10 in
+    the same output folder, against a fresh 10-date run, on one running LocalCluster of 2 workers
+    (a monitoring service keeps its cluster), over ``--repeats`` interleaved runs: median times,
+    their ratio, the largest shift difference.
 (d) xarray: the 10 dates of one UTM zone as a rioxarray DataArray: ``coregister_dataarray``
     against ``--stack`` on the same files, then ``align`` and the aligned array re-registered.
 """
@@ -173,12 +174,32 @@ def stack_case(data: Path, work: Path) -> list[str]:
             f"| ItemCollection URL (HTTP) | {remote['placed']} | {t_remote:.1f} | {diff:.2e} px |"]
 
 
+def t36uya_dates(data: Path, folder: Path, count: int = 10) -> list[Path]:
+    """``count`` dates of tile T36UYA (2019, spring to summer) as 1024² GeoTIFFs on one grid (the
+    data set's whole-tile TCI JPEGs, 107 m px; identity truth between dates)."""
+    import rasterio
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for jpg in sorted((data / "ukraine_T36UYA").glob("T36UYA_2019*_TCI.jpg"))[:count]:
+        grey = np.asarray(Image.open(jpg).convert("L"))
+        path = folder / f"{jpg.stem[:15]}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=grey.shape[1], height=grey.shape[0], count=1,
+                           dtype="uint8", crs="EPSG:32636", transform=from_origin(699960, 5600040, 107.2265625,
+                                                                                  107.2265625), nodata=0) as dst:
+            dst.write(grey[None])
+        out.append(path)
+    return out
+
+
 def grow_case(data: Path, work: Path, repeats: int) -> list[str]:
     from dask.distributed import Client, LocalCluster
 
     import stack
 
-    files = bracciano(data)[:10]
+    files = t36uya_dates(data, work / "t36uya")
     with stack.workers_without_rerunning_main():
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
@@ -248,7 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tiles", type=Path, default=None,
                         help="the full-tile pair (benchmarks/coregistration_full_tile.py --keep DIR); built here if absent")
     parser.add_argument("--skip", default="", help="cases to leave out: tile,stack,grow,xarray")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of the grow case")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of the grow case")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="remote_bench_"))
