@@ -54,6 +54,7 @@ import data_preprocess as dp
 import geo
 import remote
 from config import CoregisterConfig, PreprocessConfig
+from imaging import fill_from_neighbours
 from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
@@ -231,9 +232,10 @@ def read_date(product: dp.Product, bands: list[str], grid: dp.Grid, window, shap
 
 def fill_specks(image: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.ndarray, np.ndarray]:
     """Invalid specks of at most ``max_px`` pixels (scattered no-data, saturated or single-pixel
-    masked pixels) inpainted from their neighbours and counted valid: the matcher drops every
-    keypoint near no data, so 1 % of scattered invalid pixels cost half the tie points and 5 %
-    refused a pair. Larger no-data (an orbit's edge, a cloud) stays invalid."""
+    masked pixels) filled from their neighbours (``imaging.fill_from_neighbours``) and counted
+    valid: the matcher drops every keypoint near no data, so 1 % of scattered invalid pixels cost
+    half the tie points and 5 % refused a pair. Larger no-data (an orbit's edge, a cloud) stays
+    invalid."""
     import cv2
 
     invalid = ~valid
@@ -245,15 +247,13 @@ def fill_specks(image: np.ndarray, valid: np.ndarray, max_px: int) -> tuple[np.n
     specks = small[labels] & invalid
     if not specks.any() or specks.all():          # nothing to fill, or nothing to fill it from
         return image, valid
-    # normalised convolution: each speck pixel the Gaussian-weighted mean of the valid pixels
-    # around it (OpenCV's inpainting overshot far outside the data's range on float images)
-    weight = valid.astype(np.float32)
-    den = cv2.GaussianBlur(weight, (0, 0), SPECK_FILL_SIGMA_PX)
     channels = image[..., None] if image.ndim == 2 else image
-    filled = np.stack([np.where(specks, cv2.GaussianBlur(np.ascontiguousarray(c, np.float32) * weight, (0, 0),
-                                                          SPECK_FILL_SIGMA_PX) / np.maximum(den, 1e-6), c)
-                       for c in np.moveaxis(channels, -1, 0)], -1)
-    return (filled[..., 0] if image.ndim == 2 else filled).astype(image.dtype), valid | (specks & (den > 1e-3))
+    filled, reached = [], None
+    for c in np.moveaxis(channels, -1, 0):
+        f, reached = fill_from_neighbours(c, invalid, SPECK_FILL_SIGMA_PX)
+        filled.append(np.where(specks, f, c))
+    filled = np.stack(filled, -1)
+    return (filled[..., 0] if image.ndim == 2 else filled).astype(image.dtype), valid | (specks & reached)
 
 
 # ----------------------------------------------------------------------------- coarse step
@@ -879,19 +879,18 @@ def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None)
     return out
 
 
-def write_moved_vrt(src, out: Path, transform) -> Path:
-    """A GDAL VRT of ``src`` (a path or URL, referenced by its absolute location: no pixel is
-    copied or resampled) whose georeference is ``transform``: any GDAL-based reader (rasterio,
-    odc-stac, stackstac, QGIS) opening it gets the date with its correction applied."""
+def write_moved_vrt(dataset, location, out: Path, transform) -> Path:
+    """A GDAL VRT of the open ``dataset`` at ``location`` (a path or URL, referenced by its absolute
+    location: no pixel is copied or resampled) whose georeference is ``transform``: any GDAL-based
+    reader (rasterio, odc-stac, stackstac, QGIS) opening it gets the date with its correction."""
     import xml.etree.ElementTree as ET
 
     import rasterio.shutil
 
-    source = remote.gdal_path(src) if remote.is_remote(src) else str(Path(src).resolve())
+    source = remote.gdal_path(location) if remote.is_remote(location) else str(Path(location).resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        with dp.open_raster(src) as dataset:
-            rasterio.shutil.copy(dataset, tmp, driver="VRT")
+        rasterio.shutil.copy(dataset, tmp, driver="VRT")
         tree = ET.parse(tmp)
         root = tree.getroot()
         geo_transform = root.find("GeoTransform")
@@ -909,8 +908,12 @@ def footprint_lonlat(path: str | Path, transform=None) -> tuple[dict, list[float
     """A raster's footprint as a GeoJSON polygon in lon/lat, its bbox, and its ``proj:`` fields
     (with ``transform`` instead of its own when given)."""
     with dp.open_raster(path) as src:
-        t = transform or src.transform
-        w, h, crs = src.width, src.height, src.crs
+        return footprint(src.width, src.height, src.crs, transform or src.transform)
+
+
+def footprint(w: int, h: int, crs, t) -> tuple[dict, list[float], dict]:
+    """A raster of ``w`` × ``h`` px on ``t`` in ``crs``: its footprint polygon in lon/lat, bbox and
+    ``proj:`` fields (see ``footprint_lonlat``)."""
     edge = np.linspace(0, 1, 11)[:-1]            # each side without its last corner: a closed ring
     ring = np.concatenate([np.stack([edge * w, np.zeros_like(edge)], -1), np.stack([np.full_like(edge, w), edge * h], -1),
                            np.stack([(1 - edge) * w, np.full_like(edge, h)], -1),
@@ -926,11 +929,11 @@ def footprint_lonlat(path: str | Path, transform=None) -> tuple[dict, list[float
     return {"type": "Polygon", "coordinates": [coords]}, bbox, proj
 
 
-def stac_item(item_id: str, date: str, cog, source: str, properties: dict, transform=None) -> dict:
+def stac_item(item_id: str, date: str, cog, source: str, properties: dict, footprint=None) -> dict:
     """A STAC Item (1.0, projection extension) for a corrected COG: geometry, bbox and ``proj:``
-    fields of the corrected raster (or of ``cog`` with ``transform`` as its georeference), a link
-    to what it was made from."""
-    geometry, bbox, proj = footprint_lonlat(cog, transform)
+    fields of the corrected raster (or ``footprint``'s, as ``footprint()`` gives them), a link to
+    what it was made from, ``cog`` as its ``data`` asset (replaced by the caller when None)."""
+    geometry, bbox, proj = footprint or footprint_lonlat(cog)
     when = (f"{date[:4]}-{date[4:6]}-{date[6:8]}T00:00:00Z" if re.fullmatch(r"\d{8}", date or "") else None)
     links = [{"rel": "derived_from", "href": str(source) if "://" in str(source) else Path(source).resolve().as_uri()}]
     return {"type": "Feature", "stac_version": "1.0.0",
@@ -939,7 +942,7 @@ def stac_item(item_id: str, date: str, cog, source: str, properties: dict, trans
             "id": item_id, "geometry": geometry, "bbox": bbox,
             "properties": {"datetime": when, **({} if when else {"start_datetime": None}), **proj, **properties},
             "links": links,
-            "assets": {"data": {"href": remote.name_of(cog), "roles": ["data"],
+            "assets": {} if cog is None else {"data": {"href": remote.name_of(cog), "roles": ["data"],
                                 "type": "image/tiff; application=geotiff; profile=cloud-optimized"}}}
 
 

@@ -111,8 +111,7 @@ def _find_remote(url: str, scale: float, offset: float) -> list:
     if suffix in (".zip", ".safe"):
         raise PipelineError(f"{url}: a .SAFE is read from a local copy; download it, or give the product's "
                             "STAC Item URL (its bands are then read as COGs, window by window)")
-    if suffix in (".tif", ".tiff", ".jp2", ".vrt") or (suffix not in (".json", ".geojson")
-                                                       and remote.sniff(url) == "raster"):
+    if remote.is_raster(url):
         return [_try(open_band_files, [url], scale, offset)]
     return [_try_item(ref) for ref in stac_items(url)]
 
@@ -566,7 +565,7 @@ def open_raster(path: str):
     import rasterio
 
     try:
-        return remote.open_with_retries(lambda: rasterio.open(remote.gdal_path(path)), path)
+        return remote.with_retries(lambda: rasterio.open(remote.gdal_path(path)), path)
     except rasterio.errors.RasterioIOError as exc:
         if remote.is_remote(path):
             why = remote.diagnose(path) or str(exc).splitlines()[0]

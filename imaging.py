@@ -199,6 +199,20 @@ def to_uint8(image01: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(image01) * 255.0), 0, 255).astype(np.uint8)
 
 
+def fill_from_neighbours(image: np.ndarray, invalid: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (H, W) with its ``invalid`` pixels set to the Gaussian-weighted (``sigma`` px) mean
+    of the valid pixels around them — normalised convolution: local (each pixel depends only on
+    pixels within ~4σ) and within the data's range, unlike OpenCV's inpainting, which overshot on
+    float images. Returns (the filled image as float32, where a valid neighbour was within reach)."""
+    import cv2
+
+    weight = (~invalid).astype(np.float32)
+    values = np.where(invalid, 0.0, image).astype(np.float32)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma)
+    num = cv2.GaussianBlur(values * weight, (0, 0), sigma)
+    return np.where(invalid, num / np.maximum(den, 1e-6), values), den > 1e-3
+
+
 def sinc_shift(image: np.ndarray, dx: float, dy: float, radius: int = 8) -> np.ndarray:
     """``image`` (…, H, W) with its content moved by (dx, dy) px (what lay at p lies at p + d) by a
     Lanczos-windowed sinc of ``radius`` lobes, separably, the edges reflected: a close,

@@ -11,7 +11,7 @@ already in the environment wins, so a user can override any of them). Credential
 are GDAL's own environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_S3_ENDPOINT``, ``AWS_NO_SIGN_REQUEST``, ``GDAL_HTTP_HEADERS`` …), never code or files of
 ours. A failed request is retried by GDAL (``GDAL_HTTP_MAX_RETRY``) and an open by us
-(``open_with_retries``); then the input fails with one line naming the URL.
+(``with_retries``); then the input fails with one line naming the URL.
 
 Trust: hrefs in a remote STAC document are resolved against its URL and must stay remote — a
 remote catalog never makes us read a local file (``resolve_href``).
@@ -131,25 +131,24 @@ def read_json(location, what: str = "STAC document") -> dict:
             raise PipelineError(f"{text}: not a readable JSON file ({exc}); give a {what}") from exc
     if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
         raise PipelineError(f"{text}: a {what} is read over http(s) only; give its https:// URL")
-    delay, last = RETRY_DELAY_S, None
-    for attempt in range(OPEN_RETRIES):
-        try:
-            with urllib.request.urlopen(text, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 30))) as answer:
-                return json.loads(answer.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code} {exc.reason}"
-            if exc.code < 500 and exc.code != 429:
-                break
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(getattr(exc, "reason", exc))
-            if "timed out" in last:
-                break
-        except ValueError as exc:
-            raise PipelineError(f"{text}: not JSON ({exc}); give the URL of a {what}") from exc
-        if attempt + 1 < OPEN_RETRIES:
-            time.sleep(delay)
-            delay *= 2
-    raise PipelineError(f"{text}: cannot be fetched ({last}); check the URL and the network")
+    def fetch():
+        with urllib.request.urlopen(text, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 30))) as answer:
+            return answer.read()
+
+    def final(exc) -> bool:            # a client error (but 429) will not change on a retry
+        return isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429
+
+    try:
+        body = with_retries(fetch, text, final)
+    except urllib.error.HTTPError as exc:
+        raise PipelineError(f"{text}: cannot be fetched (HTTP {exc.code} {exc.reason}); check the URL") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise PipelineError(f"{text}: cannot be fetched ({getattr(exc, 'reason', exc)}); check the URL and the "
+                            "network") from exc
+    try:
+        return json.loads(body.decode("utf-8"))
+    except ValueError as exc:
+        raise PipelineError(f"{text}: not JSON ({exc}); give the URL of a {what}") from exc
 
 
 _RASTER_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP", b"\xffO\xffQ")
@@ -178,6 +177,18 @@ def sniff(location) -> str:
     return "json" if "json" in kind or head.lstrip().startswith(b"{") else "unknown"
 
 
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+
+
+def is_raster(location) -> bool:
+    """Whether a URL names a raster (by its file name, else by its first bytes: ``sniff``) rather
+    than a STAC document."""
+    suffix = suffix_of(location)
+    if suffix in RASTER_SUFFIXES:
+        return True
+    return suffix not in (".json", ".geojson") and sniff(location) == "raster"
+
+
 def diagnose(location) -> str:
     """Why an http(s) URL cannot be read, in a few words (one request): ``HTTP 404 Not Found``,
     ``connection refused``, ``no answer within 10 s`` …; empty for other schemes or when it answers."""
@@ -198,17 +209,19 @@ def diagnose(location) -> str:
     return "" if head.startswith(_RASTER_MAGIC) else "it answers, but not with a TIFF or JPEG 2000 file"
 
 
-def open_with_retries(open_fn, location):
-    """``open_fn()`` (a raster open); a remote location's failures are retried ``OPEN_RETRIES``
-    times with a growing delay (a network hiccup should not drop a date), a local one's are not."""
+def with_retries(fn, location, final=lambda exc: False):
+    """``fn()`` (a raster open, a fetch); a remote location's failures are retried ``OPEN_RETRIES``
+    times with a growing delay (a network hiccup should not drop a date), a local one's are not,
+    nor a timeout (a server that did not answer within GDAL_HTTP_TIMEOUT will not in the next
+    second) or what ``final(exc)`` says will not change."""
     attempts = OPEN_RETRIES if is_remote(location) else 1
     delay = RETRY_DELAY_S
     for attempt in range(attempts):
         try:
-            return open_fn()
+            return fn()
         except Exception as exc:
-            # a server that did not answer within GDAL_HTTP_TIMEOUT will not in the next second
-            if attempt + 1 == attempts or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+            if attempt + 1 == attempts or "timed out" in str(exc).lower() or "timeout" in str(exc).lower() \
+                    or final(exc):
                 raise
             time.sleep(delay)
             delay *= 2

@@ -61,7 +61,7 @@ import stack_outputs
 from stack_cache import WorkCache
 from config import CoregisterConfig
 from coreg_engine import DateFeatures, PairMeasure
-from utils import PipelineError, set_threads
+from utils import PipelineError, atomic_path, set_threads
 
 _PIPELINE = None      # one matching pipeline per worker process, loaded on its first task
 
@@ -120,7 +120,7 @@ def expand_inputs(inputs: list) -> list:
             continue
         item = str(item)
         if remote.is_remote(item):
-            out += _expand_document(item) if remote.suffix_of(item) not in (".tif", ".tiff", ".jp2") else [item]
+            out += [item] if remote.is_raster(item) else _expand_document(item)
             continue
         matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
         for m in matches:
@@ -762,8 +762,6 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
             profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(chosen), dtype=data.dtype.name,
                            crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                            compress="deflate", nodata=nodata)
-            from utils import atomic_path
-
             with atomic_path(path) as part:
                 with rasterio.open(part, "w", **profile) as dst:
                     dst.write(data)
@@ -802,9 +800,7 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
     the whole array), its no-data kept: no-data pixels are first filled from their valid
     neighbours (a local, Gaussian-weighted mean), and a pixel whose nearest source pixel is no data
     or lies outside the array is no data."""
-    import cv2
-
-    from imaging import sinc_shift
+    from imaging import fill_from_neighbours, sinc_shift
 
     dx, dy = d
     shape = block.shape
@@ -816,13 +812,8 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
         invalid = ~np.isfinite(img) if floating else np.zeros(img.shape, bool)
         if nodata is not None and not (floating and np.isnan(nodata)):
             invalid |= img == nodata
-        values = np.where(invalid, 0.0, img).astype(np.float32)
-        if invalid.any():
-            weight = (~invalid).astype(np.float32)
-            den = cv2.GaussianBlur(weight, (0, 0), ALIGN_FILL_SIGMA_PX)
-            num = cv2.GaussianBlur(values * weight, (0, 0), ALIGN_FILL_SIGMA_PX)
-            values = np.where(invalid, num / np.maximum(den, 1e-6), values)
-        out[k] = sinc_shift(values.astype(np.float64), -dx, -dy)
+        values = fill_from_neighbours(img, invalid, ALIGN_FILL_SIGMA_PX)[0] if invalid.any() else img
+        out[k] = sinc_shift(np.asarray(values, np.float64), -dx, -dy)
         # a pixel is no data where its nearest source pixel is, or lies outside the array (a block
         # reaches the array's edge on a side without overlap; elsewhere its overlap covers the shift)
         src = np.pad(invalid, 1, constant_values=True)

@@ -1,6 +1,6 @@
 """What a stack run writes (``coregister.py --stack``; ``stack.py`` computes it): ``shifts.csv``,
 ``pairs.csv``, ``stack.json``, ``report.png``, ``items.geojson`` (every placed date as a STAC Item
-whose ``proj:transform`` carries its correction, no pixel written) and, with
+whose assets are VRTs carrying its correction, no pixel written) and, with
 ``--write-corrected``, ``corrected/`` (COGs with their georeference moved, and
 ``corrected/stack.geojson`` of them). All built in a hidden folder and moved in whole
 (``engine.OutputFolder``)."""
@@ -13,7 +13,7 @@ import numpy as np
 import coreg_engine as engine
 import data_preprocess as dp
 import remote
-from utils import write_json
+from utils import PipelineError, write_json
 
 EO_EXTENSION = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 RASTER_EXTENSION = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
@@ -98,40 +98,35 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
         product, date = products[k], paths[k]
         d_px = np.array(row["shift_px"])
         source = copy.deepcopy(date.item) if isinstance(date, dp.ItemRef) else None
-        assets, first_path, first_transform = {}, None, None
+        assets = {}
         by_href = {}
         for band, files in product.band_files.items():
             for href in files.values():
                 by_href.setdefault(href, []).append(band)
+        source_keys = _asset_keys(date) if source is not None else {}     # href as read → the Item's asset key
+        first = None                                                      # the first band's footprint
         for href in sorted({h for h in list(by_href) + list(product.masks.values())}):
-            with dp.open_raster(href) as src:
-                move = engine.correction_in_crs(grid, d_px, src.crs)
-                moved = Affine.translation(*move) * src.transform
-                epsg = src.crs.to_epsg() if src.crs else None
-                shape = [src.height, src.width]
+            named = [b for b in by_href.get(href, []) if not b.isdigit() and b != "grey"]
+            key = source_keys.get(href) or (named[0] if len(named) == 1 else "data" if len(named) > 1 and
+                                            len(by_href) == 1 else engine.safe_name(remote.stem_of(href)))
+            vrt = Path("items") / engine.safe_name(row["id"]) / f"{engine.safe_name(key)}.vrt"
+            with dp.open_raster(href) as src:                 # one header read an asset
+                moved = Affine.translation(*engine.correction_in_crs(grid, d_px, src.crs)) * src.transform
+                engine.write_moved_vrt(src, href, folder / vrt, moved)
                 raster_bands = [{"data_type": t, **({"nodata": src.nodata} if src.nodata is not None
                                                      and np.isfinite(src.nodata) else {})} for t in src.dtypes]
-            key = next((kk for kk, a in (source or {}).get("assets", {}).items()
-                        if isinstance(date, dp.ItemRef) and remote.resolve_href(a.get("href", ""), date.base,
-                                                                               str(date)) == href), None)
-            named = [b for b in by_href.get(href, []) if not b.isdigit() and b != "grey"]
-            key = key or (named[0] if len(named) == 1 else "data" if len(named) > 1 and len(by_href) == 1
-                          else engine.safe_name(remote.stem_of(href)))
+                fp = engine.footprint(src.width, src.height, src.crs, moved)
+            if first is None and href in by_href:
+                first = fp
             asset = dict((source or {}).get("assets", {}).get(key, {}))
             if source is None and len(named) > 1:             # a multi-band file: its bands in file order
                 asset["eo:bands"] = [{"name": b} for b in sorted(named, key=lambda b: product.band_index.get(b, 0))]
-            vrt = Path("items") / engine.safe_name(row["id"]) / f"{engine.safe_name(key)}.vrt"
-            engine.write_moved_vrt(href, folder / vrt, moved)
             asset.pop("type", None)            # a VRT has no registered media type; readers see role "data"
             asset.setdefault("raster:bands", raster_bands)
-            asset.update({"href": vrt.as_posix(), "coregistration:source_href": engine.input_label(href),
-                          "proj:transform": [float(v) for v in tuple(moved)[:6]], "proj:shape": shape,
-                          **({"proj:epsg": epsg} if epsg else {})})
+            asset.update({"href": vrt.as_posix(), "coregistration:source_href": engine.input_label(href), **fp[2]})
             asset.setdefault("roles", ["data"])
             assets[key] = asset
-            if first_path is None and href in by_href:
-                first_path, first_transform = href, moved
-        geometry, bbox, proj = engine.footprint_lonlat(first_path, first_transform)
+        geometry, bbox, proj = first
         props = {"coregistration:dx_m": row["dx_m"], "coregistration:dy_m": row["dy_m"],
                  "coregistration:sigma_m": row["sigma_m"], "coregistration:status": row["status"],
                  "coregistration:reference": result["reference_id"],
@@ -149,14 +144,25 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
                 "https://stac-extensions.github.io/projection/v1.1.0/schema.json"}
             item["stac_extensions"] = sorted(exts)
         else:
-            item = engine.stac_item(row["id"], row["date"], Path(first_path) if not remote.is_remote(first_path)
-                                    else first_path, row["path"], props, transform=first_transform)
+            item = engine.stac_item(row["id"], row["date"], None, row["path"], props, footprint=first)
             item["assets"] = assets
             item["links"].append({"rel": "self", "href": str(final / "items.geojson")})
             item["stac_extensions"] = sorted({*item["stac_extensions"], RASTER_EXTENSION,
                                               *([EO_EXTENSION] if any("eo:bands" in a for a in assets.values()) else [])})
         items.append(item)
     return {"type": "FeatureCollection", "features": items}
+
+
+def _asset_keys(ref: dp.ItemRef) -> dict[str, str]:
+    """An Item's asset keys by their hrefs as the readers resolve them (assets whose href cannot be
+    read from here — a local path in a remote Item — left out)."""
+    keys = {}
+    for key, asset in (ref.item.get("assets") or {}).items():
+        try:
+            keys[remote.resolve_href(asset.get("href", ""), ref.base, str(ref))] = key
+        except PipelineError:
+            continue
+    return keys
 
 
 def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path,
