@@ -236,12 +236,15 @@ class CoregisterConfig:
     # same-date errors fall within 2σ at least 80 % of the time.
     sigma_scale: float = 1.0
     sigma_floor_px: float = 0.005
-    refine: bool = True               # each window's estimate refined free of interpolation bias
-    refine_iterations: int = 3        # Fourier pre-shift + Lucas-Kanade passes
-    refine_converged_px: float = 0.02  # px, the last pass moves it less than this, else it is not used
-    refine_window: int = 31           # px, Lucas-Kanade window of the refinement
-    refine_max_px: float = 0.5        # px, a refinement moving the learned estimate further is not used
-    refine_min_points: int = 8        # inlier points with a valid neighbourhood on both dates, at least
+    # Each window's learned estimate refined by a dense fit of all pixels both dates show
+    # (imaging.dense_translation; coreg_engine.refine_translation says when it is used)
+    refine: bool = True
+    refine_iterations: int = 20       # Newton steps at most
+    refine_converged_px: float = 1e-3  # px, the last step moves it less than this, else it is not used
+    refine_max_px: float = 1.0        # px, it may move the learned estimate this far,
+    refine_reach_se: float = 4.0      # or this many of the learned estimate's standard errors
+    refine_min_pixels: int = 1024     # pixels both dates show in the window, at least
+    refine_se_scale: float = 1.0      # its standard error (from the fit's residuals) times this
     field_cells: int = 16             # cells of the shift field along the longer side
     cloud_probability: int = 40       # L2A MSK_CLDPRB above this counts as cloud
     # L2A scene classes left out: saturated, cloud shadow, water, cloud medium/high, cirrus, snow

@@ -17,11 +17,13 @@ functions, in this order:
    scene-class masks applied, specks of no data inpainted), its features extracted once.
 5. ``measure_pair``: two dates matched window by window. A window's displacement starts from the
    **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine head
-   and the correlation stage — and, where both dates are read pixel for pixel, is then freed of
-   the correlation stage's interpolation bias (``refine_translation``: a Fourier pre-shift and
-   Lucas-Kanade on both dates' valid pixels; used only when it converges near the learned
-   estimate). Its standard error comes from the points' spread. (The ECC refinement this replaced
-   was up to 0.5 px off near the data's edge, pulled by the target's mean-filled invalid pixels.)
+   and the correlation stage — and, where both dates are read pixel for pixel, is then refined by
+   a dense fit of every pixel both dates show (``refine_translation``: a band-limited shift, gain
+   and offset, robust weights, both dates' validity; used only where it converges near the
+   learned estimate). Its standard error comes from the fit's residuals (else from the points'
+   spread). (An ECC refinement was once up to 0.5 px off near the data's edge, pulled by the
+   target's mean-filled invalid pixels; an LK-at-points one followed which keypoints a changed
+   scene gave.)
    Windows are combined by their median; those beyond ``outlier_sigmas`` spreads are rejected;
    where the tie points are not one translation (rotation, scale, a bad window) the pair carries
    a warning naming what was seen. The pair's ``sigma_px`` is calibrated on validation pairs
@@ -459,7 +461,8 @@ class WindowMeasure:
     reason: str | None = None
     shift_px: np.ndarray | None = None        # (2,) the window's estimate (refined where it could be)
     learned_px: np.ndarray | None = None      # (2,) the learned estimate: median of the inliers' displacements
-    refined: bool = False                     # shift_px is the bias-free refinement of the learned estimate
+    refined: bool = False                     # shift_px is the dense refinement of the learned estimate
+    correlation: float | None = None          # the dense fit's correlation (negative: contrast inverted)
     se_px: np.ndarray | None = None           # (2,) its standard error per axis
     inliers: int = 0
     tie_a: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # grid px, date a
@@ -491,80 +494,43 @@ class PairMeasure:
     windows: list[WindowMeasure] = field(default_factory=list)
 
 
-def refine_translation(fa: dict, fb: dict, points_b: np.ndarray, shift: np.ndarray,
-                       cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """The window's displacement made free of interpolation bias: date a's local contrast
-    (``texture``) moved by the current estimate with a band-limited (Fourier) shift — exact, no
-    interpolation — then pyramid-free Lucas-Kanade at date b's inlier points measures what is
-    left (near zero, where LK's bilinear sampling of both images is symmetric: unbiased); the
-    median of those residuals corrects the estimate; ``refine_iterations`` times, the last step
-    within ``refine_converged_px`` (else None: no fixed point). Only points
-    whose LK window is valid on both dates count (both dates' masks). The correlation stage's
-    LK, which warps bilinearly by the full sub-pixel offset, is biased by up to ±0.03 px
-    towards the half pixel; this removes it (measured in ``benchmarks/coregistration.py``).
+def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
+                       cfg: CoregisterConfig) -> "DenseFit | None":
+    """The window's displacement measured from all the pixels both dates show
+    (``imaging.dense_translation`` on their local contrast, ``texture``): date a's content moved by
+    a band-limited shift (no interpolation bias), its gain and offset fitted (negative where the
+    contrast inverted, as land turned to water), changed content down-weighted by a robust
+    biweight, both dates' validity and the window's edges faded out. Started at the learned
+    estimate ``shift``; used only where it converges within ``refine_iterations`` Newton steps to
+    an optimum no further than ``reach_px`` from it (another optimum is another answer, which the
+    verified matches did not find). None where it cannot run or is not used.
 
-    Returns (shift, per-point displacements (N, 2), points used), or None where it cannot run."""
-    import cv2
-
-    from imaging import fourier_shift
+    Why: the learned estimate is a median of points, each moved by the correlation stage's
+    bilinear LK (biased ±0.03 px towards the half pixel) and drawn from whichever keypoints the
+    content gave — on changed scenes (floods) two sub-pixel moves of the same target gave learned
+    estimates 0.2–1.4 px apart. The dense optimum follows a move of the content exactly: 0.01–0.04 px
+    apart on the same pairs (``benchmarks/coregistration.py``)."""
+    from imaging import dense_translation
 
     ta, tb = fa.get("texture"), fb.get("texture")
     if ta is None or tb is None or ta.shape != tb.shape:
         return None
     if not (np.allclose(fa.get("texture_scale", 1.0), 1.0) and np.allclose(fb.get("texture_scale", 1.0), 1.0)):
         return None
-    h, w = tb.shape
-    half = cfg.refine_window // 2
-    both = np.ones((h, w), bool) if fb.get("valid") is None else fb["valid"].copy()
-    if fa.get("valid") is not None:
-        moved = np.zeros_like(both)
-        ox, oy = (int(v) for v in np.round(shift))
-        src = fa["valid"][max(0, -oy):h - max(0, oy), max(0, -ox):w - max(0, ox)]
-        moved[max(0, oy):max(0, oy) + src.shape[0], max(0, ox):max(0, ox) + src.shape[1]] = src
-        both &= moved
-    both = cv2.erode(both.astype(np.uint8), np.ones((2 * half + 3, 2 * half + 3), np.uint8)) > 0
-    # the inlier points and a grid of textured points (Shi-Tomasi response in the upper half):
-    # where the matcher found few keypoints (water, fields) the texture still measures
-    step = max(4, cfg.refine_window // 2)
-    gy, gx = np.mgrid[step // 2:h:step, step // 2:w:step]
-    grid_pts = np.stack([gx.ravel(), gy.ravel()], -1)
-    response = cv2.cornerMinEigenVal(tb, 7)
-    grid_pts = grid_pts[both[grid_pts[:, 1], grid_pts[:, 0]]]
-    if len(grid_pts):
-        r = response[grid_pts[:, 1], grid_pts[:, 0]]
-        grid_pts = grid_pts[r >= np.median(r)]
-    pts = np.round(points_b).astype(int)
-    inside = (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < w) & (pts[:, 1] < h)
-    pts = pts[inside]
-    pts = np.unique(np.concatenate([pts[both[pts[:, 1], pts[:, 0]]], grid_pts]), axis=0)
-    if len(pts) < cfg.refine_min_points:
+    fit = dense_translation(ta, tb, fa.get("valid"), fb.get("valid"), start=shift,
+                            max_iterations=cfg.refine_iterations, tolerance=cfg.refine_converged_px)
+    if fit is None or not fit.converged or fit.pixels < cfg.refine_min_pixels:
         return None
-    p0 = pts.astype(np.float32).reshape(-1, 1, 2)
-    base = ta.astype(np.float64)
-    d = np.asarray(shift, np.float64).copy()
-    flows = np.zeros((0, 2))
-    for _ in range(cfg.refine_iterations):
-        template = np.clip(np.round(fourier_shift(base, *d)), 0, 255).astype(np.uint8)
-        p1, status, _ = cv2.calcOpticalFlowPyrLK(
-            template, tb, p0, p0.copy(), winSize=(cfg.refine_window, cfg.refine_window), maxLevel=0,
-            flags=cv2.OPTFLOW_USE_INITIAL_FLOW, criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-3))
-        flow = (p1 - p0).reshape(-1, 2).astype(np.float64)
-        ok = (status.ravel() == 1) & (np.abs(flow) < cfg.refine_max_px).all(1)
-        if ok.sum() < cfg.refine_min_points:
-            return None
-        flows = d + flow[ok]
-        step = np.median(flow[ok], axis=0)
-        d = d + step
-    if np.hypot(*step) > cfg.refine_converged_px:       # no fixed point: changed or ambiguous content
+    if np.hypot(*(fit.shift - shift)) > reach_px:
         return None
-    return d, flows, int(len(flows))
+    return fit
 
 
 def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_a, offset_b,
                    cfg: CoregisterConfig | None = None, refine: bool = True) -> WindowMeasure:
     """Match one window pair; its learned estimate (inlier median after the fine head and the
-    correlation stage), refined free of interpolation bias where ``refine`` and it converges
-    within ``refine_max_px`` of it (``refine_translation``); the estimate's standard error from
+    correlation stage), refined by the dense fit where ``refine`` and it converges near it
+    (``refine_translation``); the estimate's standard error from the fit's residuals, else from
     the points' robust spread."""
     cfg = cfg or CoregisterConfig()
     m = WindowMeasure(k, window)
@@ -576,18 +542,22 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     d = (r["mkpts1"][inl] - r["mkpts0"][inl]).astype(np.float64)
     med = np.median(d, axis=0)
     m.learned_px = med + (np.asarray(offset_b, np.float64) - offset_a)
-    refined = refine_translation(fa, fb, r["mkpts1"][inl], med, cfg) if refine else None
-    if refined is not None and np.hypot(*(refined[0] - med)) <= cfg.refine_max_px:
-        med, d = refined[0], refined[1]
-        m.refined = True
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0)
+    se = MEDIAN_SE * np.maximum(spread, 0.05) / np.sqrt(len(d))
+    # the dense optimum may move the estimate within the learned estimate's own uncertainty
+    # (``refine_reach_se`` standard errors), and at least ``refine_max_px``
+    reach = max(cfg.refine_max_px, cfg.refine_reach_se * float(np.hypot(*se)))
+    fit = refine_translation(fa, fb, med, reach, cfg) if refine else None
+    if fit is not None:
+        med, se = fit.shift, cfg.refine_se_scale * fit.se
+        m.refined, m.correlation = True, fit.correlation
     origin = np.array(window[:2], np.float64)
     m.tie_a = r["mkpts0"][inl] + origin + offset_a
     m.tie_b = r["mkpts1"][inl] + origin + offset_b
     m.score = r["mconf"][inl]
     m.inliers = int(inl.sum())
     m.shift_px = med + (np.asarray(offset_b, np.float64) - offset_a)
-    m.se_px = MEDIAN_SE * np.maximum(spread, 0.05) / np.sqrt(len(d))
+    m.se_px = se
     m.status = "used"
     return m
 
@@ -674,11 +644,11 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     windows: the median of the used windows' estimates, its calibrated standard error,
     warnings where they disagree. ``px_m``: metres per grid px (for the warnings' wording)."""
     common = sorted(set(a.features) & set(b.features))
-    # the refinement where both dates are read pixel for pixel: a date resampled by the virtual
-    # warp carries the cubic kernel's own sub-pixel bias, which the learned estimate (its bilinear
-    # template against it) follows better — measured on the full tile, whose target is warped:
-    # learned within 0.003 px of the truth, refined 0.03 px off (benchmarks/coregistration_full_tile.py)
-    refine = cfg.refine and not (a.location.warp or b.location.warp)
+    # every window refined, resampled dates too: with both images blurred alike (imaging.
+    # dense_translation), the dense fit is not drawn by the resampling kernel's bias — dates on the
+    # neighbouring UTM zone (Lanczos) re-registered within 0.002 px where the learned estimate was
+    # 0.03 px off; the full tile (a mosaic of chips with sharp seams) 0.03 m, learned 0.01 m
+    refine = cfg.refine
     measures = [measure_window(pipeline, k, a.windows[k], a.features[k], b.features[k], a.offset, b.offset,
                                cfg, refine) for k in common]
     out = PairMeasure(i, j, False, windows=measures)

@@ -79,10 +79,46 @@ def content_shifted(src: Path, out: Path, dx: float, dy: float) -> Path:
     with rasterio.open(src) as s:
         profile, data, desc = s.profile, s.read().astype(np.float64), s.descriptions
     moved = np.moveaxis(fourier_shift(np.moveaxis(data, 0, -1), dx, dy), -1, 0)
+    top = np.iinfo(np.dtype(profile["dtype"])).max
     with rasterio.open(out, "w", **profile) as dst:
-        dst.write(np.clip(np.round(moved), 1, 65535).astype(profile["dtype"]))
+        dst.write(np.clip(np.round(moved), 0 if profile.get("nodata") is None else 1, top).astype(profile["dtype"]))
         dst.descriptions = desc
     return out
+
+
+def ombria_chip(png: Path, out: Path) -> Path:
+    """An OMBRIA chip (8-bit false-colour PNG, no georeference) as an unnamed 3-band uint8
+    GeoTIFF on a UTM 10 m grid without a nodata tag — read as RGB, as in the benchmark."""
+    from PIL import Image
+    from rasterio.transform import from_origin
+
+    rgb = np.asarray(Image.open(png).convert("RGB"))
+    with rasterio.open(out, "w", driver="GTiff", width=rgb.shape[1], height=rgb.shape[0], count=3, dtype="uint8",
+                       crs="EPSG:32632", transform=from_origin(500_000, 4_800_000, 10, 10)) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return out
+
+
+@pytest.mark.parametrize("chip", ["0070", "0615"])
+def test_a_changed_scene_follows_a_subpixel_move_of_its_content(pipeline, tmp_path, chip):
+    """Two OMBRIA validation flood chips (0070: fields and forest a season apart; 0615: land
+    turned to water under cloud, its contrast inverted), the target's content moved twice by
+    known sub-pixel shifts: the two estimates differ by the shifts' difference within 0.1 px (1 m;
+    measured 0.01 and 0.05 px). The learned estimates alone scatter with the keypoints a changed
+    scene gives (0.15 and 0.57 px here); the dense refinement follows the content."""
+    ombria = Path(__file__).parent / "data" / "ombria"
+    ref = ombria_chip(ombria / f"S2_before_{chip}.png", tmp_path / "before.tif")
+    after = ombria_chip(ombria / f"S2_after_{chip}.png", tmp_path / "after.tif")
+    s1, s2 = np.array([0.82, -1.13]), np.array([-0.64, 0.47])
+    estimates = []
+    for k, s in enumerate((s1, s2)):
+        co = coregister.Coregistration(ref, content_shifted(after, tmp_path / f"t{k}.tif", *s), pipeline=pipeline,
+                                       progress=False)
+        r = co.run()
+        assert r["verified"], r["reason"]
+        assert all(w.refined for w in co.pair.windows if w.status == "used")
+        estimates.append(np.array(r["shift_m"]["shift_px"]))
+    assert np.hypot(*((estimates[1] - estimates[0]) - (s2 - s1))) < 0.1
 
 
 def test_same_date_precision(pipeline, tmp_path):
