@@ -194,7 +194,7 @@ def band_grids(product: dp.Product, bands: list[str]) -> list[dp.Grid]:
 def grid_fraction(bands: list[dp.Grid], grid: dp.Grid) -> np.ndarray | None:
     """Where a date's own pixels (its bands' grids) lie on ``grid``, as the fractional part (2,)
     of the grid px of their pixel corners, when every band is in the grid's CRS at its pixel size
-    without rotation; else None (then it is read through a virtual warp). A date whose pixels are the
+    without rotation; else None (then it is resampled onto the grid). A date whose pixels are the
     grid's shifted by a fraction is read pixel for pixel, without resampling, and the fraction is
     added to what is measured: resampling would bias a sub-pixel measurement (GDAL's cubic warp
     moves the content by a few hundredths of a pixel less than asked)."""

@@ -310,7 +310,7 @@ def displacement_px(co: Coregistration, result: dict, model: str, cols: np.ndarr
 
 def write_resampled_target(co: Coregistration, result: dict, folder: Path, model: str, block: int = 1024) -> Path:
     """The target resampled onto the reference grid by the ``affine`` or the ``field`` (Lanczos,
-    after a cubic virtual warp where the target is not on the reference's grid), every band of the
+    after a cubic resampling where the target is not on the reference's grid), every band of the
     target product (every band of a single raster file, named or not), in its own data type, block
     by block, as one COG with the provenance as tags. No data: the target's own no-data value,
     else NaN for floating-point data and 0 for integers (data then clipped to ≥ 1)."""

@@ -150,7 +150,7 @@ def test_a_window_at_the_data_edge_keeps_the_learned_precision(pipeline, tmp_pat
 
 def test_target_on_another_utm_zone_in_degrees_or_at_20m(pipeline, tmp_path):
     """The same date on the reference's grid, reprojected to the next UTM zone and to EPSG:4326,
-    and averaged to 20 m: read through a virtual warp, the same shift comes out in the
+    and averaged to 20 m: resampled onto the grid, the same shift comes out in the
     reference's metres."""
     direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
     for crs in ("EPSG:32633", "EPSG:4326"):
