@@ -179,21 +179,27 @@ def content_shifted(src: Path, out: Path, dx: float, dy: float, gain: float = 1.
 
 def px_to_metres(path: Path, d_px, reference: Path | None = None) -> np.ndarray:
     """A displacement of the file's content by ``d_px`` (its own px, x right, y down) as metres
-    (east, north) of ``reference``'s CRS (default: its own): at the file's centre, through both
-    CRSs — a date on the neighbouring UTM zone's grid is rotated by the zones' grid convergence
+    (east, north) of ``reference``'s CRS (default: its own; a geographic CRS: its local UTM
+    zone, as ``coregister.py`` reports metres): at the file's centre, through both CRSs — a date on the neighbouring UTM zone's grid is rotated by the zones' grid convergence
     (~4° at Lake Bracciano), which an earlier version left out (0.1–0.15 px of false error)."""
     import rasterio
 
     from geo import reproject_points
 
+    from geo import metric_crs
+
     with rasterio.open(path) as src:
         t, crs = src.transform, src.crs
         centre = np.array([[(src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2]])
     moved = centre + [[d_px[0] * t.a, d_px[1] * t.e]]
-    if reference is None:
+    ref_crs = crs
+    if reference is not None:
+        with rasterio.open(reference) as ref:
+            ref_crs = ref.crs
+    if not ref_crs.is_projected:        # degrees: the same displacement in metres, as coregister.py gives it
+        ref_crs = metric_crs(ref_crs, reproject_points(centre, crs, ref_crs))
+    if ref_crs == crs:
         return (moved - centre)[0]
-    with rasterio.open(reference) as ref:
-        ref_crs = ref.crs
     return (reproject_points(moved, crs, ref_crs) - reproject_points(centre, crs, ref_crs))[0]
 
 
