@@ -463,6 +463,7 @@ class WindowMeasure:
     learned_px: np.ndarray | None = None      # (2,) the learned estimate: median of the inliers' displacements
     refined: bool = False                     # shift_px is the dense refinement of the learned estimate
     correlation: float | None = None          # the dense fit's correlation (negative: contrast inverted)
+    at_px: np.ndarray | None = None           # (2,) grid px of date a where the estimate applies
     se_px: np.ndarray | None = None           # (2,) its standard error per axis
     inliers: int = 0
     tie_a: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # grid px, date a
@@ -471,6 +472,13 @@ class WindowMeasure:
 
     @property
     def centre(self) -> np.ndarray:
+        """Where the window's estimate applies (grid px of date a): the centroid of what its dense
+        fit used (weighted by what each pixel told it), else of its inliers, else the window's
+        middle. Under a rotation the displacement varies over a window, and its estimate is the
+        displacement there, not at the middle (an affine fitted to the middles held 1.7° of a 2°
+        rotation)."""
+        if self.at_px is not None:
+            return np.asarray(self.at_px, np.float64)
         c, r, w, h = self.window
         return np.array([c + (w - 1) / 2, r + (h - 1) / 2])
 
@@ -549,9 +557,12 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     reach = max(cfg.refine_max_px, cfg.refine_reach_se * float(np.hypot(*se)))
     fit = refine_translation(fa, fb, med, reach, cfg) if refine else None
     if fit is not None:
-        med, se = fit.shift, cfg.refine_se_scale * fit.se
+        # its standard error: the fit's own (its residuals' noise), and never below the learned
+        # estimate's — the points' spread is what shows how far changed content pulls a date
+        med, se = fit.shift, np.maximum(cfg.refine_se_scale * fit.se, se)
         m.refined, m.correlation = True, fit.correlation
     origin = np.array(window[:2], np.float64)
+    m.at_px = (fit.at if fit is not None else r["mkpts0"][inl].mean(0)) + origin + offset_a
     m.tie_a = r["mkpts0"][inl] + origin + offset_a
     m.tie_b = r["mkpts1"][inl] + origin + offset_b
     m.score = r["mconf"][inl]

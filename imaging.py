@@ -270,6 +270,9 @@ class DenseFit:
     iterations: int
     converged: bool             # the last Newton step moved it less than the tolerance
     pixels: int                 # pixels with weight (inside both images' valid data, off their edges)
+    at: np.ndarray              # (2,) px (x, y): where the shift applies — the centroid of the pixels
+                                # weighted by what they told the fit (weight × gradient²); where the
+                                # displacement varies (a rotation), the fitted shift is the one there
 
 
 def _smooth_weight(valid: np.ndarray, ramp: float) -> np.ndarray:
@@ -377,4 +380,8 @@ def dense_translation(moving: np.ndarray, fixed: np.ndarray, valid_moving: np.nd
     cov = Hinv @ (z.T @ z) @ Hinv
     am, bm = np.average(As, weights=ws), np.average(bs, weights=ws)
     corr = float(np.sum(ws * (As - am) * (bs - bm)) / np.sqrt(np.sum(ws * (As - am) ** 2) * np.sum(ws * (bs - bm) ** 2) + 1e-12))
-    return DenseFit(d, np.sqrt(np.maximum(np.diag(cov)[:2], 0)), float(gain), corr, iteration, converged, int(sel.sum()))
+    info = tw * gain ** 2 * (Ax[sel] ** 2 + Ay[sel] ** 2)
+    ys, xs = np.nonzero(sel)
+    at = np.array([np.sum(info * xs), np.sum(info * ys)]) / max(float(info.sum()), 1e-12)
+    return DenseFit(d, np.sqrt(np.maximum(np.diag(cov)[:2], 0)), float(gain), corr, iteration, converged,
+                    int(sel.sum()), at)
