@@ -633,11 +633,14 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
     moved = corners @ M[:, :2].T + M[:, 2] - corners - med
     reach = np.linalg.norm(moved, axis=1)
     if reach.max() > limit:
-        angle = np.degrees(np.arctan2(M[1, 0] - M[0, 1], M[0, 0] + M[1, 1]))
+        # counter-clockwise as seen on a map (north up), as the affine in map coordinates: grid px
+        # run down, so the angle measured on them changes sign
+        angle = -np.degrees(np.arctan2(M[1, 0] - M[0, 1], M[0, 0] + M[1, 1]))
         scale = np.sqrt(abs(np.linalg.det(M[:, :2])))
         return (f"windows disagree by {reach.min() * px_m:.0f}–{reach.max() * px_m:.0f} m at the corners of the "
-                f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}°, scale "
-                f"{scale:.4f}); the translation is only an average, use --correction affine"), True
+                f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}° "
+                f"counter-clockwise, scale {scale:.4f}); the translation is only an average, use --correction "
+                "affine"), True
     if len(windows) >= 3:
         shifts = np.array([w.shift_px for w in windows])
         dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)

@@ -555,7 +555,8 @@ def main(argv=None) -> int:
     shift = result["shift_m"]
     if shift:
         print(f"shift of the target: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "
-              f"(sigma {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m); {result['windows']['used']} windows, "
+              f"(sigma {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m); {result['windows']['used']} "
+              f"window{'s' if result['windows']['used'] != 1 else ''}, "
               f"{result['tie_points']} tie points, {result['seconds']:.1f} s → {args.output}")
         return 0
     print(f"not co-registered: {result['reason']} → {args.output}", file=sys.stderr)

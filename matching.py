@@ -175,6 +175,9 @@ class SuperPointExtractor:
         size = tuple(int(v) for v in (size or (w, h)))
         cell = self.config.cell
         if min(size) < cell or min(h, w) < cell:
+            if image.ndim == 3 and image.shape[0] <= 16 and min(image.shape[1:]) >= cell:
+                raise PipelineError(f"{name}: an array of shape {image.shape} looks like (bands, rows, cols), as "
+                                    "rasterio reads it; pass (rows, cols, bands): np.moveaxis(array, 0, -1)")
             raise PipelineError(f"{name}: {size[0]}×{size[1]} px is smaller than one {cell}-px network cell; "
                                 "use a larger image")
         nw, nh = self.network_size(*size)

@@ -245,6 +245,10 @@ def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterC
     return pair
 
 
+# a stack corrects dates by translation only: a date that needs an affine is co-registered as a pair
+STACK_AFFINE_HINT = "co-register this date as a pair against the reference with --correction affine"
+
+
 # ----------------------------------------------------------------------------- adjustment
 def adjust(n: int, pairs: list[PairMeasure], reference: int, iterations: int = 20) -> dict:
     """Robust weighted least squares of ``x_j − x_i = d_ij`` over the verified pairs, ``x_ref = 0``.
@@ -621,7 +625,8 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
         elif reason is None:
             reason = "no verified pair joins it to the reference (snow, cloud or a different place?)"
         # a pair's warnings belong to its dates other than the reference (the reference is the yardstick)
-        warnings = [] if k == ref else sorted({w for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
+        warnings = [] if k == ref else sorted({w.replace("use --correction affine", STACK_AFFINE_HINT)
+                                               for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
         if k in locations and list(locations[k].bands) != list(usual):
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
         date = d.date if d else (locations[k].date if k in locations else

@@ -332,7 +332,7 @@ def test_a_rotated_target_is_warned_about(pipeline, tmp_path):
     translation of the same place does not."""
     r = coregister.coregister(REF, rotated(SUMMER, tmp_path / "rot.tif", 3.0), pipeline=pipeline, progress=False)
     (warning,) = r["warnings"]
-    assert "rotation or scale" in warning and "--correction affine" in warning and "-3.0" in warning
+    assert "rotation or scale" in warning and "--correction affine" in warning and "+3.0" in warning
     assert not coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)["warnings"]
 
 
