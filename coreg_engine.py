@@ -17,10 +17,9 @@ functions, in this order:
    scene-class masks applied, specks of no data inpainted), its features extracted once.
 5. ``measure_pair``: two dates matched window by window. A window's displacement starts from the
    **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine head
-   and the correlation stage — and, where both dates are read pixel for pixel, is then refined by
-   a dense fit of every pixel both dates show (``refine_translation``: a band-limited shift, gain
-   and offset, robust weights, both dates' validity; used only where it converges near the
-   learned estimate). Its standard error comes from the fit's residuals (else from the points'
+   and the correlation stage — and is then refined by a dense fit of every pixel both dates show
+   (``refine_translation``: a band-limited shift, gain and offset, robust weights, both dates'
+   validity; used only where it converges near the learned estimate). Its standard error comes from the fit's residuals (else from the points'
    spread). (An ECC refinement was once up to 0.5 px off near the data's edge, pulled by the
    target's mean-filled invalid pixels; an LK-at-points one followed which keypoints a changed
    scene gave.)
