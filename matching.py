@@ -93,6 +93,9 @@ def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) ->
     if array.ndim not in (2, 3):
         raise PipelineError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {array.shape}")
     if array.ndim == 3:
+        if array.shape[0] <= 16 and array.shape[2] > 16:
+            raise PipelineError(f"{name}: an array of shape {array.shape} looks like (bands, rows, cols), as "
+                                "rasterio reads it; pass (rows, cols, bands): np.moveaxis(array, 0, -1)")
         if bands is not None:
             bad = [b for b in bands if not 1 <= b <= array.shape[2]]
             if bad:
@@ -101,8 +104,9 @@ def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) ->
             array = array[..., [b - 1 for b in bands]]
         elif not (array.shape[2] == 3 and array.dtype == np.uint8):
             raise PipelineError(f"{name}: {array.shape[2]}-band {array.dtype} image; choose the bands to use "
-                                "with ImageMatcher(bands=...) or --bands: names from the file's band descriptions "
-                                "(B04,B03,B02) or 1-based indices (e.g. 3,2,1: the third band as red)")
+                                "with ImageMatcher(bands=...) or --bands: 1-based indices (e.g. 3,2,1: the third "
+                                "band as red), or for a raster file also names from its band descriptions "
+                                "(B04,B03,B02)")
     return array
 
 
@@ -175,9 +179,6 @@ class SuperPointExtractor:
         size = tuple(int(v) for v in (size or (w, h)))
         cell = self.config.cell
         if min(size) < cell or min(h, w) < cell:
-            if image.ndim == 3 and image.shape[0] <= 16 and min(image.shape[1:]) >= cell:
-                raise PipelineError(f"{name}: an array of shape {image.shape} looks like (bands, rows, cols), as "
-                                    "rasterio reads it; pass (rows, cols, bands): np.moveaxis(array, 0, -1)")
             raise PipelineError(f"{name}: {size[0]}×{size[1]} px is smaller than one {cell}-px network cell; "
                                 "use a larger image")
         nw, nh = self.network_size(*size)

@@ -624,9 +624,13 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             status, reason = "ok", None if direct else "placed through its neighbours (not matched to the reference)"
         elif reason is None:
             reason = "no verified pair joins it to the reference (snow, cloud or a different place?)"
-        # a pair's warnings belong to its dates other than the reference (the reference is the yardstick)
+        # a date's warnings come from its pair with the reference (the yardstick; a rotated date
+        # would otherwise lend its warning, with either sign, to every neighbour it was matched
+        # with), or from all its pairs where it has none with the reference
+        own = [r for r in pairs if r.verified and {r.i, r.j} == {k, ref}] or \
+              [r for r in pairs if r.verified and k in (r.i, r.j)]
         warnings = [] if k == ref else sorted({w.replace("use --correction affine", STACK_AFFINE_HINT)
-                                               for r in pairs if r.verified and k in (r.i, r.j) for w in r.warnings})
+                                               for r in own for w in r.warnings})
         if k in locations and list(locations[k].bands) != list(usual):
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
         date = d.date if d else (locations[k].date if k in locations else

@@ -338,16 +338,17 @@ def test_a_rotated_target_is_warned_about(pipeline, tmp_path):
 
 def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tmp_path):
     """The same date rotated by 2° (one window: a small scene): the affine holds the rotation
-    (within 0.05°) and the target it corrects re-registers within 1 m, without a rotation
+    (within 0.05°) and the target it corrects re-registers within 0.2 m, without a rotation
     warning. (Its translation placed at the tie points' centroid left this target 2.5 m off; on a
-    larger scene an affine fitted to the windows' middles held 1.7° and left it 11 m off.)"""
+    larger scene an affine fitted to the windows' middles held 1.7° and left it 11 m off; the
+    resampling's displacement grid, stretched by cv2.resize, left 9 % of the rotation: 0.5 m.)"""
     r = coregister.coregister(REF, rotated(REF, tmp_path / "rot.tif", 2.0), tmp_path / "out", pipeline=pipeline,
                               progress=False, write_corrected=True, correction="affine")
     M = np.array(r["affine"]["matrix"])
     assert abs(np.degrees(np.arctan2(M[1, 0], M[0, 0])) - 2.0) < 0.05
     (corrected,) = (tmp_path / "out" / "corrected").glob("*.tif")
     again = coregister.coregister(REF, corrected, pipeline=pipeline, progress=False)
-    assert again["verified"] and not again["warnings"] and np.hypot(*shift_of(again)) < 1.0
+    assert again["verified"] and not again["warnings"] and np.hypot(*shift_of(again)) < 0.2
 
 
 def test_a_large_offset_and_a_coarser_reference(pipeline, tmp_path):

@@ -359,3 +359,11 @@ def test_dense_translation_is_exact_through_inverted_contrast_changes_and_nodata
     moved = imaging.dense_translation(a, imaging.fourier_shift(b, *delta), valid_a, valid_b, start=truth)
     assert np.hypot(*((moved.shift - fit.shift) - delta)) < 0.01
     assert imaging.dense_translation(np.full((64, 64), 7.0), np.full((64, 64), 9.0)) is None
+
+
+def test_an_array_in_rasterios_band_order_is_named_as_such():
+    """A (bands, rows, cols) array — as rasterio reads it — gets one line saying so and how to
+    turn it, not a '318-band image' or a 'smaller than one cell' message."""
+    with pytest.raises(utils.PipelineError, match=r"looks like \(bands, rows, cols\).*np.moveaxis"):
+        matching.select_bands(np.zeros((3, 317, 318), np.uint16), None, "array")
+    assert matching.select_bands(np.zeros((317, 318, 3), np.uint8), None, "array").shape == (317, 318, 3)

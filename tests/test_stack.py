@@ -211,3 +211,24 @@ def test_coregister_stack_from_a_plain_script_without_a_main_guard(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PLACED 3" in done.stdout and done.stdout.count("PLACED") == 1
+
+
+def test_a_rotated_date_carries_the_rotation_warning_alone(tmp_path):
+    """Three dates, the third rotated by 2°: its warning (with its sign, and the hint to
+    co-register it as a pair) is on it alone — not lent to the dates it was matched with."""
+    import cv2
+
+    with rasterio.open(BRACCIANO / "20180610.tif") as s:
+        profile, data, desc = s.profile, s.read(), s.descriptions
+    h, w = data.shape[1:]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 2.0, 1.0)
+    rotated = tmp_path / "20190101.tif"
+    with rasterio.open(rotated, "w", **profile) as dst:
+        dst.write(np.stack([cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_CUBIC) for b in data]))
+        dst.descriptions = desc
+    r = stack.coregister_stack([str(BRACCIANO / "20160718.tif"), str(BRACCIANO / "20180610.tif"), str(rotated)],
+                               None, str(BRACCIANO / "20160718.tif"), workers=1, progress=False)
+    rows = {Path(row["path"]).stem: row for row in r["dates"]}
+    assert rows["20160718"]["warnings"] is None and rows["20180610"]["warnings"] is None
+    warning = rows["20190101"]["warnings"]
+    assert "+2.0" in warning and "counter-clockwise" in warning and "as a pair" in warning
