@@ -462,6 +462,9 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress)
     result = co.run()
+    if write_corrected and correction != "translation":     # the warning's advice is already taken
+        result["warnings"] = [w.replace("use --correction affine", f"corrected here with --correction {correction}")
+                              for w in result.get("warnings", [])]
     result["provenance"] = engine.provenance([reference, target], co.cfg,
                                              bands=list(engine.normalise_bands(bands) or co.cfg.bands),
                                              correction=correction if write_corrected else None,

@@ -346,6 +346,8 @@ def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tm
                               progress=False, write_corrected=True, correction="affine")
     M = np.array(r["affine"]["matrix"])
     assert abs(np.degrees(np.arctan2(M[1, 0], M[0, 0])) - 2.0) < 0.05
+    (warning,) = r["warnings"]
+    assert "corrected here with --correction affine" in warning and "use --correction" not in warning
     (corrected,) = (tmp_path / "out" / "corrected").glob("*.tif")
     again = coregister.coregister(REF, corrected, pipeline=pipeline, progress=False)
     assert again["verified"] and not again["warnings"] and np.hypot(*shift_of(again)) < 0.2
