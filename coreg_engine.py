@@ -55,12 +55,15 @@ import data_preprocess as dp
 import geo
 import remote
 from config import CoregisterConfig, PreprocessConfig
-from imaging import fill_from_neighbours
+from imaging import DenseFit, dense_translation, fill_from_neighbours
 from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
                 "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "items", "search.geojson")
+# what a rotation or scale warning advises; a caller that gives other advice (a stack) or has
+# taken it (a pair corrected by the affine) replaces exactly this
+AFFINE_ADVICE = "use --correction affine"
 SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
@@ -502,7 +505,7 @@ class PairMeasure:
 
 
 def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
-                       cfg: CoregisterConfig) -> "DenseFit | None":
+                       cfg: CoregisterConfig) -> DenseFit | None:
     """The window's displacement measured from all the pixels both dates show
     (``imaging.dense_translation`` on their local contrast, ``texture``): date a's content moved by
     a band-limited shift (no interpolation bias), its gain and offset fitted (negative where the
@@ -517,8 +520,6 @@ def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
     content gave — on changed scenes (floods) two sub-pixel moves of the same target gave learned
     estimates 0.2–1.4 px apart. The dense optimum follows a move of the content exactly: 0.01–0.04 px
     apart on the same pairs (``benchmarks/coregistration.py``)."""
-    from imaging import dense_translation
-
     ta, tb = fa.get("texture"), fb.get("texture")
     if ta is None or tb is None or ta.shape != tb.shape:
         return None
@@ -558,7 +559,7 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     if fit is not None:
         # its standard error: the fit's own (its residuals' noise), and never below the learned
         # estimate's — the points' spread is what shows how far changed content pulls a date
-        med, se = fit.shift, np.maximum(cfg.refine_se_scale * fit.se, se)
+        med, se = fit.shift, np.maximum(fit.se, se)
         m.refined, m.correlation = True, fit.correlation
     origin = np.array(window[:2], np.float64)
     m.at_px = (fit.at if fit is not None else r["mkpts0"][inl].mean(0)) + origin + offset_a
@@ -638,8 +639,7 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
         scale = np.sqrt(abs(np.linalg.det(M[:, :2])))
         return (f"windows disagree by {reach.min() * px_m:.0f}–{reach.max() * px_m:.0f} m at the corners of the "
                 f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}° "
-                f"counter-clockwise, scale {scale:.4f}); the translation is only an average, use --correction "
-                "affine"), True
+                f"counter-clockwise, scale {scale:.4f}); the translation is only an average, {AFFINE_ADVICE}"), True
     if len(windows) >= 3:
         shifts = np.array([w.shift_px for w in windows])
         dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)

@@ -152,16 +152,16 @@ def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
     w0 = geo.pixel_to_map(np.array([w.centre for w in used]), co.grid.transform)
     w1 = geo.pixel_to_map(np.array([w.centre + w.shift_px for w in used]), co.grid.transform)
     tie0 = np.concatenate([w.tie_a for w in used])
-    tie1 = np.concatenate([w.tie_b for w in used])
     if pair.affine_shown and len(tie0) >= 12:
-        p0, p1 = geo.pixel_to_map(tie0, co.grid.transform), geo.pixel_to_map(tie1, co.grid.transform)
+        p0 = geo.pixel_to_map(tie0, co.grid.transform)
+        p1 = geo.pixel_to_map(np.concatenate([w.tie_b for w in used]), co.grid.transform)
         source = "tie points"
     elif len(used) >= 4:
         p0, p1, source = w0, w1, "windows"
     else:
         p0, p1 = w0, w1
         source = "the translation (no rotation or scale beyond the tie points' noise)"
-    if source == "windows" or source.startswith("tie points"):
+    if len(used) >= 4 or source == "tie points":
         M, _ = engine.fit_affine_px(p0, p1 - p0)           # the same least squares, in map coordinates
         A, t = M[:, :2], M[:, 2]
     else:
@@ -463,7 +463,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     co = Coregistration(reference, target, bands, cfg, pipeline, progress)
     result = co.run()
     if write_corrected and correction != "translation":     # the warning's advice is already taken
-        result["warnings"] = [w.replace("use --correction affine", f"corrected here with --correction {correction}")
+        result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
                               for w in result.get("warnings", [])]
     result["provenance"] = engine.provenance([reference, target], co.cfg,
                                              bands=list(engine.normalise_bands(bands) or co.cfg.bands),

@@ -206,8 +206,6 @@ def fill_from_neighbours(image: np.ndarray, invalid: np.ndarray, sigma: float) -
     of the valid pixels around them — normalised convolution: local (each pixel depends only on
     pixels within ~4σ) and within the data's range, unlike OpenCV's inpainting, which overshot on
     float images. Returns (the filled image as float32, where a valid neighbour was within reach)."""
-    import cv2
-
     weight = (~invalid).astype(np.float32)
     values = np.where(invalid, 0.0, image).astype(np.float32)
     den = cv2.GaussianBlur(weight, (0, 0), sigma)
@@ -315,6 +313,8 @@ def dense_translation(moving: np.ndarray, fixed: np.ndarray, valid_moving: np.nd
     kx = 2j * np.pi * np.fft.rfftfreq(w + 2 * pad)[None, :]
     shape = (h + 2 * pad, w + 2 * pad)
     valid_b = np.ones((h, w), bool) if valid_fixed is None else np.asarray(valid_fixed, bool)
+    valid_a = None if valid_moving is None else np.asarray(valid_moving, bool)
+    weights: dict[tuple[int, int], np.ndarray] = {}      # by the moving mask's whole-pixel offset
     d = np.asarray(start, np.float64).copy()
     gain, offset = None, 0.0
     converged, iteration = False, 0
@@ -323,14 +323,16 @@ def dense_translation(moving: np.ndarray, fixed: np.ndarray, valid_moving: np.nd
         def part(k):
             return np.fft.irfft2(moved * k, shape)[pad:pad + h, pad:pad + w]
         A, Ax, Ay = part(1.0), part(kx), part(ky)
-        both = valid_b.copy()
-        if valid_moving is not None:
-            ox, oy = (int(v) for v in np.round(d))
-            src = np.asarray(valid_moving, bool)[max(0, -oy):h - max(0, oy), max(0, -ox):w - max(0, ox)]
-            shifted = np.zeros_like(both)
-            shifted[max(0, oy):max(0, oy) + src.shape[0], max(0, ox):max(0, ox) + src.shape[1]] = src
-            both &= shifted
-        weight = _smooth_weight(both, ramp)
+        ox, oy = (int(v) for v in np.round(d)) if valid_a is not None else (0, 0)
+        if (ox, oy) not in weights:
+            both = valid_b.copy()
+            if valid_a is not None:
+                src = valid_a[max(0, -oy):h - max(0, oy), max(0, -ox):w - max(0, ox)]
+                shifted = np.zeros_like(both)
+                shifted[max(0, oy):max(0, oy) + src.shape[0], max(0, ox):max(0, ox) + src.shape[1]] = src
+                both &= shifted
+            weights[(ox, oy)] = _smooth_weight(both, ramp)
+        weight = weights[(ox, oy)]
         sel = weight > 0
         if sel.sum() < 64:
             return None

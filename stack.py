@@ -629,7 +629,7 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
         # with), or from all its pairs where it has none with the reference
         own = [r for r in pairs if r.verified and {r.i, r.j} == {k, ref}] or \
               [r for r in pairs if r.verified and k in (r.i, r.j)]
-        warnings = [] if k == ref else sorted({w.replace("use --correction affine", STACK_AFFINE_HINT)
+        warnings = [] if k == ref else sorted({w.replace(engine.AFFINE_ADVICE, STACK_AFFINE_HINT)
                                                for r in own for w in r.warnings})
         if k in locations and list(locations[k].bands) != list(usual):
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")

@@ -30,7 +30,6 @@ difference of the two estimates (the data's own ~1 px residual cancels) — medi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
