@@ -211,6 +211,8 @@ class MatchingConfig:
     correlation_sigma: float = 2.0    # px, Gaussian scale of the local contrast the correlation runs on
     ransac_threshold: float = 3.0     # px, USAC_MAGSAC, in image 1's own frame
     min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (COLMAP's default)
+    fast_min_inliers: int = 40        # matcher="fast": fewer mutual-NN inliers hand the pair to SuperGlue
+                                      # (chosen on validation: docs/benchmarks.md "The fast mode")
     min_texture: float = 1e-3         # std of the normalised image below which it counts as blank
     cache_size: int = 64              # images whose features ImageMatcher keeps (least recently used out)
     progress_pixels: int = 4_000_000   # ImageMatcher shows a progress bar for inputs above this

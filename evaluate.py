@@ -34,7 +34,7 @@ import torch
 import cli
 from config import EvalConfig
 from dataset import evaluation_pairs, make_eval_sample, test_pairs
-from matching import MATCHERS, MatchingPipeline, correlate_keypoints1
+from matching import CASCADES, MATCHERS, MatchingPipeline, correlate_keypoints1
 from geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
 from imaging import local_contrast, percentile_stretch, to_uint8
 from utils import PipelineError, set_threads, write_json
@@ -111,7 +111,7 @@ class PipelineMethod:
 
     def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
         result = self.pipeline.match_features(f0, f1)
-        # the keypoints the result's matches index (the fast mode's learned path has its own)
+        # the keypoints the result's matches index (a sift-first cascade's learned path has its own)
         f0["keypoints"], f1["keypoints"] = result["keypoints0"], result["keypoints1"]
         return result["matches0"], result["refined_keypoints1"]
 
@@ -121,20 +121,20 @@ def method_names() -> list[str]:
     correlation stage), and SuperPoint with each registered matcher, with or without the fine
     head and the correlation stage (``superpoint`` = ``superpoint+mnn``)."""
     learned = [f"superpoint+{m}{r}{c}" for m in sorted(MATCHERS) for r in ("", "+refine") for c in ("", "+correlate")]
-    return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned, "fast"]
+    return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned, *CASCADES]
 
 
 def build_method(name: str, cfg: EvalConfig, model_path: Path = config.CHECKPOINT_DIR, device: str = "cpu",
                  match_threshold: float | None = None, superpoint=None, superglue=None):
     """The benchmark method called ``name`` (see ``method_names``). ``superpoint`` /
     ``superglue``: models already in memory (training validation) instead of checkpoint files."""
-    if name == "fast":       # SIFT + ratio + correlation, the learned pipeline where that does not verify
-        method = PipelineMethod(MatchingPipeline.from_checkpoints(model_path, "fast", device,
+    if name in CASCADES:     # a cheap path first, the learned one where it does not verify
+        method = PipelineMethod(MatchingPipeline.from_checkpoints(model_path, name, device,
                                                                   max_keypoints=cfg.max_keypoints,
                                                                   match_threshold=match_threshold,
                                                                   ransac_threshold=cfg.ransac_threshold,
                                                                   min_inliers=cfg.min_inliers))
-        method.name = "fast"
+        method.name = name
         return method
     parts = name.split("+")
     correlate = parts[-1] == "correlate"

@@ -65,7 +65,9 @@ class ImageMatcher:
         resize: longer side the network sees; larger inputs are shrunk (coordinates are still
             returned in each input's own frame). 0 = never resize.
         bands: for multi-band inputs, the bands to use, 1-based as GDAL counts them (1, 3 or 4 of them,
-            matching the model's input channels; grey models average them).
+            matching the model's input channels; grey models average them), or names from a raster's
+            band descriptions (``("B04", "B03", "B02")``, ``("red", ...)``). None: a raster that
+            describes B04, B03 and B02 uses them; a single band or an 8-bit RGB picture as it is.
         ransac_threshold: px, in image 1's own frame.
         refine: move each match's point in image 1 to where image 0's keypoint fits best,
             with SuperPoint's fine head (sub-pixel; only if the checkpoint has one).
@@ -75,9 +77,11 @@ class ImageMatcher:
         min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
             ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
             chance agreements, not a transform).
-        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), ``auto``, or ``fast``
-            (SIFT, the ratio test and the correlation stage first; the learned pipeline where that
-            does not verify: ``matching.FastPipeline``).
+        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), ``auto``, or a cascade
+            (``matching.CascadePipeline``): ``fast`` (mutual nearest neighbours first, SuperGlue on
+            the same features where they give fewer than ``fast_min_inliers`` inliers: at or below
+            SIFT's time) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
+            the learned pipeline where that does not verify: the most precise at one pixel).
         threads: torch CPU threads (None leaves torch's setting: all cores); give each of
             several parallel workers ``cores // workers``.
         cache_size: images whose features are kept (least recently used dropped first).
@@ -103,7 +107,7 @@ class ImageMatcher:
         self.pipeline = MatchingPipeline.from_checkpoints(
             model_path, cfg.matcher, device, max_keypoints=max_keypoints, resize=cfg.resize,
             match_threshold=match_threshold, refine=cfg.refine, ransac_threshold=cfg.ransac_threshold,
-            min_inliers=cfg.min_inliers, correlate=cfg.correlate)
+            min_inliers=cfg.min_inliers, correlate=cfg.correlate, fast_min_inliers=cfg.fast_min_inliers)
         self.bands, self.cache_size = bands, cfg.cache_size
         self._cache: OrderedDict[str, tuple[Loaded, dict]] = OrderedDict()
 
@@ -227,9 +231,13 @@ class ImageMatcher:
 
 def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
     """``bands`` as 1-based indices of the raster at ``path``: indices as they are; names (``B04``,
-    or STAC common names such as ``red``) by the file's band descriptions."""
-    if bands is None or all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
-        return None if bands is None else tuple(int(b) for b in bands)
+    or STAC common names such as ``red``) by the file's band descriptions. Without ``bands``, a
+    raster whose descriptions name red, green and blue (B04, B03, B02) uses those, as
+    ``coregister.py`` does; others are used as they are (one band, an 8-bit RGB picture)."""
+    if bands is None:
+        return _described_rgb(path)
+    if all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
+        return tuple(int(b) for b in bands)
     if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
         raise PipelineError(f"{path or 'array'}: bands by name ({', '.join(map(str, bands))}) need a raster whose "
                             "bands are described; give 1-based indices instead (e.g. 3,2,1)")
@@ -245,6 +253,22 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
         raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: "
                             f"{', '.join(n or '?' for n in names)}); fix --bands (names or 1-based indices)")
     return tuple(names.index(b) + 1 for b in wanted)
+
+
+def _described_rgb(path: Path | None) -> tuple[int, ...] | None:
+    """The 1-based indices of B04, B03, B02 in a multi-band raster that describes them, else None."""
+    if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
+        return None
+    import rasterio
+
+    from data_preprocess import canonical_band_name
+
+    with rasterio.open(path) as src:
+        if src.count < 3:
+            return None
+        names = [canonical_band_name(d or "") for d in src.descriptions]
+    rgb = [canonical_band_name(b) for b in config.CoregisterConfig.bands]
+    return tuple(names.index(b) + 1 for b in rgb) if all(b in names for b in rgb) else None
 
 
 def _pixels(image) -> int:
@@ -291,10 +315,12 @@ def main(argv=None) -> int:
                         help="folder for matches.png, matches.json, .geojson, .csv (or ranking.json)")
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
-    parser.add_argument("--matcher", default=MatchingConfig.matcher, help="superglue, mnn, auto or fast")
+    parser.add_argument("--matcher", default=MatchingConfig.matcher,
+                        help="superglue, mnn, auto, fast or sift-first (see --fast; sift-first: SIFT + the "
+                             "correlation stage first, the learned pipeline where that does not verify)")
     parser.add_argument("--fast", action="store_true",
-                        help="the fast mode (--matcher fast): SIFT + the correlation stage first, the learned "
-                             "pipeline where that does not verify")
+                        help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
+                             "same features where they give few inliers; at or below SIFT's time a pair")
     cli.add_runtime(parser)
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,

@@ -139,6 +139,8 @@ class SuperPointExtractor:
         min_texture: std of the normalised image below which it counts as blank.
     """
 
+    name = "superpoint"
+
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
                  detection_threshold: float | None = None, nms_radius: int | None = None,
                  min_texture: float = MatchingConfig.min_texture, texture: bool = True):
@@ -222,12 +224,12 @@ class SuperPointExtractor:
 
 class SiftExtractor:
     """SIFT keypoints and descriptors (OpenCV) on the 1–99 % stretched image, over its valid
-    pixels, with the local contrast the correlation stage runs on: the classical half of the fast
-    mode (``FastPipeline``). The same features dict as ``SuperPointExtractor`` (own-frame
+    pixels, with the local contrast the correlation stage runs on: the first path of the
+    ``sift-first`` cascade (``CascadePipeline``). The same features dict as ``SuperPointExtractor`` (own-frame
     ``keypoints`` (N, 2), ``scores`` (the detector's response), ``descriptors`` (N, 128) float32,
     ``image_size``, ``texture``), so the matchers, the correlation stage and verification take it."""
 
-    texture = True
+    name, texture = "sift", True
 
     def __init__(self, max_keypoints: int = 1024, network_size=None):
         self.max_keypoints = max_keypoints
@@ -339,7 +341,7 @@ class MutualNearestNeighbours(Matcher):
 class RatioTest(Matcher):
     """Lowe's ratio test: a keypoint's nearest descriptor of image 1 when it is clearly nearer
     than the second (distance ratio below ``ratio``, 0.8); the score is 1 − that ratio. SIFT's
-    matcher in the fast mode."""
+    matcher in the ``sift-first`` cascade."""
 
     name = "ratio"
 
@@ -518,17 +520,20 @@ class MatchingPipeline:
                          ransac_threshold: float = MatchingConfig.ransac_threshold,
                          min_inliers: int = MatchingConfig.min_inliers, detection_threshold: float | None = None,
                          nms_radius: int | None = None, superpoint=None, superglue=None,
-                         correlate: bool = MatchingConfig.correlate) -> "MatchingPipeline":
+                         correlate: bool = MatchingConfig.correlate,
+                         fast_min_inliers: int = MatchingConfig.fast_min_inliers) -> "MatchingPipeline":
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
-        checkpoint's. ``matcher="fast"`` gives a ``FastPipeline`` (SIFT first, this as fallback)."""
-        if matcher == "fast":
-            return FastPipeline.from_checkpoints(model_path, device, max_keypoints=max_keypoints, resize=resize,
-                                                 ransac_threshold=ransac_threshold, min_inliers=min_inliers,
-                                                 match_threshold=match_threshold, refine=refine,
-                                                 detection_threshold=detection_threshold, nms_radius=nms_radius,
-                                                 correlate=correlate)
+        checkpoint's. ``matcher="fast"`` or ``"sift-first"`` gives a ``CascadePipeline``
+        (``fast_min_inliers``: the fast one's acceptance)."""
+        if matcher in CASCADES:
+            return CascadePipeline.from_checkpoints(matcher, model_path, device, max_keypoints=max_keypoints,
+                                                    accept_inliers=fast_min_inliers,
+                                                    resize=resize, ransac_threshold=ransac_threshold,
+                                                    min_inliers=min_inliers, match_threshold=match_threshold,
+                                                    refine=refine, detection_threshold=detection_threshold,
+                                                    nms_radius=nms_radius, correlate=correlate)
         model_path = Path(model_path)
         device = resolve_device(device)
         sp_model = superpoint if superpoint is not None else SuperPoint.from_checkpoint(model_path, device)
@@ -542,7 +547,8 @@ class MatchingPipeline:
 
     @property
     def name(self) -> str:
-        return f"superpoint+{self.matcher.name}" + ("+refine" if self.refine else "") + ("+correlate" if self.correlate else "")
+        detector = self.extractor.name if self.extractor is not None else "superpoint"
+        return f"{detector}+{self.matcher.name}" + ("+refine" if self.refine else "") + ("+correlate" if self.correlate else "")
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         if self.extractor is None:
@@ -596,62 +602,87 @@ class MatchingPipeline:
         return self.verify(self.match_features(f0, f1))
 
 
-class FastPipeline:
-    """``matcher="fast"``: SIFT, the ratio test and the correlation stage first — cheap, and as
-    precise as the learned path where it verifies (easy pairs: the same season, clear skies) —
-    and the learned pipeline where it does not (seasons, snow, floods, clouds). The same interface
-    as ``MatchingPipeline``; a result says which path made it (``method``, ``fast_path``).
+class CascadePipeline:
+    """A cheap matching path first, a stronger one only where the first does not verify: the
+    same interface as ``MatchingPipeline``; a result says which path made it (``method``, and
+    ``cascade_path``: the first path's or the fallback's short name). Two are built by name:
 
-    The image an extraction was made from is kept with its features (``source``), so that the
-    learned features are extracted only for a pair that needs them, once an image."""
+    * ``matcher="fast"``: SuperPoint + mutual nearest neighbours (+ fine head + correlation
+      stage), accepted with at least ``MatchingConfig.fast_min_inliers`` inliers; else SuperGlue
+      on the *same* features (nothing extracted twice). At or below SIFT's time a pair, about the
+      learned pipeline's accuracy (chosen on validation: docs/benchmarks.md "The fast mode").
+    * ``matcher="sift-first"``: SIFT, the ratio test and the correlation stage first (the most
+      precise at one pixel where it verifies: the same season, clear skies), the learned pipeline
+      where it does not; the learned features of an image are extracted once, when a pair first
+      needs them (the image is kept with its SIFT features, ``source``). About twice SIFT's time.
+    """
 
-    def __init__(self, classical: MatchingPipeline, learned: MatchingPipeline):
-        self.classical, self.learned = classical, learned
-        self.extractor = classical.extractor
-        self.refine, self.correlate = learned.refine, True
-        self.ransac_threshold, self.min_inliers = learned.ransac_threshold, learned.min_inliers
+    def __init__(self, first: MatchingPipeline, fallback: MatchingPipeline, labels: tuple[str, str],
+                 accept_inliers: int, shared: bool):
+        self.first, self.fallback, self.labels = first, fallback, labels
+        self.accept_inliers, self.shared = accept_inliers, shared
+        self.extractor = first.extractor
+        self.refine, self.correlate = fallback.refine, fallback.correlate
+        self.ransac_threshold, self.min_inliers = fallback.ransac_threshold, fallback.min_inliers
 
     @classmethod
-    def from_checkpoints(cls, model_path=config.CHECKPOINT_DIR, device=None, *, max_keypoints=None, resize=0,
-                         ransac_threshold=MatchingConfig.ransac_threshold, min_inliers=MatchingConfig.min_inliers,
-                         **learned_options) -> "FastPipeline":
+    def from_checkpoints(cls, name: str, model_path=config.CHECKPOINT_DIR, device=None, *, max_keypoints=None,
+                         resize=0, ransac_threshold=MatchingConfig.ransac_threshold,
+                         min_inliers=MatchingConfig.min_inliers, accept_inliers=MatchingConfig.fast_min_inliers,
+                         **learned_options) -> "CascadePipeline":
+        """``name``: ``fast`` or ``sift-first`` (see the class); ``accept_inliers``: the fast
+        cascade's (mutual nearest neighbours' inliers that keep the pair from SuperGlue)."""
         learned = MatchingPipeline.from_checkpoints(model_path, "auto", device, max_keypoints=max_keypoints,
                                                     resize=resize, ransac_threshold=ransac_threshold,
                                                     min_inliers=min_inliers, **learned_options)
-        sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
-        classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
-                                     min_inliers=min_inliers, correlate=True)
-        classical.extractor = sift
-        return cls(classical, learned)
+        if name == "fast":
+            mnn = MatchingPipeline(learned.extractor, MutualNearestNeighbours(), learned.refine, ransac_threshold,
+                                   min_inliers, learned.correlate)
+            return cls(mnn, learned, ("mnn", learned.matcher.name), max(min_inliers, accept_inliers), shared=True)
+        if name == "sift-first":
+            sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
+            classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
+                                         min_inliers=min_inliers, correlate=True)
+            classical.extractor = sift
+            return cls(classical, learned, ("sift", "learned"), min_inliers, shared=False)
+        raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
 
     @property
     def name(self) -> str:
-        return f"fast (sift+ratio+correlate, else {self.learned.name})"
+        return f"{self.first.name}, else {self.fallback.name}"
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         f = self.extractor.extract(image, valid, name, size, normalized)
-        f["source"] = (image, valid, name, size, normalized)
+        if not self.shared:
+            f["source"] = (image, valid, name, size, normalized)
         return f
 
-    def _learned_features(self, f: dict) -> dict:
-        if "learned" not in f:
-            f["learned"] = self.learned.extract(*f["source"])
-        return f["learned"]
+    def _fallback_features(self, f: dict) -> dict:
+        if self.shared:
+            return f
+        if "fallback" not in f:
+            f["fallback"] = self.fallback.extract(*f["source"])
+        return f["fallback"]
 
     def match_features(self, f0: dict, f1: dict) -> dict:
-        """The classical path's verified result, else the learned path's (verified or not)."""
-        r = self.classical.verify(self.classical.match_features(f0, f1))
-        if r["verified"]:
-            return {**r, "method": "fast: sift+ratio+correlate", "fast_path": "classical"}
-        g0, g1 = self._learned_features(f0), self._learned_features(f1)
-        r = self.learned.verify(self.learned.match_features(g0, g1))
-        return {**r, "method": f"fast: {self.learned.name} (sift did not verify)", "fast_path": "learned"}
+        """The first path's result where it verifies with ``accept_inliers``, else the
+        fallback's (verified or not)."""
+        r = self.first.verify(self.first.match_features(f0, f1))
+        if r["verified"] and r["num_inliers"] >= self.accept_inliers:
+            return {**r, "method": self.first.name, "cascade_path": self.labels[0]}
+        g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
+        r = self.fallback.verify(self.fallback.match_features(g0, g1))
+        why = "did not verify" if not r.get("verified") else f"fewer than {self.accept_inliers} inliers"
+        return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
 
     def verify(self, result: dict) -> dict:
-        return result if "verified" in result else self.learned.verify(result)
+        return result if "verified" in result else self.fallback.verify(result)
 
     def match(self, image0, image1, valid0=None, valid1=None) -> dict:
         return self.match_features(self.extract(image0, valid0, "image 0"), self.extract(image1, valid1, "image 1"))
+
+
+CASCADES = ("fast", "sift-first")
 
 
 # ----------------------------------------------------------------------------- features files

@@ -70,15 +70,18 @@ def _json_default(obj):
 
 # ----------------------------------------------------------------------------- threads
 def set_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads: ``threads``, or every core this process may use when ``None``.
+    """Set torch's and OpenCV's CPU threads: ``threads``, or every core this process may use
+    when ``None``.
 
     When several workers share a machine, give each ``cores // workers`` (1 per worker on 2
     cores): more threads than cores make every thread wait for the others. Returns the count.
     """
+    import cv2
     import torch
 
     if not threads:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     return threads

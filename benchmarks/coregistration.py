@@ -4,6 +4,9 @@ cross-date pairs whose target *content* is moved by known sub-pixel shifts.
     python benchmarks/coregistration.py --data ../shared/data [--no-arosics] [--split val|test]
                                         [--output data/results/coregistration.json]
 
+writes the JSON and, where ``coregister.py`` refused a pair or missed it by more than 1 m, a
+picture of those pairs beside it (``coregistration_<split>_misses.png``).
+
 Pairs (``--split val``, the default: places the shipped models were selected on, never trained on;
 ``--split test``: places nobody here trained or selected on):
 * val: the five OSCD validation cities (both dates reprojected to their UTM zone at 10 m, 3-band
@@ -341,6 +344,35 @@ def summary(records: list[dict]) -> dict:
             "seconds": float(np.median([r["seconds"] for r in records]))}
 
 
+def misses_figure(items: list[dict], records: list[dict], path: Path, limit_m: float = 1.0) -> int:
+    """A picture of the pairs a method missed (no result, or a cross-date error beyond
+    ``limit_m``): each pair's reference and target side by side (1–99 % stretch), named, with its
+    error or reason. Returns how many; writes nothing when there are none."""
+    import rasterio
+    from PIL import Image, ImageDraw
+
+    from imaging import percentile_stretch, to_uint8
+
+    side, rows = 220, []
+    for item, rec in zip(items, records):
+        if rec["cross_error"] is not None and rec["cross_error"] <= limit_m:
+            continue
+        tiles = []
+        for key in ("ref", "tgt"):
+            with rasterio.open(item[key]) as src:
+                rgb = np.moveaxis(src.read(out_shape=(3, side, side), resampling=rasterio.enums.Resampling.average), 0, -1)
+            tiles.append(to_uint8(percentile_stretch(rgb.astype(np.float32))))
+        row = Image.fromarray(np.concatenate([tiles[0], np.full((side, 6, 3), 255, np.uint8), tiles[1]], 1))
+        canvas = Image.new("RGB", (row.width, side + 30), "white")
+        canvas.paste(row, (0, 30))
+        what = "refused" if rec["cross_error"] is None else f"{rec['cross_error']:.1f} m off"
+        ImageDraw.Draw(canvas).text((4, 8), f"{item['name']}: {what} (reference | target)", fill="black")
+        rows.append(np.asarray(canvas))
+    if rows:
+        Image.fromarray(np.concatenate(rows, 0)).save(path)
+    return len(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
@@ -373,6 +405,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         items = pairs(args.data, Path(tmp), args.split)
         records = run(methods, items, Path(tmp), args.seed)
+        output = args.output or config.RESULTS_DIR / f"coregistration_{args.split}.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        figure = output.with_name(output.stem + "_misses.png")
+        figure.unlink(missing_ok=True)
+        missed = misses_figure(items, records[methods[0].name], figure)
     table = ["| method | pairs | cross-date median error | within 1 m | within 2 m | no result | same-date median "
              "error | within 0.5 m | no result | same-date within 2σ | cross-date within 2σ | s / estimate |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -406,10 +443,10 @@ def main(argv=None) -> int:
                   *cloud_series(methods, args.data)]
     text = "\n".join(table)
     print(text)
-    output = args.output or config.RESULTS_DIR / f"coregistration_{args.split}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, {"results": out, "table": text, "seed": args.seed, "split": args.split, "settings": args.set})
     print(f"\nresults → {output}")
+    if missed:
+        print(f"{missed} pair(s) {methods[0].name} refused or missed by more than 1 m → {figure}")
     return 0
 
 

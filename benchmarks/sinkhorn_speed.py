@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+import config  # noqa: E402, F401  first: OpenMP's waiting policy, before torch is used
 import SuperGlue_architecture as sga  # noqa: E402
 from matching import MatchingPipeline  # noqa: E402
 from samples import sample_gray  # noqa: E402

@@ -1,6 +1,7 @@
 """ImageMatcher: coordinate frames, inputs, ranking, georeferenced output, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def test_one_configuration_object_merged_with_overrides(sample):
 
 def test_bands_by_name_from_the_files_descriptions(tmp_path):
     """``ImageMatcher(bands=("B04", "B03", "B02"))`` and ``("red", "green", "blue")`` pick the
-    bands a raster's descriptions name — the same as their 1-based indices."""
+    bands a raster's descriptions name — the same as their 1-based indices; without ``bands``
+    those three are found by their descriptions."""
     bracciano = Path(__file__).parent / "data" / "bracciano"
     a, b = bracciano / "20160718.tif", bracciano / "20180610.tif"      # described B04, B03, B02
     by_index = ImageMatcher(device="cpu", bands=(1, 2, 3)).match_images(a, b)
@@ -209,19 +211,53 @@ def test_bands_by_name_from_the_files_descriptions(tmp_path):
         np.testing.assert_array_equal(r.mkpts0, by_index.mkpts0)
     with pytest.raises(utils.PipelineError, match="no band named B08"):
         ImageMatcher(device="cpu", bands=("B08",)).match_images(a, b)
+    # without bands, a raster that describes B04, B03, B02 uses them wherever they are (as
+    # coregister.py does): a five-band B08, B04, B03, B02, B11 file gives the same matches
+    five = []
+    for src_path in (a, b):
+        with rasterio.open(src_path) as src:
+            profile, rgb3 = src.profile, src.read()
+        profile.update(count=5)
+        five.append(tmp_path / src_path.name)
+        with rasterio.open(five[-1], "w", **profile) as dst:
+            dst.write(np.concatenate([rgb3[:1] // 2, rgb3, rgb3[2:] // 3]))
+            dst.descriptions = ("B08", "B04", "B03", "B02", "B11")
+    np.testing.assert_array_equal(ImageMatcher(device="cpu").match_images(*five).mkpts0, by_index.mkpts0)
+    np.testing.assert_array_equal(ImageMatcher(device="cpu").match_images(a, b).mkpts0, by_index.mkpts0)
 
 
-def test_the_fast_mode_and_its_fallback(matcher, sample):
-    """``matcher="fast"``: SIFT + the ratio test + the correlation stage where that verifies (the
-    Pisa pair: the same shift as the learned path, within a metre), the learned path where it
-    does not (a blank image: SIFT finds nothing; the learned path then says why)."""
+def test_the_fast_mode_and_its_fallback(matcher, sample, monkeypatch):
+    """``matcher="fast"``: mutual nearest neighbours on SuperPoint's features where they give
+    enough inliers (the Pisa pair: the learned path's shift within a metre), SuperGlue on the
+    *same* features where they do not (each image extracted once), and a blank image's reason."""
     fast = ImageMatcher(device="cpu", matcher="fast")
     r = fast.match_images(*sample)
-    assert r.verified and r["fast_path"] == "classical" and r.method.startswith("fast: sift")
+    assert r.verified and r["cascade_path"] == "mnn" and r.num_inliers >= fast.config.fast_min_inliers
     learned = matcher.match_images(*sample)
     assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 1.0
+    # demanding more inliers than the pair has hands it to SuperGlue, on the features already there
+    strict = ImageMatcher(device="cpu", matcher="fast", config=dataclasses.replace(fast.config, fast_min_inliers=10**6))
+    calls = []
+    extract = strict.pipeline.extractor.extract
+    monkeypatch.setattr(strict.pipeline.extractor, "extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    r = strict.match_images(*sample)
+    assert r["cascade_path"] == "superglue" and r.verified and "fewer than" in r.method and len(calls) == 2
+    assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 0.05
     r = fast.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])
-    assert r["fast_path"] == "learned" and not r.verified and "blank" in r.reason
+    assert r["cascade_path"] == "superglue" and not r.verified and "blank" in r.reason
+
+
+def test_the_sift_first_cascade_and_its_fallback(matcher, sample):
+    """``matcher="sift-first"``: SIFT + the ratio test + the correlation stage where that verifies
+    (the Pisa pair: the learned path's shift within a metre), the learned path where it does not
+    (a blank image: SIFT finds nothing; the learned path then says why)."""
+    first = ImageMatcher(device="cpu", matcher="sift-first")
+    r = first.match_images(*sample)
+    assert r.verified and r["cascade_path"] == "sift" and r.method.startswith("sift")
+    learned = matcher.match_images(*sample)
+    assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 1.0
+    r = first.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])
+    assert r["cascade_path"] == "learned" and not r.verified and "blank" in r.reason
 
 
 def test_typed_results_still_read_as_dicts(matcher):
