@@ -667,12 +667,12 @@ class CascadePipeline:
     def match_features(self, f0: dict, f1: dict) -> dict:
         """The first path's result where it verifies with ``accept_inliers``, else the
         fallback's (verified or not)."""
-        r = self.first.verify(self.first.match_features(f0, f1))
-        if r["verified"] and r["num_inliers"] >= self.accept_inliers:
-            return {**r, "method": self.first.name, "cascade_path": self.labels[0]}
+        first = self.first.verify(self.first.match_features(f0, f1))
+        if first["verified"] and first["num_inliers"] >= self.accept_inliers:
+            return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
+        why = (f"{first['num_inliers']} inliers < {self.accept_inliers}" if first["verified"] else "did not verify")
         g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
         r = self.fallback.verify(self.fallback.match_features(g0, g1))
-        why = "did not verify" if not r.get("verified") else f"fewer than {self.accept_inliers} inliers"
         return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
 
     def verify(self, result: dict) -> dict:

@@ -353,7 +353,7 @@ def misses_figure(items: list[dict], records: list[dict], path: Path, limit_m: f
 
     from imaging import percentile_stretch, to_uint8
 
-    side, rows = 220, []
+    side, rows = 160, []
     for item, rec in zip(items, records):
         if rec["cross_error"] is not None and rec["cross_error"] <= limit_m:
             continue
@@ -369,7 +369,7 @@ def misses_figure(items: list[dict], records: list[dict], path: Path, limit_m: f
         ImageDraw.Draw(canvas).text((4, 8), f"{item['name']}: {what} (reference | target)", fill="black")
         rows.append(np.asarray(canvas))
     if rows:
-        Image.fromarray(np.concatenate(rows, 0)).save(path)
+        Image.fromarray(np.concatenate(rows, 0)).quantize(128).save(path, optimize=True)
     return len(rows)
 
 
