@@ -45,7 +45,8 @@ def add_runtime(p: argparse.ArgumentParser, device: str | None = config.DEVICE, 
         p.add_argument("--device", default=device, help=device_help)
     if threads:
         p.add_argument("--threads", type=int, default=0,
-                       help="torch CPU threads; 0 = all cores (give each of several parallel jobs cores // jobs)")
+                       help="torch's and OpenCV's CPU threads; 0 = all cores (give each of several parallel jobs "
+                            "cores // jobs)")
     return p
 
 

@@ -202,7 +202,8 @@ DIFFICULTIES = {
 class MatchingConfig:
     """Defaults of the matching pipeline (``matching.py``), ``ImageMatcher`` and the scripts."""
 
-    matcher: str = "auto"             # a name of matching.MATCHERS; auto = superglue if its checkpoint is there
+    matcher: str = "auto"             # matching.matcher_choices(): auto = superglue if its checkpoint is there,
+                                      # a matcher of matching.MATCHERS, or a cascade (fast, sift-first)
     resize: int = 1024                # longer side the network sees (ImageMatcher); 0 = never resize
     refine: bool = True               # move matches with SuperPoint's fine head, when it has one
     correlate: bool = True            # then make them precise by correlation (Lucas-Kanade, local contrast)

@@ -260,10 +260,15 @@ def open_safe(path: Path) -> Product:
 
 
 def canonical_band_name(name) -> str:
-    """A band name as the readers name it: Sentinel-2's (``b4`` → ``B4``), STAC common names
-    mapped (``red`` → ``B04``), 1-based indices (``"3"``) as they are."""
+    """A band name as the readers name it: Sentinel-2's, two-digit (``b4``, ``B4`` → ``B04``;
+    ``B8A``), STAC common names mapped (``red`` → ``B04``), 1-based indices (``"3"``) as they are."""
     text = str(name).strip()
-    return text if text.isdigit() else STAC_COMMON_NAMES.get(text.lower(), text.upper())
+    if text.isdigit():
+        return text
+    if text.lower() in STAC_COMMON_NAMES:
+        return STAC_COMMON_NAMES[text.lower()]
+    single = re.fullmatch(r"B(\d)", text.upper())
+    return f"B0{single.group(1)}" if single else text.upper()
 
 
 # STAC common band names (the eo extension) → Sentinel-2 band names

@@ -453,6 +453,9 @@ class EvalPair:
     j: int
 
 
+VALIDATION_SOURCES = ("oscd", "ombria", "t36uya")     # where evaluation_pairs finds validation places
+
+
 def evaluation_pairs(root: str | Path, sources: tuple[str, ...] | None = None) -> list[EvalPair]:
     """The fixed list of validation cross-date pairs used by ``evaluate.py`` and training.
 

@@ -33,7 +33,7 @@ import torch
 
 import cli
 from config import EvalConfig
-from dataset import evaluation_pairs, make_eval_sample, test_pairs
+from dataset import VALIDATION_SOURCES, evaluation_pairs, make_eval_sample, test_pairs
 from matching import CASCADES, MATCHERS, MatchingPipeline, correlate_keypoints1
 from geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
 from imaging import local_contrast, percentile_stretch, to_uint8
@@ -111,6 +111,7 @@ class PipelineMethod:
 
     def match(self, f0: dict, f1: dict) -> tuple[np.ndarray, np.ndarray]:
         result = self.pipeline.match_features(f0, f1)
+        self.cascade_path = result.get("cascade_path")      # a cascade's: which path made it
         # the keypoints the result's matches index (a sift-first cascade's learned path has its own)
         f0["keypoints"], f1["keypoints"] = result["keypoints0"], result["keypoints1"]
         return result["matches0"], result["refined_keypoints1"]
@@ -211,6 +212,7 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
         "verified_wrong": float(verified and error > cfg.wrong_error),
         "repeatability": repeatability(k0, f1["keypoints"], H_gt, sample["valid0"], sample["valid1"], cfg.correct_threshold),
         "seconds_pair": t3 - t0, "seconds_image": ((t1 - t0) + (t2 - t1)) / 2,
+        "cascade_path": getattr(method, "cascade_path", None),
     }
 
 
@@ -226,6 +228,9 @@ def summarise(records: list[dict], cfg: EvalConfig) -> dict:
     for key in ("seconds_pair", "seconds_image"):
         out[key] = float(np.median([r[key] for r in records]))
     out["pairs"] = len(records)
+    paths = [r.get("cascade_path") for r in records if r.get("cascade_path")]
+    if paths:     # a cascade: the share of pairs each path made
+        out["cascade_paths"] = {p: paths.count(p) / len(records) for p in sorted(set(paths))}
     return out
 
 
@@ -279,6 +284,11 @@ def markdown_table(results: dict, cfg: EvalConfig) -> str:
         o = res["overall"]
         lines.append(f"| {name} | {o['num_inliers']:.0f} | {o['verified']:.3f} | {o['verified_wrong']:.3f} | "
                      f"{o['verified_precision']:.3f} | {o['precision_where_verified']:.3f} |")
+    cascades = [(name, res["overall"]["cascade_paths"]) for name, res in results.items()
+                if "cascade_paths" in res["overall"]]
+    if cascades:
+        lines += ["", "Cascades, the share of pairs each path made: " + "; ".join(
+            f"{name}: " + ", ".join(f"{p} {share:.0%}" for p, share in shares.items()) for name, shares in cascades)]
     cats = sorted({c for res in results.values() for c in res["by_category"]})
     for key, title in (("auc@5px", "AUC@5px"), ("precision", "Precision at 3 px"),
                        ("verified_precision", "Precision at 3 px of the verified matches")):
@@ -291,10 +301,16 @@ def markdown_table(results: dict, cfg: EvalConfig) -> str:
 
 
 def main(argv=None) -> int:
+    with torch.no_grad():        # inference only; the caller's autograd state is left as it was
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     cfg = EvalConfig()
     parser = cli.parser(__doc__)
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
-                        help="folder with oscd/, ombria/, ukraine_T36UYA/ (validation places are used)")
+                        help="the shared data folder: oscd/, ombria/, ukraine_T36UYA/ (validation), ombria2021/, "
+                             "sen2dwater/, sen12mscrts_roi146/ (test)")
     parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine",
                         help="comma-separated, from " + ", ".join(method_names()))
     parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
@@ -323,7 +339,6 @@ def main(argv=None) -> int:
     cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
     try:
         set_threads(args.threads or None)
-        torch.set_grad_enabled(False)
         superglue = None
         if args.superglue is not None:
             from SuperGlue_architecture import SuperGlue
@@ -331,8 +346,14 @@ def main(argv=None) -> int:
             superglue = SuperGlue.from_checkpoint(args.superglue, args.device)
         methods = [build_method(m.strip(), cfg, args.model_path, args.device, args.match_threshold,
                                 superglue=superglue) for m in args.methods.split(",") if m.strip()]
-        pairs = (test_pairs(args.data) if args.split == "test" else
-                 evaluation_pairs(args.data, tuple(args.sources.split(",")) if args.sources else None))
+        sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else None
+        if sources and args.split == "test":
+            raise PipelineError("--sources chooses among the validation places (oscd, ombria, t36uya); "
+                                "the test split is run whole")
+        unknown = sorted(set(sources or ()) - set(VALIDATION_SOURCES))
+        if unknown:
+            raise PipelineError(f"--sources {','.join(unknown)}: unknown; choose from {','.join(VALIDATION_SOURCES)}")
+        pairs = test_pairs(args.data) if args.split == "test" else evaluation_pairs(args.data, sources)
         samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
                    for p in pairs for r in range(args.repeats)]
         results = run_benchmark(methods, samples, cfg)

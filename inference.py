@@ -82,8 +82,8 @@ class ImageMatcher:
             the same features where they give fewer than ``fast_min_inliers`` inliers: at or below
             SIFT's time) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
             the learned pipeline where that does not verify: the most precise at one pixel).
-        threads: torch CPU threads (None leaves torch's setting: all cores); give each of
-            several parallel workers ``cores // workers``.
+        threads: torch's and OpenCV's CPU threads (None leaves their settings: all cores); give
+            each of several parallel workers ``cores // workers``.
         cache_size: images whose features are kept (least recently used dropped first).
         config: a ``config.MatchingConfig`` with every default of the matching path; the
             keyword arguments above override its fields (``ImageMatcher(config=cfg, resize=0)``).
@@ -101,6 +101,10 @@ class ImageMatcher:
                                            min_inliers=min_inliers, matcher=matcher, cache_size=cache_size,
                                            correlate=correlate).items() if v is not None}
         cfg = dataclasses.replace(config or MatchingConfig(), **overrides)
+        if cfg.resize < 0:
+            raise PipelineError(f"resize={cfg.resize}: the longer side the network sees, in px (0: never resize)")
+        if max_keypoints is not None and (max_keypoints == 0 or max_keypoints < -1):
+            raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
         if threads:
             set_threads(threads)
         self.config = cfg
@@ -140,7 +144,13 @@ class ImageMatcher:
             size = (array.shape[1], array.shape[0]) if array.ndim >= 2 else (0, 0)
             net = extractor.network_size(*size)
             bands = band_indices(None, self.bands)
-        array = select_bands(array, bands, name)
+        try:
+            array = select_bands(array, bands, name)
+        except PipelineError as exc:
+            described = band_descriptions(path) if isinstance(image, (str, Path)) else []
+            if bands is None and any(d != "?" for d in described):   # the names bands= could take
+                raise PipelineError(f"{exc}; its bands: {', '.join(described)}") from None
+            raise
         array = resize_to(array, *net)       # an image smaller than a network cell is refused by extract()
         if valid is not None:
             valid = resize_to(valid, *net)
@@ -193,7 +203,9 @@ class ImageMatcher:
     def rank(self, query, candidates, progress: bool = True) -> list[dict]:
         """Rank ``candidates`` (paths, arrays, or a folder) by geometrically verified matches
         (RANSAC inliers) with ``query``; best first. A candidate that cannot be read is listed
-        last with its ``error``; the others go on. Features are cached (``cache_size``)."""
+        last with its ``error``; the others go on. Features are cached (``cache_size``). With
+        ``matcher="sift-first"`` a candidate's inliers are SIFT's or the learned path's
+        (``cascade_path``), which count differently: rank with one path (the default, ``fast``)."""
         from tqdm import tqdm
 
         if isinstance(candidates, (str, Path)) and Path(candidates).is_dir():
@@ -212,7 +224,8 @@ class ImageMatcher:
                                 "reason": str(exc), "error": True})
                 continue
             ranking.append({"candidate": name, "num_inliers": r.num_inliers, "verified": r.verified,
-                            "num_matches": len(r.mkpts0), "reason": r.reason, "error": False})
+                            "num_matches": len(r.mkpts0), "reason": r.reason, "error": False,
+                            "method": r.method, "cascade_path": r.cascade_path})
         return sorted(ranking, key=lambda x: (x["error"], -x["num_inliers"], -x["num_matches"]))
 
     # ------------------------------------------------------------------ output
@@ -255,6 +268,16 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
     return tuple(names.index(b) + 1 for b in wanted)
 
 
+def band_descriptions(path: Path) -> list[str]:
+    """A raster's band descriptions (``?`` where a band has none)."""
+    if path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
+        return []
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return [d or "?" for d in src.descriptions]
+
+
 def _described_rgb(path: Path | None) -> tuple[int, ...] | None:
     """The 1-based indices of B04, B03, B02 in a multi-band raster that describes them, else None."""
     if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
@@ -284,7 +307,8 @@ def _pixels(image) -> int:
 
 
 def summary(result: MatchResult, seconds: float) -> dict:
-    out = {"images": list(result["names"]), "method": result["method"], "keypoints": [len(result["keypoints0"]),
+    out = {"images": list(result["names"]), "method": result["method"], "cascade_path": result["cascade_path"],
+           "keypoints": [len(result["keypoints0"]),
            len(result["keypoints1"])], "matches": len(result["mkpts0"]), "inliers": result["num_inliers"],
            "verified": result["verified"],
            "homography": None if result["homography"] is None else np.round(result["homography"], 6).tolist(),
@@ -316,11 +340,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
     parser.add_argument("--matcher", default=MatchingConfig.matcher,
-                        help="superglue, mnn, auto, fast or sift-first (see --fast; sift-first: SIFT + the "
+                        help="auto, superglue, mnn, ratio, fast or sift-first (see --fast; sift-first: SIFT + the "
                              "correlation stage first, the learned pipeline where that does not verify)")
     parser.add_argument("--fast", action="store_true",
                         help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
-                             "same features where they give few inliers; at or below SIFT's time a pair")
+                             "same features where they give few inliers; at or below SIFT's time a pair on 256² "
+                             "images, about 1.3x on 512² ones (docs/benchmarks.md)")
     cli.add_runtime(parser)
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,
@@ -331,6 +356,8 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         set_threads(args.threads or None)
+        if args.fast and args.matcher not in (MatchingConfig.matcher, "fast"):
+            raise PipelineError(f"--fast is --matcher fast; it cannot go with --matcher {args.matcher}")
         bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in args.bands.split(",")) if args.bands else None
         matcher = ImageMatcher(args.model_path, args.device, args.max_keypoints, resize=args.resize, bands=bands,
                                matcher="fast" if args.fast else args.matcher)

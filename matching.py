@@ -312,7 +312,7 @@ def build_matcher(name: str, model_path: str | Path = config.CHECKPOINT_DIR, dev
     if name == "auto":
         name = "superglue" if MATCHERS["superglue"].available(model_path) else "mnn"
     if name not in MATCHERS:
-        raise PipelineError(f"unknown matcher {name!r}; choose from {', '.join(sorted(MATCHERS))}")
+        raise PipelineError(f"unknown matcher {name!r}; choose from {', '.join(matcher_choices())}")
     return MATCHERS[name].build(model_path, device, **options)
 
 
@@ -636,13 +636,16 @@ class CascadePipeline:
                                                     resize=resize, ransac_threshold=ransac_threshold,
                                                     min_inliers=min_inliers, **learned_options)
         if name == "fast":
+            if not isinstance(learned.matcher, SuperGlueMatcher):
+                raise PipelineError(f"{model_path}: matcher='fast' falls back to SuperGlue, and there is no superglue*.pt "
+                                    "beside the SuperPoint checkpoint; add one, or use matcher='mnn'")
             mnn = MatchingPipeline(learned.extractor, MutualNearestNeighbours(), learned.refine, ransac_threshold,
                                    min_inliers, learned.correlate)
             return cls(mnn, learned, ("mnn", learned.matcher.name), max(min_inliers, accept_inliers), shared=True)
         if name == "sift-first":
             sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
             classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
-                                         min_inliers=min_inliers, correlate=True)
+                                         min_inliers=min_inliers, correlate=learned.correlate)
             classical.extractor = sift
             return cls(classical, learned, ("sift", "learned"), min_inliers, shared=False)
         raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
@@ -668,7 +671,8 @@ class CascadePipeline:
         """The first path's result where it verifies with ``accept_inliers``, else the
         fallback's (verified or not)."""
         first = self.first.verify(self.first.match_features(f0, f1))
-        if first["verified"] and first["num_inliers"] >= self.accept_inliers:
+        nothing = self.shared and (f0.get("reason") or f1.get("reason"))   # blank: the fallback has nothing more
+        if nothing or (first["verified"] and first["num_inliers"] >= self.accept_inliers):
             return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
         why = (f"{first['num_inliers']} inliers < {self.accept_inliers}" if first["verified"] else "did not verify")
         g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
@@ -683,6 +687,11 @@ class CascadePipeline:
 
 
 CASCADES = ("fast", "sift-first")
+
+
+def matcher_choices() -> tuple[str, ...]:
+    """Every name ``ImageMatcher(matcher=...)`` and ``--matcher`` take."""
+    return ("auto", *sorted(MATCHERS), *CASCADES)
 
 
 # ----------------------------------------------------------------------------- features files

@@ -173,6 +173,8 @@ class MatchResult(Record):
         image_size0: (width, height) of each input
         image_size1: (width, height) of image 1
         method: the path that made the result (e.g. superpoint+superglue+refine+correlate)
+        cascade_path: with ``matcher="fast"`` or ``"sift-first"``: which of the cascade's two
+            paths made it (``mnn`` / ``superglue``, ``sift`` / ``learned``); else None
         names: the inputs' names
         crs: with two georeferenced inputs: image 0's CRS
         map_points0: (K, 2) the matches in map coordinates of ``crs``
@@ -205,6 +207,7 @@ class MatchResult(Record):
     image_size0: tuple | None = None              # (width, height) of each input
     image_size1: tuple | None = None
     method: str = ""
+    cascade_path: str | None = None               # matcher="fast" / "sift-first": which path made it
     names: tuple | None = None                    # the inputs' names
     crs: str | None = None                        # with two georeferenced inputs: image 0's CRS
     map_points0: np.ndarray | None = None         # (K, 2) the matches in map coordinates of ``crs``

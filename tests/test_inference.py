@@ -224,6 +224,17 @@ def test_bands_by_name_from_the_files_descriptions(tmp_path):
             dst.descriptions = ("B08", "B04", "B03", "B02", "B11")
     np.testing.assert_array_equal(ImageMatcher(device="cpu").match_images(*five).mkpts0, by_index.mkpts0)
     np.testing.assert_array_equal(ImageMatcher(device="cpu").match_images(a, b).mkpts0, by_index.mkpts0)
+    # Sentinel-2 names without the leading zero (B4, B3, B2) are the same bands
+    for path in five:
+        with rasterio.open(path, "r+") as dst:
+            dst.descriptions = ("B8", "B4", "B3", "B2", "B11")
+    np.testing.assert_array_equal(ImageMatcher(device="cpu").match_images(*five).mkpts0, by_index.mkpts0)
+    # described, but not as red, green and blue: the error lists what the file has
+    for path in five:
+        with rasterio.open(path, "r+") as dst:
+            dst.descriptions = ("NIR", "R", "G", "B", "SWIR")
+    with pytest.raises(utils.PipelineError, match="bands=.*its bands: NIR, R, G, B, SWIR"):
+        ImageMatcher(device="cpu").match_images(*five)
 
 
 def test_the_fast_mode_and_its_fallback(matcher, sample, monkeypatch):
@@ -243,8 +254,8 @@ def test_the_fast_mode_and_its_fallback(matcher, sample, monkeypatch):
     r = strict.match_images(*sample)
     assert r["cascade_path"] == "superglue" and r.verified and "inliers < 1000000" in r.method and len(calls) == 2
     assert np.hypot(r["shift_m"]["dx"] - learned["shift_m"]["dx"], r["shift_m"]["dy"] - learned["shift_m"]["dy"]) < 0.05
-    r = fast.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])
-    assert r["cascade_path"] == "superglue" and not r.verified and "blank" in r.reason
+    r = fast.match_images(np.full((256, 256, 3), 200, np.uint8), sample[1])   # nothing for SuperGlue either
+    assert r["cascade_path"] == "mnn" and not r.verified and "blank" in r.reason
 
 
 def test_the_sift_first_cascade_and_its_fallback(matcher, sample):

@@ -115,9 +115,11 @@ def test_matcher_registry_names_every_caller():
     try:
         assert "superpoint+test-nearest+refine" in evaluate.method_names()
         assert isinstance(matching.build_matcher("test-nearest"), Nearest)
+        assert "test-nearest" in matching.matcher_choices()
     finally:
         del matching.MATCHERS["test-nearest"]
-    with pytest.raises(utils.PipelineError, match="unknown matcher .lightglue.; choose from mnn, ratio, superglue"):
+    with pytest.raises(utils.PipelineError, match="unknown matcher .lightglue.; choose from auto, mnn, ratio, superglue, "
+                                                  "fast, sift-first"):
         matching.build_matcher("lightglue")
 
 
@@ -203,6 +205,32 @@ def test_a_superpoint_file_keeps_the_superglue_beside_it():
     assert (ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method
             == "superpoint+superglue+refine+correlate")
     assert ImageMatcher(matcher="mnn", correlate=False).method == "superpoint+mnn+refine"
+
+
+@shipped
+def test_matcher_choices_and_bad_settings_are_one_line(tmp_path, capsys):
+    """An unknown matcher lists every name taken (the cascades too); the fast mode without a
+    SuperGlue checkpoint, --fast against another --matcher, a negative --threads or --resize and
+    max_keypoints=0 are each one line naming the fix."""
+    with pytest.raises(utils.PipelineError, match="choose from auto, mnn, ratio, superglue, fast, sift-first"):
+        ImageMatcher(matcher="Fast")
+    shutil.copy(config.CHECKPOINT_DIR / "superpoint.pt", tmp_path / "superpoint.pt")
+    with pytest.raises(utils.PipelineError, match="no superglue.*use matcher='mnn'"):
+        ImageMatcher(model_path=tmp_path, matcher="fast")
+    assert ImageMatcher(model_path=tmp_path, matcher="sift-first", correlate=False).method == \
+        "sift+ratio, else superpoint+mnn+refine"
+    with pytest.raises(utils.PipelineError, match="resize=-5"):
+        ImageMatcher(resize=-5)
+    with pytest.raises(utils.PipelineError, match="max_keypoints=0"):
+        ImageMatcher(max_keypoints=0)
+    for argv in (["--fast", "--matcher", "sift-first"], ["--threads", "-1"], ["--resize", "-5"]):
+        assert inference.main([*argv, "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    # the benchmark's --sources choose validation places only, and only those it has
+    for argv in (["--split", "test", "--sources", "oscd"], ["--sources", "ombria,bogus"]):
+        assert evaluate.main([*argv, "--methods", "sift", "--output", str(tmp_path / "e.json")]) == 2
+        assert "--sources" in capsys.readouterr().err
 
 
 @shipped
