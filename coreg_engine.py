@@ -136,13 +136,16 @@ def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:
     if "grey" in product.band_files:
         return ["grey"]
     named = sorted(b for b in product.band_files if not b.isdigit())
-    if len(named) == 1 and len({p for res in product.band_files.values() for p in res.values()}) == 1:
+    indexed = sorted((b for b in product.band_files if b.isdigit()), key=int)
+    one_file = len({p for res in product.band_files.values() for p in res.values()}) == 1
+    if len(named) == 1 and one_file and len(indexed) <= 1:     # one band, named (B8A.jp2): as it is
         return named
     if not named:
         count = max(int(b) for b in product.band_files)
         raise PipelineError(f"{product.source}: {count} unnamed bands; choose the bands with --bands (1-based "
                             "indices as GDAL counts them, e.g. --bands 3,2,1) or set band descriptions (B04...)")
-    raise PipelineError(f"{product.source}: none of the bands {', '.join(wanted)} (it has: {', '.join(named)}); "
+    also = f"; bands 1-{indexed[-1]} by index" if len(indexed) > 1 else ""
+    raise PipelineError(f"{product.source}: none of the bands {', '.join(wanted)} (it has: {', '.join(named)}{also}); "
                         "choose with --bands (names such as B04,B03,B02 or red,green,blue, or 1-based indices "
                         "such as 3,2,1 of a single raster file)")
 

@@ -346,7 +346,9 @@ def _main(argv=None) -> int:
             superglue = SuperGlue.from_checkpoint(args.superglue, args.device)
         methods = [build_method(m.strip(), cfg, args.model_path, args.device, args.match_threshold,
                                 superglue=superglue) for m in args.methods.split(",") if m.strip()]
-        sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else None
+        if args.max_keypoints == 0 or args.max_keypoints < -1:
+            raise PipelineError(f"--max-keypoints {args.max_keypoints}: keypoints per image, 1 or more (-1: all)")
+        sources = tuple(s.strip() for s in args.sources.split(",") if s.strip()) if args.sources else None
         if sources and args.split == "test":
             raise PipelineError("--sources chooses among the validation places (oscd, ombria, t36uya); "
                                 "the test split is run whole")

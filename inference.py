@@ -101,6 +101,8 @@ class ImageMatcher:
                                            min_inliers=min_inliers, matcher=matcher, cache_size=cache_size,
                                            correlate=correlate).items() if v is not None}
         cfg = dataclasses.replace(config or MatchingConfig(), **overrides)
+        if isinstance(bands, str):      # "4,3,2" or "B04,B03,B02", as --bands takes them
+            bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in bands.split(",") if b.strip())
         if cfg.resize < 0:
             raise PipelineError(f"resize={cfg.resize}: the longer side the network sees, in px (0: never resize)")
         if max_keypoints is not None and (max_keypoints == 0 or max_keypoints < -1):
@@ -221,7 +223,7 @@ class ImageMatcher:
                 r = self.match_images(query, cand)
             except PipelineError as exc:
                 ranking.append({"candidate": name, "num_inliers": 0, "verified": False, "num_matches": 0,
-                                "reason": str(exc), "error": True})
+                                "reason": str(exc), "error": True, "method": None, "cascade_path": None})
                 continue
             ranking.append({"candidate": name, "num_inliers": r.num_inliers, "verified": r.verified,
                             "num_matches": len(r.mkpts0), "reason": r.reason, "error": False,
@@ -260,11 +262,12 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
 
     wanted = [canonical_band_name(b) for b in bands]
     with rasterio.open(path) as src:
-        names = [canonical_band_name(d or "") for d in src.descriptions]
+        described = [d or "?" for d in src.descriptions]
+    names = [canonical_band_name(d) for d in described]
     missing = [b for b in wanted if b not in names]
     if missing:
-        raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: "
-                            f"{', '.join(n or '?' for n in names)}); fix --bands (names or 1-based indices)")
+        raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: {', '.join(described)}); "
+                            "fix --bands (names or 1-based indices)")
     return tuple(names.index(b) + 1 for b in wanted)
 
 

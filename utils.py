@@ -80,7 +80,7 @@ def set_threads(threads: int | None = None) -> int:
     import torch
 
     if threads is not None and threads < 0:
-        raise PipelineError(f"--threads {threads}: give a number of threads (1 or more), or 0 for all cores")
+        raise PipelineError(f"threads {threads}: give a number of threads (1 or more), or 0 for all cores")
     if not threads:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:

@@ -473,6 +473,15 @@ def test_single_band_files_of_different_bands_and_bands_as_users_write_them(pipe
         np.testing.assert_allclose(shift_of(r), direct, atol=1e-6)
     with pytest.raises(PipelineError, match="1-based"):
         coregister.coregister(REF, SUMMER, bands=(0, 1, 2), pipeline=pipeline, progress=False)
+    # a five-band raster naming one Sentinel-2 band (NIR) and four others it cannot read (R, G, B,
+    # SWIR) is not co-registered on NIR alone: refused, naming what it has and the flag
+    with rasterio.open(REF) as s:
+        data, profile = s.read(), {**s.profile, "count": 5}
+    with rasterio.open(tmp_path / "five.tif", "w", **profile) as dst:
+        dst.write(np.concatenate([data[:1], data, data[2:]]))
+        dst.descriptions = ("NIR", "R", "G", "B", "SWIR")
+    with pytest.raises(PipelineError, match="none of the bands B04, B03, B02 .it has: B08; bands 1-5 by index.*--bands"):
+        coregister.coregister(tmp_path / "five.tif", tmp_path / "five.tif", pipeline=pipeline, progress=False)
 
 
 def test_a_target_covering_part_of_a_small_reference(pipeline, tmp_path):

@@ -235,6 +235,11 @@ def test_bands_by_name_from_the_files_descriptions(tmp_path):
             dst.descriptions = ("NIR", "R", "G", "B", "SWIR")
     with pytest.raises(utils.PipelineError, match="bands=.*its bands: NIR, R, G, B, SWIR"):
         ImageMatcher(device="cpu").match_images(*five)
+    with pytest.raises(utils.PipelineError, match="no band named B04, B03, B02 .its bands: NIR, R, G, B, SWIR"):
+        ImageMatcher(device="cpu", bands=("red", "green", "blue")).match_images(*five)
+    # bands as --bands takes them, a string
+    np.testing.assert_array_equal(ImageMatcher(device="cpu", bands="2,3,4").match_images(*five).mkpts0,
+                                  by_index.mkpts0)
 
 
 def test_the_fast_mode_and_its_fallback(matcher, sample, monkeypatch):

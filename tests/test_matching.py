@@ -228,9 +228,9 @@ def test_matcher_choices_and_bad_settings_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
     # the benchmark's --sources choose validation places only, and only those it has
-    for argv in (["--split", "test", "--sources", "oscd"], ["--sources", "ombria,bogus"]):
+    for argv in (["--split", "test", "--sources", "oscd"], ["--sources", "ombria,bogus"], ["--max-keypoints", "0"]):
         assert evaluate.main([*argv, "--methods", "sift", "--output", str(tmp_path / "e.json")]) == 2
-        assert "--sources" in capsys.readouterr().err
+        assert argv[-2] in capsys.readouterr().err
 
 
 @shipped
