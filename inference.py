@@ -66,7 +66,8 @@ class ImageMatcher:
             returned in each input's own frame). 0 = never resize.
         bands: for multi-band inputs, the bands to use, 1-based as GDAL counts them (1, 3 or 4 of them,
             matching the model's input channels; grey models average them), or names from a raster's
-            band descriptions (``("B04", "B03", "B02")``, ``("red", ...)``). None: a raster that
+            band descriptions (``("B04", "B03", "B02")``, ``("red", ...)``), or a string as
+            ``--bands`` takes them (``"3,2,1"``). None: a raster that
             describes B04, B03 and B02 uses them; a single band or an 8-bit RGB picture as it is.
         ransac_threshold: px, in image 1's own frame.
         refine: move each match's point in image 1 to where image 0's keypoint fits best,
@@ -79,8 +80,8 @@ class ImageMatcher:
             chance agreements, not a transform).
         matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), ``auto``, or a cascade
             (``matching.CascadePipeline``): ``fast`` (mutual nearest neighbours first, SuperGlue on
-            the same features where they give fewer than ``fast_min_inliers`` inliers: at or below
-            SIFT's time) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
+            the same features where they give fewer than ``fast_min_inliers`` inliers: about SIFT's
+            time a pair) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
             the learned pipeline where that does not verify: the most precise at one pixel).
         threads: torch's and OpenCV's CPU threads (None leaves their settings: all cores); give
             each of several parallel workers ``cores // workers``.
@@ -361,8 +362,7 @@ def main(argv=None) -> int:
         set_threads(args.threads or None)
         if args.fast and args.matcher not in (MatchingConfig.matcher, "fast"):
             raise PipelineError(f"--fast is --matcher fast; it cannot go with --matcher {args.matcher}")
-        bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in args.bands.split(",")) if args.bands else None
-        matcher = ImageMatcher(args.model_path, args.device, args.max_keypoints, resize=args.resize, bands=bands,
+        matcher = ImageMatcher(args.model_path, args.device, args.max_keypoints, resize=args.resize, bands=args.bands,
                                matcher="fast" if args.fast else args.matcher)
         if args.query or args.gallery:
             if not (args.query and args.gallery):
