@@ -224,6 +224,9 @@ class CoregisterConfig:
     """Defaults of ``coregister.py`` (pairs and ``--stack``: one engine, ``coreg_engine.py``)."""
 
     bands: tuple[str, ...] = ("B04", "B03", "B02")  # those both products have; grey for the network
+    matcher: str = "auto"             # every window's matching: auto (SuperGlue), or fast (mutual nearest
+                                      # neighbours, SuperGlue where they give few inliers): a full tile in
+                                      # 0.8x the time, the same shift (docs/benchmarks.md "A full tile")
     overview: int = 1024              # px, longer side of the coarse (whole-product) estimate
     window: int = 512                 # px at native resolution, side of a matching window
     min_window: int = 256             # px, smallest window side where the data allows it

@@ -64,6 +64,9 @@ RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "
 # what a rotation or scale warning advises; a caller that gives other advice (a stack) or has
 # taken it (a pair corrected by the affine) replaces exactly this
 AFFINE_ADVICE = "use --correction affine"
+# CoregisterConfig.matcher: those whose features are SuperPoint's alone (a stack's dates are
+# extracted once and matched in many pairs)
+WINDOW_MATCHERS = ("auto", "superglue", "mnn", "fast")
 SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
@@ -124,6 +127,13 @@ def normalise_bands(bands) -> tuple[str, ...]:
                                 "(1, 2, 3)")
         out.append(dp.canonical_band_name(text))
     return tuple(out)
+
+
+def check_matcher(cfg: CoregisterConfig) -> None:
+    """``cfg.matcher`` is one the engine takes (``WINDOW_MATCHERS``), or one line saying so."""
+    if cfg.matcher not in WINDOW_MATCHERS:
+        raise PipelineError(f"matcher {cfg.matcher!r}: co-registration matches windows with one of "
+                            f"{', '.join(WINDOW_MATCHERS)} (--matcher)")
 
 
 def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:

@@ -76,7 +76,8 @@ class Coregistration:
         self.tgt = engine.open_date(target, "target", wanted)
         self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
         self.grid = engine.grid_of(self.ref, self.ref_bands)
-        self.pipeline = pipeline or MatchingPipeline.from_checkpoints()
+        engine.check_matcher(self.cfg)
+        self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
         self.progress = progress
 
     def run(self) -> dict:
@@ -510,6 +511,10 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
+    parser.add_argument("--matcher", default=cfg.matcher, choices=engine.WINDOW_MATCHERS,
+                        help="every window's matching: auto (SuperGlue where its checkpoint is), or fast (mutual "
+                             "nearest neighbours, SuperGlue where they give few inliers: quicker on large windows, "
+                             "the same shifts within a few hundredths of a metre)")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference, as COGs (see --correction)")
     parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],
@@ -538,7 +543,8 @@ def main(argv=None) -> int:
         if args.correction != "translation":
             parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
                          "georeference moved (translation)")
-        return stack_main(args, config.replace(cfg, window=args.window, max_windows=args.max_windows))
+        return stack_main(args, config.replace(cfg, window=args.window, max_windows=args.max_windows,
+                                               matcher=args.matcher))
     if args.reference is None or args.target is None:
         parser.error("give REFERENCE and TARGET, or --stack INPUTS...")
     if args.stack_reference != "auto":
@@ -550,8 +556,9 @@ def main(argv=None) -> int:
         parser.error(f"{', '.join(stack_only)}: for --stack only; a pair runs in this process")
     try:
         set_threads(args.threads or None)
-        cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview)
-        pipeline = MatchingPipeline.from_checkpoints(device=args.device)
+        cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview,
+                             matcher=args.matcher)
+        pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction)
     except PipelineError as exc:

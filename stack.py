@@ -63,18 +63,18 @@ from config import CoregisterConfig
 from coreg_engine import DateFeatures, PairMeasure
 from utils import PipelineError, atomic_path, set_threads
 
-_PIPELINE = None      # one matching pipeline per worker process, loaded on its first task
+_PIPELINES: dict = {}     # one matching pipeline per worker process and matcher, loaded on its first task
 
 
-def worker_pipeline():
-    """The matching pipeline of this process (loaded once; one torch thread per worker)."""
-    global _PIPELINE
-    if _PIPELINE is None:
+def worker_pipeline(matcher: str = CoregisterConfig.matcher):
+    """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher``; loaded
+    once; one torch thread per worker)."""
+    if matcher not in _PIPELINES:
         from matching import MatchingPipeline
 
         set_threads(1)
-        _PIPELINE = MatchingPipeline.from_checkpoints(device="cpu")
-    return _PIPELINE
+        _PIPELINES[matcher] = MatchingPipeline.from_checkpoints(matcher=matcher, device="cpu")
+    return _PIPELINES[matcher]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -219,7 +219,7 @@ def reports_bad_input(task):
 def task_overview(path, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig) -> engine.Overview:
     """Task: the reference grid product's overview and its features."""
     product = engine.open_date(path, "reference", tuple(bands))
-    return engine.reference_overview(worker_pipeline(), product, bands, grid, cfg)
+    return engine.reference_overview(worker_pipeline(cfg.matcher), product, bands, grid, cfg)
 
 
 @reports_bad_input
@@ -227,19 +227,19 @@ def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview
                 cfg: CoregisterConfig) -> engine.DateLocation:
     """Task: a date's coarse offset and extent on the grid."""
     product = engine.open_date(path, "date", tuple(bands))
-    return engine.locate_date(worker_pipeline(), path, product, bands, grid, overview, cfg)
+    return engine.locate_date(worker_pipeline(cfg.matcher), path, product, bands, grid, overview, cfg)
 
 
 @reports_bad_input
 def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig) -> DateFeatures:
     """Task: a date's windows read and their features extracted once."""
     product = engine.open_date(location.path, "date", tuple(location.bands))
-    return engine.extract_date(worker_pipeline(), product, location, grid, windows, cfg)
+    return engine.extract_date(worker_pipeline(cfg.matcher), product, location, grid, windows, cfg)
 
 
 def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig, px_m: float) -> PairMeasure:
     """Task: two dates measured window by window (their tie points dropped: not needed here)."""
-    pair = engine.measure_pair(worker_pipeline(), i, j, a, b, cfg, px_m)
+    pair = engine.measure_pair(worker_pipeline(cfg.matcher), i, j, a, b, cfg, px_m)
     for w in pair.windows:
         w.tie_a = w.tie_b = w.score = np.zeros(0)
     return pair
@@ -382,6 +382,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
     more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``)."""
     cfg = cfg or CoregisterConfig()
+    engine.check_matcher(cfg)
     bands = engine.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work

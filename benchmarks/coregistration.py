@@ -382,7 +382,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a CoregisterConfig setting for coregister.py (variants: --set refine=False)")
+                        help="a CoregisterConfig setting for coregister.py (variants: --set refine=False, "
+                             "--set matcher=fast)")
     parser.add_argument("--no-matcher", action="store_true", help="leave out ImageMatcher")
     parser.add_argument("--output", type=Path, default=None,
                         help="default data/results/coregistration_<split>.json")
@@ -396,7 +397,7 @@ def main(argv=None) -> int:
         name, value = item.split("=", 1)
         kind = type(getattr(cfg, name))
         cfg = config.replace(cfg, **{name: value == "True" if kind is bool else kind(value)})
-    methods = [Ours(MatchingPipeline.from_checkpoints(), cfg)] + ([] if args.no_matcher else [Matcher()])
+    methods = [Ours(MatchingPipeline.from_checkpoints(matcher=cfg.matcher), cfg)] + ([] if args.no_matcher else [Matcher()])
     if not args.no_arosics:
         try:
             methods.append(Arosics())

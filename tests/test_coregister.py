@@ -578,3 +578,20 @@ def test_the_result_is_typed_and_reads_as_its_json(pipeline):
     assert isinstance(r, results.CoregistrationResult) and isinstance(r.shift_m, results.ShiftEstimate)
     assert r.shift_m.sigma_m == r["shift_m"]["sigma_m"] and r.shift_m.se_x is not None and r.shift_m.se is None
     assert r.verified is r["verified"] and r.windows["used"] >= 1 and set(r) >= {"provenance", "warnings"}
+
+
+def test_windows_matched_in_the_fast_mode(pipeline, tmp_path):
+    """``--matcher fast`` (``CoregisterConfig.matcher``): the same shift as SuperGlue's within
+    0.05 m (the dense fit makes both precise), the path in the provenance; a matcher whose features
+    are not SuperPoint's alone is one line."""
+    cfg = config.replace(config.CoregisterConfig(), matcher="fast")
+    fast = coregister.coregister(REF, SUMMER, cfg=cfg, progress=False)
+    direct = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    assert np.hypot(*(shift_of(fast) - shift_of(direct))) < 0.05
+    assert fast["provenance"]["settings"]["matcher"] == "fast"
+    assert fast["provenance"]["settings"]["matching"].startswith("superpoint+mnn")
+    with pytest.raises(PipelineError, match="matcher 'sift-first'.*--matcher"):
+        coregister.coregister(REF, SUMMER, cfg=config.replace(cfg, matcher="sift-first"), progress=False)
+    assert coregister.main([str(REF), str(SUMMER), "--matcher", "fast", "--output", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "coregistration.json").read_text())
+    assert written["provenance"]["settings"]["matcher"] == "fast"
