@@ -133,7 +133,8 @@ def check_matcher(cfg: CoregisterConfig) -> None:
     """``cfg.matcher`` is one the engine takes (``WINDOW_MATCHERS``), or one line saying so."""
     if cfg.matcher not in WINDOW_MATCHERS:
         raise PipelineError(f"matcher {cfg.matcher!r}: co-registration matches windows with one of "
-                            f"{', '.join(WINDOW_MATCHERS)} (--matcher)")
+                            f"{', '.join(WINDOW_MATCHERS)} (--matcher): a date's windows are extracted once, "
+                            "as SuperPoint features, and matched in every pair")
 
 
 def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:

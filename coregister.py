@@ -63,20 +63,23 @@ class Coregistration:
     """Co-register ``target`` to ``reference`` (see the module docstring): the engine's steps for
     a stack of two, run in this process.
 
-    ``pipeline``: the matching path (default: the shipped checkpoints, as ``ImageMatcher`` uses
-    them, no resizing).
+    ``pipeline``: the matching path (default: the shipped checkpoints with ``cfg.matcher``, as
+    ``ImageMatcher`` uses them, no resizing); one given replaces ``cfg.matcher`` (the provenance
+    records its ``matcher_name`` and ``matching``, the path that ran).
     """
 
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                  pipeline: MatchingPipeline | None = None, progress: bool = True):
         self.cfg = cfg or CoregisterConfig()
+        if pipeline is not None:     # the path given is the one that runs, and the one recorded
+            self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
+        engine.check_matcher(self.cfg)
         wanted = engine.normalise_bands(bands) or tuple(self.cfg.bands)
         self.inputs = (reference, target)
         self.ref = engine.open_date(reference, "reference", wanted)
         self.tgt = engine.open_date(target, "target", wanted)
         self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
         self.grid = engine.grid_of(self.ref, self.ref_bands)
-        engine.check_matcher(self.cfg)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
         self.progress = progress
 
@@ -512,9 +515,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
     parser.add_argument("--matcher", default=cfg.matcher, choices=engine.WINDOW_MATCHERS,
-                        help="every window's matching: auto (SuperGlue where its checkpoint is), or fast (mutual "
-                             "nearest neighbours, SuperGlue where they give few inliers: quicker on large windows, "
-                             "the same shifts within a few hundredths of a metre)")
+                        help="every window's matching: auto (SuperGlue where its checkpoint is, else mnn), superglue, "
+                             "mnn (mutual nearest neighbours), or fast (mnn, SuperGlue where they give few inliers: "
+                             "quicker on large windows, the same shifts within a few hundredths of a metre)")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference, as COGs (see --correction)")
     parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],

@@ -546,6 +546,11 @@ class MatchingPipeline:
         return cls(extractor, glue, refine, ransac_threshold, min_inliers, correlate)
 
     @property
+    def matcher_name(self) -> str:
+        """The name ``matcher=`` would take for this pipeline (``superglue``, ``mnn``, ...)."""
+        return self.matcher.name
+
+    @property
     def name(self) -> str:
         detector = self.extractor.name if self.extractor is not None else "superpoint"
         return f"{detector}+{self.matcher.name}" + ("+refine" if self.refine else "") + ("+correlate" if self.correlate else "")
@@ -617,8 +622,9 @@ class CascadePipeline:
       needs them (the image is kept with its SIFT features, ``source``). About twice SIFT's time.
     """
 
-    def __init__(self, first: MatchingPipeline, fallback: MatchingPipeline, labels: tuple[str, str],
+    def __init__(self, kind: str, first: MatchingPipeline, fallback: MatchingPipeline, labels: tuple[str, str],
                  accept_inliers: int, shared: bool):
+        self.matcher_name = kind          # fast | sift-first: the name matcher= takes for it
         self.first, self.fallback, self.labels = first, fallback, labels
         self.accept_inliers, self.shared = accept_inliers, shared
         self.extractor = first.extractor
@@ -641,13 +647,14 @@ class CascadePipeline:
                                     "beside the SuperPoint checkpoint; add one, or use matcher='mnn'")
             mnn = MatchingPipeline(learned.extractor, MutualNearestNeighbours(), learned.refine, ransac_threshold,
                                    min_inliers, learned.correlate)
-            return cls(mnn, learned, ("mnn", learned.matcher.name), max(min_inliers, accept_inliers), shared=True)
+            return cls(name, mnn, learned, ("mnn", learned.matcher.name), max(min_inliers, accept_inliers),
+                       shared=True)
         if name == "sift-first":
             sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
             classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
                                          min_inliers=min_inliers, correlate=learned.correlate)
             classical.extractor = sift
-            return cls(classical, learned, ("sift", "learned"), min_inliers, shared=False)
+            return cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False)
         raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
 
     @property

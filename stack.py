@@ -547,9 +547,13 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result["grid_date"] = _label(paths[grid_k])
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
+    from matching import MatchingPipeline
+
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
-                                             correction="translation" if write_corrected else None)
+                                             correction="translation" if write_corrected else None,
+                                             matching=MatchingPipeline.from_checkpoints(matcher=cfg.matcher,
+                                                                                        device="cpu").name)
     if output is not None:
         stack_outputs.write_stack_outputs(result, paths, products, grid, Path(output), write_corrected)
     return result

@@ -592,6 +592,14 @@ def test_windows_matched_in_the_fast_mode(pipeline, tmp_path):
     assert fast["provenance"]["settings"]["matching"].startswith("superpoint+mnn")
     with pytest.raises(PipelineError, match="matcher 'sift-first'.*--matcher"):
         coregister.coregister(REF, SUMMER, cfg=config.replace(cfg, matcher="sift-first"), progress=False)
+    with pytest.raises(PipelineError, match="matcher 'sift-first'.*--matcher"):      # given as a pipeline too
+        coregister.coregister(REF, SUMMER, pipeline=MatchingPipeline.from_checkpoints(matcher="sift-first"),
+                              progress=False)
+    # a pipeline given is what runs, and what the provenance records, whatever cfg.matcher says
+    given = coregister.coregister(REF, SUMMER, cfg=cfg, pipeline=pipeline, progress=False)
+    assert given["provenance"]["settings"]["matcher"] == "superglue"
+    assert given["provenance"]["settings"]["matching"] == pipeline.name
+    np.testing.assert_allclose(shift_of(given), shift_of(direct), atol=1e-9)
     assert coregister.main([str(REF), str(SUMMER), "--matcher", "fast", "--output", str(tmp_path / "out")]) == 0
     written = json.loads((tmp_path / "out" / "coregistration.json").read_text())
     assert written["provenance"]["settings"]["matcher"] == "fast"

@@ -78,6 +78,8 @@ def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path):
     assert (tmp_path / "out" / "report.png").stat().st_size > 10_000
     info = json.loads((tmp_path / "out" / "stack.json").read_text())
     assert info["provenance"]["version"] == config.VERSION and info["reference_id"] == f"T36UYA_{reference}_B04"
+    settings = info["provenance"]["settings"]
+    assert settings["matcher"] == "auto" and settings["matching"] == "superpoint+superglue+refine+correlate"
 
 
 def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
