@@ -692,7 +692,7 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
             kinds["too little valid area or texture on one date"] = missing
         head = (f"only {len(used)} of {len(a.windows)} windows verified (at least {needed} needed)" if common
                 else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
-        out.reason = head + "".join(f"; {k}: {v}" for k, v in kinds.items())
+        out.reason = head + "".join(f"; {k}: {v} window{'s' if v != 1 else ''}" for k, v in kinds.items())
         return out
     warning, out.affine_shown = disagreement_warning(used, px_m, cfg,
                                                      max(a.location.pixel_ratio, b.location.pixel_ratio))
