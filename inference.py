@@ -106,7 +106,8 @@ class ImageMatcher:
             bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in bands.split(",") if b.strip())
         if cfg.resize < 0:
             raise PipelineError(f"resize={cfg.resize}: the longer side the network sees, in px (0: never resize)")
-        if max_keypoints is not None and (max_keypoints == 0 or max_keypoints < -1):
+        if max_keypoints is not None and (not isinstance(max_keypoints, (int, np.integer)) or max_keypoints == 0
+                                          or max_keypoints < -1):
             raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
         if threads:
             set_threads(threads)

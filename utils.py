@@ -79,6 +79,8 @@ def set_threads(threads: int | None = None) -> int:
     import cv2
     import torch
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))):
+        raise PipelineError(f"threads {threads!r}: give a whole number of threads (1 or more), or 0 for all cores")
     if threads is not None and threads < 0:
         raise PipelineError(f"threads {threads}: give a number of threads (1 or more), or 0 for all cores")
     if not threads:

@@ -223,6 +223,10 @@ def test_matcher_choices_and_bad_settings_are_one_line(tmp_path, capsys):
         ImageMatcher(resize=-5)
     with pytest.raises(utils.PipelineError, match="max_keypoints=0"):
         ImageMatcher(max_keypoints=0)
+    with pytest.raises(utils.PipelineError, match="max_keypoints=1.5"):
+        ImageMatcher(max_keypoints=1.5)
+    with pytest.raises(utils.PipelineError, match="threads '2'"):
+        ImageMatcher(threads="2")
     for argv in (["--fast", "--matcher", "sift-first"], ["--threads", "-1"], ["--resize", "-5"]):
         assert inference.main([*argv, "--output", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
