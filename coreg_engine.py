@@ -106,29 +106,6 @@ def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...
     return product
 
 
-def normalise_bands(bands) -> tuple[str, ...]:
-    """Bands as given by a user — ``"B04,B03,B02"``, ``("red", "green")``, ``(3, 2, 1)`` (1-based
-    indices, as GDAL counts them) — as the names and index strings the readers know (STAC common
-    names become band names: ``red`` → ``B04``)."""
-    if bands is None:
-        return ()
-    if isinstance(bands, str):
-        bands = [b for b in bands.split(",") if b.strip()]
-    out = []
-    for b in bands:
-        if isinstance(b, (int, np.integer)):
-            if b < 1:
-                raise PipelineError(f"bands {list(bands)}: indices are 1-based, as GDAL counts bands (1, 2, 3)")
-            out.append(str(int(b)))
-            continue
-        text = str(b).strip()
-        if text.isdigit() and int(text) < 1:
-            raise PipelineError(f"--bands {','.join(map(str, bands))}: indices are 1-based, as GDAL counts bands "
-                                "(1, 2, 3)")
-        out.append(dp.canonical_band_name(text))
-    return tuple(out)
-
-
 def check_matcher(cfg: CoregisterConfig) -> None:
     """``cfg.matcher`` is one the engine takes (``WINDOW_MATCHERS``), or one line saying so."""
     if cfg.matcher not in WINDOW_MATCHERS:

@@ -74,7 +74,7 @@ class Coregistration:
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
         engine.check_matcher(self.cfg)
-        wanted = engine.normalise_bands(bands) or tuple(self.cfg.bands)
+        wanted = dp.normalise_bands(bands) or tuple(self.cfg.bands)
         self.inputs = (reference, target)
         self.ref = engine.open_date(reference, "reference", wanted)
         self.tgt = engine.open_date(target, "target", wanted)
@@ -153,23 +153,20 @@ def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
     used = [w for w in pair.windows if w.status == "used"]
     if not used:
         return None
-    w0 = geo.pixel_to_map(np.array([w.centre for w in used]), co.grid.transform)
-    w1 = geo.pixel_to_map(np.array([w.centre + w.shift_px for w in used]), co.grid.transform)
     tie0 = np.concatenate([w.tie_a for w in used])
     if pair.affine_shown and len(tie0) >= 12:
         p0 = geo.pixel_to_map(tie0, co.grid.transform)
         p1 = geo.pixel_to_map(np.concatenate([w.tie_b for w in used]), co.grid.transform)
         source = "tie points"
-    elif len(used) >= 4:
-        p0, p1, source = w0, w1, "windows"
     else:
-        p0, p1 = w0, w1
-        source = "the translation (no rotation or scale beyond the tie points' noise)"
-    if len(used) >= 4 or source == "tie points":
+        p0 = geo.pixel_to_map(np.array([w.centre for w in used]), co.grid.transform)
+        p1 = geo.pixel_to_map(np.array([w.centre + w.shift_px for w in used]), co.grid.transform)
+        source = "windows" if len(used) >= 4 else "the translation (no rotation or scale beyond the tie points' noise)"
+    if source.startswith("the translation"):
+        A, t = np.eye(2), np.mean(p1 - p0, axis=0)
+    else:
         M, _ = engine.fit_affine_px(p0, p1 - p0)           # the same least squares, in map coordinates
         A, t = M[:, :2], M[:, 2]
-    else:
-        A, t = np.eye(2), np.mean(w1 - w0, axis=0)
     residual = np.linalg.norm(p0 @ A.T + t - p1, axis=1)
     return {"matrix": np.round(np.hstack([A, t[:, None]]), 9).tolist(), "fitted_to": source, "points": len(p0),
             "rmse": float(np.sqrt(np.mean(residual ** 2))),
@@ -470,7 +467,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
         result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
                               for w in result.get("warnings", [])]
     result["provenance"] = engine.provenance([reference, target], co.cfg,
-                                             bands=list(engine.normalise_bands(bands) or co.cfg.bands),
+                                             bands=list(dp.normalise_bands(bands) or co.cfg.bands),
                                              correction=correction if write_corrected else None,
                                              matching=co.pipeline.name)
     if output is not None:

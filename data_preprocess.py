@@ -271,6 +271,29 @@ def canonical_band_name(name) -> str:
     return f"B0{single.group(1)}" if single else text.upper()
 
 
+def normalise_bands(bands) -> tuple[str, ...]:
+    """Bands as given by a user — ``"B04,B03,B02"``, ``("red", "green")``, ``(3, 2, 1)`` (1-based
+    indices, as GDAL counts them) — as the names and index strings the readers know (STAC common
+    names become band names: ``red`` → ``B04``)."""
+    if bands is None:
+        return ()
+    if isinstance(bands, str):
+        bands = [b for b in bands.split(",") if b.strip()]
+    out = []
+    for b in bands:
+        if isinstance(b, (int, np.integer)):
+            if b < 1:
+                raise PipelineError(f"bands {list(bands)}: indices are 1-based, as GDAL counts bands (1, 2, 3)")
+            out.append(str(int(b)))
+            continue
+        text = str(b).strip()
+        if text.isdigit() and int(text) < 1:
+            raise PipelineError(f"--bands {','.join(map(str, bands))}: indices are 1-based, as GDAL counts bands "
+                                "(1, 2, 3)")
+        out.append(canonical_band_name(text))
+    return tuple(out)
+
+
 # STAC common band names (the eo extension) → Sentinel-2 band names
 STAC_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
                      "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",

@@ -339,6 +339,8 @@ def _main(argv=None) -> int:
     cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
     try:
         set_threads(args.threads or None)
+        if args.max_keypoints == 0 or args.max_keypoints < -1:     # named as the flag (the extractor says it too)
+            raise PipelineError(f"--max-keypoints {args.max_keypoints}: keypoints per image, 1 or more (-1: all)")
         superglue = None
         if args.superglue is not None:
             from SuperGlue_architecture import SuperGlue
@@ -346,8 +348,6 @@ def _main(argv=None) -> int:
             superglue = SuperGlue.from_checkpoint(args.superglue, args.device)
         methods = [build_method(m.strip(), cfg, args.model_path, args.device, args.match_threshold,
                                 superglue=superglue) for m in args.methods.split(",") if m.strip()]
-        if args.max_keypoints == 0 or args.max_keypoints < -1:
-            raise PipelineError(f"--max-keypoints {args.max_keypoints}: keypoints per image, 1 or more (-1: all)")
         sources = tuple(s.strip() for s in args.sources.split(",") if s.strip()) if args.sources else None
         if sources and args.split == "test":
             raise PipelineError("--sources chooses among the validation places (oscd, ombria, t36uya); "

@@ -102,13 +102,10 @@ class ImageMatcher:
                                            min_inliers=min_inliers, matcher=matcher, cache_size=cache_size,
                                            correlate=correlate).items() if v is not None}
         cfg = dataclasses.replace(config or MatchingConfig(), **overrides)
-        if isinstance(bands, str):      # "4,3,2" or "B04,B03,B02", as --bands takes them
-            bands = tuple(int(b) if b.strip().isdigit() else b.strip() for b in bands.split(",") if b.strip())
-        if cfg.resize < 0:
-            raise PipelineError(f"resize={cfg.resize}: the longer side the network sees, in px (0: never resize)")
-        if max_keypoints is not None and (not isinstance(max_keypoints, (int, np.integer)) or max_keypoints == 0
-                                          or max_keypoints < -1):
-            raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
+        if bands is not None:           # "4,3,2", ("B04", "B03", "B02"), ("red", ...), (3, 2, 1), as coregister.py
+            import data_preprocess
+
+            bands = data_preprocess.normalise_bands(bands) or None
         if threads:
             set_threads(threads)
         self.config = cfg
@@ -251,21 +248,19 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
     or STAC common names such as ``red``) by the file's band descriptions. Without ``bands``, a
     raster whose descriptions name red, green and blue (B04, B03, B02) uses those, as
     ``coregister.py`` does; others are used as they are (one band, an 8-bit RGB picture)."""
-    if bands is None:
-        return _described_rgb(path)
-    if all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
-        return tuple(int(b) for b in bands)
-    if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
-        raise PipelineError(f"{path or 'array'}: bands by name ({', '.join(map(str, bands))}) need a raster whose "
-                            "bands are described; give 1-based indices instead (e.g. 3,2,1)")
-    import rasterio
-
     from data_preprocess import canonical_band_name
 
-    wanted = [canonical_band_name(b) for b in bands]
-    with rasterio.open(path) as src:
-        described = [d or "?" for d in src.descriptions]
+    if bands is not None and all(isinstance(b, (int, np.integer)) or str(b).isdigit() for b in bands):
+        return tuple(int(b) for b in bands)
+    described = band_descriptions(path) if path is not None else []
     names = [canonical_band_name(d) for d in described]
+    if bands is None:       # a raster describing red, green and blue: those
+        rgb = [canonical_band_name(b) for b in config.CoregisterConfig.bands]
+        return tuple(names.index(b) + 1 for b in rgb) if set(rgb) <= set(names) else None
+    if not described:
+        raise PipelineError(f"{path or 'array'}: bands by name ({', '.join(map(str, bands))}) need a raster whose "
+                            "bands are described; give 1-based indices instead (e.g. 3,2,1)")
+    wanted = [canonical_band_name(b) for b in bands]
     missing = [b for b in wanted if b not in names]
     if missing:
         raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: {', '.join(described)}); "
@@ -274,29 +269,13 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
 
 
 def band_descriptions(path: Path) -> list[str]:
-    """A raster's band descriptions (``?`` where a band has none)."""
+    """A raster's band descriptions (``?`` where a band has none); [] for a picture (PNG, JPEG)."""
     if path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
         return []
     import rasterio
 
     with rasterio.open(path) as src:
         return [d or "?" for d in src.descriptions]
-
-
-def _described_rgb(path: Path | None) -> tuple[int, ...] | None:
-    """The 1-based indices of B04, B03, B02 in a multi-band raster that describes them, else None."""
-    if path is None or path.suffix.lower() not in (".tif", ".tiff", ".jp2"):
-        return None
-    import rasterio
-
-    from data_preprocess import canonical_band_name
-
-    with rasterio.open(path) as src:
-        if src.count < 3:
-            return None
-        names = [canonical_band_name(d or "") for d in src.descriptions]
-    rgb = [canonical_band_name(b) for b in config.CoregisterConfig.bands]
-    return tuple(names.index(b) + 1 for b in rgb) if all(b in names for b in rgb) else None
 
 
 def _pixels(image) -> int:

@@ -144,6 +144,11 @@ class SuperPointExtractor:
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
                  detection_threshold: float | None = None, nms_radius: int | None = None,
                  min_texture: float = MatchingConfig.min_texture, texture: bool = True):
+        if max_keypoints is not None and (not isinstance(max_keypoints, (int, np.integer)) or max_keypoints == 0
+                                          or max_keypoints < -1):
+            raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
+        if resize < 0:
+            raise PipelineError(f"resize={resize}: the longer side the network sees, in px (0: never resize)")
         # the model's own config is left alone: several extractors may share one model; the
         # extractor runs an inference copy with the batch norms folded in (``SuperPoint.fused``)
         self.config = config.replace(model.config, detection_threshold=detection_threshold, nms_radius=nms_radius,

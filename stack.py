@@ -383,7 +383,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``)."""
     cfg = cfg or CoregisterConfig()
     engine.check_matcher(cfg)
-    bands = engine.normalise_bands(bands) or tuple(cfg.bands)
+    bands = dp.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
     paths = _unique(expand_inputs(inputs))
@@ -744,7 +744,7 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     if "band" not in da.dims:
         da = da.expand_dims(band=["grey"])
     names = [dp.canonical_band_name(b) for b in da["band"].values]
-    wanted = engine.normalise_bands(bands) or tuple((cfg or CoregisterConfig()).bands)
+    wanted = dp.normalise_bands(bands) or tuple((cfg or CoregisterConfig()).bands)
     chosen = [k for k, n in enumerate(names) if n in wanted]
     chosen = sorted(chosen, key=lambda k: wanted.index(names[k])) or list(range(min(3, len(names))))
     if bands and not [n for n in names if n in wanted]:

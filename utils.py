@@ -79,10 +79,8 @@ def set_threads(threads: int | None = None) -> int:
     import cv2
     import torch
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0):
         raise PipelineError(f"threads {threads!r}: give a whole number of threads (1 or more), or 0 for all cores")
-    if threads is not None and threads < 0:
-        raise PipelineError(f"threads {threads}: give a number of threads (1 or more), or 0 for all cores")
     if not threads:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:
