@@ -58,6 +58,12 @@ S2_NODATA_DN = 0
 # metadata then carries RADIO_ADD_OFFSET / BOA_ADD_OFFSET of -1000).
 S2_OFFSET_BASELINE = (4, 0)
 S2_DEFAULT_QUANTIFICATION = 10000.0
+# Fill a file does not declare as no-data (imaging.border_fill): a constant value connected to the
+# raster's edge over at least this share of it, standing apart from the data beside it by at
+# least this share of the data's 1-99 % range (saturated snow, clipped shadow: not fill)
+FILL_MIN_FRACTION = 0.01
+FILL_MIN_CONTRAST = 0.15
+FILL_CHECK_SIZE = 512         # px, longer side of the nearest-neighbour read that looks for it
 
 
 @dataclass

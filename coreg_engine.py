@@ -55,7 +55,7 @@ import data_preprocess as dp
 import geo
 import remote
 from config import CoregisterConfig, PreprocessConfig
-from imaging import DenseFit, dense_translation, fill_from_neighbours
+from imaging import BorderFill, DenseFit, border_fill, dense_translation, fill_from_neighbours
 from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
@@ -73,11 +73,79 @@ MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (nor
 
 
 # ----------------------------------------------------------------------------- inputs
-def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...] = ()) -> dp.Product:
+def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...] = (),
+              nodata: float | str | None = None) -> dp.Product:
     """The one product of a date: a ``.SAFE`` (folder or zip), a STAC Item (file, URL or
     ``dp.ItemRef``), a raster file or URL, a folder of one date's band files, or a list of one
     date's band files (paths or URLs). ``bands`` given as
-    1-based indices (``1,2,3``) select those bands of a single raster, as GDAL counts them."""
+    1-based indices (``1,2,3``) select those bands of a single raster, as GDAL counts them.
+
+    ``nodata``: None — each file's own no-data tag, and where a file has none, fill it does not
+    declare is found and read as no-data (``with_nodata``; ``Product.fill`` says what was
+    found); a number — that value is no-data in every band file; ``"none"`` — no value is
+    no-data (no fill is looked for)."""
+    return with_nodata(_open_product(path, role, bands), nodata, role, bands)
+
+
+def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "date",
+                bands: tuple[str, ...] = ()) -> dp.Product:
+    """``product`` under the no-data rule ``nodata`` (see ``open_date``). Fill that a file does not
+    declare (a glacier outline's 0, a footprint's 65535) is not evidence: its edge is fixed on
+    the map whatever the content does, and tie points on it measure nothing."""
+    import dataclasses
+
+    if isinstance(nodata, str):
+        if nodata.strip().lower() not in ("none", "off"):
+            try:
+                nodata = float(nodata)
+            except ValueError:
+                raise PipelineError(f"{product.source}: no-data {nodata!r} for the {role} is not a number; give "
+                                    "a value (0, -9999, nan) or none") from None
+        else:
+            return dataclasses.replace(product, nodata=None)
+    if nodata is not None:
+        return dataclasses.replace(product, nodata=float(nodata))
+    if product.nodata != "file":
+        return product
+    found = undeclared_fill(product, bands)
+    if found is None:
+        return product
+    path, fill = found
+    flag = {"reference": "--ref-nodata", "target": "--target-nodata"}.get(role)
+    how = (f"give {flag} none to read it as data, or {flag} VALUE" if flag else
+           "set the file's own no-data tag to choose otherwise, e.g. gdal_edit.py -a_nodata VALUE")
+    note = (f"{path}: {fill.fraction:.0%} of it is {fill.value:g} from the edge inwards, not declared as no-data: "
+            f"read as no-data ({how})")
+    return dataclasses.replace(product, nodata=fill.value, fill=note)
+
+
+def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[str, "BorderFill"] | None:
+    """The fill of a product's band files that carry no no-data tag (``imaging.border_fill`` on a
+    nearest-neighbour read of at most ``config.FILL_CHECK_SIZE`` px): ``(file, fill)`` of the
+    largest, or None. Looked for in the bands that will be read (``bands`` the product has), else
+    in all of them."""
+    from rasterio.enums import Resampling
+
+    names = [b for b in bands if b in product.band_files] or list(product.band_files)
+    files: dict[str, list[int]] = {}
+    for b in names:
+        files.setdefault(product.band_path(b), []).append(product.band_index.get(b, 1))
+    best = None
+    for path, indexes in list(files.items())[:4]:
+        with dp.open_raster(path) as src:
+            if src.nodata is not None:
+                continue
+            s = min(1.0, config.FILL_CHECK_SIZE / max(src.width, src.height))
+            shape = (max(3, round(src.height * s)), max(3, round(src.width * s)))
+            idx = sorted(set(i for i in indexes if 1 <= i <= src.count)) or [1]
+            data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
+        fill = border_fill(data)
+        if fill is not None and (best is None or fill.fraction > best[1].fraction):
+            best = (remote.name_of(path) if remote.is_remote(path) else str(path), fill)
+    return best
+
+
+def _open_product(path: str | Path | list, role: str, bands: tuple[str, ...]) -> dp.Product:
     if isinstance(path, (list, tuple)):
         files = [p if remote.is_remote(p) else Path(p) for p in path]
         missing = [f for f in files if not remote.is_remote(f) and not f.exists()]

@@ -69,15 +69,16 @@ class Coregistration:
     """
 
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
-                 pipeline: MatchingPipeline | None = None, progress: bool = True):
+                 pipeline: MatchingPipeline | None = None, progress: bool = True,
+                 ref_nodata: float | str | None = None, target_nodata: float | str | None = None):
         self.cfg = cfg or CoregisterConfig()
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
         engine.check_matcher(self.cfg)
         wanted = dp.normalise_bands(bands) or tuple(self.cfg.bands)
         self.inputs = (reference, target)
-        self.ref = engine.open_date(reference, "reference", wanted)
-        self.tgt = engine.open_date(target, "target", wanted)
+        self.ref = engine.open_date(reference, "reference", wanted, ref_nodata)
+        self.tgt = engine.open_date(target, "target", wanted, target_nodata)
         self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
         self.grid = engine.grid_of(self.ref, self.ref_bands)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
@@ -113,7 +114,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     missing = len(co.windows) - len(pair.windows)
     if missing:
         reasons["too little valid area or texture"] = missing
-    warnings = list(pair.warnings)
+    warnings = [p.fill for p in (co.ref, co.tgt) if p.fill] + list(pair.warnings)
     if co.ref_bands != co.tgt_bands:
         warnings.append(f"the dates were matched on different bands ({','.join(co.ref_bands)} against "
                         f"{','.join(co.tgt_bands)}): what they show differs; give both the same bands if you can")
@@ -452,16 +453,20 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
 def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
                pipeline: MatchingPipeline | None = None, progress: bool = True,
-               correction: str = "translation") -> CoregistrationResult:
+               correction: str = "translation", ref_nodata: float | str | None = None,
+               target_nodata: float | str | None = None) -> CoregistrationResult:
     """Co-register ``target`` to ``reference``; with ``output``, write every output there
     (``correction``: the model the corrected target is written with — ``translation``: its
     georeference moved, no resampling; ``affine`` / ``field``: resampled onto the reference grid).
+    ``ref_nodata`` / ``target_nodata``: each input's no-data rule (``coreg_engine.open_date``:
+    None = its files' tags, and fill they do not declare found and read as no-data, with a
+    warning; a number; ``"none"``).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"--correction {correction}: choose translation, affine or field")
     if output is not None:
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
-    co = Coregistration(reference, target, bands, cfg, pipeline, progress)
+    co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata)
     result = co.run()
     if write_corrected and correction != "translation":     # the warning's advice is already taken
         result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
@@ -517,6 +522,12 @@ def main(argv=None) -> int:
                              "quicker on large windows, the same shifts within a few hundredths of a metre)")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference, as COGs (see --correction)")
+    for role, flag in (("reference", "--ref-nodata"), ("target", "--target-nodata")):
+        parser.add_argument(flag, default=None, metavar="VALUE",
+                            help=f"the {role}'s no-data value (a number, nan, or none: no value is no-data); "
+                                 "default: its files' own tag, and fill they do not declare (a constant from the "
+                                 "edge inwards: 0, the dtype's maximum ...) is found and read as no-data, with a "
+                                 "warning")
     parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],
                         help="the corrected target: its georeference moved (translation, no resampling), or "
                              "resampled onto the reference grid by the affine or the shift field")
@@ -540,6 +551,10 @@ def main(argv=None) -> int:
         if args.reference is not None:
             parser.error(f"{args.reference}: give the dates of a stack after --stack (and its reference with "
                          "--reference), or REFERENCE TARGET without --stack")
+        pair_only = [f for f, v in (("--ref-nodata", args.ref_nodata), ("--target-nodata", args.target_nodata)) if v]
+        if pair_only:
+            parser.error(f"{', '.join(pair_only)}: for a pair; a stack reads each date's own no-data tag, and fill "
+                         "a file does not declare as no-data")
         if args.correction != "translation":
             parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
                          "georeference moved (translation)")
@@ -560,7 +575,8 @@ def main(argv=None) -> int:
                              matcher=args.matcher)
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
-                            args.write_corrected, cfg, pipeline, correction=args.correction)
+                            args.write_corrected, cfg, pipeline, correction=args.correction,
+                            ref_nodata=args.ref_nodata, target_nodata=args.target_nodata)
     except PipelineError as exc:
         return cli.fail(exc)
     for w in result.get("warnings", []):

@@ -73,6 +73,7 @@ class Product:
     # No-data value of the band files: "file" = each file's own nodata tag (none when it has no
     # tag), or a number (Sentinel-2 products: 0). One policy for every reader of the product.
     nodata: float | str | None = "file"
+    fill: str = ""            # fill the files do not declare, read as no-data (coreg_engine.with_nodata)
 
     def band_path(self, band: str) -> str:
         """The file of ``band`` at its finest resolution."""

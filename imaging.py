@@ -213,6 +213,62 @@ def fill_from_neighbours(image: np.ndarray, invalid: np.ndarray, sigma: float) -
     return np.where(invalid, num / np.maximum(den, 1e-6), values), den > 1e-3
 
 
+@dataclass
+class BorderFill:
+    """A constant value filling the raster from its edge inwards: fill that a file does not
+    declare as no-data (``border_fill``)."""
+
+    value: float
+    fraction: float                   # share of the raster it covers
+
+
+def fill_candidates(dtype) -> list[float]:
+    """The values a producer fills outside the data with, for rasters of ``dtype``: 0, the dtype's
+    extremes, and the usual sentinels (NaN and ±inf are no-data to every reader already)."""
+    dtype = np.dtype(dtype)
+    values = [0.0, -9999.0, -32768.0]
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = [0.0, float(info.max)] + ([float(info.min), -9999.0] if info.min < 0 else [])
+    return values
+
+
+def border_fill(bands: np.ndarray, min_fraction: float = config.FILL_MIN_FRACTION,
+                contrast: float = config.FILL_MIN_CONTRAST) -> BorderFill | None:
+    """The fill of ``bands`` ((C, rows, cols) or (rows, cols), read with nearest-neighbour
+    decimation): a value of ``fill_candidates`` that every band holds exactly over regions
+    connected to the raster's edge, covering at least ``min_fraction`` of it, and that stands
+    apart from the data beside it (their median at least ``contrast`` of the data's 1-99 %
+    range away). The last rule tells fill from content at the dtype's limits: saturated snow
+    or clipped shadow meets data of nearly its own value, a glacier's outline fill of 0 meets ice.
+    None where there is none."""
+    data = bands[None] if bands.ndim == 2 else bands
+    if data.size == 0 or min(data.shape[1:]) < 3:
+        return None
+    found = None
+    for value in fill_candidates(data.dtype):
+        same = (data == value).all(axis=0)
+        if same.mean() < min_fraction:
+            continue
+        n, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        fill = np.isin(labels, edge[edge > 0])
+        fraction = float(fill.mean())
+        if fraction < min_fraction or fill.all():
+            continue
+        rest = ~same & np.isfinite(data).all(axis=0)
+        if not rest.any():
+            continue
+        beside = cv2.dilate(fill.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & rest
+        level = data.mean(axis=0)
+        lo, hi = np.percentile(level[rest], [1, 99])
+        if hi <= lo or not beside.any() or abs(np.median(level[beside]) - value) < contrast * (hi - lo):
+            continue
+        if found is None or fraction > found.fraction:
+            found = BorderFill(value, fraction)
+    return found
+
+
 def sinc_shift(image: np.ndarray, dx: float, dy: float, radius: int = 8) -> np.ndarray:
     """``image`` (…, H, W) with its content moved by (dx, dy) px (what lay at p lies at p + d) by a
     Lanczos-windowed sinc of ``radius`` lobes, separably, the edges reflected: a close,

@@ -636,6 +636,8 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
               [r for r in pairs if r.verified and k in (r.i, r.j)]
         warnings = [] if k == ref else sorted({w.replace(engine.AFFINE_ADVICE, STACK_AFFINE_HINT)
                                                for r in own for w in r.warnings})
+        if k in products and products[k].fill:
+            warnings.insert(0, products[k].fill)
         if k in locations and list(locations[k].bands) != list(usual):
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
         date = d.date if d else (locations[k].date if k in locations else

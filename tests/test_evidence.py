@@ -1,0 +1,133 @@
+"""A result rests on evidence that can show it: fill a file does not declare is no-data, a
+rotation or scale is claimed only from windows that can show one, and ``shift_m`` is the
+displacement at the overlap's centre."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rasterio
+
+import coregister
+import imaging
+from imaging import fourier_shift
+from matching import MatchingPipeline
+
+pytestmark = pytest.mark.shipped
+
+DATA = Path(__file__).parent / "data" / "bracciano"
+REF, SUMMER = DATA / "20160718.tif", DATA / "20180610.tif"
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return MatchingPipeline.from_checkpoints()
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as s:
+        return s.read()
+
+
+def outline(shape: tuple[int, int]) -> np.ndarray:
+    """Outside an ellipse over most of the scene: where a glacier outline's fill would be (45 %)."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy - 150) / 125.0) ** 2 + ((xx - 165) / 140.0) ** 2 > 1
+
+
+def undeclared(out: Path, data: np.ndarray, like: Path) -> Path:
+    """``data`` with ``like``'s georeference and band names, and no no-data tag."""
+    with rasterio.open(like) as s:
+        profile, desc = {**s.profile, "nodata": None}, s.descriptions
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    return out
+
+
+def moved(data: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Content moved by (dx, dy) px on its grid: a band-limited shift of the reflect-padded image."""
+    out = np.moveaxis(fourier_shift(np.moveaxis(data.astype(np.float64), 0, -1), dx, dy), -1, 0)
+    return np.clip(np.round(out), 1, 65535).astype(data.dtype)
+
+
+def featureless(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Snow: smooth, bright, nothing a matcher can hold on to (3 bands uint16)."""
+    n = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 1, shape), (0, 0), 3)
+    return np.stack([np.clip(6000 + 300 * n, 1, 65535)] * 3).astype(np.uint16)
+
+
+def test_border_fill_is_told_from_saturation_and_dark_content():
+    """0 from the edge inwards beside bright data is fill; the same share of the dtype's maximum
+    beside data of nearly that value (saturated snow), or a clipped dark corner, is content."""
+    a = read(REF)
+    fill = a.copy()
+    fill[:, outline(a.shape[1:])] = 0
+    found = imaging.border_fill(fill)
+    assert found is not None and found.value == 0 and found.fraction == pytest.approx(0.45, abs=0.03)
+    assert imaging.border_fill(a) is None
+    snow = a.copy()
+    snow[:, :120] = 65535
+    snow[:, 120:124] = 65000                        # saturation fades in: snow, not fill
+    assert imaging.border_fill(snow) is None
+    dark = a.copy()
+    dark[:, :100, :100] = 0
+    dark[:, 100:103, :103] = 3
+    dark[:, :103, 100:103] = 3
+    assert imaging.border_fill(dark) is None
+
+
+def test_content_inside_an_undeclared_fill_is_measured(pipeline, tmp_path):
+    """A pair whose 45 % fill of 0 around the data carries no no-data tag, the target's content
+    moved twice by known sub-pixel shifts inside a fill fixed on the map: the fill is found, said
+    in one line, and the two estimates differ by the shifts' difference within 0.3 m (measured
+    0.04 m; read as data, the fixed edge pulls them 2.4 m apart)."""
+    ref, summer = read(REF), read(SUMMER)
+    m = outline(ref.shape[1:])
+    ref[:, m] = 0
+    ref_path = undeclared(tmp_path / "ref.tif", ref, REF)
+    s1, s2 = np.array([0.82, -1.13]), np.array([-0.64, 0.47])
+    est = []
+    for k, s in enumerate((s1, s2)):
+        t = moved(summer, *s)
+        t[:, m] = 0
+        r = coregister.coregister(ref_path, undeclared(tmp_path / f"t{k}.tif", t, SUMMER), pipeline=pipeline,
+                                  progress=False)
+        assert r["verified"], r["reason"]
+        fills = [w for w in r["warnings"] if "not declared as no-data" in w]
+        assert len(fills) == 2 and "45% of it is 0" in fills[0] and "--ref-nodata" in fills[0]
+        assert "--target-nodata" in fills[1]
+        est.append(np.array(r["shift_m"]["shift_px"]))
+    assert np.hypot(*((est[1] - est[0]) - (s2 - s1))) * 10 < 0.3
+
+
+def test_never_verified_on_the_edge_of_an_undeclared_fill(pipeline, tmp_path):
+    """Snow inside the same undeclared outline on both dates: the outline is all the two share.
+    Refused; read as data (``target_nodata='none'``), the same pair is "verified" at a zero shift
+    on the outline's edge — what the detection prevents."""
+    shape = read(REF).shape[1:]
+    m = outline(shape)
+    dates = []
+    for k in range(2):
+        snow = featureless(shape, k)
+        snow[:, m] = 0
+        dates.append(undeclared(tmp_path / f"snow{k}.tif", snow, REF))
+    r = coregister.coregister(*dates, pipeline=pipeline, progress=False)
+    assert not r["verified"] and r["shift_m"] is None
+    assert sum("not declared as no-data" in w for w in r["warnings"]) == 2
+    blind = coregister.coregister(*dates, pipeline=pipeline, progress=False, ref_nodata="none", target_nodata="none")
+    assert blind["verified"] and np.hypot(blind["shift_m"]["dx"], blind["shift_m"]["dy"]) < 0.5
+
+
+def test_a_declared_value_and_bad_values_of_the_nodata_rule(pipeline, tmp_path, capsys):
+    """A value given is the no-data (no warning); a word other than none is one line naming it."""
+    ref = read(REF)
+    ref[:, outline(ref.shape[1:])] = 0
+    ref_path = undeclared(tmp_path / "ref.tif", ref, REF)
+    r = coregister.coregister(ref_path, SUMMER, pipeline=pipeline, progress=False, ref_nodata=0)
+    assert r["verified"] and not any("no-data" in w for w in r["warnings"])
+    code = coregister.main([str(ref_path), str(SUMMER), "--ref-nodata", "zero", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "ref.tif" in err[0] and "'zero'" in err[0]
