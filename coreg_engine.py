@@ -70,6 +70,7 @@ WINDOW_MATCHERS = ("auto", "superglue", "mnn", "fast")
 SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
+MIN_AFFINE_WINDOWS = 3      # windows, not on one line, that a rotation or scale warning rests on at least
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -666,13 +667,34 @@ def fit_affine_px(centres: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, 
     return np.hstack([A, t[:, None]]), residual
 
 
+def windows_span(windows: list[WindowMeasure]) -> bool:
+    """Whether the windows can show a rotation or scale: at least ``MIN_AFFINE_WINDOWS`` of them,
+    not on one line (their centres spread over both axes by at least half a window's side). One
+    window's tie points are not independent evidence: changed content, a sensor's other
+    resolution or the matcher's own error pattern bend them alike (a Landsat pair's one window
+    "showed" a scale of 1.0114)."""
+    if len(windows) < MIN_AFFINE_WINDOWS:
+        return False
+    centres = np.array([w.centre for w in windows], np.float64)
+    side = float(np.median([min(w.window[2], w.window[3]) for w in windows]))
+    return bool(np.linalg.svd(centres - centres.mean(0), compute_uv=False)[-1] / np.sqrt(len(centres))
+                >= side / 4)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: CoregisterConfig,
                          coarse: float = 1.0) -> tuple[str | None, bool]:
-    """A warning when the verified tie points (of one window or many) are not one translation:
-    an affine fitted to them moves the corners of the measured area by more than
-    ``disagreement_px`` (and their noise) away from the median shift — rotation or scale — or
-    windows differ from the others beyond their noise without an affine explaining it. Returns
-    the warning (or None) and whether an affine explains it."""
+    """A warning when the verified tie points are not one translation, naming the windows it rests
+    on. Where the windows can show one (``windows_span``): an affine fitted to their tie points
+    moves the corners of the measured area by more than ``disagreement_px`` (and their noise) away
+    from the median shift — rotation or scale — or windows differ from the others beyond their
+    noise without an affine explaining it. Fewer windows claim no rotation or scale: where their
+    tie points stray from one translation beyond that limit, a note says the shift is their
+    average. Returns the warning (or None) and whether an affine fits the tie points
+    better than the translation (``affine_in_map`` then fits them)."""
     tie_a = np.concatenate([w.tie_a for w in windows]) if windows else np.zeros((0, 2))
     tie_b = np.concatenate([w.tie_b for w in windows]) if windows else np.zeros((0, 2))
     if len(tie_a) < 12:
@@ -691,22 +713,31 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
     corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]]])
     moved = corners @ M[:, :2].T + M[:, 2] - corners - med
     reach = np.linalg.norm(moved, axis=1)
+    n = len(windows)
+    if not windows_span(windows):
+        if reach.max() > limit:
+            return (f"the tie points of the {plural(n, 'window')} are not one translation (up to "
+                    f"{reach.max() * px_m:.0f} m from it at the corners of the measured area), but "
+                    f"{plural(n, 'window')} cannot tell a misregistration that varies over the scene from local "
+                    f"distortion or the matcher's error (at least {MIN_AFFINE_WINDOWS} windows across the scene can): "
+                    "the shift is their average; check report.png"), True
+        return None, False
     if reach.max() > limit:
         # counter-clockwise as seen on a map (north up), as the affine in map coordinates: grid px
         # run down, so the angle measured on them changes sign
         angle = -np.degrees(np.arctan2(M[1, 0] - M[0, 1], M[0, 0] + M[1, 1]))
         scale = np.sqrt(abs(np.linalg.det(M[:, :2])))
         return (f"windows disagree by {reach.min() * px_m:.0f}–{reach.max() * px_m:.0f} m at the corners of the "
-                f"measured area: rotation or scale (an affine fits the tie points: rotation {angle:+.2f}° "
-                f"counter-clockwise, scale {scale:.4f}); the translation is only an average, {AFFINE_ADVICE}"), True
-    if len(windows) >= 3:
-        shifts = np.array([w.shift_px for w in windows])
-        dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)
-        if dev.max() > limit:
-            bad = int((dev > limit).sum())
-            return (f"{bad} of {len(windows)} windows disagree with the others by {np.min(dev[dev > limit]) * px_m:.0f}–"
-                    f"{dev.max() * px_m:.0f} m beyond their noise: local distortion, a changed landscape or a bad "
-                    "window (left out of the shift as outliers where beyond their spread); check report.png"), False
+                f"measured area: rotation or scale (an affine fits the tie points of {n} windows: rotation "
+                f"{angle:+.2f}° counter-clockwise, scale {scale:.4f}); the translation is only an average, "
+                f"{AFFINE_ADVICE}"), True
+    shifts = np.array([w.shift_px for w in windows])
+    dev = np.linalg.norm(shifts - np.median(shifts, axis=0), axis=1)
+    if dev.max() > limit:
+        bad = int((dev > limit).sum())
+        return (f"{bad} of {n} windows disagree with the others by {np.min(dev[dev > limit]) * px_m:.0f}–"
+                f"{dev.max() * px_m:.0f} m beyond their noise: local distortion, a changed landscape or a bad "
+                "window (left out of the shift as outliers where beyond their spread); check report.png"), False
     return None, False
 
 

@@ -328,12 +328,17 @@ def rotated(src: Path, out: Path, degrees: float) -> Path:
 
 
 def test_a_rotated_target_is_warned_about(pipeline, tmp_path):
-    """A target rotated by 3° is not one translation: the result says so (and how), a plain
-    translation of the same place does not."""
-    r = coregister.coregister(REF, rotated(SUMMER, tmp_path / "rot.tif", 3.0), pipeline=pipeline, progress=False)
-    (warning,) = r["warnings"]
+    """A target rotated by 3°, measured in 128 px windows (four across the scene): not one
+    translation, and the result says so, how, and on how many windows it rests; the same date
+    without the rotation gets no warning. (One window cannot show a rotation:
+    tests/test_evidence.py.)"""
+    cfg = config.replace(config.CoregisterConfig(), window=128, min_window=128)
+    r = coregister.coregister(REF, rotated(SUMMER, tmp_path / "rot.tif", 3.0), pipeline=pipeline, progress=False,
+                              cfg=cfg)
+    warning = r["warnings"][0]
     assert "rotation or scale" in warning and "--correction affine" in warning and "+3.0" in warning
-    assert not coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)["warnings"]
+    assert f"tie points of {r['windows']['used']} windows" in warning and r["windows"]["used"] >= 3
+    assert not coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False, cfg=cfg)["warnings"]
 
 
 def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tmp_path):
@@ -346,8 +351,8 @@ def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tm
                               progress=False, write_corrected=True, correction="affine")
     M = np.array(r["affine"]["matrix"])
     assert abs(np.degrees(np.arctan2(M[1, 0], M[0, 0])) - 2.0) < 0.05
-    (warning,) = r["warnings"]
-    assert "corrected here with --correction affine" in warning and "use --correction" not in warning
+    (warning,) = r["warnings"]                  # one window: it claims no rotation, and advises nothing
+    assert "1 window" in warning and "rotation" not in warning and "use --correction" not in warning
     (corrected,) = (tmp_path / "out" / "corrected").glob("*.tif")
     again = coregister.coregister(REF, corrected, pipeline=pipeline, progress=False)
     assert again["verified"] and not again["warnings"] and np.hypot(*shift_of(again)) < 0.2

@@ -131,3 +131,27 @@ def test_a_declared_value_and_bad_values_of_the_nodata_rule(pipeline, tmp_path, 
     code = coregister.main([str(ref_path), str(SUMMER), "--ref-nodata", "zero", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "ref.tif" in err[0] and "'zero'" in err[0]
+
+
+def rotated(src: Path, out: Path, degrees: float) -> Path:
+    """``src``'s content rotated about the scene's centre (same grid, same georeference)."""
+    with rasterio.open(src) as s:
+        profile, data, desc = s.profile, s.read(), s.descriptions
+    h, w = data.shape[1:]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.stack([cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_CUBIC) for b in data]))
+        dst.descriptions = desc
+    return out
+
+
+def test_one_window_claims_no_rotation_or_scale(pipeline, tmp_path):
+    """A small scene is one window: rotated by 3°, its tie points are not one translation, and the
+    note says so and that one window cannot tell why — no rotation, no scale, no "windows
+    disagree"; unrotated, no note at all."""
+    r = coregister.coregister(REF, rotated(SUMMER, tmp_path / "rot.tif", 3.0), pipeline=pipeline, progress=False)
+    assert r["verified"] and r["windows"]["used"] == 1
+    (note,) = r["warnings"]
+    assert "not one translation" in note and "1 window" in note
+    assert not any(word in note for word in ("rotation", "scale", "windows disagree", "--correction affine"))
+    assert not coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)["warnings"]
