@@ -71,6 +71,7 @@ SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from th
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
 MIN_AFFINE_WINDOWS = 3      # windows, not on one line, that a rotation or scale warning rests on at least
+GRADIENT_CHI2 = 18.47       # χ² (4 degrees of freedom, p = 0.001) of a fitted gradient beyond the windows' noise
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -561,6 +562,7 @@ class PairMeasure:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     affine_shown: bool = False                # the tie points show a rotation or scale (an affine fits them)
+    at_px: list[float] | None = None          # (2,) grid px where shift_px applies: the measured overlap's centre
     windows: list[WindowMeasure] = field(default_factory=list)
 
 
@@ -741,6 +743,40 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
     return None, False
 
 
+def overlap_centre(windows: list[Window]) -> np.ndarray:
+    """The centre (grid px, pixel centres) of the area the windows cover: the overlap measured."""
+    w = np.array(windows, np.float64)
+    lo, hi = w[:, :2].min(0), (w[:, :2] + w[:, 2:]).max(0)
+    return (lo + hi) / 2 - 0.5
+
+
+def translation_at(centres: np.ndarray, shifts: np.ndarray, se: np.ndarray, at: np.ndarray,
+                   windows: list[WindowMeasure] | None = None) -> np.ndarray:
+    """The translation that best moves the whole overlap: the displacement at its centre ``at``.
+    Each window's estimate (N, 2) applies where it was measured (``centres``); where the windows
+    can show a gradient (``windows_span``, at least 4) and an affine field of them departs from
+    one translation beyond their noise (χ² of its gradient, 4 degrees of freedom, p < 0.001),
+    each estimate is carried to ``at`` along the fitted gradient before their median (a 50 ppm
+    scale left the median of a full tile's windows 0.17 m from the displacement at its centre);
+    else the windows' median (a gradient fitted to noise would add noise)."""
+    med = np.median(shifts, axis=0)
+    if len(shifts) < 4 or (windows is not None and not windows_span(windows)):
+        return med
+    X = np.hstack([centres - at, np.ones((len(centres), 1))])
+    coef, *_ = np.linalg.lstsq(X, shifts, rcond=None)           # (3, 2): gradient rows, then the offset
+    residual = shifts - X @ coef
+    noise = np.maximum(geo.MAD_TO_SIGMA * np.median(np.abs(residual), axis=0), np.median(se, axis=0))
+    inv = np.linalg.pinv(X.T @ X)[:2, :2]                       # the gradient's covariance / noise²
+    try:
+        chi2 = sum(float(coef[:2, k] @ np.linalg.solve(inv, coef[:2, k])) / max(noise[k], 1e-9) ** 2
+                   for k in range(2))
+    except np.linalg.LinAlgError:
+        return med
+    if chi2 <= GRADIENT_CHI2:
+        return med
+    return np.median(shifts - (centres - at) @ coef[:2], axis=0)
+
+
 def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig,
                  px_m: float = 10.0) -> PairMeasure:
     """Match two dates window by window (features extracted once per date) and combine the
@@ -787,8 +823,9 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
             m.status, m.reason = "rejected", "outlier: its shift disagrees with the other windows"
     used = [m for m in used if m.status == "used"]
     shifts, se = shifts[keep], se[keep]
-    med = np.median(shifts, axis=0)
     n = len(used)
+    out.at_px = overlap_centre(a.windows).tolist()
+    med = translation_at(np.array([m.centre for m in used]), shifts, se, np.array(out.at_px), used)
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
     # the median's standard error: from the windows' spread where there are enough of them to
     # tell, never below what the windows' own errors allow

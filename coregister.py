@@ -129,7 +129,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     if not pair.verified:
         return result
     g = co.grid
-    centre = np.array([[g.width / 2, g.height / 2]])
+    centre = np.array([pair.at_px]) if pair.at_px is not None else np.array([[g.width / 2, g.height / 2]])
     d_m, metric = engine.pixel_shifts_in_metres(g, centre, [pair.shift_px])
     px_m = engine.metres_per_px(g)
     se = np.array(pair.se_px) * px_m
@@ -137,9 +137,16 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     result["shift_m"] = {"dx": float(d_m[0, 0]), "dy": float(d_m[0, 1]), "sigma_m": sigma_m,
                          "ce90_m": CE90_PER_SIGMA * sigma_m, "se_x": float(se[0]), "se_y": float(se[1]),
                          "window_spread_m": [float(v) * px_m for v in pair.spread_px],
-                         "shift_px": [float(v) for v in pair.shift_px], "metric_crs": metric.to_string()}
+                         "shift_px": [float(v) for v in pair.shift_px], "metric_crs": metric.to_string(),
+                         "at": at_in_map(g, centre[0])}
     result["affine"] = affine_in_map(co, pair)
     return result
+
+
+def at_in_map(grid, at_px) -> dict:
+    """Where ``shift_m`` applies: the centre of the overlap measured, in grid px and map coordinates."""
+    x, y = geo.pixel_to_map(np.asarray(at_px, np.float64).reshape(1, 2), grid.transform)[0]
+    return {"px": [round(float(v), 2) for v in at_px], "map": [float(x), float(y)], "crs": grid.crs.to_string()}
 
 
 def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:

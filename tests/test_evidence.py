@@ -155,3 +155,28 @@ def test_one_window_claims_no_rotation_or_scale(pipeline, tmp_path):
     assert "not one translation" in note and "1 window" in note
     assert not any(word in note for word in ("rotation", "scale", "windows disagree", "--correction affine"))
     assert not coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)["warnings"]
+
+
+def test_shift_m_is_the_displacement_at_the_overlaps_centre(pipeline, tmp_path):
+    """The reference's own pixels on a grid 0.2 % larger (the displacement grows 0.2 m every 10 px
+    from the origin: 3.2 m at the scene's centre), its left third no data, measured in 96 px
+    windows: ``shift_m`` is the displacement at the centre of the overlap (``shift_m.at``) within
+    0.05 m, not the median of the windows left on the right (their centroid lies 50-60 px off the
+    centre: the median is ~1 m off)."""
+    from rasterio.transform import Affine
+
+    data = read(REF)
+    data[:, :, :120] = 0                                     # declared no data: no window there
+    with rasterio.open(REF) as s:
+        profile, desc, t = {**s.profile, "nodata": 0}, s.descriptions, s.transform
+    k = 1.002
+    scaled = Affine(t.a * k, 0, t.c, 0, t.e * k, t.f)
+    with rasterio.open(tmp_path / "scaled.tif", "w", **{**profile, "transform": scaled}) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    cfg = coregister.config.replace(coregister.CoregisterConfig(), window=96, min_window=96)
+    r = coregister.coregister(REF, tmp_path / "scaled.tif", pipeline=pipeline, progress=False, cfg=cfg)
+    assert r["verified"] and r["windows"]["used"] >= 5
+    at = np.array(r["shift_m"]["at"]["map"])
+    truth = (np.array([scaled.c, scaled.f]) + (at - [t.c, t.f]) * k) - at     # same pixel index, both grids
+    assert np.hypot(r["shift_m"]["dx"] - truth[0], r["shift_m"]["dy"] - truth[1]) < 0.05
