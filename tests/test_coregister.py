@@ -62,15 +62,31 @@ def shift_of(result: dict) -> np.ndarray:
 
 
 def test_known_shift_recovered_along_each_axis(pipeline, tmp_path):
-    """Another date (real seasonal change) with its georeference moved 4.2 m east, then 3.3 m
-    south: each estimate moves by exactly that, sign and axis (the dates' own residual cancels)."""
+    """Another date (real seasonal change) whose *content* is moved 0.42 px (4.2 m) east, then
+    0.33 px (3.3 m) south, by a band-limited shift on its own grid: each estimate moves by that,
+    sign and axis, within 0.15 m (the dates' own residual cancels). A matcher that returned its
+    coarse estimate, or none, fails this."""
+    base = shift_of(coregister.coregister(REF, content_shifted(SUMMER, tmp_path / "b.tif", 0, 0), pipeline=pipeline,
+                                          progress=False))
+    east = shift_of(coregister.coregister(REF, content_shifted(SUMMER, tmp_path / "e.tif", 0.42, 0),
+                                          pipeline=pipeline, progress=False))
+    south = shift_of(coregister.coregister(REF, content_shifted(SUMMER, tmp_path / "s.tif", 0, 0.33),
+                                           pipeline=pipeline, progress=False))
+    np.testing.assert_allclose(east - base, [4.2, 0.0], atol=0.15)
+    np.testing.assert_allclose(south - base, [0.0, -3.3], atol=0.15)
+
+
+def test_georeference_offsets_keep_sign_and_units(pipeline, tmp_path):
+    """Sign and units only (the pixels read are the same; the engine adds the fraction by which
+    the target's grid sits off the reference's): a georeference moved 4.2 m east, then 3.3 m
+    south, comes back as exactly that."""
     base = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
     east = shift_of(coregister.coregister(REF, shifted(SUMMER, tmp_path / "e.tif", 4.2, 0), pipeline=pipeline,
                                           progress=False))
     south = shift_of(coregister.coregister(REF, shifted(SUMMER, tmp_path / "s.tif", 0, -3.3), pipeline=pipeline,
                                            progress=False))
-    np.testing.assert_allclose(east - base, [4.2, 0.0], atol=0.5)
-    np.testing.assert_allclose(south - base, [0.0, -3.3], atol=0.5)
+    np.testing.assert_allclose(east - base, [4.2, 0.0], atol=0.01)
+    np.testing.assert_allclose(south - base, [0.0, -3.3], atol=0.01)
 
 
 def content_shifted(src: Path, out: Path, dx: float, dy: float) -> Path:
@@ -127,6 +143,7 @@ def test_same_date_precision(pipeline, tmp_path):
     r = coregister.coregister(REF, content_shifted(REF, tmp_path / "c.tif", 1.37, -0.62), pipeline=pipeline,
                               progress=False)
     np.testing.assert_allclose(shift_of(r), [13.7, 6.2], atol=0.1)
+    # and its georeference moved (sign and units: the same pixels are read)
     r = coregister.coregister(REF, shifted(REF, tmp_path / "t.tif", 2.6, -1.7), pipeline=pipeline, progress=False)
     np.testing.assert_allclose(shift_of(r), [2.6, -1.7], atol=0.1)
     assert r["shift_m"]["sigma_m"] < 0.5 and r["crs"] == "EPSG:32632" and r["windows"]["used"] >= 1
@@ -226,7 +243,9 @@ def test_safe_products_with_their_cloud_masks(pipeline, tmp_path):
     summer = fx.make_l1c(tmp_path / "a", fx.real_pixels(320, "imgs_1"), date="20150704")
     winter = fx.make_l1c(tmp_path / "b", fx.real_pixels(320, "imgs_2"), date="20180211", zip_it=True)
     r = coregister.coregister(summer, winter, tmp_path / "out", pipeline=pipeline, progress=False)
-    assert np.hypot(*shift_of(r)) < 15                       # the OSCD dates: about a pixel apart
+    # the OSCD Pisa dates' own residual on this 320 px crop: (-2.1, +9.9) m, measured (ImageMatcher
+    # gives (-2.6, +11.8) on the whole 512 px sample: the residual is not uniform over the scene)
+    np.testing.assert_allclose(shift_of(r), [-2.1, 9.9], atol=0.5)
     rows = list(csv.DictReader(open(tmp_path / "out" / "tie_points.csv")))
     corner = (320 // 6) // 4 * 60                              # the fixture's cloud: a quarter of the 60 m mask
     cloud_x, cloud_y = fx.ULX + corner, fx.ULY - corner
@@ -521,23 +540,31 @@ def test_a_reference_on_a_rotated_grid(pipeline, tmp_path):
     with rasterio.open(tmp_path / "rot.tif", "w", **profile) as dst:
         dst.write(out)
         dst.descriptions = ("B04", "B03", "B02")
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
-    r = coregister.coregister(tmp_path / "rot.tif", SUMMER, tmp_path / "out", write_corrected=True,
+    target = content_shifted(SUMMER, tmp_path / "moved.tif", 2.5, -1.5)     # ~29 m: 10° left out moves it 5 m
+    direct = shift_of(coregister.coregister(REF, target, pipeline=pipeline, progress=False))
+    r = coregister.coregister(tmp_path / "rot.tif", target, tmp_path / "out", write_corrected=True,
                               correction="affine", pipeline=pipeline, progress=False)
-    np.testing.assert_allclose(shift_of(r), direct, atol=1.0)
+    assert np.hypot(*direct) > 20
+    np.testing.assert_allclose(shift_of(r), direct, atol=0.5)
     (corrected,) = (tmp_path / "out" / "corrected").glob("*.tif")
     again = coregister.coregister(tmp_path / "rot.tif", corrected, pipeline=pipeline, progress=False)
-    assert np.hypot(*shift_of(again)) < 0.5 and not again["warnings"]
+    assert np.hypot(*shift_of(again)) < 0.5 and not any("rotation" in w for w in again["warnings"])
 
 
 def test_a_web_mercator_reference_reports_ground_metres(pipeline, tmp_path):
     """EPSG:3857's units are 1/cos(latitude) ground metres (1.35 at Lake Bracciano): the shift is
     reported in the local UTM zone's metres, as for a geographic reference."""
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
-    mercator = coregister.coregister(reprojected(REF, tmp_path / "ref3857.tif", "EPSG:3857"), SUMMER,
+    target = content_shifted(SUMMER, tmp_path / "moved.tif", 2.5, -1.5)     # ~29 m: a unit slip shows
+    direct = shift_of(coregister.coregister(REF, target, pipeline=pipeline, progress=False))
+    mercator = coregister.coregister(reprojected(REF, tmp_path / "ref3857.tif", "EPSG:3857"), target,
                                      pipeline=pipeline, progress=False)
     assert mercator["shift_m"]["metric_crs"] == "EPSG:32633" or mercator["shift_m"]["metric_crs"] == "EPSG:32632"
-    np.testing.assert_allclose(shift_of(mercator), direct, atol=1.5)
+    assert np.hypot(*direct) > 20
+    # as long as the UTM reference's within 3 % (Mercator units would be 35 % more); its direction
+    # within 5°: the local UTM zone's grid north may be the next zone's (4° apart here)
+    m = shift_of(mercator)
+    assert abs(np.hypot(*m) / np.hypot(*direct) - 1) < 0.03
+    assert abs(np.degrees(np.arctan2(m[1], m[0]) - np.arctan2(direct[1], direct[0]))) < 5
 
 
 def test_flags_of_the_other_mode_are_refused(capsys):
