@@ -837,7 +837,7 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
                                        nodata=product.nodata)
         nodata |= band_nodata
         for b, layer in zip(group, dn if dn.ndim == 3 else dn[None]):
-            channels[b] = normalise(np.nan_to_num(layer), product.offsets.get(b, 0.0), product.quantification, cfg)
+            channels[b] = normalise(np.nan_to_num(layer, nan=0.0, posinf=0.0, neginf=0.0), product.offsets.get(b, 0.0), product.quantification, cfg)
     channels = [channels[b] for b in bands]
     image = np.stack(channels, -1)
     image[nodata] = 0
