@@ -497,7 +497,7 @@ def item_product(ref: ItemRef) -> Product:
             if band in rank and rank[band] <= order:
                 continue
             rank[band] = order
-            band_files[band] = {config.S2_BAND_RESOLUTION[band]: href}
+            band_files[band] = {BAND_RESOLUTION[band]: href}
             if len(bands) > 1:
                 band_index[band] = k
             else:
