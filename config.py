@@ -230,6 +230,11 @@ class CoregisterConfig:
     """Defaults of ``coregister.py`` (pairs and ``--stack``: one engine, ``coreg_engine.py``)."""
 
     bands: tuple[str, ...] = ("B04", "B03", "B02")  # those both products have; grey for the network
+    # A pair's bands per input, where they differ from ``bands`` (empty: ``bands``): names in each
+    # product's own naming or common names (red, nir, swir16, pan), or 1-based indices of a raster
+    # — a 5-band target against a 1-band reference. A stack has one ``bands`` for all its dates.
+    reference_bands: tuple[str, ...] = ()
+    target_bands: tuple[str, ...] = ()
     matcher: str = "auto"             # every window's matching: auto (SuperGlue), or fast (mutual nearest
                                       # neighbours, SuperGlue where they give few inliers): a full tile in
                                       # 0.8x the time, the same shift (docs/benchmarks.md "A full tile")

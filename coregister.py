@@ -75,11 +75,17 @@ class Coregistration:
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
         engine.check_matcher(self.cfg)
-        wanted = dp.normalise_bands(bands) or tuple(self.cfg.bands)
+        shared = bands if bands else tuple(self.cfg.bands)
+        specs = (self.cfg.reference_bands or shared, self.cfg.target_bands or shared)   # as the user gave them
         self.inputs = (reference, target)
-        self.ref = engine.open_date(reference, "reference", wanted, ref_nodata)
-        self.tgt = engine.open_date(target, "target", wanted, target_nodata)
-        self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted)
+        self.ref = engine.open_date(reference, "reference", dp.normalise_bands(specs[0]), ref_nodata)
+        self.tgt = engine.open_date(target, "target", dp.normalise_bands(specs[1]), target_nodata)
+        # each input's bands read in its own sensor's naming (Landsat's B5 is the NIR, B8 the pan)
+        wanted = [dp.normalise_bands(spec, p.sensor) for spec, p in zip(specs, (self.ref, self.tgt))]
+        if wanted[0] == wanted[1]:
+            self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted[0])
+        else:
+            self.ref_bands, self.tgt_bands = (engine.date_bands(p, w) for p, w in zip((self.ref, self.tgt), wanted))
         self.grid = engine.grid_of(self.ref, self.ref_bands)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
         self.progress = progress
@@ -520,6 +526,12 @@ def main(argv=None) -> int:
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
+    parser.add_argument("--ref-bands", default=",".join(cfg.reference_bands),
+                        help="a pair's reference bands, where they differ from --bands (e.g. pan, or 1): names, "
+                             "common names (red,green,blue, nir, swir16, swir22, pan) or 1-based indices")
+    parser.add_argument("--target-bands", default=",".join(cfg.target_bands),
+                        help="a pair's target bands, where they differ from --bands (e.g. 3,2,1 of a 5-band "
+                             "raster against a 1-band reference)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
@@ -562,6 +574,10 @@ def main(argv=None) -> int:
         if pair_only:
             parser.error(f"{', '.join(pair_only)}: for a pair; a stack reads each date's own no-data tag, and fill "
                          "a file does not declare as no-data")
+        per_input = [f for f, v in (("--ref-bands", args.ref_bands), ("--target-bands", args.target_bands)) if v]
+        if per_input:
+            parser.error(f"{', '.join(per_input)}: for a pair; a stack's dates share --bands (common names such as "
+                         "red,green,blue or nir pick the same light on Sentinel-2 and Landsat)")
         if args.correction != "translation":
             parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
                          "georeference moved (translation)")
@@ -579,7 +595,8 @@ def main(argv=None) -> int:
     try:
         set_threads(args.threads or None)
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview,
-                             matcher=args.matcher)
+                             matcher=args.matcher, reference_bands=dp.split_bands(args.ref_bands),
+                             target_bands=dp.split_bands(args.target_bands))
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,

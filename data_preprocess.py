@@ -74,6 +74,10 @@ class Product:
     # tag), or a number (Sentinel-2 products: 0). One policy for every reader of the product.
     nodata: float | str | None = "file"
     fill: str = ""            # fill the files do not declare, read as no-data (coreg_engine.with_nodata)
+    # Whose band names the product's own names are ("sentinel-2", or "landsat": Landsat 8/9, whose
+    # B5 is the NIR and B8 the panchromatic band). Its bands are keyed by the Sentinel-2 names of
+    # the same common name (``LANDSAT_BANDS``), so that ``red`` or ``nir`` pick the same light.
+    sensor: str = "sentinel-2"
 
     def band_path(self, band: str) -> str:
         """The file of ``band`` at its finest resolution."""
@@ -260,22 +264,34 @@ def open_safe(path: Path) -> Product:
         nodata=config.S2_NODATA_DN)
 
 
-def canonical_band_name(name) -> str:
+def canonical_band_name(name, sensor: str = "sentinel-2") -> str:
     """A band name as the readers name it: Sentinel-2's, two-digit (``b4``, ``B4`` → ``B04``;
-    ``B8A``), STAC common names mapped (``red`` → ``B04``), 1-based indices (``"3"``) as they are."""
+    ``B8A``), STAC common names mapped (``red`` → ``B04``, ``pan`` → ``PAN``), 1-based indices
+    (``"3"``) as they are. For a Landsat 8/9 product (``sensor="landsat"``) its own unpadded names
+    (``B5``, ``SR_B5``) are Landsat's and become the Sentinel-2 band of the same common name
+    (``B5`` → ``B08``, the NIR; ``B8`` → ``PAN``); a padded ``B08`` is always Sentinel-2's."""
     text = str(name).strip()
     if text.isdigit():
         return text
     if text.lower() in STAC_COMMON_NAMES:
         return STAC_COMMON_NAMES[text.lower()]
+    if sensor == "landsat" and (own := _LANDSAT_NAME_RE.fullmatch(text.upper())):
+        return LANDSAT_BANDS.get(int(own.group(1)), f"LANDSAT_B{own.group(1)}")
     single = re.fullmatch(r"B(\d)", text.upper())
     return f"B0{single.group(1)}" if single else text.upper()
 
 
-def normalise_bands(bands) -> tuple[str, ...]:
+def split_bands(text: str) -> tuple[str, ...]:
+    """A comma-separated flag's bands as given (``"red, nir"`` → ``("red", "nir")``), for a config
+    field; ``normalise_bands`` reads them against each product."""
+    return tuple(b.strip() for b in str(text or "").split(",") if b.strip())
+
+
+def normalise_bands(bands, sensor: str = "sentinel-2") -> tuple[str, ...]:
     """Bands as given by a user — ``"B04,B03,B02"``, ``("red", "green")``, ``(3, 2, 1)`` (1-based
     indices, as GDAL counts them) — as the names and index strings the readers know (STAC common
-    names become band names: ``red`` → ``B04``)."""
+    names become band names: ``red`` → ``B04``; a Landsat product's own names, with ``sensor``
+    ``"landsat"``, the Sentinel-2 band of their common name: see ``canonical_band_name``)."""
     if bands is None:
         return ()
     if isinstance(bands, str):
@@ -291,14 +307,30 @@ def normalise_bands(bands) -> tuple[str, ...]:
         if text.isdigit() and int(text) < 1:
             raise PipelineError(f"--bands {','.join(map(str, bands))}: indices are 1-based, as GDAL counts bands "
                                 "(1, 2, 3)")
-        out.append(canonical_band_name(text))
+        out.append(canonical_band_name(text, sensor))
     return tuple(out)
 
 
 # STAC common band names (the eo extension) → Sentinel-2 band names
 STAC_COMMON_NAMES = {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
                      "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
-                     "cirrus": "B10", "swir16": "B11", "swir22": "B12"}
+                     "cirrus": "B10", "swir16": "B11", "swir22": "B12", "pan": "PAN"}
+
+# Landsat 8/9 OLI band number → the Sentinel-2 band of the same STAC common name (B5, nir08, is
+# matched with Sentinel-2's B08 "nir" as well as B8A "nir08"; B8 is the 15 m panchromatic band,
+# with no Sentinel-2 counterpart). TIRS's B10/B11 have none either (kept as LANDSAT_B10/B11).
+LANDSAT_BANDS = {1: "B01", 2: "B02", 3: "B03", 4: "B04", 5: "B08", 6: "B11", 7: "B12", 8: "PAN", 9: "B10"}
+LANDSAT_RESOLUTION = {"PAN": 15}                      # m; every other OLI band 30 m
+BAND_RESOLUTION = {**config.S2_BAND_RESOLUTION, **LANDSAT_RESOLUTION}   # every band a reader knows
+_LANDSAT_NAME_RE = re.compile(r"(?:SR_|ST_)?B([1-9]|1[01])")             # B4, SR_B4, ST_B10 (not B04)
+# A Landsat 8/9 product by its name: Collection 2 ids (LC08_L2SP_…, LC09_L1TP_…, LO08…), a scene id
+# (LC80811192020001LGN00), or a sensor tag in a file name (2023-06-30-22-01-55_L9_ms.tif).
+_LANDSAT_PRODUCT_RE = re.compile(r"(?:^|[_\-.])(?:L[COT]0[89]_|L[COT][89]\d{6}|L[89](?=[_\-.]|$))")
+
+
+def is_landsat_name(name) -> bool:
+    """Whether a file or folder name names a Landsat 8/9 product (``_LANDSAT_PRODUCT_RE``)."""
+    return bool(_LANDSAT_PRODUCT_RE.search(str(name)))
 
 
 @dataclass(eq=False)
@@ -466,7 +498,7 @@ def item_product(ref: ItemRef) -> Product:
             if band in rank and rank[band] <= order:
                 continue
             rank[band] = order
-            band_files[band] = {config.S2_BAND_RESOLUTION[band]: href}
+            band_files[band] = {BAND_RESOLUTION[band]: href}
             if len(bands) > 1:
                 band_index[band] = k
             else:
@@ -509,20 +541,29 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
     unnamed: dict[str, int] = {}
     eight_bit = False
     files = [f if remote.is_remote(f) else Path(f) for f in files]
+    opened = []
     for f in files:
-        m = re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", remote.stem_of(f))
         with open_raster(str(f)) as src:
-            descriptions, count, dtype = src.descriptions, src.count, src.dtypes[0]
+            opened.append((f, src.descriptions, src.count, src.dtypes[0]))
+    sensor = "landsat" if (any(is_landsat_name(remote.stem_of(f)) for f in files)
+                           or is_landsat_name(remote.name_of(remote.parent_of(files[0])))
+                           or any(re.fullmatch(r"(SR|ST)_B\d+", d or "") for _, ds, _, _ in opened for d in ds)) \
+        else "sentinel-2"
+    file_band = (r"(?:^|_)((?:SR_|ST_)?B\d{1,2})$" if sensor == "landsat" else r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$")
+    for f, descriptions, count, dtype in opened:
+        m = re.search(file_band, remote.stem_of(f), re.IGNORECASE if sensor == "landsat" else 0)
         eight_bit |= dtype == "uint8"
         if m and count == 1:
-            band_files.setdefault(m.group(1), {})[config.S2_BAND_RESOLUTION.get(m.group(1), 10)] = str(f)
+            band = canonical_band_name(m.group(1), sensor)
+            res = LANDSAT_RESOLUTION.get(band, 30) if sensor == "landsat" else config.S2_BAND_RESOLUTION.get(band, 10)
+            band_files.setdefault(band, {})[res] = str(f)
             if len(files) == 1:                          # its band by index too (--bands 1)
-                band_files["1"] = {config.S2_BAND_RESOLUTION.get(m.group(1), 10): str(f)}
+                band_files["1"] = {res: str(f)}
                 band_index["1"] = 1
             continue
         for k, d in enumerate(descriptions, start=1):
-            name = canonical_band_name(d or "")
-            if name in config.S2_BAND_RESOLUTION:
+            name = canonical_band_name(d or "", sensor)
+            if name in BAND_RESOLUTION:
                 band_files.setdefault(name, {})[10] = str(f)
                 band_index[name] = k
         if len(files) == 1:
@@ -530,7 +571,7 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
             for k in range(1, count + 1):
                 band_files.setdefault(str(k), {})[10] = str(f)
                 band_index[str(k)] = k
-            if not any(b in config.S2_BAND_RESOLUTION for b in band_files):
+            if not any(b in BAND_RESOLUTION for b in band_files):
                 if count == 1:
                     unnamed = {"grey": 1}
                 elif count == 3:
@@ -538,6 +579,10 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
                 for b, k in unnamed.items():
                     band_files[b] = {10: str(f)}
                     band_index[b] = k
+    if sensor == "landsat" and "B08" in band_files and "B8A" not in band_files:
+        band_files["B8A"] = band_files["B08"]            # OLI's B5 is "nir08": Sentinel-2's B8A too
+        if "B08" in band_index:
+            band_index["B8A"] = band_index["B08"]
     named = [b for b in band_files if not b.isdigit()]
     if not named and len(files) > 1:
         raise PipelineError(f"{remote.parent_of(files[0])}: no band recognised in "
@@ -556,10 +601,34 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
     name = place if len(files) == 1 else f"{place}_{date.group(1) if date else remote.name_of(folder)}"
     if eight_bit and scale == config.S2_DEFAULT_QUANTIFICATION:
         scale = 255.0 / PreprocessConfig.reflectance_max
+    elif scale == config.S2_DEFAULT_QUANTIFICATION and offset == 0.0:
+        scale, offset = _raster_scale(opened, sensor, scale)
     return Product(name=name, source=str(first if len(files) == 1 else folder), level="raster",
                    band_files=band_files, tile_id=place, sensing_date=date.group(1) if date else "",
                    product_id=name, quantification=scale, offsets={b: offset for b in band_files},
-                   band_index=band_index)
+                   band_index=band_index, sensor=sensor)
+
+
+LANDSAT_L2_SCALE, LANDSAT_L2_OFFSET = 2.75e-5, -0.2   # Collection 2 Level-2 surface reflectance DN
+
+
+def _raster_scale(opened: list, sensor: str, scale: float) -> tuple[float, float]:
+    """``(quantification, offset)`` of rasters with no scale given: Landsat Collection 2 Level-2
+    surface reflectance DN (``SR_B4``, ``_L2SP_``) by their published scale; float rasters that
+    already hold reflectance (a decimated sample's 99th percentile of finite values at most 2)
+    as they are; else ``scale`` (Sentinel-2 DN)."""
+    names = " ".join(remote.name_of(f) for f, *_ in opened)
+    dtype = np.dtype(opened[0][3])
+    if sensor == "landsat" and dtype.kind in "ui" and re.search(r"_L2S[PR]_|SR_B\d", names):
+        return 1.0 / LANDSAT_L2_SCALE, LANDSAT_L2_OFFSET / LANDSAT_L2_SCALE
+    if dtype.kind == "f":
+        with open_raster(str(opened[0][0])) as src:
+            shape = (max(1, min(64, src.height)), max(1, min(64, src.width)))
+            sample = src.read(1, out_shape=shape).astype(np.float64)
+        finite = sample[np.isfinite(sample)]
+        if finite.size and np.percentile(finite, 99) <= 2.0:
+            return 1.0, 0.0
+    return scale, 0.0
 
 
 # ----------------------------------------------------------------------------- reading
@@ -769,7 +838,7 @@ def render(product: Product, bands: list[str], grid: Grid, window_px, out_shape,
                                        nodata=product.nodata)
         nodata |= band_nodata
         for b, layer in zip(group, dn if dn.ndim == 3 else dn[None]):
-            channels[b] = normalise(np.nan_to_num(layer), product.offsets.get(b, 0.0), product.quantification, cfg)
+            channels[b] = normalise(np.nan_to_num(layer, nan=0.0, posinf=0.0, neginf=0.0), product.offsets.get(b, 0.0), product.quantification, cfg)
     channels = [channels[b] for b in bands]
     image = np.stack(channels, -1)
     image[nodata] = 0
