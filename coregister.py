@@ -101,12 +101,58 @@ class Coregistration:
         self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
         self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
         self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g))
+        self.check = self.second_band_check()
         result = pair_result(self, self.pair)
         result.update(coarse=self.loc_tgt.coarse, seconds=round(time.time() - start, 2),
                       bands={"reference": self.ref_bands, "target": self.tgt_bands},
                       reference=engine.input_label(self.ref.source), target=engine.input_label(self.tgt.source),
                       crs=g.crs.to_string())
+        if self.check is not None:
+            result["band_check"] = self.check
         return result
+
+
+    def second_band_check(self) -> dict | None:
+        """Across sensors (``Product.sensor`` differs: Landsat beside Sentinel-2), visible bands
+        differ in spectral response and in what each sensor's processing does to them: R,G,B and
+        NIR of one real Landsat 9 / Sentinel-2 pair gave shifts 10.9 m apart, beyond three combined
+        σ (``benchmarks/cross_sensor.py``). Where the pair was measured on other bands than NIR
+        and both inputs have NIR, the same windows are measured again on NIR; where the two
+        disagree beyond three combined σ, the pair's σ is widened to cover both and a warning
+        says so and that NIR is the one to trust (it also measured the known shifts more
+        precisely there). Returns what the check measured, or None where it does not apply."""
+        nir = "B08"
+        if self.ref.sensor == self.tgt.sensor or not self.pair.verified or nir in self.ref_bands \
+                or not (nir in self.ref.band_files and nir in self.tgt.band_files):
+            return None
+        import dataclasses
+
+        e, c, g = engine, self.cfg, self.grid
+        loc_a, loc_b = (dataclasses.replace(loc, bands=[nir]) for loc in (self.loc_ref, self.loc_tgt))
+        a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c)
+        b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c)
+        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, e.metres_per_px(g))
+        out = {"bands": "nir", "verified": other.verified}
+        if not other.verified:
+            return out
+        px_m = e.metres_per_px(g)
+        d = (np.array(other.shift_px) - np.array(self.pair.shift_px)) * px_m
+        bound = 3 * np.hypot(self.pair.sigma_px, other.sigma_px) * px_m
+        at = np.array([other.at_px if other.at_px is not None else [g.width / 2, g.height / 2]])
+        nir_m, _ = engine.pixel_shifts_in_metres(g, at, [other.shift_px])
+        out.update(dx=float(nir_m[0, 0]), dy=float(nir_m[0, 1]), sigma_m=other.sigma_px * px_m,
+                   shift_px=list(other.shift_px), apart_m=float(np.hypot(*d)), three_sigma_m=float(bound))
+        if np.hypot(*d) > bound:
+            # σ covering both: the half-distance between them, per axis, at least what it was
+            widened = np.maximum(np.array(self.pair.se_px), np.abs(d / px_m) / 2)
+            self.pair.se_px = widened.tolist()
+            self.pair.sigma_px = float(np.sqrt(np.mean(widened ** 2)))
+            self.pair.warnings.append(
+                f"{','.join(self.ref_bands)} and NIR disagree by {np.hypot(*d):.1f} m, beyond three combined σ "
+                f"({bound:.1f} m): across sensors ({self.ref.sensor} against {self.tgt.sensor}) the visible bands "
+                f"differ; σ widened to cover both; trust NIR, the more precise on known shifts of a real pair "
+                f"(docs/benchmarks.md): it gives dx {out['dx']:+.1f} m, dy {out['dy']:+.1f} m (--bands nir)")
+        return out
 
 
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:

@@ -153,3 +153,20 @@ def test_float_minus_inf_outside_the_footprint_is_no_data(pipeline, tmp_path):
     distance = np.abs((x - L9_BOUNDS.left) + (y - L9_BOUNDS.bottom) - edge) / np.sqrt(2)
     assert len(rows) >= 10 and (distance < 15.0).mean() < 0.1      # not on the −inf edge (15 m: a pixel)
     assert not fill(x, y).any()                                    # none inside the fill
+
+
+def test_visible_and_nir_bands_that_disagree_across_sensors_are_said_and_widen_sigma(pipeline):
+    """Landsat 9 against Sentinel-2 on R,G,B: NIR is measured on the same windows too; the two lie
+    10.9 m apart, beyond three combined σ (8.3 m): σ is widened to cover both (at least half the
+    distance), and the warning names both numbers and that NIR is the one to trust, giving its
+    shift, which equals the pair run on NIR alone."""
+    r = coregister.coregister(L9, S2, pipeline=pipeline, progress=False)
+    check = r["band_check"]
+    assert check["verified"] and check["apart_m"] > check["three_sigma_m"]
+    assert r["shift_m"]["sigma_m"] >= check["apart_m"] / 2 / np.sqrt(2) - 1e-6
+    (warning,) = [w for w in r["warnings"] if "NIR disagree" in w]
+    assert "trust NIR" in warning and f"{check['apart_m']:.1f} m" in warning
+    nir = coregister.coregister(L9, S2, bands=("nir",), pipeline=pipeline, progress=False)
+    assert "band_check" not in nir.extra and not nir["warnings"]
+    assert np.hypot(nir["shift_m"]["dx"] - check["dx"], nir["shift_m"]["dy"] - check["dy"]) < 0.05
+    assert f"dx {check['dx']:+.1f} m, dy {check['dy']:+.1f} m" in warning
