@@ -525,6 +525,7 @@ class WindowMeasure:
     shift_px: np.ndarray | None = None        # (2,) the window's estimate (refined where it could be)
     learned_px: np.ndarray | None = None      # (2,) the learned estimate: median of the inliers' displacements
     refined: bool = False                     # shift_px is the dense refinement of the learned estimate
+    learned_why: str | None = None            # why a used window kept its learned estimate (not refined)
     correlation: float | None = None          # the dense fit's correlation (negative: contrast inverted)
     at_px: np.ndarray | None = None           # (2,) grid px of date a where the estimate applies
     se_px: np.ndarray | None = None           # (2,) its standard error per axis
@@ -582,18 +583,28 @@ def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
     content gave — on changed scenes (floods) two sub-pixel moves of the same target gave learned
     estimates 0.2–1.4 px apart. The dense optimum follows a move of the content exactly: 0.01–0.04 px
     apart on the same pairs (``benchmarks/coregistration.py``)."""
+    return _refined(fa, fb, shift, reach_px, cfg)[0]
+
+
+def _refined(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
+             cfg: CoregisterConfig) -> tuple[DenseFit | None, str | None]:
+    """``refine_translation``'s fit, or None and why it was not used (a window's output says so)."""
     ta, tb = fa.get("texture"), fb.get("texture")
     if ta is None or tb is None or ta.shape != tb.shape:
-        return None
+        return None, "no image kept for the dense fit"
     if not (np.allclose(fa.get("texture_scale", 1.0), 1.0) and np.allclose(fb.get("texture_scale", 1.0), 1.0)):
-        return None
+        return None, "read decimated: no full-resolution image"
     fit = dense_translation(ta, tb, fa.get("valid"), fb.get("valid"), start=shift,
                             max_iterations=cfg.refine_iterations, tolerance=cfg.refine_converged_px)
-    if fit is None or not fit.converged or fit.pixels < cfg.refine_min_pixels:
-        return None
+    if fit is None:
+        return None, "the dense fit could not run (too little both dates show)"
+    if not fit.converged:
+        return None, f"the dense fit did not converge in {cfg.refine_iterations} steps"
+    if fit.pixels < cfg.refine_min_pixels:
+        return None, f"fewer than {cfg.refine_min_pixels} pixels both dates show"
     if np.hypot(*(fit.shift - shift)) > reach_px:
-        return None
-    return fit
+        return None, "the dense optimum lies beyond the learned estimate's reach (another answer)"
+    return fit, None
 
 
 def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_a, offset_b,
@@ -617,7 +628,7 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     # the dense optimum may move the estimate within the learned estimate's own uncertainty
     # (``refine_reach_se`` standard errors), and at least ``refine_max_px``
     reach = max(cfg.refine_max_px, cfg.refine_reach_se * float(np.hypot(*se)))
-    fit = refine_translation(fa, fb, med, reach, cfg) if refine else None
+    fit, m.learned_why = _refined(fa, fb, med, reach, cfg) if refine else (None, "refinement switched off")
     if fit is not None:
         # its standard error: the fit's own (its residuals' noise), and never below the learned
         # estimate's — the points' spread is what shows how far changed content pulls a date
@@ -633,6 +644,19 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     m.se_px = se
     m.status = "used"
     return m
+
+
+def refinement_counts(windows: list[WindowMeasure]) -> dict:
+    """Of the used windows: how many the dense fit refined, how many kept the learned estimate,
+    and why (``{"refined": n, "learned": m, "learned_reasons": {why: count}}``)."""
+    used = [w for w in windows if w.status == "used"]
+    why: dict[str, int] = {}
+    for w in used:
+        if not w.refined:
+            key = w.learned_why or "unknown"
+            why[key] = why.get(key, 0) + 1
+    return {"refined": sum(w.refined for w in used), "learned": len(used) - sum(w.refined for w in used),
+            "learned_reasons": why}
 
 
 def reason_kind(reason: str | None) -> str:

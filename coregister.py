@@ -173,7 +173,8 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     result = {"verified": pair.verified, "reason": pair.reason, "warnings": warnings, "shift_m": None,
               "affine": None, "tie_points": pair.tie_points,
               "windows": {"used": pair.windows_used, "rejected": len(co.windows) - pair.windows_used,
-                          "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None}}
+                          "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None,
+                          **engine.refinement_counts(pair.windows)}}
     if not co.windows:
         c0, r0, c1, r1 = co.region
         result["reason"] = (f"the data both dates cover is {max(0, c1 - c0)}×{max(0, r1 - r0)} px on the reference grid: "

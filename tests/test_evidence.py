@@ -180,3 +180,17 @@ def test_shift_m_is_the_displacement_at_the_overlaps_centre(pipeline, tmp_path):
     at = np.array(r["shift_m"]["at"]["map"])
     truth = (np.array([scaled.c, scaled.f]) + (at - [t.c, t.f]) * k) - at     # same pixel index, both grids
     assert np.hypot(r["shift_m"]["dx"] - truth[0], r["shift_m"]["dy"] - truth[1]) < 0.05
+
+
+def test_windows_say_whether_the_dense_fit_refined_them(pipeline, tmp_path):
+    """The output counts the windows the dense fit refined and those that kept the learned
+    estimate, with why: none is silently left unrefined."""
+    cfg = coregister.config.replace(coregister.CoregisterConfig(), window=128, min_window=128)
+    r = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False, cfg=cfg)
+    w = r["windows"]
+    assert w["used"] >= 3 and w["refined"] + w["learned"] == w["used"] and w["refined"] >= 1
+    assert sum(w["learned_reasons"].values()) == w["learned"]
+    off = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False,
+                                cfg=coregister.config.replace(cfg, refine=False))
+    assert off["windows"]["refined"] == 0 and off["windows"]["learned_reasons"] == {
+        "refinement switched off": off["windows"]["used"]}
