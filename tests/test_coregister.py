@@ -191,7 +191,9 @@ def test_target_on_another_utm_zone_in_degrees_or_at_20m(pipeline, tmp_path):
 
 
 def test_outputs_and_the_corrected_target_registers_to_zero(pipeline, tmp_path):
-    target = shifted(SUMMER, tmp_path / "target.tif", 6.3, -4.1)
+    """Every output of a pair; the target's content moved by (0.63, 0.41) px, its corrected COG
+    (georeference moved by the correction) re-registers within 0.3 m."""
+    target = content_shifted(SUMMER, tmp_path / "target.tif", 0.63, 0.41)
     out = tmp_path / "out"
     r = coregister.coregister(REF, target, out, write_corrected=True, pipeline=pipeline, progress=False)
     info = json.loads((out / "coregistration.json").read_text())
@@ -395,7 +397,10 @@ def test_a_large_offset_and_a_coarser_reference(pipeline, tmp_path):
         with rasterio.open(tmp_path / "ref30.tif", "w", **profile) as dst:
             dst.write(np.round(data).astype(np.uint16))
             dst.descriptions = s.descriptions
-    coarse = coregister.coregister(tmp_path / "ref30.tif", SUMMER, pipeline=pipeline, progress=False)
+    moved = content_shifted(SUMMER, tmp_path / "moved.tif", 1.8, -1.4)          # ~23 m: a zero shift fails
+    direct = shift_of(coregister.coregister(REF, moved, pipeline=pipeline, progress=False))
+    coarse = coregister.coregister(tmp_path / "ref30.tif", moved, pipeline=pipeline, progress=False)
+    assert np.hypot(*direct) > 15
     np.testing.assert_allclose(shift_of(coarse), direct, atol=3.0)
 
 

@@ -149,6 +149,8 @@ def test_stack_from_an_item_collection_url(site, tmp_path):
         assert item["properties"]["coregistration:dx_m"] == row["dx_m"] and item["bbox"]
     again = stack.coregister_stack([tmp_path / "remote" / "items.geojson"], None, reference="S2_T36UYA_20160830",
                                    workers=2, progress=False)           # the corrected dates re-registered: 0
+    # (a check of the correction's sign and units: the same pixels are read, the moved georeference
+    # is all that differs; content moves are measured in tests/test_coregister.py and test_stack.py)
     placed = [r for r in again["dates"] if r["status"] != "excluded"]
     assert len(placed) == len(items) and max(abs(r["dx_m"]) + abs(r["dy_m"]) for r in placed) < 0.02
 
