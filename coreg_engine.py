@@ -186,8 +186,11 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
         if not d:
             raise PipelineError(f"{given}: --date is YYYY-MM-DD")
         return d, "--date"
-    if product.sensing_date and parse_date(product.sensing_date):
-        return parse_date(product.sensing_date), "product metadata"
+    name = remote.name_of(str(path[0] if isinstance(path, (list, tuple)) else path))
+    in_name = next(((parse_date(m.group(1)), source) for source, pattern in NAME_DATES
+                    for m in re.finditer(pattern, name) if parse_date(m.group(1))), ("", ""))
+    if parse_date(product.sensing_date) and parse_date(product.sensing_date) != in_name[0]:
+        return parse_date(product.sensing_date), "product metadata"     # not only its name's date
     tags = {}
     files = [f for res in product.band_files.values() for f in res.values()][:1]
     for f in files:
@@ -201,11 +204,8 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
     for tag in DATE_TAGS:
         if parse_date(tags.get(tag)):
             return parse_date(tags[tag]), f"tag {tag}"
-    name = remote.name_of(str(path[0] if isinstance(path, (list, tuple)) else path))
-    for source, pattern in NAME_DATES:
-        for found in re.finditer(pattern, name):
-            if parse_date(found.group(1)):
-                return parse_date(found.group(1)), source
+    if in_name[0]:
+        return in_name
     if parse_date(tags.get("TIFFTAG_DATETIME")):
         return parse_date(tags["TIFFTAG_DATETIME"]), "tag TIFFTAG_DATETIME"
     return "", "unknown"
