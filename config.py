@@ -243,6 +243,9 @@ class CoregisterConfig:
     min_window: int = 256             # px, smallest window side where the data allows it
     max_windows: int = 48             # windows matched at most, spread evenly over the valid area
     min_valid: float = 0.5            # share of a window valid (no nodata, cloud, snow) on both dates
+    edge_tolerance_px: float = 16.0   # px: a date whose edge lies this little inside the grid's border (a coarse
+                                      # offset of a few px) does not shrink the windows: they keep their plan, so
+                                      # a grown stack reuses its work; the sliver is nodata for that date alone
     speck_px: int = 16                # invalid specks up to this many px are inpainted and matched through
     min_windows: int = 3              # fewer verified windows (or all, where fewer fit): refused
     outlier_sigmas: float = 3.0       # windows further than this × their spread are rejected

@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,13 +218,85 @@ def common_bands(products: list[dp.Product], wanted: tuple[str, ...], quorum: fl
     return [held if held and all(b in p.band_files for b in held) else date_bands(p, wanted) for p in products]
 
 
+# Tags of a raster's metadata that name when it was acquired, most trusted first (GDAL's default
+# domain: GeoTIFF's GDAL_METADATA items and the TIFF tags); TIFFTAG_DATETIME — the file's own
+# time, often when it was written — is used only where neither these nor the name give a date.
+DATE_TAGS = ("ACQUISITIONDATE", "ACQUISITION_DATE", "DATE_ACQUIRED", "SENSING_TIME", "SENSING_DATE",
+             "DATATAKE_SENSING_START", "PRODUCT_START_TIME", "START_TIME", "DATETIME_ORIGINAL")
+# Dates in names, most specific first: a Sentinel-2 product id (MSIL1C_20230630T101559), a Landsat
+# one (LC09_L2SP_123045_20230630_20230702_02_T1: the first date is the acquisition), ISO
+# (2023-06-30, 2023_06_30), compact (20230630, not inside a longer number).
+NAME_DATES = (("Sentinel-2 product id", r"MSI[A-Z0-9]{3}_((?:19|20)\d{6})T\d{6}"),
+              ("Landsat product id", r"L[COTEM]0\d_[A-Z0-9]{4}_\d{6}_((?:19|20)\d{6})_\d{8}"),
+              ("name", r"(?<!\d)((?:19|20)\d{2}[-_]\d{2}[-_]\d{2})(?!\d)"),
+              ("name", r"(?<!\d)((?:19|20)\d{6})(?!\d)"))
+
+
+def parse_date(text) -> str:
+    """``text``'s first calendar date (YYYY-MM-DD, YYYY_MM_DD, YYYYMMDD, YYYY:MM:DD as TIFF writes
+    it, an ISO time after it) as YYYYMMDD, or "" (month and day checked: 8 digits are not a date)."""
+    import datetime as dt
+
+    found = re.search(r"(?<!\d)((?:19|20)\d{2})[-_:/]?(\d{2})[-_:/]?(\d{2})(?!\d)", str(text or ""))
+    if not found:
+        return ""
+    try:
+        return dt.date(*map(int, found.groups())).strftime("%Y%m%d")
+    except ValueError:
+        return ""
+
+
+def acquisition_date(product: dp.Product, path, given: str | None = None) -> tuple[str, str]:
+    """(YYYYMMDD or "", where it came from) — the one rule that decides a date: ``given``
+    (``--date``), the product's metadata (a .SAFE or STAC Item), the raster's acquisition tags
+    (``DATE_TAGS``), a product id or date in its name (``NAME_DATES``), TIFFTAG_DATETIME; else
+    ("", "unknown")."""
+    if given:
+        d = parse_date(given)
+        if not d:
+            raise PipelineError(f"{given}: --date is YYYY-MM-DD")
+        return d, "--date"
+    name = remote.name_of(str(path[0] if isinstance(path, (list, tuple)) else path))
+    in_name = next(((parse_date(m.group(1)), source) for source, pattern in NAME_DATES
+                    for m in re.finditer(pattern, name) if parse_date(m.group(1))), ("", ""))
+    if parse_date(product.sensing_date) and parse_date(product.sensing_date) != in_name[0]:
+        return parse_date(product.sensing_date), "product metadata"     # not only its name's date
+    tags = {}
+    files = [f for res in product.band_files.values() for f in res.values()][:1]
+    for f in files:
+        try:
+            import rasterio
+
+            with rasterio.open(f) as src:
+                tags = {k.upper(): v for k, v in src.tags().items()}
+        except Exception:           # an unreadable file fails later, with its own message
+            tags = {}
+    for tag in DATE_TAGS:
+        if parse_date(tags.get(tag)):
+            return parse_date(tags[tag]), f"tag {tag}"
+    if in_name[0]:
+        return in_name
+    if parse_date(tags.get("TIFFTAG_DATETIME")):
+        return parse_date(tags["TIFFTAG_DATETIME"]), "tag TIFFTAG_DATETIME"
+    return "", "unknown"
+
+
 def date_of(product: dp.Product, path) -> str:
-    """The date's YYYYMMDD (from the product, else from its name), or its name."""
-    if product.sensing_date:
-        return product.sensing_date
-    name = str(path[0] if isinstance(path, (list, tuple)) else path)
-    found = re.search(r"(20\d{6})", name)
-    return found.group(1) if found else remote.stem_of(name)
+    """The date's YYYYMMDD (``acquisition_date``), or its name where none is known."""
+    date, _ = acquisition_date(product, path)
+    return date or remote.stem_of(str(path[0] if isinstance(path, (list, tuple)) else path))
+
+
+def given_date(dates: dict | None, path) -> str | None:
+    """The date ``--date NAME=YYYY-MM-DD`` gives ``path`` (NAME: its path, file name or stem), or None."""
+    if not dates:
+        return None
+    label = str(path[0] if isinstance(path, (list, tuple)) else path)
+    names = {label, remote.name_of(label), remote.stem_of(label), input_label(path)}
+    for name, value in dates.items():
+        if name in names or str(Path(name).resolve()) in names:
+            return value
+    return None
 
 
 def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
@@ -362,6 +435,7 @@ class DateLocation:
     warp: bool
     coarse: dict
     pixel_ratio: float = 1.0                         # the date's pixel size over the grid's (a 60 m date on 20 m: 3)
+    date_source: str = ""                            # where ``date`` came from (``acquisition_date``)
 
 
 def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, float, float]:
@@ -407,8 +481,19 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
     if fraction is not None:
         offset = offset + fraction
     ext = (extent[0] - offset[0], extent[1] - offset[1], extent[2] - offset[0], extent[3] - offset[1])
-    return DateLocation(path, date_of(product, path), product.name, bands, (float(offset[0]), float(offset[1])),
-                        ext, warp, coarse, pixel_ratio(own, grid))
+    date, source = acquisition_date(product, path)
+    return DateLocation(path, date or remote.stem_of(str(path[0] if isinstance(path, (list, tuple)) else path)),
+                        product.name, bands, (float(offset[0]), float(offset[1])), ext, warp, coarse,
+                        pixel_ratio(own, grid), source)
+
+
+def with_given_date(location: DateLocation, dates: dict | None) -> DateLocation:
+    """``location`` with the date ``--date`` gives its file (``given_date``), if any."""
+    given = given_date(dates, location.path)
+    if given is None:
+        return location
+    date, source = acquisition_date(None, location.path, given)
+    return dataclasses.replace(location, date=date, date_source=source)
 
 
 def pixel_ratio(bands: list[dp.Grid], grid: dp.Grid) -> float:
@@ -422,14 +507,22 @@ def pixel_ratio(bands: list[dp.Grid], grid: dp.Grid) -> float:
 Window = tuple[int, int, int, int]       # (col, row, width, height) on the reference grid, px
 
 
-def common_region(grid: dp.Grid, extents: list[tuple[float, float, float, float]]) -> tuple[int, int, int, int]:
+def common_region(grid: dp.Grid, extents: list[tuple[float, float, float, float]],
+                  tolerance_px: float = 0.0) -> tuple[int, int, int, int]:
     """(col0, row0, col1, row1): the part of the grid that every date's raster covers after its
     offset. A pair's windows lie inside what both cover, however little; in a stack of more than
     two dates, a date covering less than half of the grid does not shrink the others' windows
-    (its windows outside its data are invalid for it alone)."""
+    (its windows outside its data are invalid for it alone). An edge at most ``tolerance_px``
+    inside the grid's border counts as the border (``CoregisterConfig.edge_tolerance_px``): a date
+    offset by a few px leaves the plan of windows as it was — a grown stack keeps its windows and
+    so its work — and the sliver it does not cover is nodata for it alone."""
     region = [0.0, 0.0, float(grid.width), float(grid.height)]
     area = grid.width * grid.height
+    t = float(tolerance_px)
     for e in extents:
+        e = (0.0 if 0 < e[0] <= t else e[0], 0.0 if 0 < e[1] <= t else e[1],
+             float(grid.width) if grid.width - t <= e[2] < grid.width else e[2],
+             float(grid.height) if grid.height - t <= e[3] < grid.height else e[3])
         w = max(0.0, min(e[2], grid.width) - max(e[0], 0)) * max(0.0, min(e[3], grid.height) - max(e[1], 0))
         if len(extents) > 2 and w < 0.5 * area:
             continue
@@ -1063,18 +1156,30 @@ def footprint(w: int, h: int, crs, t) -> tuple[dict, list[float], dict]:
     return {"type": "Polygon", "coordinates": [coords]}, bbox, proj
 
 
+def stac_datetime(date: str) -> str | None:
+    """A date's STAC ``datetime`` (YYYY-MM-DDT00:00:00Z), or None where ``date`` is not a date
+    (``acquisition_date`` found none: the Item would not validate, so none is written)."""
+    d = parse_date(date) if re.fullmatch(r"\d{8}", str(date or "")) else ""
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}T00:00:00Z" if d else None
+
+
 def stac_item(item_id: str, date: str, cog, source: str, properties: dict, footprint=None) -> dict:
     """A STAC Item (1.0, projection extension) for a corrected COG: geometry, bbox and ``proj:``
     fields of the corrected raster (or ``footprint``'s, as ``footprint()`` gives them), a link to
-    what it was made from, ``cog`` as its ``data`` asset (replaced by the caller when None)."""
+    what it was made from, ``cog`` as its ``data`` asset (replaced by the caller when None). A date
+    that is not known raises ``PipelineError`` (one line; the writers print it and go on): pystac
+    refuses an Item without ``datetime`` or ``start_datetime`` and ``end_datetime``."""
+    when = stac_datetime(date)
+    if when is None:
+        raise PipelineError(f"{source}: no STAC Item written: its acquisition date is not known (give --date "
+                            f"{remote.stem_of(str(source))}=YYYY-MM-DD)")
     geometry, bbox, proj = footprint or footprint_lonlat(cog)
-    when = (f"{date[:4]}-{date[4:6]}-{date[6:8]}T00:00:00Z" if re.fullmatch(r"\d{8}", date or "") else None)
     links = [{"rel": "derived_from", "href": str(source) if "://" in str(source) else Path(source).resolve().as_uri()}]
     return {"type": "Feature", "stac_version": "1.0.0",
             "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
                                 "https://stac-extensions.github.io/processing/v1.2.0/schema.json"],
             "id": item_id, "geometry": geometry, "bbox": bbox,
-            "properties": {"datetime": when, **({} if when else {"start_datetime": None}), **proj, **properties},
+            "properties": {"datetime": when, **proj, **properties},
             "links": links,
             "assets": {} if cog is None else {"data": {"href": remote.name_of(cog), "roles": ["data"],
                                 "type": "image/tiff; application=geotiff; profile=cloud-optimized"}}}

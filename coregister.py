@@ -70,8 +70,10 @@ class Coregistration:
 
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                  pipeline: MatchingPipeline | None = None, progress: bool = True,
-                 ref_nodata: float | str | None = None, target_nodata: float | str | None = None):
+                 ref_nodata: float | str | None = None, target_nodata: float | str | None = None,
+                 dates: dict | None = None):
         self.cfg = cfg or CoregisterConfig()
+        self.dates = dates          # NAME → YYYY-MM-DD (``--date``): a date where the file gives none
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
         engine.check_matcher(self.cfg)
@@ -96,7 +98,8 @@ class Coregistration:
         self.overview = e.reference_overview(self.pipeline, self.ref, self.ref_bands, g, c)
         self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
         self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c)
-        self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px])
+        self.loc_ref, self.loc_tgt = (e.with_given_date(loc, self.dates) for loc in (self.loc_ref, self.loc_tgt))
+        self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px], c.edge_tolerance_px)
         self.windows = e.plan_windows(self.region, c)
         self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
         self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
@@ -261,7 +264,10 @@ def write_outputs(co: Coregistration, result: dict, folder: Path, write_correcte
                                            "coregistration:correction": correction,
                                            "processing:software": {result["provenance"]["name"]:
                                                                    result["provenance"]["version"]}})
-                         for p in written if p.suffix == ".tif"]
+                         for p in written if p.suffix == ".tif" and engine.stac_datetime(co.loc_tgt.date)]
+                if engine.stac_datetime(co.loc_tgt.date) is None:
+                    print(f"{co.inputs[1]}: no STAC Item written: its acquisition date is not known (give --date "
+                          f"{remote.stem_of(str(co.inputs[1]))}=YYYY-MM-DD)", file=sys.stderr)
                 write_json(tmp / "corrected" / "items.geojson", {"type": "FeatureCollection", "features": items})
                 names.append("corrected/items.geojson")
         write_report(co, result, rows, tmp / "report.png")
@@ -514,19 +520,20 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
                pipeline: MatchingPipeline | None = None, progress: bool = True,
                correction: str = "translation", ref_nodata: float | str | None = None,
-               target_nodata: float | str | None = None) -> CoregistrationResult:
+               target_nodata: float | str | None = None, dates: dict | None = None) -> CoregistrationResult:
     """Co-register ``target`` to ``reference``; with ``output``, write every output there
     (``correction``: the model the corrected target is written with — ``translation``: its
     georeference moved, no resampling; ``affine`` / ``field``: resampled onto the reference grid).
     ``ref_nodata`` / ``target_nodata``: each input's no-data rule (``coreg_engine.open_date``:
     None = its files' tags, and fill they do not declare found and read as no-data, with a
-    warning; a number; ``"none"``).
+    warning; a number; ``"none"``). ``dates``: {NAME: YYYY-MM-DD} for inputs whose date their
+    metadata and name do not give (NAME: the path, file name or stem).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"--correction {correction}: choose translation, affine or field")
     if output is not None:
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
-    co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata)
+    co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata, dates)
     result = co.run()
     if write_corrected and correction != "translation":     # the warning's advice is already taken
         result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
@@ -597,8 +604,21 @@ def main(argv=None) -> int:
     parser.add_argument("--correction", default="translation", choices=["translation", "affine", "field"],
                         help="the corrected target: its georeference moved (translation, no resampling), or "
                              "resampled onto the reference grid by the affine or the shift field")
+    parser.add_argument("--date", action="append", default=[], metavar="NAME=YYYY-MM-DD",
+                        help="the acquisition date of an input (NAME: its path, file name or stem); repeat for "
+                             "several. Otherwise a date comes from the file's metadata (a .SAFE's or STAC Item's, "
+                             "the raster's ACQUISITIONDATE / DATE_ACQUIRED / SENSING_TIME tags), a Sentinel-2 or "
+                             "Landsat product id or a date (2023-06-30, 2023_06_30, 20230630) in its name, else "
+                             "TIFFTAG_DATETIME; an input without one gets no STAC Item")
     cli.add_runtime(parser)
     args = parser.parse_args(argv)
+    given = {}
+    for text in args.date:
+        name, _, value = text.rpartition("=")
+        if not name or not engine.parse_date(value) or len(value.strip()) != 10:
+            parser.error(f"--date {text}: NAME=YYYY-MM-DD (NAME: an input's path, file name or stem)")
+        given[name] = value.strip()
+    args.date = given or None
     search_only = [f for f, v in (("--collection", args.collection), ("--bbox", args.bbox),
                                   ("--datetime", args.datetime), ("--max-cloud", args.max_cloud)) if v]
     if search_only and not args.stac_search:
@@ -647,7 +667,7 @@ def main(argv=None) -> int:
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,
-                            ref_nodata=args.ref_nodata, target_nodata=args.target_nodata)
+                            ref_nodata=args.ref_nodata, target_nodata=args.target_nodata, dates=args.date)
     except PipelineError as exc:
         return cli.fail(exc)
     for w in result.get("warnings", []):
@@ -675,7 +695,8 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
             print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
             inputs += found
         result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
-                                  args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected)
+                                  args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected,
+                                  dates=args.date)
     except PipelineError as exc:
         return cli.fail(exc)
     rows = result["dates"]

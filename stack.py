@@ -375,12 +375,14 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
 def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto",
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
-                     write_corrected: bool = False, progress: bool = True, client=None) -> dict:
+                     write_corrected: bool = False, progress: bool = True, client=None,
+                     dates: dict | None = None) -> dict:
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
     ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them.
     ``client``: a ``dask.distributed.Client`` to run on (left open), instead of ``scheduler`` /
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
-    more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``)."""
+    more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``). ``dates``:
+    {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``)."""
     cfg = cfg or CoregisterConfig()
     engine.check_matcher(cfg)
     bands = dp.normalise_bands(bands) or tuple(cfg.bands)
@@ -471,9 +473,10 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         for k, loc in _gather(located, "locate", progress, errors, paths).items():
             cache.put("locations", loc_keys[k], loc)
             locations[k] = loc
+        locations = {k: engine.with_given_date(loc, dates) for k, loc in locations.items()}
         if grid_k not in locations:
             raise PipelineError(f"{_label(paths[grid_k])}: the grid's date cannot be read: {errors.get(grid_k)}")
-        region = engine.common_region(grid, [loc.extent_px for loc in locations.values()])
+        region = engine.common_region(grid, [loc.extent_px for loc in locations.values()], cfg.edge_tolerance_px)
         windows = engine.plan_windows(region, cfg)
         feature_keys = {k: cache.key("date", loc_keys[k], windows) for k in locations}
         results, extracted = {}, {}
@@ -642,7 +645,9 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
         date = d.date if d else (locations[k].date if k in locations else
                                  (engine.date_of(products[k], p) if k in products else ""))
-        rows.append({"path": _label(p), "id": ids[k], "date": date, "bands": ",".join(locations[k].bands)
+        rows.append({"path": _label(p), "id": ids[k], "date": date,
+                     "date_source": locations[k].date_source if k in locations else None,
+                     "bands": ",".join(locations[k].bands)
                      if k in locations else None, "dx_m": float(x_m[k, 0]),
                      "dy_m": float(x_m[k, 1]), "sigma_m": float(solution["sigma"][k] * px),
                      "tie_points": sum(r.tie_points for r in pairs if r.verified and k in (r.i, r.j)),

@@ -6,6 +6,7 @@ whose assets are VRTs carrying its correction, no pixel written) and, with
 (``engine.OutputFolder``)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,15 @@ def plot_report(result: dict, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+def _dated(row: dict) -> bool:
+    """Whether a date gets a STAC Item (its acquisition date is known); where not, one line says so."""
+    if engine.stac_datetime(row["date"]) is not None:
+        return True
+    print(f"{row['path']}: no STAC Item written: its acquisition date is not known (give --date "
+          f"{row['id']}=YYYY-MM-DD)", file=sys.stderr)
+    return False
+
+
 def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, folder: Path, final: Path) -> dict:
     """Every placed date as a STAC Item whose georeference carries its correction, no pixel
     written: each raster asset (a band file or URL as read) becomes a GDAL VRT of it in
@@ -96,6 +106,8 @@ def corrected_items(result: dict, paths: list, products: dict, grid: dp.Grid, fo
         if row["status"] == "excluded" or k not in products:
             continue
         product, date = products[k], paths[k]
+        if not isinstance(date, dp.ItemRef) and not _dated(row):
+            continue
         d_px = np.array(row["shift_px"])
         source = copy.deepcopy(date.item) if isinstance(date, dp.ItemRef) else None
         assets = {}
@@ -176,7 +188,7 @@ def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Gr
     prov = result["provenance"]
     x_by_k = {}
     for k, row in enumerate(result["dates"]):
-        if row["status"] != "excluded" and k in products:
+        if row["status"] != "excluded" and k in products and _dated(row):
             x_by_k[k] = row
     items = []
     for k, row in x_by_k.items():

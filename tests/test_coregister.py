@@ -640,3 +640,45 @@ def test_windows_matched_in_the_fast_mode(pipeline, tmp_path):
     assert coregister.main([str(REF), str(SUMMER), "--matcher", "fast", "--output", str(tmp_path / "out")]) == 0
     written = json.loads((tmp_path / "out" / "coregistration.json").read_text())
     assert written["provenance"]["settings"]["matcher"] == "fast"
+
+
+@pytest.mark.parametrize("name, tags, date, source", [
+    ("2023-06-30-22-01-55_L9_ms.tif", {}, "20230630", "name"),
+    ("20230630.tif", {}, "20230630", "name"),
+    ("scene_2023_06_30.tif", {}, "20230630", "name"),
+    ("S2A_MSIL1C_20230630T101559_N0509_R065_T32TQM_20230701T140000_B04.tif", {}, "20230630", "Sentinel-2 product id"),
+    ("LC09_L2SP_123045_20230630_20230702_02_T1_SR_B4.TIF", {}, "20230630", "Landsat product id"),
+    ("T36UYA_12345678.tif", {}, "", "unknown"),                       # 8 digits, not a date
+    ("tile_20231399.tif", {"TIFFTAG_DATETIME": "2024:01:05 10:00:00"}, "20240105", "tag TIFFTAG_DATETIME"),
+    ("cut_20240105.tif", {"ACQUISITIONDATE": "2023-06-30T10:15:59Z"}, "20230630", "tag ACQUISITIONDATE"),
+])
+def test_acquisition_dates_from_tags_and_names(tmp_path, name, tags, date, source):
+    path = tmp_path / name
+    with rasterio.open(REF) as s:
+        profile, data = s.profile, s.read(1)
+    profile.update(count=1)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+        dst.update_tags(**tags)
+    product = coregister.engine.open_date(path)
+    assert coregister.engine.acquisition_date(product, path) == (date, source)
+    assert coregister.engine.acquisition_date(product, path, "2020-02-29") == ("20200229", "--date")
+
+
+def test_a_pair_without_dates_writes_stac_that_validates_once_dated(pipeline, tmp_path, capsys):
+    """Names without dates: no STAC Item (pystac refuses one without a datetime), one line says how
+    to give one; with ``--date NAME=YYYY-MM-DD`` the Item is written and passes pystac."""
+    import pystac
+
+    ref = tmp_path / "ref.tif"
+    ref.write_bytes(REF.read_bytes())
+    target = shifted(SUMMER, tmp_path / "target.tif", 6.3, -4.1)
+    coregister.coregister(ref, target, tmp_path / "a", write_corrected=True, pipeline=pipeline, progress=False)
+    assert "target=YYYY-MM-DD" in capsys.readouterr().err
+    assert len(pystac.ItemCollection.from_file(str(tmp_path / "a" / "corrected" / "items.geojson"))) == 0
+    r = coregister.coregister(ref, target, tmp_path / "b", write_corrected=True, pipeline=pipeline, progress=False,
+                              dates={"target": "2018-06-10"})
+    (item,) = pystac.ItemCollection.from_file(str(tmp_path / "b" / "corrected" / "items.geojson"))
+    assert item.datetime.strftime("%Y-%m-%d") == "2018-06-10" and item.geometry and item.bbox
+    pystac.Item.from_dict(item.to_dict())
+    assert r["verified"]

@@ -235,3 +235,54 @@ def test_a_rotated_date_carries_the_rotation_warning_alone(tmp_path):
     assert rows["20160718"]["warnings"] is None and rows["20180610"]["warnings"] is None
     warning = rows["20190101"]["warnings"]     # one window each: not one translation, but no rotation claimed
     assert "not one translation" in warning and "1 window" in warning and "rotation" not in warning
+
+
+def pystac_valid(path: Path, collection: bool) -> list:
+    """The Items of a STAC document written, read back through pystac (offline: its JSON-schema
+    validation fetches the schemas over the network, so the required fields are checked here)."""
+    import pystac
+
+    items = list(pystac.ItemCollection.from_file(str(path))) if collection else [pystac.Item.from_file(str(path))]
+    for item in items:
+        assert item.datetime is not None or (item.common_metadata.start_datetime and item.common_metadata.end_datetime)
+        assert item.geometry and item.bbox and item.id
+        pystac.Item.from_dict(item.to_dict())
+    return items
+
+
+def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_date(tmp_path):
+    """10 single-band dates of one grid (nodata 0, ISO-dated names), run as a stack into the output
+    of an earlier stack of the first 7; one new date's content moved 3 px (a coarse offset that used
+    to shrink the windows, so nothing was reused). Every unchanged date's work and the pairs among
+    them are reused, the shifts equal a fresh run's; the dates come from the names; every STAC
+    document written passes pystac."""
+    sources = [p for p in DATES if SNOW not in p.name]                  # 6 dates; the grid's overview verifies
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = []
+    for k in range(10):
+        src = sources[k % len(sources)]
+        with rasterio.open(src) as s:
+            profile, data = s.profile, s.read()
+        if k == 8:
+            data = np.pad(data, ((0, 0), (0, 0), (3, 0)))[:, :, :-3]      # content moved 3 px east, fill 0
+        name = folder / f"{2016 + k // 6}-{k % 6 + 1:02d}-1{k % 3}-08-40-52_S2_b4.tif"
+        with rasterio.open(name, "w", **profile) as dst:
+            dst.write(data)
+        files.append(name)
+    first = stack.coregister_stack(files[:7], tmp_path / "out", workers=1, progress=False)
+    grown = stack.coregister_stack(files, tmp_path / "out", workers=1, progress=False, write_corrected=True)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", reference=first["reference"], workers=1, progress=False)
+    assert grown["reused"]["dates"] == 7 and grown["reused"]["locations"] == 7 and grown["computed"]["dates"] == 3
+    old = {str(f.resolve()) for f in files[:7]}
+    assert grown["reused"]["pairs"] == sum({p["path_i"], p["path_j"]} <= old for p in grown["pairs"]) > 0
+    rows, again = by_date(grown["dates"]), by_date(fresh["dates"])
+    assert sorted(rows) == sorted(f"{n.name[:4]}{n.name[5:7]}{n.name[8:10]}" for n in files)
+    assert {r["date_source"] for r in grown["dates"]} == {"name"}
+    for date, row in rows.items():
+        assert np.hypot(row["dx_m"] - again[date]["dx_m"], row["dy_m"] - again[date]["dy_m"]) <= 0.05 or \
+            row["status"] == again[date]["status"] == "excluded", date
+    items = pystac_valid(tmp_path / "out" / "items.geojson", collection=True)
+    assert len(items) == sum(r["status"] != "excluded" for r in grown["dates"])
+    assert {i.datetime.strftime("%Y%m%d") for i in items} <= set(rows)
+    pystac_valid(tmp_path / "out" / "corrected" / "stack.geojson", collection=True)
