@@ -246,6 +246,7 @@ class CoregisterConfig:
     edge_tolerance_px: float = 16.0   # px: a date whose edge lies this little inside the grid's border (a coarse
                                       # offset of a few px) does not shrink the windows: they keep their plan, so
                                       # a grown stack reuses its work; the sliver is nodata for that date alone
+                                      # (stacks only: a pair plans on exactly what both dates cover)
     speck_px: int = 16                # invalid specks up to this many px are inpainted and matched through
     min_windows: int = 3              # fewer verified windows (or all, where fewer fit): refused
     outlier_sigmas: float = 3.0       # windows further than this × their spread are rejected

@@ -654,6 +654,7 @@ class PairMeasure:
     windows_used: int = 0
     tie_points: int = 0
     reason: str | None = None
+    error: str | None = None                  # the pair could not be measured (an exception, not a refusal)
     warnings: list[str] = field(default_factory=list)
     affine_shown: bool = False                # the tie points show a rotation or scale (an affine fits them)
     at_px: list[float] | None = None          # (2,) grid px where shift_px applies: the measured overlap's centre

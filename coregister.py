@@ -29,7 +29,8 @@ P + (dx, dy). The correction applied to the target is its negative.
 
 Exit codes: 0 co-registered (a stack: every date placed); 1 results written but the pair is not
 verified (a stack: some dates excluded, each with its reason); 2 nothing done: a bad input or
-output folder, named in one line.
+output folder, named in one line (a stack: also where a pair could not be measured — an error,
+not a refusal — its files written, the error in pairs.csv).
 """
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ class Coregistration:
         self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
         self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c)
         self.loc_ref, self.loc_tgt = (e.with_given_date(loc, self.dates) for loc in (self.loc_ref, self.loc_tgt))
-        self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px], c.edge_tolerance_px)
+        # exactly what both cover: a pair has no earlier plan to keep (a stack's edge tolerance
+        # would put the target's few px of no data inside a window, where they moved a changed
+        # scene's learned estimate by 0.6 px and left the dense fit out of reach)
+        self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px])
         self.windows = e.plan_windows(self.region, c)
         self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
         self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
@@ -707,6 +711,10 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
     placed = sum(r["status"] != "excluded" for r in rows)
     print(f"{placed} of {len(rows)} dates placed relative to {result['reference']} ({result['reference_reason']}) "
           f"in {result['seconds']:.1f} s → {args.output / 'shifts.csv'}")
+    if result.get("errors"):      # the placement rests on pairs that failed, not on refusals: not a result
+        print(f"error: {len(result['errors'])} pair{'s' if len(result['errors']) != 1 else ''} could not be measured "
+              f"(the placement rests on the others; pairs.csv's error column): {result['errors'][0]}", file=sys.stderr)
+        return 2
     return 0 if placed == len(rows) else 1
 
 

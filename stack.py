@@ -583,8 +583,9 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
         i, j = futures[fut]
         try:
             measure = fut.result()
-        except Exception as exc:
-            out.append(PairMeasure(i, j, False, reason=f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:       # an error, not a refusal: recorded as such, never cached
+            why = f"could not be measured ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'})"
+            out.append(PairMeasure(i, j, False, reason=why, error=why))
             continue
         cache.put("pairs", keys[(i, j)], measure)
         out.append(measure)
@@ -663,12 +664,15 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
                           "windows": r.windows_used,
                           "weight": solution["weight"].get((r.i, r.j), 0.0) if r.verified else 0.0,
                           "residual_m": solution["residual"].get((r.i, r.j), np.nan) * px if r.verified else np.nan,
-                          "reason": r.reason, "warnings": "; ".join(r.warnings) or None})
+                          "reason": r.reason, "error": r.error, "warnings": "; ".join(r.warnings) or None,
+                          **{f"windows_{k}": v for k, v in engine.refinement_counts(r.windows).items()
+                             if k != "learned_reasons"}})
     return {"reference": rows[ref]["path"], "reference_id": ids[ref], "reference_reason": ref_reason, "dates": rows,
             "pairs": pair_rows, "seconds": round(seconds, 1), "scheduler": scheduler or "LocalCluster",
             "crs": grid.crs.to_string(), "grid": {"transform": list(grid.transform)[:6],
                                                   "width": grid.width, "height": grid.height},
-            "placed": sum(r["status"] != "excluded" for r in rows), "excluded": sum(r["status"] == "excluded" for r in rows)}
+            "placed": sum(r["status"] != "excluded" for r in rows), "excluded": sum(r["status"] == "excluded" for r in rows),
+            "errors": [f"{rows[r.i]['path']} / {rows[r.j]['path']}: {r.error}" for r in pairs if r.error]}
 
 
 # ----------------------------------------------------------------------------- xarray

@@ -286,3 +286,32 @@ def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_dat
     assert len(items) == sum(r["status"] != "excluded" for r in grown["dates"])
     assert {i.datetime.strftime("%Y%m%d") for i in items} <= set(rows)
     pystac_valid(tmp_path / "out" / "corrected" / "stack.geojson", collection=True)
+
+
+def test_a_pair_that_raises_is_an_error_not_a_refusal(tmp_path, monkeypatch, capsys):
+    """An exception while measuring a pair (after Dask's retries) is recorded as an error with its
+    reason — not as an unverified pair — and the command exits 2: the placement rests on it."""
+    from dask.distributed import Client, LocalCluster
+
+    real = stack.engine.measure_pair
+
+    def broken(pipeline, i, j, *args, **kwargs):
+        if (i, j) == (0, 1):
+            raise MemoryError("injected")
+        return real(pipeline, i, j, *args, **kwargs)
+
+    monkeypatch.setattr(stack.engine, "measure_pair", broken)
+    dates = [str(BRACCIANO / name) for name in ("20160718.tif", "20180610.tif", "20170404.tif")]
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        r = stack.coregister_stack(dates, tmp_path / "lib", dates[0], client=client, progress=False)
+        (pair,) = [p for p in r["pairs"] if p["error"]]
+        assert "MemoryError: injected" in pair["error"] and not pair["verified"]
+        assert r["errors"] and "injected" in r["errors"][0]
+        real_stack = stack.coregister_stack
+        monkeypatch.setattr(stack, "coregister_stack", lambda *a, **k: real_stack(*a, **{**k, "client": client}))
+        code = coregister.main(["--stack", *dates, "--reference", dates[0], "--output", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 pair could not be measured" in err and "injected" in err
+    rows = list(csv.DictReader(open(tmp_path / "cli" / "pairs.csv")))
+    assert any("injected" in (row["error"] or "") for row in rows)
