@@ -99,7 +99,8 @@ def test_dense_and_tie_points_disagreeing_widen_sigma_and_warn(monkeypatch):
 
 def test_two_acquisitions_carry_the_cross_date_floor_one_does_not(monkeypatch):
     cfg = config.CoregisterConfig()
+    assert cfg.sigma_cross_date_m > 0
     cross = _pair(monkeypatch, 0.0)
     same = _pair(monkeypatch, 0.0, date_b="20190101")
-    assert cross.sigma_px >= cfg.sigma_cross_date_px
-    assert same.sigma_px < cross.sigma_px or cfg.sigma_cross_date_px == 0
+    assert cross.sigma_px >= cfg.sigma_cross_date_m / 10.0            # px_m 10
+    assert same.sigma_px < 0.5 * cfg.sigma_cross_date_m / 10.0
