@@ -744,7 +744,7 @@ def pair_standard_error(shifts: np.ndarray, se: np.ndarray, learned: np.ndarray 
     if learned is None or not len(learned):
         return total, None
     gap = np.median(learned, axis=0) - med
-    # the two medians share the windows' content: their difference is no noisier than either
+    # the noise of their difference: at most √2 × the windows' (the two share the windows' content)
     if not (np.abs(gap) > cfg.sigma_disagreement * np.sqrt(2) * base).any():
         return total, None
     return np.maximum(total, cfg.sigma_disagreement_share * np.abs(gap)), gap

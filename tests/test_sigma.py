@@ -63,7 +63,7 @@ def _date(date: str, windows) -> engine.DateFeatures:
     return engine.DateFeatures(loc, windows, features={k: {} for k in range(len(windows))})
 
 
-def _pair(monkeypatch, learned_gap: float, date_b: str = "20200101"):
+def _pair(monkeypatch, learned_gap: float, date_b: str = "20200101", correlation: float = 0.8):
     """Five windows whose dense estimates agree (0.30 px ± 0.01 in x), their tie points' medians
     ``learned_gap`` px further in x; measured through ``measure_pair``."""
     rng = np.random.default_rng(0)
@@ -74,7 +74,7 @@ def _pair(monkeypatch, learned_gap: float, date_b: str = "20200101"):
         m.shift_px = np.array([0.30, -0.10]) + rng.normal(0, 0.01, 2)
         m.learned_px = m.shift_px + [learned_gap, 0.0]
         m.se_px = np.array([0.01, 0.01])
-        m.refined, m.correlation, m.inliers = True, 0.8, 40
+        m.refined, m.correlation, m.inliers = True, correlation, 40
         m.at_px = np.array([window[0] + 256.0, window[1] + 256.0])
         m.tie_a = m.at_px + rng.uniform(-200, 200, (40, 2))
         m.tie_b = m.tie_a + m.shift_px
@@ -95,6 +95,9 @@ def test_dense_and_tie_points_disagreeing_widen_sigma_and_warn(monkeypatch):
     (line,) = [w for w in apart.warnings if "tie points' median" in w]
     assert "5.00 m" in line and "trust the dense estimate" in line and "5 windows" in line
     assert np.allclose(apart.shift_px, agree.shift_px, atol=0.05)   # the shift reported is still the dense one
+    # a dense fit that barely correlates (changed content): the tie points are the ones to trust
+    weak = _pair(monkeypatch, 0.5, correlation=0.1)
+    assert any("trust the tie points' median rather" in w for w in weak.warnings)
 
 
 def test_two_acquisitions_carry_the_cross_date_floor_one_does_not(monkeypatch):
