@@ -270,8 +270,9 @@ def pooled(measured: dict[str, dict], names: list[str], cfg) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the shared real data")
-    parser.add_argument("--dates", type=int, default=10, help="dates sampled evenly per series")
-    parser.add_argument("--output", default=str(ROOT / "data" / "results" / "sigma_calibration.json"))
+    parser.add_argument("--dates", type=int, default=10, help="dates sampled evenly per series (T36UYA over all seasons: 4 more)")
+    parser.add_argument("--output", default=str(ROOT / "data" / "results" / "sigma_calibration.json"),
+                        help="the JSON written (per place, before and after; the floor scan)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--reuse", default=None,
                         help="a pickle of the measurements: read where it exists (only σ models recomputed, no "
