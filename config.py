@@ -257,6 +257,18 @@ class CoregisterConfig:
     # same-date errors fall within 2σ at least 80 % of the time.
     sigma_scale: float = 1.0
     sigma_floor_px: float = 0.005
+    # Two acquisitions (or a date resampled onto the grid): added in quadrature, metres — what the
+    # model cannot see (radiometric and landscape differences, resampling). Chosen on loop closures
+    # and forward/reverse pairs of 12 real Bracciano dates (10 m, two UTM grids): the smallest floor
+    # with >= 90 % of loops within 2σ (0.35 m) and a step of margin; checked on SEN12MS-CR-TS 146,
+    # OMBRIA 2021, T36UYA (~107 m px: its loops close without it, hence metres, not px), OSCD
+    # (benchmarks/sigma_calibration.py, docs/benchmarks.md "σ calibration")
+    sigma_cross_date_m: float = 0.4
+    # The tie points' median and the dense estimate this many times their noise apart: σ widened
+    # to this share of the gap at least (half: both within 2σ), and a warning
+    sigma_disagreement: float = 3.0
+    sigma_disagreement_share: float = 0.5
+    dense_trust_correlation: float = 0.3   # the dense fit's median |correlation| to trust it over the tie points
     # Each window's learned estimate refined by a dense fit of all pixels both dates show
     # (imaging.dense_translation; coreg_engine.refine_translation says when it is used)
     refine: bool = True

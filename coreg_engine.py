@@ -25,8 +25,11 @@ functions, in this order:
    scene gave.)
    Windows are combined by their median; those beyond ``outlier_sigmas`` spreads are rejected;
    where the tie points are not one translation (rotation, scale, a bad window) the pair carries
-   a warning naming what was seen. The pair's ``sigma_px`` is calibrated on validation pairs
-   (``CoregisterConfig.sigma_scale``; ``benchmarks/coregistration.py`` reports the coverage).
+   a warning naming what was seen. The pair's ``sigma_px`` (``pair_standard_error``) is calibrated
+   on validation pairs (``CoregisterConfig.sigma_scale``; ``benchmarks/coregistration.py`` reports
+   the same-date coverage), carries a floor for two acquisitions (``sigma_cross_date_m``, measured
+   on loop closures and forward/reverse pairs of real dates: ``benchmarks/sigma_calibration.py``)
+   and is widened, with a warning, where the tie points and the dense estimate disagree.
 6. Outputs shared by pairs and stacks: ``correction_in_crs`` (the vector that moves a date's
    georeference, in its own CRS), ``write_moved`` (a corrected COG with provenance tags),
    ``stac_item``, ``provenance`` and ``OutputFolder`` (checked before any work, replaced whole).
@@ -945,11 +948,11 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     out.at_px = overlap_centre(a.windows).tolist()
     med = translation_at(np.array([m.centre for m in used]), shifts, se, np.array(out.at_px), used)
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
-    # the median's standard error: from the windows' spread where there are enough of them to
-    # tell, never below what the windows' own errors allow
-    own = MEDIAN_SE * np.sqrt(np.mean(se ** 2, axis=0) / n)
-    between = MEDIAN_SE * spread / np.sqrt(n) if n >= 4 else np.zeros(2)
-    total = cfg.sigma_scale * np.maximum(np.maximum(own, between), cfg.sigma_floor_px)
+    cross = cross_date_pair(a, b)
+    total, gap = pair_standard_error(shifts, se, np.array([m.learned_px for m in used]), cfg, cross_date=cross,
+                                     px_m=px_m)
+    if gap is not None:
+        out.warnings.append(estimates_disagree_warning(used, med, gap, total, px_m, cfg))
     out.verified = True
     out.shift_px = med.tolist()
     out.se_px = total.tolist()
@@ -958,6 +961,64 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     out.windows_used = n
     out.tie_points = int(sum(m.inliers for m in used))
     return out
+
+
+def cross_date_pair(a: DateFeatures, b: DateFeatures) -> bool:
+    """Whether the pair is two acquisitions (dates that differ, or not known to be the same) or
+    a date resampled onto the grid (another CRS or pixel size): what the ``sigma_cross_date_m``
+    floor stands for. Two files of one acquisition on one grid are not."""
+    return a.date != b.date or a.location.warp or b.location.warp
+
+
+def pair_standard_error(shifts: np.ndarray, se: np.ndarray, learned: np.ndarray | None, cfg: CoregisterConfig,
+                        *, cross_date: bool, px_m: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pair's standard error per axis (2,) px from its used windows' shifts (N, 2), their own
+    standard errors (N, 2) and their learned estimates (N, 2, the tie points' medians; None: not
+    known); and the gap (2,) between the tie points' and the dense estimate where they disagree
+    beyond their noise (else None). ``px_m``: metres per grid px.
+
+    * the median's error: from the windows' spread where there are enough of them to tell (4),
+      never below what the windows' own errors allow, nor ``sigma_floor_px``; times ``sigma_scale``;
+    * two acquisitions (``cross_date``): ``sigma_cross_date_m`` added in quadrature — what the
+      model cannot see between two dates (radiometric and landscape differences pulling the
+      estimate, resampling). In metres: at ~107 m px loops closed without it, at 10 m they needed
+      it (docs/benchmarks.md "σ calibration");
+    * the learned and the dense estimate ``sigma_disagreement`` times their noise apart or more:
+      σ widened to ``sigma_disagreement_share`` × the gap on that axis at least (half: both
+      within 2σ)."""
+    n = len(shifts)
+    med = np.median(shifts, axis=0)
+    spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
+    own = MEDIAN_SE * np.sqrt(np.mean(se ** 2, axis=0) / n)
+    between = MEDIAN_SE * spread / np.sqrt(n) if n >= 4 else np.zeros(2)
+    base = np.maximum(np.maximum(own, between), cfg.sigma_floor_px)
+    total = cfg.sigma_scale * base
+    if cross_date:
+        total = np.hypot(total, cfg.sigma_cross_date_m / px_m)
+    if learned is None or not len(learned):
+        return total, None
+    gap = np.median(learned, axis=0) - med
+    # the noise of their difference: at most √2 × the windows' (the two share the windows' content)
+    if not (np.abs(gap) > cfg.sigma_disagreement * np.sqrt(2) * base).any():
+        return total, None
+    return np.maximum(total, cfg.sigma_disagreement_share * np.abs(gap)), gap
+
+
+def estimates_disagree_warning(used: list[WindowMeasure], med: np.ndarray, gap: np.ndarray, total: np.ndarray,
+                               px_m: float, cfg: CoregisterConfig) -> str:
+    """One line: the dense estimate (reported) and the tie points' median, how far apart, the
+    widened σ, and which to trust: the dense fit where it correlates well over the windows it
+    refined (it follows a move of all pixels both dates show; the tie points are drawn by which
+    keypoints the content gave), else the tie points' median."""
+    corr = [abs(m.correlation) for m in used if m.refined and m.correlation is not None]
+    r = float(np.median(corr)) if corr else 0.0
+    trust = (f"trust the dense estimate (reported; its fit correlates at {r:.2f})" if r >= cfg.dense_trust_correlation
+             else f"trust the tie points' median rather (the dense fit correlates at only {r:.2f})")
+    dense, tie = med * px_m, (med + gap) * px_m
+    sigma = float(np.sqrt(np.mean(total ** 2))) * px_m
+    return (f"the dense estimate ({dense[0]:+.2f}, {dense[1]:+.2f}) m and the tie points' median "
+            f"({tie[0]:+.2f}, {tie[1]:+.2f}) m (along the grid's columns, rows; {len(used)} window{'s' if len(used) != 1 else ''}) differ by "
+            f"{np.hypot(*gap) * px_m:.2f} m, beyond their noise: σ widened to {sigma:.2f} m to cover both; {trust}")
 
 
 # ----------------------------------------------------------------------------- metres

@@ -278,7 +278,9 @@ def run(methods, items: list[dict], tmp: Path, seed: int) -> dict:
     records = {m.name: [] for m in methods}
     for item in tqdm(items, desc="pairs", unit="pair"):
         s1, s2, s3 = rng.uniform(-MAX_SHIFT, MAX_SHIFT, (3, 2))
-        t1, t2, same = tmp / "t1.tif", tmp / "t2.tif", tmp / "same.tif"
+        # the same-date copy keeps the reference's name: one acquisition (no cross-date σ floor)
+        (tmp / "same").mkdir(exist_ok=True)
+        t1, t2, same = tmp / "t1.tif", tmp / "t2.tif", tmp / "same" / Path(item["ref"]).name
         content_shifted(item["tgt"], t1, *s1)
         content_shifted(item["tgt"], t2, *s2)
         noise = 2.0 if "ombria" in item["name"] else 20.0
