@@ -30,7 +30,8 @@ Pairs (``--split val``, the default: places the shipped models were selected on,
 
 Methods, same files, same run: ``coregister.py`` (``coregister.coregister``), ``ImageMatcher``'s
 ``shift_m`` on the whole images (the matcher alone), AROSICS 1.12 ``COREG`` (FFT phase correlation
-in a window as large as fits, up to 256², band 1 = red). AROSICS is a benchmark-only dependency
+in a window as large as fits, up to 256²) on each of the three bands (it takes one band a side),
+targets on another UTM zone reprojected onto the reference's CRS first, as its users would. AROSICS is a benchmark-only dependency
 (not in requirements.txt); on these machines:
     apt-get install libgdal-dev && pip install --no-build-isolation gdal==$(gdal-config --version)
     pip install -c <(echo gdal==$(gdal-config --version)) arosics
@@ -238,10 +239,16 @@ class Matcher:
 
 
 class Arosics:
-    name = "AROSICS COREG"
+    """AROSICS 1.12 ``COREG`` on one band (``band``: 1 = red, 2 = green, 3 = blue of the 3-band
+    files), as its users run it: a target on another CRS is first reprojected onto the reference's
+    CRS at the reference's pixel size (cubic, as ``gdalwarp -r cubic``); AROSICS takes one band
+    each side, so every band is run and the best is reported beside ours."""
 
-    def __init__(self):
+    def __init__(self, band: int = 1):
         import arosics  # noqa: F401  (absent: ImportError, the method is skipped)
+
+        self.band = band
+        self.name = f"AROSICS COREG (band {band}: {BANDS[band - 1]})"
 
     def __call__(self, ref: Path, tgt: Path):
         import rasterio
@@ -251,11 +258,16 @@ class Arosics:
             side = min(256, (min(src.width, src.height) // 2) * 2 - 32)
             nodata, crs = src.nodata, src.crs
             centre = np.array([[(src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2]])
+            res = abs(src.transform.a)
+        with rasterio.open(tgt) as t:
+            other_crs = t.crs != crs
+        if other_crs:
+            tgt = reprojected_for_arosics(tgt, crs, res, Path(tgt).with_name(Path(tgt).stem + "_warped.tif"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                cr = COREG(str(ref), str(tgt), ws=(side, side), r_b4match=1, s_b4match=1, max_shift=10,
-                           nodata=(nodata, nodata) if nodata is not None else (None, None), q=True,
+                cr = COREG(str(ref), str(tgt), ws=(side, side), r_b4match=self.band, s_b4match=self.band,
+                           max_shift=10, nodata=(nodata, nodata) if nodata is not None else (None, None), q=True,
                            ignore_errors=True, CPUs=1)
                 cr.calculate_spatial_shifts()
             except Exception as exc:  # AROSICS raises on what it cannot do; that is a failure here
@@ -269,6 +281,24 @@ class Arosics:
             metric = metric_crs(crs, centre)
             d = (reproject_points(centre + d, crs, metric) - reproject_points(centre, crs, metric))[0]
         return d, None, None
+
+
+def reprojected_for_arosics(src_path: Path, crs, res: float, out: Path) -> Path:
+    """``src_path`` reprojected onto ``crs`` at ``res`` (cubic; nodata kept), as an AROSICS user
+    would prepare a target on another UTM zone."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as s:
+        transform, w, h = calculate_default_transform(s.crs, crs, s.width, s.height, *s.bounds, resolution=res)
+        profile = {**s.profile, "crs": crs, "transform": transform, "width": w, "height": h}
+        nodata = s.nodata if s.nodata is not None else 0
+        with rasterio.open(out, "w", **{**profile, "nodata": nodata}) as dst:
+            for b in range(1, s.count + 1):
+                reproject(rasterio.band(s, b), rasterio.band(dst, b), resampling=Resampling.cubic,
+                          src_nodata=nodata, dst_nodata=nodata)
+            dst.descriptions = s.descriptions
+    return out
 
 
 def run(methods, items: list[dict], tmp: Path, seed: int) -> dict:
@@ -402,7 +432,7 @@ def main(argv=None) -> int:
     methods = [Ours(MatchingPipeline.from_checkpoints(matcher=cfg.matcher), cfg)] + ([] if args.no_matcher else [Matcher()])
     if not args.no_arosics:
         try:
-            methods.append(Arosics())
+            methods += [Arosics(band) for band in (1, 2, 3)]
         except ImportError:
             print("AROSICS is not installed: skipped (see this script's docstring to install it)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:

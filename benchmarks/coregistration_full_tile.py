@@ -99,6 +99,33 @@ print(json.dumps({{"seconds": time.perf_counter() - t,
 """
 
 
+# AROSICS's local co-registration: a grid of the same COREG every GRID px (its own way to see a
+# displacement that varies over a tile), its tie points' displacements (the negative of the
+# correction in X_SHIFT_M / Y_SHIFT_M) fitted by an affine, as our field is: evaluated at the centre
+# and over the tile like ours
+AROSICS_LOCAL = PEAK + """
+import json, time, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+from arosics import COREG_LOCAL
+t = time.perf_counter()
+cl = COREG_LOCAL({ref!r}, {tgt!r}, grid_res={grid}, window_size=(256, 256), r_b4match=1, s_b4match=1,
+                 max_shift=10, nodata=(0, 0), q=True, ignore_errors=True, CPUs=2)
+tbl = cl.CoRegPoints_table
+ok = tbl[(tbl["OUTLIER"] == False) & (tbl["ABS_SHIFT"] != -9999)]
+res = None
+if len(ok) >= 3:
+    p = ok[["X_MAP", "Y_MAP"]].to_numpy(float)
+    d = -ok[["X_SHIFT_M", "Y_SHIFT_M"]].to_numpy(float)
+    X = np.hstack([p, np.ones((len(p), 1))])
+    coef = np.linalg.lstsq(X, p + d, rcond=None)[0].T          # reference map -> target map
+    res = coef.tolist()
+print(json.dumps({{"seconds": time.perf_counter() - t, "affine": {{"matrix": res}} if res else None,
+                   "points": int(len(ok)), "grid_points": int(len(tbl)),
+                   "reason": None if res else "fewer than 3 valid tie points", "peak_mb": peak_mb()}}))
+"""
+
+
 def measure(code: str, timeout: int) -> dict:
     """Run ``code`` in a fresh process; its last line is a JSON result with its own peak memory."""
     t = time.perf_counter()
@@ -120,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
     parser.add_argument("--no-arosics", action="store_true")
     parser.add_argument("--timeout", type=int, default=900, help="seconds each method may take")
+    parser.add_argument("--arosics-grid", type=int, default=1000, help="COREG_LOCAL's grid_res, px")
+    parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "coregistration_full_tile.json")
     parser.add_argument("--keep", type=Path, default=None, help="write the tiles here (default: a temporary folder)")
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp())
@@ -153,6 +182,12 @@ def main(argv=None) -> int:
         try:
             import arosics  # noqa: F401
             rows["AROSICS COREG (global)"] = measure(AROSICS.format(ref=str(ref), tgt=str(tgt)), args.timeout)
+            local = measure(AROSICS_LOCAL.format(ref=str(ref), tgt=str(tgt), grid=args.arosics_grid), args.timeout)
+            if local.get("affine"):      # its translation: the affine's displacement at the tile's centre
+                M = np.array(local["affine"]["matrix"])
+                c = np.array([ref_t.c + ref_t.a * SIDE / 2, ref_t.f + ref_t.e * SIDE / 2])
+                local["shift"] = (M[:, :2] @ c + M[:, 2] - c).tolist()
+            rows[f"AROSICS COREG_LOCAL (every {args.arosics_grid} px, affine fit)"] = local
         except ImportError:
             print("AROSICS is not installed: skipped (see benchmarks/coregistration.py)", file=sys.stderr)
     print(f"truth at the tile centre: dx {centre_truth[0]:+.2f} m, dy {centre_truth[1]:+.2f} m\n")
@@ -168,8 +203,15 @@ def main(argv=None) -> int:
             pred = p @ M[:, :2].T + M[:, 2] - p
             field = f"{np.sqrt(np.mean(np.sum((pred - truth(g)) ** 2, 1))):.2f} m"
         peak = "—" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f} MB"
-        status = r.get("reason") or (f"{r['windows']['used']} windows" if r.get("windows") else "ok")
+        status = r.get("reason") or (f"{r['windows']['used']} windows" if r.get("windows") else
+                                     f"{r['points']} of {r['grid_points']} points" if r.get("points") else "ok")
         print(f"| {name} | {r['seconds']:.1f} | {peak} | {err} | {field} | {status} |")
+        r.update(error_at_centre_m=None if err == "—" else float(err[:-2]),
+                 field_rmse_m=None if field == "—" else float(field[:-2]))
+    from utils import write_json
+
+    write_json(args.output, {"truth_at_centre_m": centre_truth.tolist(), "rows": rows})
+    print(f"\nresults → {args.output}")
     return 0
 
 

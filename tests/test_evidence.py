@@ -14,6 +14,7 @@ import coregister
 import imaging
 from imaging import fourier_shift
 from matching import MatchingPipeline
+from tests.test_coregister import rotated
 
 pytestmark = pytest.mark.shipped
 
@@ -131,18 +132,6 @@ def test_a_declared_value_and_bad_values_of_the_nodata_rule(pipeline, tmp_path, 
     code = coregister.main([str(ref_path), str(SUMMER), "--ref-nodata", "zero", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "ref.tif" in err[0] and "'zero'" in err[0]
-
-
-def rotated(src: Path, out: Path, degrees: float) -> Path:
-    """``src``'s content rotated about the scene's centre (same grid, same georeference)."""
-    with rasterio.open(src) as s:
-        profile, data, desc = s.profile, s.read(), s.descriptions
-    h, w = data.shape[1:]
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
-    with rasterio.open(out, "w", **profile) as dst:
-        dst.write(np.stack([cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_CUBIC) for b in data]))
-        dst.descriptions = desc
-    return out
 
 
 def test_one_window_claims_no_rotation_or_scale(pipeline, tmp_path):

@@ -315,3 +315,16 @@ def test_a_pair_that_raises_is_an_error_not_a_refusal(tmp_path, monkeypatch, cap
     assert code == 2 and "1 pair could not be measured" in err and "injected" in err
     rows = list(csv.DictReader(open(tmp_path / "cli" / "pairs.csv")))
     assert any("injected" in (row["error"] or "") for row in rows)
+
+
+def test_the_readme_stack_command(tmp_path, capsys):
+    """The README's second command, as it states it: the shipped T36UYA stack places 6 of its 7
+    dates, excludes the snowy 2016-02-12 with its reason in shifts.csv and on stderr, and exits 1."""
+    out = tmp_path / "stack"
+    code = coregister.main(["--stack", str(DATES[0].parent), "--output", str(out), "--write-corrected"])
+    err = capsys.readouterr().err
+    rows = {r["date"]: r for r in csv.DictReader(open(out / "shifts.csv"))}
+    assert code == 1 and len(rows) == 7
+    assert sum(r["status"] != "excluded" for r in rows.values()) == 6
+    assert rows[SNOW]["status"] == "excluded" and rows[SNOW]["reason"] and "excluded: " in err and SNOW in err
+    assert len(list((out / "corrected").glob("*.tif"))) == 6
