@@ -111,7 +111,7 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
             return dataclasses.replace(product, nodata=None)
     if nodata is not None:
         return dataclasses.replace(product, nodata=float(nodata))
-    if product.nodata != "file":
+    if product.nodata != "file":          # the product's own rule (Sentinel-2 products: 0)
         return product
     found = undeclared_fill(product, bands)
     if found is None:
@@ -120,9 +120,20 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     flag = {"reference": "--ref-nodata", "target": "--target-nodata"}.get(role)
     how = (f"give {flag} none to read it as data, or {flag} VALUE" if flag else
            "set the file's own no-data tag to choose otherwise, e.g. gdal_edit.py -a_nodata VALUE")
-    note = (f"{path}: {fill.fraction:.0%} of it is {fill.value:g} from the edge inwards, not declared as no-data: "
-            f"read as no-data ({how})")
+    tag = ("" if fill.declared is None else
+           f" (it declares {fill.declared:g}, which it does not hold)")
+    note = (f"{path}: {fill.fraction:.0%} of it is {fill.value:g} from the edge inwards, not declared as no-data"
+            f"{tag}: read as no-data ({how})")
     return dataclasses.replace(product, nodata=fill.value, fill=note)
+
+
+def nodata_in_use(product: dp.Product, bands: list[str]) -> float | str | None:
+    """The no-data value a date is read with (for its output): the product's rule, or under the
+    ``"file"`` rule the first band file's own tag (None: no value is no-data)."""
+    if product.nodata != "file":
+        return product.nodata
+    with dp.open_raster(product.band_path(bands[0])) as src:
+        return src.nodata
 
 
 def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[str, "BorderFill"] | None:
@@ -136,17 +147,25 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
     files: dict[str, list[int]] = {}
     for b in names:
         files.setdefault(product.band_path(b), []).append(product.band_index.get(b, 1))
+    import rasterio
+
     best = None
     for path, indexes in list(files.items())[:4]:
         with dp.open_raster(path) as src:
-            if src.nodata is not None:
-                continue
             s = min(1.0, config.FILL_CHECK_SIZE / max(src.width, src.height))
             shape = (max(3, round(src.height * s)), max(3, round(src.width * s)))
             idx = sorted(set(i for i in indexes if 1 <= i <= src.count)) or [1]
-            data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
+            try:
+                data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
+            except rasterio.errors.RasterioIOError as exc:
+                raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
+                                    "truncated, download or export it again") from exc
+            declared = src.nodata
+        if declared is not None and (np.isnan(declared) or (data == declared).all(axis=0).any()):
+            continue              # a tag that the data holds: the producer's word stands
         fill = border_fill(data)
         if fill is not None and (best is None or fill.fraction > best[1].fraction):
+            fill.declared = declared
             best = (remote.name_of(path) if remote.is_remote(path) else str(path), fill)
     return best
 
@@ -326,6 +345,9 @@ def band_grids(product: dp.Product, bands: list[str]) -> list[dp.Grid]:
     grids = []
     for b in bands:
         with dp.open_raster(product.band_path(b)) as src:
+            if src.crs is None:
+                raise PipelineError(f"{product.band_path(b)}: not georeferenced (no CRS); co-registration needs a CRS "
+                                    "and transform: assign them (gdal_edit.py -a_srs, -a_ullr) or give another file")
             grids.append(dp.Grid(src.transform, src.width, src.height, src.crs))
     return grids
 
@@ -342,7 +364,9 @@ def grid_fraction(bands: list[dp.Grid], grid: dp.Grid) -> np.ndarray | None:
         t, g = own.transform, grid.transform
         if own.crs != grid.crs or not np.allclose([t.a, t.b, t.d, t.e], [g.a, g.b, g.d, g.e], rtol=1e-9, atol=0):
             return None
-        corner = np.array([(t.c - g.c) / g.a, (t.f - g.f) / g.e])
+        # the date's pixel corner (0, 0) in the grid's pixels, through the grid's whole transform
+        # (a rotated grid's b and d too: dividing by a and e alone read a 10°-rotated pair 0.5 px off)
+        corner = np.array(~g * (t.c, t.f), np.float64)
         frac = corner - np.round(corner)
         if found is not None and not np.allclose(frac, found, atol=1e-6):
             return None
@@ -449,10 +473,20 @@ def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, fl
 
     out = [-np.inf, -np.inf, np.inf, np.inf]
     for own in bands:
-        left, bottom, right, top = transform_bounds(own.crs, grid.crs, *array_bounds(own.height, own.width, own.transform),
-                                                    densify_pts=21)
-        corners = geo.map_to_pixel(np.array([[left, top], [right, bottom], [left, bottom], [right, top]]),
-                                   grid.transform) + 0.5                   # pixel corners
+        if own.crs is None or grid.crs is None:
+            raise PipelineError("a band file has no CRS: not georeferenced; co-registration needs a CRS and transform "
+                                "on both inputs")
+        if own.crs == grid.crs:
+            # its four pixel corners through its own transform (rotated or sheared grids too:
+            # array_bounds takes only two of them)
+            edge = np.array([[0, 0], [own.width, 0], [0, own.height], [own.width, own.height]], np.float64)
+            xy = np.stack(own.transform * (edge[:, 0], edge[:, 1]), -1)
+        else:
+            left, bottom, right, top = transform_bounds(own.crs, grid.crs,
+                                                        *array_bounds(own.height, own.width, own.transform),
+                                                        densify_pts=21)
+            xy = np.array([[left, top], [right, bottom], [left, bottom], [right, top]])
+        corners = geo.map_to_pixel(xy, grid.transform) + 0.5                   # pixel corners
         out = [max(out[0], corners[:, 0].min()), max(out[1], corners[:, 1].min()),
                min(out[2], corners[:, 0].max()), min(out[3], corners[:, 1].max())]
     return tuple(float(v) for v in out)

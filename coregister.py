@@ -112,6 +112,8 @@ class Coregistration:
         result = pair_result(self, self.pair)
         result.update(coarse=self.loc_tgt.coarse, seconds=round(time.time() - start, 2),
                       bands={"reference": self.ref_bands, "target": self.tgt_bands},
+                      nodata={"reference": e.nodata_in_use(self.ref, self.ref_bands),
+                              "target": e.nodata_in_use(self.tgt, self.tgt_bands)},
                       reference=engine.input_label(self.ref.source), target=engine.input_label(self.tgt.source),
                       crs=g.crs.to_string())
         if self.check is not None:

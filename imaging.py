@@ -220,6 +220,7 @@ class BorderFill:
 
     value: float
     fraction: float                   # share of the raster it covers
+    declared: float | None = None     # the no-data value the file declares instead (one it does not hold)
 
 
 def fill_candidates(dtype) -> list[float]:

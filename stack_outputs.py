@@ -188,8 +188,8 @@ def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Gr
     prov = result["provenance"]
     x_by_k = {}
     for k, row in enumerate(result["dates"]):
-        if row["status"] != "excluded" and k in products and _dated(row):
-            x_by_k[k] = row
+        if row["status"] != "excluded" and k in products:
+            x_by_k[k] = row               # every placed date's COG; its STAC Item where its date is known
     items = []
     for k, row in x_by_k.items():
         product = products[k]
@@ -211,6 +211,8 @@ def write_corrected_stack(result: dict, paths: list, products: dict, grid: dp.Gr
             first = first or out
             assets[engine.safe_name(remote.stem_of(f))] = {"href": str(out.relative_to(folder)), "roles": ["data"],
                                                      "type": "image/tiff; application=geotiff; profile=cloud-optimized"}
+        if engine.stac_datetime(row["date"]) is None:       # said once, where the Items are written
+            continue
         item = engine.stac_item(row["id"], row["date"], first, row["path"],
                                 {"coregistration:dx_m": row["dx_m"], "coregistration:dy_m": row["dy_m"],
                                  "coregistration:sigma_m": row["sigma_m"], "coregistration:status": row["status"],
