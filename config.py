@@ -277,6 +277,7 @@ class CoregisterConfig:
     refine_max_px: float = 1.0        # px, it may move the learned estimate this far,
     refine_reach_se: float = 4.0      # or this many of the learned estimate's standard errors
     refine_min_pixels: int = 1024     # pixels both dates show in the window, at least
+    refine_smooth_px: float = 1.0     # px, Gaussian blur of both dates before the dense fit (aliased 10 m bands)
     field_cells: int = 16             # cells of the shift field along the longer side
     cloud_probability: int = 40       # L2A MSK_CLDPRB above this counts as cloud
     # L2A scene classes left out: saturated, cloud shadow, water, cloud medium/high, cirrus, snow

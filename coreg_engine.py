@@ -726,7 +726,8 @@ def _refined(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
     if not (np.allclose(fa.get("texture_scale", 1.0), 1.0) and np.allclose(fb.get("texture_scale", 1.0), 1.0)):
         return None, "read decimated: no full-resolution image"
     fit = dense_translation(ta, tb, fa.get("valid"), fb.get("valid"), start=shift,
-                            max_iterations=cfg.refine_iterations, tolerance=cfg.refine_converged_px)
+                            max_iterations=cfg.refine_iterations, tolerance=cfg.refine_converged_px,
+                            smooth=cfg.refine_smooth_px)
     if fit is None:
         return None, "the dense fit could not run (too little both dates show)"
     if not fit.converged:
