@@ -59,7 +59,7 @@ import data_preprocess as dp
 import geo
 import remote
 from config import CoregisterConfig, PreprocessConfig
-from imaging import BorderFill, DenseFit, border_fill, dense_translation, fill_from_neighbours
+from imaging import BorderFill, DenseFit, border_fill, dense_translation, edge_fraction, fill_from_neighbours
 from utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
@@ -110,6 +110,7 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
         else:
             return dataclasses.replace(product, nodata=None)
     if nodata is not None:
+        check_nodata_value(product, float(nodata), role)
         return dataclasses.replace(product, nodata=float(nodata))
     if product.nodata != "file":          # the product's own rule (Sentinel-2 products: 0)
         return product
@@ -121,10 +122,24 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     how = (f"give {flag} none to read it as data, or {flag} VALUE" if flag else
            "set the file's own no-data tag to choose otherwise, e.g. gdal_edit.py -a_nodata VALUE")
     tag = ("" if fill.declared is None else
-           f" (it declares {fill.declared:g}, which it does not hold)")
+           f" (it declares {fill.declared:g}, which does not fill it from the edge; {fill.declared:g} is read as data)")
     note = (f"{path}: {fill.fraction:.0%} of it is {fill.value:g} from the edge inwards, not declared as no-data"
             f"{tag}: read as no-data ({how})")
     return dataclasses.replace(product, nodata=fill.value, fill=note)
+
+
+def check_nodata_value(product: dp.Product, value: float, role: str) -> None:
+    """A no-data value the product's files can hold, or one line saying why not (300 or −1 in an
+    8-bit file, NaN in an integer one: no pixel could ever be no-data)."""
+    path = next(iter(product.band_files.values()))
+    path = path[min(path)]
+    with dp.open_raster(path) as src:
+        dtype = np.dtype(src.dtypes[0])
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if not np.isfinite(value) or value != round(value) or not info.min <= value <= info.max:
+            raise PipelineError(f"{path}: no-data {value:g} for the {role} cannot occur in its {dtype} pixels "
+                                f"(whole numbers {info.min}..{info.max}); give one it can hold, or none")
 
 
 def nodata_in_use(product: dp.Product, bands: list[str]) -> float | str | None:
@@ -161,8 +176,9 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
                 raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
                                     "truncated, download or export it again") from exc
             declared = src.nodata
-        if declared is not None and (np.isnan(declared) or (data == declared).all(axis=0).any()):
-            continue              # a tag that the data holds: the producer's word stands
+        if declared is not None and (np.isnan(declared) or
+                                     edge_fraction(data, declared) >= config.FILL_MIN_FRACTION):
+            continue              # the declared value fills from the edge: the producer's word stands
         fill = border_fill(data)
         if fill is not None and (best is None or fill.fraction > best[1].fraction):
             fill.declared = declared
@@ -309,6 +325,16 @@ def date_of(product: dp.Product, path) -> str:
     return date or remote.stem_of(str(path[0] if isinstance(path, (list, tuple)) else path))
 
 
+def check_given_dates(dates: dict | None, paths: list) -> None:
+    """Every ``--date NAME`` names one of the inputs, or one line says which does not (a typo
+    would otherwise be ignored, the date left unknown)."""
+    for name in dates or {}:
+        if not any(given_date({name: "x"}, p) for p in paths):
+            labels = ", ".join(remote.name_of(str(p[0] if isinstance(p, (list, tuple)) else p)) for p in paths[:6])
+            raise PipelineError(f"--date {name}=…: names no input (a path, file name or stem of: {labels}"
+                                f"{' …' if len(paths) > 6 else ''}); fix the name")
+
+
 def given_date(dates: dict | None, path) -> str | None:
     """The date ``--date NAME=YYYY-MM-DD`` gives ``path`` (NAME: its path, file name or stem), or None."""
     if not dates:
@@ -325,7 +351,8 @@ def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
     """The reference grid: the product's 10 m grid, else the finest of its bands'."""
     grid = dp.reference_grid(product, [b for b in bands if b in product.band_files])
     if grid.crs is None:
-        raise PipelineError(f"{product.source}: not georeferenced; co-registration needs a CRS and transform")
+        raise PipelineError(f"{product.source}: not georeferenced (no CRS); co-registration needs a CRS and "
+                            "transform: assign them (gdal_edit.py -a_srs, -a_ullr) or give another file")
     return grid
 
 
@@ -1059,11 +1086,12 @@ def estimates_disagree_warning(used: list[WindowMeasure], med: np.ndarray, gap: 
     r = float(np.median(corr)) if corr else 0.0
     trust = (f"trust the dense estimate (reported; its fit correlates at {r:.2f})" if r >= cfg.dense_trust_correlation
              else f"trust the tie points' median rather (the dense fit correlates at only {r:.2f})")
-    dense, tie = med * px_m, (med + gap) * px_m
+    dense, tie = med, med + gap
     sigma = float(np.sqrt(np.mean(total ** 2))) * px_m
-    return (f"the dense estimate ({dense[0]:+.2f}, {dense[1]:+.2f}) m and the tie points' median "
-            f"({tie[0]:+.2f}, {tie[1]:+.2f}) m (along the grid's columns, rows; {len(used)} window{'s' if len(used) != 1 else ''}) differ by "
-            f"{np.hypot(*gap) * px_m:.2f} m, beyond their noise: σ widened to {sigma:.2f} m to cover both; {trust}")
+    return (f"the dense estimate and the tie points' median differ by {np.hypot(*gap) * px_m:.2f} m, beyond their "
+            f"noise ({plural(len(used), 'window')}; on the reference grid, px right and down: dense "
+            f"({dense[0]:+.3f}, {dense[1]:+.3f}), tie points ({tie[0]:+.3f}, {tie[1]:+.3f})): σ widened to "
+            f"{sigma:.2f} m to cover both; {trust}")
 
 
 # ----------------------------------------------------------------------------- metres

@@ -75,6 +75,7 @@ class Coregistration:
                  dates: dict | None = None):
         self.cfg = cfg or CoregisterConfig()
         self.dates = dates          # NAME → YYYY-MM-DD (``--date``): a date where the file gives none
+        engine.check_given_dates(dates, [reference, target])
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
         engine.check_matcher(self.cfg)

@@ -234,6 +234,19 @@ def fill_candidates(dtype) -> list[float]:
     return values
 
 
+def edge_fraction(bands: np.ndarray, value: float) -> float:
+    """The share of ``bands`` ((C, rows, cols) or (rows, cols)) that holds ``value`` in every band
+    in regions connected to the raster's edge (what a fill looks like; scattered saturated
+    pixels of the same value are not counted)."""
+    data = bands[None] if bands.ndim == 2 else bands
+    same = (data == value).all(axis=0)
+    if not same.any():
+        return 0.0
+    _, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return float(np.isin(labels, edge[edge > 0]).mean())
+
+
 def border_fill(bands: np.ndarray, min_fraction: float = config.FILL_MIN_FRACTION,
                 contrast: float = config.FILL_MIN_CONTRAST) -> BorderFill | None:
     """The fill of ``bands`` ((C, rows, cols) or (rows, cols), read with nearest-neighbour
@@ -251,7 +264,7 @@ def border_fill(bands: np.ndarray, min_fraction: float = config.FILL_MIN_FRACTIO
         same = (data == value).all(axis=0)
         if same.mean() < min_fraction:
             continue
-        n, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
+        _, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
         edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         fill = np.isin(labels, edge[edge > 0])
         fraction = float(fill.mean())

@@ -411,6 +411,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     pinned, pinned_grid = _earlier_run(output, paths) if ref_k is None else (None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
+    engine.check_given_dates(dates, paths)
     errors: dict[int, str] = {}
     products: dict[int, dp.Product] = {}
     for k, p in enumerate(paths):

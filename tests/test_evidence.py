@@ -235,3 +235,29 @@ def test_a_declared_nodata_the_file_does_not_hold(pipeline, tmp_path):
     r = coregister.coregister(path, SUMMER, pipeline=pipeline, progress=False)
     (line,) = [w for w in r["warnings"] if "not declared as no-data" in w]
     assert "declares 255" in line and r["nodata"] == {"reference": 0.0, "target": 0.0}
+
+
+def test_a_declared_nodata_held_only_by_scattered_pixels_does_not_hide_the_fill(pipeline, tmp_path):
+    """An 8-bit file declaring 255 (which a few saturated pixels hold) while 0 fills it from the
+    edge: the fill is read as no-data, said in one line; 255 is read as data."""
+    ref = np.clip(read(REF) / 12, 1, 254).astype(np.uint8)
+    ref[:, 100:110, 100:110] = 255                               # saturated, inside the data
+    ref[:, outline(ref.shape[1:])] = 0
+    with rasterio.open(REF) as s:
+        profile, desc = {**s.profile, "dtype": "uint8", "nodata": 255}, s.descriptions
+    with rasterio.open(tmp_path / "ref.tif", "w", **profile) as dst:
+        dst.write(ref)
+        dst.descriptions = desc
+    r = coregister.coregister(tmp_path / "ref.tif", SUMMER, pipeline=pipeline, progress=False)
+    (line,) = [w for w in r["warnings"] if "not declared as no-data" in w]
+    assert "declares 255" in line and r["nodata"]["reference"] == 0.0
+
+
+def test_nodata_values_a_file_cannot_hold_and_dates_naming_no_input(tmp_path, capsys):
+    """--target-nodata 300 or nan for a 16-bit file, and --date naming no input: one line, exit 2."""
+    for flags in (["--target-nodata", "70000"], ["--target-nodata", "nan"], ["--ref-nodata", "-1"],
+                  ["--date", "20180601=2018-06-01"]):
+        code = coregister.main([str(REF), str(SUMMER), "--output", str(tmp_path / "o"), *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, (flags, err)
+        assert ("cannot occur" in err[0]) or ("names no input" in err[0]), err
