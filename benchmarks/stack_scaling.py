@@ -63,6 +63,26 @@ def shifted_copies(dates: list[Path], folder: Path, reference_crs, seed: int) ->
     return truth
 
 
+def full_tile_case(folder: Path) -> dict:
+    """(d): the full-tile pair as a stack on one worker: one date's extraction and one pair's
+    measurement, and what a year of a tile and a country cost from them, on paper."""
+    import stack
+
+    r = stack.coregister_stack([folder / "reference.tif", folder / "target.tif"], None,
+                               str(folder / "reference.tif"), workers=1, progress=False)
+    per_date = r["timing"]["extract_s"] / 2
+    per_pair = r["timing"]["pairs_s"] / max(r["timing"]["pairs"], 1)
+    year, pairs_per_date = 70, 3            # each date: its reference pair and two neighbours
+    cpu_s = year * per_date + year * pairs_per_date * per_pair
+    print(f"(d) full tile (10980², 3 bands, {r['windows']['planned']} windows): "
+          f"one date's extraction {per_date:.0f} s, one pair {per_pair:.0f} s on one core.\n"
+          f"    A year of one tile ({year} dates, ~{pairs_per_date} pairs a date): {cpu_s / 3600:.1f} core-hours, "
+          f"{cpu_s / 2 / 60:.0f} min on this 2-core machine; 1000 tiles (a country the size of France "
+          f"is ~600): {1000 * cpu_s / 3600:.0f} core-hours, {1000 * cpu_s / 3600 / 100:.1f} h on 100 workers")
+    return {"extract_s_per_date": per_date, "pair_s": per_pair, "year_core_hours": cpu_s / 3600,
+            "windows": r["windows"]["planned"]}
+
+
 def main(argv=None) -> int:
     import rasterio
 
@@ -73,8 +93,18 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--full-tile", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "stack_scaling.json")
+    parser.add_argument("--only-full-tile", action="store_true", help="(d) alone (with --full-tile)")
     args = parser.parse_args(argv)
     report: dict = {"repeats": args.repeats}
+    if args.only_full_tile:
+        if not args.full_tile:
+            parser.error("--only-full-tile needs --full-tile DIR")
+        report.update(full_tile=full_tile_case(args.full_tile))
+        from utils import write_json
+
+        write_json(args.output, report)
+        print(f"results → {args.output}")
+        return 0
     dates = sorted((args.data / "sen2dwater" / "bracciano").glob("*.tif"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -143,17 +173,7 @@ def main(argv=None) -> int:
     report["cloud_series"] = {"direct": status.count("ok"), "via_neighbours": status.count("via neighbours"),
                               "excluded": status.count("excluded")}
     if args.full_tile:
-        r = stack.coregister_stack([args.full_tile / "reference.tif", args.full_tile / "target.tif"], None,
-                                   str(args.full_tile / "reference.tif"), workers=1, progress=False)
-        per_date = r["timing"]["extract_s"] / 2
-        per_pair = r["timing"]["pairs_s"] / max(r["timing"]["pairs"], 1)
-        year, pairs_per_date = 70, 3            # each date: its reference pair and two neighbours
-        cpu_s = year * per_date + year * pairs_per_date * per_pair
-        print(f"(d) full tile (10980², 3 bands, {r['windows']['planned']} windows): "
-              f"one date's extraction {per_date:.0f} s, one pair {per_pair:.0f} s on one core.\n"
-              f"    A year of one tile ({year} dates, ~{pairs_per_date} pairs a date): {cpu_s / 3600:.1f} core-hours, "
-              f"{cpu_s / 2 / 60:.0f} min on this 2-core machine; 1000 tiles (a country the size of France "
-              f"is ~600): {1000 * cpu_s / 3600:.0f} core-hours, {1000 * cpu_s / 3600 / 100:.1f} h on 100 workers")
+        report["full_tile"] = full_tile_case(args.full_tile)
     from utils import write_json
 
     write_json(args.output, report)
