@@ -41,6 +41,7 @@ relative to date *a* means a feature at grid pixel *p* in date *a* is found at *
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -48,7 +49,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +88,9 @@ def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...
 
     ``nodata``: None — each file's own no-data tag, and where a file has none, fill it does not
     declare is found and read as no-data (``with_nodata``; ``Product.fill`` says what was
-    found); a number — that value is no-data in every band file; ``"none"`` — no value is
-    no-data (no fill is looked for)."""
+    found); ``"file"`` — the files' own tags alone (nothing looked for: a rule already decided,
+    as a stack's tasks get it from its main process); a number — that value is no-data in every
+    band file; ``"none"`` — no value is no-data."""
     return with_nodata(_open_product(path, role, bands), nodata, role, bands)
 
 
@@ -98,8 +99,8 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     """``product`` under the no-data rule ``nodata`` (see ``open_date``). Fill that a file does not
     declare (a glacier outline's 0, a footprint's 65535) is not evidence: its edge is fixed on
     the map whatever the content does, and tie points on it measure nothing."""
-    import dataclasses
-
+    if nodata == "file":
+        return product
     if isinstance(nodata, str):
         if nodata.strip().lower() not in ("none", "off"):
             try:
@@ -110,7 +111,8 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
         else:
             return dataclasses.replace(product, nodata=None)
     if nodata is not None:
-        check_nodata_value(product, float(nodata), role)
+        if nodata != product.nodata:           # a value given, not the rule the product came with
+            check_nodata_value(product, float(nodata), role)
         return dataclasses.replace(product, nodata=float(nodata))
     if product.nodata != "file":          # the product's own rule (Sentinel-2 products: 0)
         return product
@@ -156,14 +158,13 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
     nearest-neighbour read of at most ``config.FILL_CHECK_SIZE`` px): ``(file, fill)`` of the
     largest, or None. Looked for in the bands that will be read (``bands`` the product has), else
     in all of them."""
+    import rasterio
     from rasterio.enums import Resampling
 
     names = [b for b in bands if b in product.band_files] or list(product.band_files)
     files: dict[str, list[int]] = {}
     for b in names:
         files.setdefault(product.band_path(b), []).append(product.band_index.get(b, 1))
-    import rasterio
-
     best = None
     for path, indexes in list(files.items())[:4]:
         with dp.open_raster(path) as src:
@@ -270,6 +271,11 @@ NAME_DATES = (("Sentinel-2 product id", r"MSI[A-Z0-9]{3}_((?:19|20)\d{6})T\d{6}"
               ("name", r"(?<!\d)((?:19|20)\d{6})(?!\d)"))
 
 
+def first_path(path) -> str:
+    """A date's path as one string: the first of a list of band files, else the path itself."""
+    return str(path[0] if isinstance(path, (list, tuple)) else path)
+
+
 def parse_date(text) -> str:
     """``text``'s first calendar date (YYYY-MM-DD, YYYY_MM_DD, YYYYMMDD, YYYY:MM:DD as TIFF writes
     it, an ISO time after it) as YYYYMMDD, or "" (month and day checked: 8 digits are not a date)."""
@@ -294,21 +300,20 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
         if not d:
             raise PipelineError(f"{given}: --date is YYYY-MM-DD")
         return d, "--date"
-    name = remote.name_of(str(path[0] if isinstance(path, (list, tuple)) else path))
+    name = remote.name_of(first_path(path))
     in_name = next(((parse_date(m.group(1)), source) for source, pattern in NAME_DATES
                     for m in re.finditer(pattern, name) if parse_date(m.group(1))), ("", ""))
-    if parse_date(product.sensing_date) and parse_date(product.sensing_date) != in_name[0]:
-        return parse_date(product.sensing_date), "product metadata"     # not only its name's date
+    sensed = parse_date(product.sensing_date)
+    if sensed and sensed != in_name[0]:
+        return sensed, "product metadata"     # not only its name's date
     tags = {}
-    files = [f for res in product.band_files.values() for f in res.values()][:1]
-    for f in files:
+    first = next((f for res in product.band_files.values() for f in res.values()), None)
+    if first is not None:
         try:
-            import rasterio
-
-            with rasterio.open(f) as src:
+            with dp.open_raster(first) as src:
                 tags = {k.upper(): v for k, v in src.tags().items()}
-        except Exception:           # an unreadable file fails later, with its own message
-            tags = {}
+        except PipelineError:       # an unreadable file fails later, with its own message
+            pass
     for tag in DATE_TAGS:
         if parse_date(tags.get(tag)):
             return parse_date(tags[tag]), f"tag {tag}"
@@ -322,7 +327,7 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
 def date_of(product: dp.Product, path) -> str:
     """The date's YYYYMMDD (``acquisition_date``), or its name where none is known."""
     date, _ = acquisition_date(product, path)
-    return date or remote.stem_of(str(path[0] if isinstance(path, (list, tuple)) else path))
+    return date or remote.stem_of(first_path(path))
 
 
 def check_given_dates(dates: dict | None, paths: list) -> None:
@@ -330,7 +335,7 @@ def check_given_dates(dates: dict | None, paths: list) -> None:
     would otherwise be ignored, the date left unknown)."""
     for name in dates or {}:
         if not any(given_date({name: "x"}, p) for p in paths):
-            labels = ", ".join(remote.name_of(str(p[0] if isinstance(p, (list, tuple)) else p)) for p in paths[:6])
+            labels = ", ".join(remote.name_of(first_path(p)) for p in paths[:6])
             raise PipelineError(f"--date {name}=…: names no input (a path, file name or stem of: {labels}"
                                 f"{' …' if len(paths) > 6 else ''}); fix the name")
 
@@ -339,7 +344,7 @@ def given_date(dates: dict | None, path) -> str | None:
     """The date ``--date NAME=YYYY-MM-DD`` gives ``path`` (NAME: its path, file name or stem), or None."""
     if not dates:
         return None
-    label = str(path[0] if isinstance(path, (list, tuple)) else path)
+    label = first_path(path)
     names = {label, remote.name_of(label), remote.stem_of(label), input_label(path)}
     for name, value in dates.items():
         if name in names or str(Path(name).resolve()) in names:
@@ -490,6 +495,7 @@ class DateLocation:
     coarse: dict
     pixel_ratio: float = 1.0                         # the date's pixel size over the grid's (a 60 m date on 20 m: 3)
     date_source: str = ""                            # where ``date`` came from (``acquisition_date``)
+    nodata: float | str | None = None                # its product's no-data rule, as decided (``with_nodata``)
 
 
 def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, float, float]:
@@ -500,9 +506,6 @@ def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, fl
 
     out = [-np.inf, -np.inf, np.inf, np.inf]
     for own in bands:
-        if own.crs is None or grid.crs is None:
-            raise PipelineError("a band file has no CRS: not georeferenced; co-registration needs a CRS and transform "
-                                "on both inputs")
         if own.crs == grid.crs:
             # its four pixel corners through its own transform (rotated or sheared grids too:
             # array_bounds takes only two of them)
@@ -546,9 +549,9 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
         offset = offset + fraction
     ext = (extent[0] - offset[0], extent[1] - offset[1], extent[2] - offset[0], extent[3] - offset[1])
     date, source = acquisition_date(product, path)
-    return DateLocation(path, date or remote.stem_of(str(path[0] if isinstance(path, (list, tuple)) else path)),
-                        product.name, bands, (float(offset[0]), float(offset[1])), ext, warp, coarse,
-                        pixel_ratio(own, grid), source)
+    return DateLocation(path, date or remote.stem_of(first_path(path)), product.name, bands,
+                        (float(offset[0]), float(offset[1])), ext, warp, coarse, pixel_ratio(own, grid), source,
+                        product.nodata)
 
 
 def with_given_date(location: DateLocation, dates: dict | None) -> DateLocation:
@@ -726,7 +729,7 @@ class PairMeasure:
 
 
 def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
-                       cfg: CoregisterConfig) -> DenseFit | None:
+                       cfg: CoregisterConfig) -> tuple[DenseFit | None, str | None]:
     """The window's displacement measured from all the pixels both dates show
     (``imaging.dense_translation`` on their local contrast, ``texture``): date a's content moved by
     a band-limited shift (no interpolation bias), its gain and offset fitted (negative where the
@@ -734,19 +737,14 @@ def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
     biweight, both dates' validity and the window's edges faded out. Started at the learned
     estimate ``shift``; used only where it converges within ``refine_iterations`` Newton steps to
     an optimum no further than ``reach_px`` from it (another optimum is another answer, which the
-    verified matches did not find). None where it cannot run or is not used.
+    verified matches did not find). Returns ``(fit, None)``, or ``(None, why)`` where it cannot run
+    or is not used (a window's output says why).
 
     Why: the learned estimate is a median of points, each moved by the correlation stage's
     bilinear LK (biased ±0.03 px towards the half pixel) and drawn from whichever keypoints the
     content gave — on changed scenes (floods) two sub-pixel moves of the same target gave learned
     estimates 0.2–1.4 px apart. The dense optimum follows a move of the content exactly: 0.01–0.04 px
     apart on the same pairs (``benchmarks/coregistration.py``)."""
-    return _refined(fa, fb, shift, reach_px, cfg)[0]
-
-
-def _refined(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
-             cfg: CoregisterConfig) -> tuple[DenseFit | None, str | None]:
-    """``refine_translation``'s fit, or None and why it was not used (a window's output says so)."""
     ta, tb = fa.get("texture"), fb.get("texture")
     if ta is None or tb is None or ta.shape != tb.shape:
         return None, "no image kept for the dense fit"
@@ -787,7 +785,7 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     # the dense optimum may move the estimate within the learned estimate's own uncertainty
     # (``refine_reach_se`` standard errors), and at least ``refine_max_px``
     reach = max(cfg.refine_max_px, cfg.refine_reach_se * float(np.hypot(*se)))
-    fit, m.learned_why = _refined(fa, fb, med, reach, cfg) if refine else (None, "refinement switched off")
+    fit, m.learned_why = refine_translation(fa, fb, med, reach, cfg) if refine else (None, "refinement switched off")
     if fit is not None:
         # its standard error: the fit's own (its residuals' noise), and never below the learned
         # estimate's — the points' spread is what shows how far changed content pulls a date
@@ -933,18 +931,18 @@ def overlap_centre(windows: list[Window]) -> np.ndarray:
     return (lo + hi) / 2 - 0.5
 
 
-def translation_at(centres: np.ndarray, shifts: np.ndarray, se: np.ndarray, at: np.ndarray,
-                   windows: list[WindowMeasure] | None = None) -> np.ndarray:
+def translation_at(windows: list[WindowMeasure], shifts: np.ndarray, se: np.ndarray, at: np.ndarray) -> np.ndarray:
     """The translation that best moves the whole overlap: the displacement at its centre ``at``.
-    Each window's estimate (N, 2) applies where it was measured (``centres``); where the windows
+    Each window's estimate (``shifts``, N × 2) applies where it was measured (its ``centre``); where the windows
     can show a gradient (``windows_span``, at least 4) and an affine field of them departs from
     one translation beyond their noise (χ² of its gradient, 4 degrees of freedom, p < 0.001),
     each estimate is carried to ``at`` along the fitted gradient before their median (a 50 ppm
     scale left the median of a full tile's windows 0.17 m from the displacement at its centre);
     else the windows' median (a gradient fitted to noise would add noise)."""
     med = np.median(shifts, axis=0)
-    if len(shifts) < 4 or (windows is not None and not windows_span(windows)):
+    if len(shifts) < 4 or not windows_span(windows):
         return med
+    centres = np.array([w.centre for w in windows], np.float64)
     X = np.hstack([centres - at, np.ones((len(centres), 1))])
     coef, *_ = np.linalg.lstsq(X, shifts, rcond=None)           # (3, 2): gradient rows, then the offset
     residual = shifts - X @ coef
@@ -1008,7 +1006,7 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     shifts, se = shifts[keep], se[keep]
     n = len(used)
     out.at_px = overlap_centre(a.windows).tolist()
-    med = translation_at(np.array([m.centre for m in used]), shifts, se, np.array(out.at_px), used)
+    med = translation_at(used, shifts, se, np.array(out.at_px))
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
     cross = cross_date_pair(a, b)
     total, gap = pair_standard_error(shifts, se, np.array([m.learned_px for m in used]), cfg, cross_date=cross,
@@ -1298,6 +1296,11 @@ def stac_datetime(date: str) -> str | None:
     return f"{d[:4]}-{d[4:6]}-{d[6:8]}T00:00:00Z" if d else None
 
 
+def undated_line(source, name: str) -> str:
+    """The one line said where a date gets no STAC Item (no acquisition date is known)."""
+    return f"{source}: no STAC Item written: its acquisition date is not known (give --date {name}=YYYY-MM-DD)"
+
+
 def stac_item(item_id: str, date: str, cog, source: str, properties: dict, footprint=None) -> dict:
     """A STAC Item (1.0, projection extension) for a corrected COG: geometry, bbox and ``proj:``
     fields of the corrected raster (or ``footprint``'s, as ``footprint()`` gives them), a link to
@@ -1306,8 +1309,7 @@ def stac_item(item_id: str, date: str, cog, source: str, properties: dict, footp
     refuses an Item without ``datetime`` or ``start_datetime`` and ``end_datetime``."""
     when = stac_datetime(date)
     if when is None:
-        raise PipelineError(f"{source}: no STAC Item written: its acquisition date is not known (give --date "
-                            f"{remote.stem_of(str(source))}=YYYY-MM-DD)")
+        raise PipelineError(undated_line(source, remote.stem_of(str(source))))
     geometry, bbox, proj = footprint or footprint_lonlat(cog)
     links = [{"rel": "derived_from", "href": str(source) if "://" in str(source) else Path(source).resolve().as_uri()}]
     return {"type": "Feature", "stac_version": "1.0.0",

@@ -138,14 +138,14 @@ class Coregistration:
         import dataclasses
 
         e, c, g = engine, self.cfg, self.grid
+        px_m = e.metres_per_px(g)
         loc_a, loc_b = (dataclasses.replace(loc, bands=[nir]) for loc in (self.loc_ref, self.loc_tgt))
         a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c)
         b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c)
-        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, e.metres_per_px(g))
+        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, px_m)
         out = {"bands": "nir", "verified": other.verified}
         if not other.verified:
             return out
-        px_m = e.metres_per_px(g)
         d = (np.array(other.shift_px) - np.array(self.pair.shift_px)) * px_m
         bound = 3 * np.hypot(self.pair.sigma_px, other.sigma_px) * px_m
         at = np.array([other.at_px if other.at_px is not None else [g.width / 2, g.height / 2]])
@@ -273,8 +273,7 @@ def write_outputs(co: Coregistration, result: dict, folder: Path, write_correcte
                                                                    result["provenance"]["version"]}})
                          for p in written if p.suffix == ".tif" and engine.stac_datetime(co.loc_tgt.date)]
                 if engine.stac_datetime(co.loc_tgt.date) is None:
-                    print(f"{co.inputs[1]}: no STAC Item written: its acquisition date is not known (give --date "
-                          f"{remote.stem_of(str(co.inputs[1]))}=YYYY-MM-DD)", file=sys.stderr)
+                    print(engine.undated_line(co.inputs[1], remote.stem_of(str(co.inputs[1]))), file=sys.stderr)
                 write_json(tmp / "corrected" / "items.geojson", {"type": "FeatureCollection", "features": items})
                 names.append("corrected/items.geojson")
         write_report(co, result, rows, tmp / "report.png")

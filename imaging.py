@@ -220,7 +220,7 @@ class BorderFill:
 
     value: float
     fraction: float                   # share of the raster it covers
-    declared: float | None = None     # the no-data value the file declares instead (one it does not hold)
+    declared: float | None = None     # the no-data value the file declares instead (one that does not fill it)
 
 
 def fill_candidates(dtype) -> list[float]:
@@ -234,17 +234,20 @@ def fill_candidates(dtype) -> list[float]:
     return values
 
 
+def _from_edge(mask: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` (rows, cols) connected (8-neighbours) to the raster's edge."""
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
 def edge_fraction(bands: np.ndarray, value: float) -> float:
     """The share of ``bands`` ((C, rows, cols) or (rows, cols)) that holds ``value`` in every band
     in regions connected to the raster's edge (what a fill looks like; scattered saturated
     pixels of the same value are not counted)."""
     data = bands[None] if bands.ndim == 2 else bands
     same = (data == value).all(axis=0)
-    if not same.any():
-        return 0.0
-    _, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return float(np.isin(labels, edge[edge > 0]).mean())
+    return float(_from_edge(same).mean()) if same.any() else 0.0
 
 
 def border_fill(bands: np.ndarray, min_fraction: float = config.FILL_MIN_FRACTION,
@@ -264,9 +267,7 @@ def border_fill(bands: np.ndarray, min_fraction: float = config.FILL_MIN_FRACTIO
         same = (data == value).all(axis=0)
         if same.mean() < min_fraction:
             continue
-        _, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=8)
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        fill = np.isin(labels, edge[edge > 0])
+        fill = _from_edge(same)
         fraction = float(fill.mean())
         if fraction < min_fraction or fill.all():
             continue

@@ -216,24 +216,26 @@ def reports_bad_input(task):
 
 
 @reports_bad_input
-def task_overview(path, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig) -> engine.Overview:
-    """Task: the reference grid product's overview and its features."""
-    product = engine.open_date(path, "reference", tuple(bands))
+def task_overview(path, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig,
+                  nodata: float | str | None = None) -> engine.Overview:
+    """Task: the reference grid product's overview and its features. ``nodata``: its no-data rule
+    as the main process decided it (``engine.with_nodata``: no fill looked for again)."""
+    product = engine.open_date(path, "reference", tuple(bands), nodata)
     return engine.reference_overview(worker_pipeline(cfg.matcher), product, bands, grid, cfg)
 
 
 @reports_bad_input
 def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview | None,
-                cfg: CoregisterConfig) -> engine.DateLocation:
-    """Task: a date's coarse offset and extent on the grid."""
-    product = engine.open_date(path, "date", tuple(bands))
+                cfg: CoregisterConfig, nodata: float | str | None = None) -> engine.DateLocation:
+    """Task: a date's coarse offset and extent on the grid (``nodata``: as ``task_overview``'s)."""
+    product = engine.open_date(path, "date", tuple(bands), nodata)
     return engine.locate_date(worker_pipeline(cfg.matcher), path, product, bands, grid, overview, cfg)
 
 
 @reports_bad_input
 def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig) -> DateFeatures:
     """Task: a date's windows read and their features extracted once."""
-    product = engine.open_date(location.path, "date", tuple(location.bands))
+    product = engine.open_date(location.path, "date", tuple(location.bands), location.nodata)
     return engine.extract_date(worker_pipeline(cfg.matcher), product, location, grid, windows, cfg)
 
 
@@ -464,12 +466,12 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 locations[k] = dataclasses.replace(cached, path=paths[k])
         ov = None
         if any(k not in locations for k in date_bands if k != grid_k):
-            ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg, retries=2,
-                               key=f"overview-{time.time_ns()}")
+            ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg,
+                               products[grid_k].nodata, retries=2, key=f"overview-{time.time_ns()}")
             if isinstance(ov.result(), TaskError):
                 raise PipelineError(ov.result().message)
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
-                                    retries=2, key=f"locate-{k}-{time.time_ns()}")
+                                    products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
         for k, loc in _gather(located, "locate", progress, errors, paths).items():
             cache.put("locations", loc_keys[k], loc)

@@ -78,8 +78,7 @@ def _dated(row: dict) -> bool:
     """Whether a date gets a STAC Item (its acquisition date is known); where not, one line says so."""
     if engine.stac_datetime(row["date"]) is not None:
         return True
-    print(f"{row['path']}: no STAC Item written: its acquisition date is not known (give --date "
-          f"{row['id']}=YYYY-MM-DD)", file=sys.stderr)
+    print(engine.undated_line(row["path"], row["id"]), file=sys.stderr)
     return False
 
 
