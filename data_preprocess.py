@@ -658,12 +658,16 @@ def _resolution_of(path: str) -> float:
 
 def open_raster(path: str):
     """``rasterio.open(path)`` for a local path or a URL (through GDAL's virtual file systems, with
-    bounded retries: ``remote``), with a corrupt, truncated or unreachable file as one line
-    (``PipelineError``)."""
+    bounded retries and a total time bound: ``remote``), with a corrupt, truncated or unreachable
+    file as one line (``PipelineError``)."""
     import rasterio
 
     try:
-        return remote.with_retries(lambda: rasterio.open(remote.gdal_path(path)), path)
+        return remote.within_deadline(lambda: remote.with_retries(lambda: rasterio.open(remote.gdal_path(path)),
+                                                                  path), path)
+    except remote.DeadlineExceeded as exc:
+        raise PipelineError(f"{path}: cannot read ({exc}; COREGISTER_OPEN_TIMEOUT sets the bound); check the URL "
+                            "and the network") from None
     except rasterio.errors.RasterioIOError as exc:
         if remote.is_remote(path):
             why = remote.diagnose(path) or str(exc).splitlines()[0]

@@ -11,7 +11,9 @@ already in the environment wins, so a user can override any of them). Credential
 are GDAL's own environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_S3_ENDPOINT``, ``AWS_NO_SIGN_REQUEST``, ``GDAL_HTTP_HEADERS`` …), never code or files of
 ours. A failed request is retried by GDAL (``GDAL_HTTP_MAX_RETRY``) and an open by us
-(``with_retries``); then the input fails with one line naming the URL.
+(``with_retries``), all within a total time bound an open (``within_deadline``: a server that
+never answers costs one bound, not GDAL's retries of its timeout); then the input fails with one
+line naming the URL.
 
 Trust: hrefs in a remote STAC document are resolved against its URL and must stay remote — a
 remote catalog never makes us read a local file (``resolve_href``).
@@ -43,6 +45,10 @@ GDAL_SETTINGS = {
 }
 OPEN_RETRIES = 3          # attempts to open a remote raster before its date fails
 RETRY_DELAY_S = 0.5       # doubled after each failed attempt
+# the most one remote open may take, retries included (GDAL retries a timed-out request itself,
+# GDAL_HTTP_MAX_RETRY times: a server that accepts and never answers cost 4 × 30 s + delays =
+# 139 s an open); COREGISTER_OPEN_TIMEOUT overrides it
+OPEN_DEADLINE_S = 40.0
 
 _SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
 
@@ -225,6 +231,47 @@ def with_retries(fn, location, final=lambda exc: False):
                 raise
             time.sleep(delay)
             delay *= 2
+
+
+def open_deadline() -> float:
+    """Seconds one remote open may take in all (``OPEN_DEADLINE_S``, or the environment's
+    ``COREGISTER_OPEN_TIMEOUT``)."""
+    try:
+        return max(1.0, float(os.environ.get("COREGISTER_OPEN_TIMEOUT", OPEN_DEADLINE_S)))
+    except ValueError:
+        return OPEN_DEADLINE_S
+
+
+class DeadlineExceeded(Exception):
+    """A remote open that did not finish within ``open_deadline()`` seconds."""
+
+
+def within_deadline(fn, location, seconds: float | None = None):
+    """``fn()`` for a remote ``location``, given at most ``seconds`` (``open_deadline()``) in all:
+    past that, ``DeadlineExceeded`` (the call goes on in a daemon thread until GDAL's own
+    timeouts end it, holding no lock of ours; rasterio releases the GIL while GDAL waits, so
+    the caller and other opens run meanwhile). A local location runs ``fn()`` as it is."""
+    if not is_remote(location):
+        return fn()
+    import threading
+
+    seconds = open_deadline() if seconds is None else seconds
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001  handed to the caller as it is
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"open {name_of(location)}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise DeadlineExceeded(f"no answer within {seconds:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def content_key(location) -> str:

@@ -373,6 +373,34 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
     return out
 
 
+OPEN_THREADS = 8          # dates opened at once in the main process (headers: waiting on I/O, not CPU)
+
+
+def open_dates(paths: list, bands: tuple[str, ...]) -> tuple[dict[int, dp.Product], dict[int, str]]:
+    """Every date's product opened (``engine.open_date``: headers, tags, undeclared fill), several
+    at once: a remote date's open waits on the network (GDAL releases the GIL), each within its
+    own time bound (``remote.within_deadline``), so dates on a server that does not answer cost
+    one bound together, not one each in turn. Returns the products and, for the dates that
+    cannot be opened, their one-line reasons, both by the date's index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p):
+        try:
+            return engine.open_date(p, "date", bands), None
+        except PipelineError as exc:
+            return None, str(exc)
+
+    products: dict[int, dp.Product] = {}
+    errors: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, max(1, len(paths)))) as pool:
+        for k, (product, error) in enumerate(pool.map(one, paths)):
+            if error is None:
+                products[k] = product
+            else:
+                errors[k] = error
+    return products, errors
+
+
 # ----------------------------------------------------------------------------- driver
 def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto",
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
@@ -414,13 +442,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     engine.check_given_dates(dates, paths)
-    errors: dict[int, str] = {}
-    products: dict[int, dp.Product] = {}
-    for k, p in enumerate(paths):
-        try:
-            products[k] = engine.open_date(p, "date", bands)
-        except PipelineError as exc:
-            errors[k] = str(exc)
+    products, errors = open_dates(paths, bands)
     grid_k = ref_k if ref_k is not None else pinned_grid if pinned_grid in products else next(iter(products), None)
     if grid_k is None or grid_k not in products:
         raise PipelineError(errors.get(grid_k if grid_k is not None else 0, "no date of the stack can be opened"))

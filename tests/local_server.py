@@ -2,10 +2,11 @@
 answers), and optionally a minimal STAC API (``--stac-api``: a landing page with the item-search
 conformance class and ``/search``, GET and POST, over the Items found in the folder).
 
-    python tests/local_server.py FOLDER [--stac-api] [--log BYTES.log]
+    python tests/local_server.py FOLDER [--stac-api] [--log BYTES.log] [--hang GLOB]
 
 Prints ``PORT`` on its first line once it listens (port chosen by the system). With ``--log``,
-appends ``<path> <bytes sent>`` a request, so a benchmark can count what a reader fetched.
+appends ``<path> <bytes sent>`` a request, so a benchmark can count what a reader fetched. With
+``--hang GLOB``, a request whose path matches it is accepted and never answered (a hung server).
 
 It runs as its own process on purpose: GDAL reading over HTTP from a server in the same Python
 process deadlocks (the read holds the GIL the server needs).
@@ -13,9 +14,11 @@ process deadlocks (the read holds the GIL the server needs).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import threading
+import time
 import urllib.parse
 from functools import partial
 from http.server import ThreadingHTTPServer
@@ -43,6 +46,7 @@ class Counting:
 class Handler(RangeRequestHandler):
     log_file: str | None = None
     stac_api: bool = False
+    hang: str | None = None
     lock = threading.Lock()
 
     def setup(self):
@@ -103,7 +107,20 @@ class Handler(RangeRequestHandler):
         self._json({"type": "FeatureCollection", "features": items, "numberReturned": len(items),
                     "links": [{"rel": "root", "href": f"{self._root()}/"}]})
 
+    def _hangs(self) -> bool:
+        """Whether this request is one never to answer (``--hang``): the connection held open."""
+        if self.hang and fnmatch.fnmatch(urllib.parse.urlsplit(self.path).path, self.hang):
+            time.sleep(3600)
+            return True
+        return False
+
+    def do_HEAD(self):
+        if not self._hangs():
+            super().do_HEAD()
+
     def do_GET(self):
+        if self._hangs():
+            return
         if self.stac_api:
             parts = urllib.parse.urlsplit(self.path)
             if parts.path in ("", "/"):
@@ -142,8 +159,9 @@ def main(argv=None) -> int:
     parser.add_argument("folder")
     parser.add_argument("--stac-api", action="store_true")
     parser.add_argument("--log")
+    parser.add_argument("--hang", metavar="GLOB", help="never answer requests whose path matches")
     args = parser.parse_args(argv)
-    Handler.log_file, Handler.stac_api = args.log, args.stac_api
+    Handler.log_file, Handler.stac_api, Handler.hang = args.log, args.stac_api, args.hang
     server = Server(("127.0.0.1", 0), partial(Handler, directory=str(Path(args.folder).resolve())))
     print(server.server_address[1], flush=True)
     try:

@@ -193,6 +193,31 @@ def test_an_extensionless_cog_url_and_unreachable_ones(pipeline, site):
                               progress=False)
 
 
+def test_a_hung_server_costs_one_time_bound_not_one_a_date(pipeline, tmp_path, monkeypatch, capsys):
+    """A server that accepts and never answers: without a total bound an open took 139 s (GDAL
+    retries its own 30 s timeout); with one, each date fails within the bound and the dates of a
+    stack are opened together — three hung dates cost about one bound, not three — each with a
+    reason in words, the good dates opened; a pair with a hung target is one line, exit 2."""
+    monkeypatch.setenv("COREGISTER_OPEN_TIMEOUT", "3")
+    url, proc = serve(HERE / "data" / "t36uya", "--hang", "/hung*")
+    try:
+        hung = [f"{url}/hung_2019060{k}_B04.tif" for k in (1, 2, 3)]
+        start = time.time()
+        products, errors = stack.open_dates([DATES[0], *hung, f"{url}/{DATES[1].name}"], ("B04",))
+        elapsed = time.time() - start
+        assert sorted(products) == [0, 4] and sorted(errors) == [1, 2, 3]
+        assert all("no answer within 3 s" in errors[k] and hung[k - 1] in errors[k] for k in (1, 2, 3))
+        assert elapsed < 2 * 3, f"the three hung dates took {elapsed:.1f} s: opened one after another"
+        start = time.time()
+        assert coregister.main([str(DATES[0]), hung[0], "--output", str(tmp_path / "out")]) == 2
+        assert time.time() - start < 2 * 3 + 5
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no answer within 3 s" in err[0] and "Traceback" not in err[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_a_remote_catalog_never_names_a_local_file(tmp_path):
     secret = tmp_path / "secret.tif"
     secret.write_bytes(b"not for a remote catalog")
