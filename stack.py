@@ -451,7 +451,9 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             date_bands.pop(k)
     if grid_k not in content:
         raise PipelineError(errors[grid_k])
-    loc_keys = {k: cache.key("location", content[k], content[grid_k]) for k in date_bands}
+    # a date is its files' content and its path (its name and date may come from the path: two
+    # dates of the same pixels are still two dates)
+    loc_keys = {k: cache.key("location", content[k], _label(paths[k]), content[grid_k]) for k in date_bands}
     own_client = client is None
     if own_client:
         client, cluster = start_client(scheduler, workers)

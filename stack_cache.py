@@ -32,12 +32,12 @@ def _digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def checkpoint_keys() -> dict:
+def checkpoint_keys(memo: dict | None = None) -> dict:
     """The content keys of the shipped checkpoints the workers load (a retrained model: new features)."""
     import config
 
     folder = Path(config.CHECKPOINT_DIR)
-    return {p.name: remote.content_key(p) for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
+    return {p.name: remote.content_key(p, memo) for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
 
 
 class WorkCache:
@@ -45,7 +45,8 @@ class WorkCache:
 
     def __init__(self, output: str | Path | None, settings: dict):
         self.folder = Path(output).resolve() / "cache" if output is not None else None
-        self.salt = _digest(settings, engine.software_version(), checkpoint_keys())
+        self.content_keys: dict = {}       # this run's files' content keys (each file hashed once a run)
+        self.salt = _digest(settings, engine.software_version(), checkpoint_keys(self.content_keys))
         self.used: set[Path] = set()
         self.reused = {"locations": 0, "dates": 0, "pairs": 0}
         self.computed = {"locations": 0, "dates": 0, "pairs": 0}
@@ -53,12 +54,11 @@ class WorkCache:
     def key(self, *parts) -> str:
         return _digest(self.salt, *parts)
 
-    @staticmethod
-    def date_content(product: dp.Product, bands: list[str]) -> str:
+    def date_content(self, product: dp.Product, bands: list[str]) -> str:
         """A key of a date's data: the content keys of the files of its ``bands`` and masks."""
         files = sorted({product.band_path(b) for b in bands} | set(product.masks.values()))
-        return _digest(bands, [remote.content_key(f) for f in files], product.nodata, product.quantification,
-                       sorted(product.offsets.items()))
+        return _digest(bands, [remote.content_key(f, self.content_keys) for f in files], product.nodata,
+                       product.quantification, sorted(product.offsets.items()))
 
     def _path(self, kind: str, key: str) -> Path | None:
         return None if self.folder is None else self.folder / kind / f"{key}.pkl"
