@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import coreg_engine as engine
@@ -26,6 +27,8 @@ import remote
 from utils import atomic_path
 
 KINDS = ("locations", "dates", "pairs")
+# what an entry of each kind must unpickle to: anything else is recomputed (``WorkCache.get``)
+ENTRY_TYPES = {"locations": engine.DateLocation, "dates": engine.DateFeatures, "pairs": engine.PairMeasure}
 
 
 def _digest(*parts) -> str:
@@ -64,14 +67,23 @@ class WorkCache:
         return None if self.folder is None else self.folder / kind / f"{key}.pkl"
 
     def get(self, kind: str, key: str):
-        """The entry of ``kind`` under ``key``, or None (absent or unreadable: then recomputed)."""
+        """The entry of ``kind`` under ``key``, or None: absent, or not readable back as what it
+        should be (``ENTRY_TYPES``: a truncated or foreign pickle, an entry of another kind) —
+        then one line on stderr names it, it is removed and its work is recomputed."""
         path = self._path(kind, key)
         if path is None or not path.is_file():
             return None
+        expected = ENTRY_TYPES[kind]
         try:
             with open(path, "rb") as f:
                 value = pickle.load(f)
-        except Exception:
+            why = None if isinstance(value, expected) else f"holds a {type(value).__name__}"
+        except Exception as exc:       # anything unpickling can raise: a damaged entry, never a traceback
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        if why is not None:
+            print(f"{path}: cache entry is not a {expected.__name__} ({why}); removed, its work is recomputed",
+                  file=sys.stderr)
+            path.unlink(missing_ok=True)
             return None
         self.used.add(path)
         self.reused[kind] += 1
