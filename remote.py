@@ -240,8 +240,8 @@ def content_key(location, memo: dict | None = None) -> str:
       hashed once; it is never kept across runs, where exactly such an edit would go unseen.
     - A member of a zip (``/vsizip/ARCHIVE.zip/MEMBER``, a zipped ``.SAFE``): the CRC-32 and size
       the archive records for the member (rewritten with it; reading the archive whole would cost
-      a second per product).
-    - An http(s) URL: its ``ETag``, ``Last-Modified`` and length as its server states them (one
+      a second or two per product).
+    - An http(s) URL (or ``/vsicurl/`` one): its ``ETag``, ``Last-Modified`` and length as its server states them (one
       ranged GET of one byte). A server that states neither ``ETag`` nor ``Last-Modified`` (or
       that does not answer) gives the URL no content key: the key is then a fresh random one, the
       same within one run (``memo``) but never again, so its work is never reused across runs.
@@ -252,6 +252,8 @@ def content_key(location, memo: dict | None = None) -> str:
       new name, or a fresh output folder.
     """
     text = str(location)
+    if text.startswith("/vsicurl/"):
+        text = text[len("/vsicurl/"):]
     if is_remote(text):
         if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
             return hashlib.sha1(text.encode()).hexdigest()[:16]
