@@ -274,28 +274,86 @@ def within_deadline(fn, location, seconds: float | None = None):
     return box["value"]
 
 
-def content_key(location) -> str:
-    """A short key that changes when the file at ``location`` changes (for reusing earlier work):
-    a local file's size, modification time and its first and last 64 KiB; a URL's ``ETag`` /
-    ``Last-Modified`` / length as its server states them (the URL alone where it states none)."""
+HASH_CHUNK = 4 * 2 ** 20      # bytes read at a time when a local file is hashed whole
+
+
+def content_key(location, memo: dict | None = None) -> str:
+    """A short key that changes when the content at ``location`` changes (for reusing earlier work).
+
+    - A local file: a BLAKE2b digest of its whole content, read in ``HASH_CHUNK`` blocks — any
+      pixel edited changes it, whatever the file's size and modification time say (an in-place
+      edit may keep both). ``memo`` (a dict the caller keeps for one run) holds each file's key
+      by (path, size, modification time, inode), so a file read by several dates of a run is
+      hashed once; it is never kept across runs, where exactly such an edit would go unseen.
+    - A member of a zip (``/vsizip/ARCHIVE.zip/MEMBER``, a zipped ``.SAFE``): the CRC-32 and size
+      the archive records for the member (rewritten with it; reading the archive whole would cost
+      a second or two per product).
+    - An http(s) URL (or ``/vsicurl/`` one): its ``ETag``, ``Last-Modified`` and length as its server states them (one
+      ranged GET of one byte). A server that states neither ``ETag`` nor ``Last-Modified`` (or
+      that does not answer) gives the URL no content key: the key is then a fresh random one, the
+      same within one run (``memo``) but never again, so its work is never reused across runs.
+      ``Last-Modified`` counts in whole seconds: a file rewritten with the same length within the
+      same second on a server without ``ETag`` keeps its key.
+    - ``s3://``, ``gs://``, ``az://`` and other GDAL network paths: the URL alone (their stores'
+      ETags are only reachable through their SDKs): a replaced object keeps its key — give it a
+      new name, or a fresh output folder.
+    """
     text = str(location)
-    h = hashlib.sha1(text.encode() if is_remote(text) else b"")
-    if not is_remote(text):
-        p = Path(text)
-        st = p.stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        with open(p, "rb") as f:
-            h.update(f.read(65536))
-            if st.st_size > 65536:
-                f.seek(max(65536, st.st_size - 65536))
-                h.update(f.read(65536))
-        return h.hexdigest()[:16]
-    if urllib.parse.urlsplit(text).scheme.lower() in ("http", "https"):
-        try:
-            request = urllib.request.Request(text, method="HEAD")
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                for header in ("ETag", "Last-Modified", "Content-Length"):
-                    h.update(str(answer.headers.get(header, "")).encode())
-        except (urllib.error.URLError, OSError):
-            pass
+    if text.startswith("/vsicurl/"):
+        text = text[len("/vsicurl/"):]
+    if is_remote(text):
+        if urllib.parse.urlsplit(text).scheme.lower() not in ("http", "https"):
+            return hashlib.sha1(text.encode()).hexdigest()[:16]
+        if memo is not None and ("url", text) in memo:
+            return memo[("url", text)]
+        key = _url_key(text)
+        if memo is not None:
+            memo[("url", text)] = key
+        return key
+    if text.startswith("/vsizip/"):
+        return _zip_member_key(text)
+    st = os.stat(text)
+    ident = (os.path.abspath(text), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if memo is not None and ident in memo:
+        return memo[ident]
+    h = hashlib.blake2b(digest_size=16)
+    with open(text, "rb") as f:
+        while block := f.read(HASH_CHUNK):
+            h.update(block)
+    key = h.hexdigest()[:16]
+    if memo is not None:
+        memo[ident] = key
+    return key
+
+
+def _url_key(url: str) -> str:
+    """``content_key`` of an http(s) URL: its validators and length, or a fresh random key."""
+    h = hashlib.sha1(url.encode())
+    try:
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        with urllib.request.urlopen(request, timeout=float(os.environ.get("GDAL_HTTP_TIMEOUT", 30))) as answer:
+            headers = answer.headers
+    except (urllib.error.URLError, OSError, ValueError):
+        headers = {}
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    if not etag and not modified:
+        return "nokey-" + os.urandom(8).hex()            # no content key: never equal to another run's
+    total = str(headers.get("Content-Range", "")).rpartition("/")[2] or headers.get("Content-Length", "")
+    h.update(f"{etag}|{modified}|{total}".encode())
     return h.hexdigest()[:16]
+
+
+def _zip_member_key(path: str) -> str:
+    """``content_key`` of ``/vsizip/ARCHIVE.zip/MEMBER``: the member's CRC-32 and size in the archive."""
+    import zipfile
+
+    inner = path[len("/vsizip/"):]
+    archive, sep, member = inner.partition(".zip/")
+    if not sep:
+        raise OSError(f"{path}: not a path into a .zip archive")
+    try:
+        with zipfile.ZipFile(archive + ".zip") as zf:
+            info = zf.getinfo(member)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise OSError(f"{path}: cannot be read from its archive ({exc})") from exc
+    return hashlib.sha1(f"{path}|{info.CRC}|{info.file_size}".encode()).hexdigest()[:16]

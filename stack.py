@@ -352,8 +352,10 @@ def start_client(scheduler: str | None, workers: int | None):
     return Client(cluster), cluster
 
 
-def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list) -> dict:
-    """Results of ``futures`` (key → future) as they finish; a failing one's error recorded."""
+def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list, on_done=None) -> dict:
+    """Results of ``futures`` (key → future) as they finish; a failing one's error recorded.
+    ``on_done(key, value)`` is called on each result as it arrives (the cache keeps it then, so
+    a run interrupted in the middle of a stage keeps the work that stage finished)."""
     from dask.distributed import as_completed
     from tqdm import tqdm
 
@@ -364,12 +366,15 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
         k = by_key[fut.key]
         try:
             value = fut.result()
-            if isinstance(value, TaskError):
-                errors[k] = value.message
-            else:
-                out[k] = value
         except Exception as exc:       # a bad product is reported; the others go on
             errors[k] = str(exc) if isinstance(exc, PipelineError) else f"{_label(paths[k])}: {type(exc).__name__}: {exc}"
+            continue
+        if isinstance(value, TaskError):
+            errors[k] = value.message
+        else:
+            out[k] = value
+            if on_done is not None:
+                on_done(k, value)
     return out
 
 
@@ -473,7 +478,9 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             date_bands.pop(k)
     if grid_k not in content:
         raise PipelineError(errors[grid_k])
-    loc_keys = {k: cache.key("location", content[k], content[grid_k]) for k in date_bands}
+    # a date is its files' content and its path (its name and date may come from the path: two
+    # dates of the same pixels are still two dates)
+    loc_keys = {k: cache.key("location", content[k], _label(paths[k]), content[grid_k]) for k in date_bands}
     own_client = client is None
     if own_client:
         client, cluster = start_client(scheduler, workers)
@@ -495,8 +502,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
                                     products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
-        for k, loc in _gather(located, "locate", progress, errors, paths).items():
-            cache.put("locations", loc_keys[k], loc)
+        for k, loc in _gather(located, "locate", progress, errors, paths,
+                              on_done=lambda k, loc: cache.put("locations", loc_keys[k], loc)).items():
             locations[k] = loc
         locations = {k: engine.with_given_date(loc, dates) for k, loc in locations.items()}
         if grid_k not in locations:
@@ -513,8 +520,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 extracted[k] = client.scatter(cached)
         new = {k: client.submit(task_extract, loc, grid, windows, cfg, retries=2, key=f"extract-{k}-{time.time_ns()}")
                for k, loc in locations.items() if k not in results}
-        for k, value in _gather(new, "dates", progress, errors, paths).items():
-            cache.put("dates", feature_keys[k], value)
+        for k, value in _gather(new, "dates", progress, errors, paths,
+                                on_done=lambda k, value: cache.put("dates", feature_keys[k], value)).items():
             results[k] = value
         extracted.update(new)
         dates: list[DateFeatures | None] = [results.get(k) for k in range(len(paths))]

@@ -3,10 +3,14 @@ answers), and optionally a minimal STAC API (``--stac-api``: a landing page with
 conformance class and ``/search``, GET and POST, over the Items found in the folder).
 
     python tests/local_server.py FOLDER [--stac-api] [--log BYTES.log] [--hang GLOB]
+                                        [--validators etag|last-modified|none]
 
 Prints ``PORT`` on its first line once it listens (port chosen by the system). With ``--log``,
 appends ``<path> <bytes sent>`` a request, so a benchmark can count what a reader fetched. With
 ``--hang GLOB``, a request whose path matches it is accepted and never answered (a hung server).
+``--validators``: what a file's answer says of its version — ``last-modified`` (the default, as
+Python's server does), ``etag`` (also an ``ETag`` of its content, as S3 and most CDNs) or
+``none`` (neither, as some dynamic servers).
 
 It runs as its own process on purpose: GDAL reading over HTTP from a server in the same Python
 process deadlocks (the read holds the GIL the server needs).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import sys
 import threading
@@ -47,7 +52,19 @@ class Handler(RangeRequestHandler):
     log_file: str | None = None
     stac_api: bool = False
     hang: str | None = None
+    validators: str = "last-modified"
     lock = threading.Lock()
+
+    def send_header(self, keyword, value):
+        if self.validators == "none" and keyword.lower() in ("last-modified", "etag"):
+            return
+        super().send_header(keyword, value)
+
+    def end_headers(self):
+        path = Path(self.translate_path(self.path)) if getattr(self, "path", None) else None
+        if self.validators == "etag" and path is not None and path.is_file():
+            super().send_header("ETag", f'"{hashlib.sha1(path.read_bytes()).hexdigest()}"')
+        super().end_headers()
 
     def setup(self):
         super().setup()
@@ -160,8 +177,10 @@ def main(argv=None) -> int:
     parser.add_argument("--stac-api", action="store_true")
     parser.add_argument("--log")
     parser.add_argument("--hang", metavar="GLOB", help="never answer requests whose path matches")
+    parser.add_argument("--validators", choices=("last-modified", "etag", "none"), default="last-modified")
     args = parser.parse_args(argv)
     Handler.log_file, Handler.stac_api, Handler.hang = args.log, args.stac_api, args.hang
+    Handler.validators = args.validators
     server = Server(("127.0.0.1", 0), partial(Handler, directory=str(Path(args.folder).resolve())))
     print(server.server_address[1], flush=True)
     try:
