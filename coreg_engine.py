@@ -1285,8 +1285,10 @@ class OutputFolder:
                 text = _read_holder(fd)
                 os.close(fd)
                 raise PipelineError(self._busy_line(text)) from None
-            except OSError as exc:
+            except OSError as exc:                  # ENOLCK, EOPNOTSUPP: this file system cannot lock
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 return self._unlocked(exc.strerror or str(exc))
             try:
                 here = os.stat(path)

@@ -262,6 +262,23 @@ def test_the_lock_is_one_threads_and_reentrant(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_where_the_file_system_cannot_lock_the_run_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
+    """flock refused (ENOLCK: NFS without a lock daemon): one warning line, the run goes on, no
+    lock file is left."""
+    import fcntl
+
+    def refused(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    out = tmp_path / "out"
+    with engine.OutputFolder(out, engine.RESULT_NAMES).building() as tmp:
+        (tmp / "shifts.csv").write_text("new")
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"warning: {out}: cannot be locked (") and "not kept apart" in line
+    assert (out / "shifts.csv").read_text() == "new" and not (out / engine.LOCK_NAME).exists()
+
+
 # ----------------------------------------------------------------------------- all at once
 @pytest.mark.parametrize("what,n,when", [("replace", 1, "before"),     # built, nothing switched
                                          ("replace", 3, "before"),     # some new links made, pointing at nothing
