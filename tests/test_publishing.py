@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -470,7 +469,8 @@ def test_ctrl_c_mid_run_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(coregister, "write_report", interrupted)
     capsys.readouterr()
     assert escaping(coregister.main, [*PAIR, "--output", str(out)]) == 130
-    assert one_line(capsys.readouterr().err) == f"interrupted: nothing published in {out} (its earlier result, if any, stands)"
+    said = one_line(capsys.readouterr().err)
+    assert said == f"interrupted: nothing published in {out} (its earlier result, if any, stands)"
     assert result_files(out) == before
     assert_no_leftovers(out)
 
@@ -507,6 +507,7 @@ def test_cli_run_gives_every_script_the_same_endings(tmp_path, capsys):
     assert escaping(cli.run, body(KeyboardInterrupt()), args) == 130
     assert one_line(capsys.readouterr().err) == "interrupted"
     assert cli.run(body(OSError(errno.ENOSPC, "No space left on device", "/x/y.npz")), args) == 2
-    assert one_line(capsys.readouterr().err) == f"error: /x/y.npz: No space left on device; {cli.STORAGE_FIXES[errno.ENOSPC]}"
+    said = one_line(capsys.readouterr().err)
+    assert said == f"error: /x/y.npz: No space left on device; {cli.STORAGE_FIXES[errno.ENOSPC]}"
     with pytest.raises(ValueError):
         cli.run(body(ValueError("a bug")), args)
