@@ -1,6 +1,7 @@
 """The skeleton every script shares: its parser (the description from the module docstring,
 defaults shown in ``--help``), the common runtime flags (``--device``, ``--threads``), running the
-script's body with one-line errors, and a batch that goes on past a bad item.
+script's body with one-line errors (a bad input, a full disk or a refused write: exit 2; Ctrl-C:
+exit 130, no traceback), and a batch that goes on past a bad item.
 
     parser = cli.parser(__doc__)
     parser.add_argument(...)                      # the script's own flags
@@ -10,7 +11,11 @@ script's body with one-line errors, and a batch that goes on past a bad item.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Callable, Iterable
 
 import config
@@ -50,21 +55,98 @@ def add_runtime(p: argparse.ArgumentParser, device: str | None = config.DEVICE, 
     return p
 
 
-def fail(exc: Exception) -> int:
+INTERRUPTED = 130       # the exit code of a run ended by Ctrl-C, as shells give it (128 + SIGINT)
+# what the user does about a write the system refused, by errno
+STORAGE_FIXES = {errno.ENOSPC: "free space on that disk, or write elsewhere",
+                 errno.EDQUOT: "free space within your quota, or write elsewhere",
+                 errno.EROFS: "that file system is read-only: write elsewhere",
+                 errno.EACCES: "give this user access to it, or write elsewhere",
+                 errno.EPERM: "give this user access to it, or write elsewhere"}
+
+
+def fail(exc: Exception | str) -> int:
     """A bad input as one line on stderr; the exit code 2."""
     print(f"error: {exc}", file=sys.stderr)
     return 2
 
 
+def storage_problem(exc: BaseException, where=None) -> str | None:
+    """One line naming what could not be written and the fix, where ``exc`` (or what caused it)
+    is a full disk, a quota, a read-only file system or a refused permission: an ``OSError`` of
+    those (named by its file, else by ``where``, the folder written to), a message that names one
+    (GDAL's own check of free space too), or GDAL's failed write, which names no cause (libtiff
+    prints it on stderr itself): then a probe write into ``where`` finds it. None for anything else."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    at = f"{where}: " if where is not None else ""
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in STORAGE_FIXES:
+            what = e.filename if e.filename is not None else where or "a file"
+            return f"{what}: {e.strerror or os.strerror(e.errno)}; {STORAGE_FIXES[e.errno]}"
+        text = " ".join(str(e).split())
+        for code, fix in STORAGE_FIXES.items():
+            if os.strerror(code) in text:
+                return f"{at}{text}; {fix}"
+        if "Free disk space available" in text:             # GDAL, before it writes a GeoTIFF
+            return f"{at}{text}; {STORAGE_FIXES[errno.ENOSPC]}"
+    gdal = [e for e in chain if type(e).__module__.startswith("rasterio")
+            and re.search(r"write (error|failed)", str(e), re.IGNORECASE)]
+    if not gdal or where is None:
+        return None
+    cause = _probe_write(Path(where))
+    text = "; ".join(" ".join(str(e).split()) for e in gdal)
+    if cause is not None:
+        return f"{where}: {os.strerror(cause)} ({text}); {STORAGE_FIXES[cause]}"
+    return f"{where}: cannot be written ({text}); check its free space, quota and permissions"
+
+
+def _probe_write(folder: Path, size: int = 1 << 20) -> int | None:
+    """The errno of a refused write of ``size`` bytes into ``folder`` (or its nearest existing
+    parent), or None where it is taken (the probe is removed at once)."""
+    import tempfile
+
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc.errno if exc.errno in STORAGE_FIXES else None
+    return None
+
+
+def failure(exc: BaseException, interrupted: str = "interrupted", note: str = "", where=None) -> int | None:
+    """The exit code of what ended a script, its one line printed: a ``PipelineError`` or a
+    refused write (``storage_problem``: ``where`` the folder written to; ``note`` after the line)
+    2, Ctrl-C 130 (``interrupted`` said); None for anything else (a bug: the caller re-raises it,
+    with its traceback)."""
+    if isinstance(exc, PipelineError):
+        return fail(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        print(interrupted, file=sys.stderr)
+        return INTERRUPTED
+    line = storage_problem(exc, None if where is None else str(where)) if isinstance(exc, Exception) else None
+    return fail(line + note) if line else None
+
+
 def run(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``body(args)`` with torch's threads set from ``--threads`` and a ``PipelineError`` as one
-    line (exit 2): no traceback for what the user can fix."""
+    """``body(args)`` with torch's threads set from ``--threads``; a ``PipelineError`` or a refused
+    write (a full disk, a read-only folder) as one line (exit 2), Ctrl-C as one line (exit 130):
+    no traceback for what the user can fix or chose."""
     try:
         if getattr(args, "threads", None) is not None:
             set_threads(args.threads or None)
         return int(body(args))
-    except PipelineError as exc:
-        return fail(exc)
+    except BaseException as exc:
+        code = failure(exc, where=getattr(args, "output", None))
+        if code is None:
+            raise
+        return code
 
 
 def each(items: Iterable, work: Callable, failed: list[str], name: Callable = str):

@@ -32,7 +32,8 @@ functions, in this order:
    and is widened, with a warning, where the tie points and the dense estimate disagree.
 6. Outputs shared by pairs and stacks: ``correction_in_crs`` (the vector that moves a date's
    georeference, in its own CRS), ``write_moved`` (a corrected COG with provenance tags),
-   ``stac_item``, ``provenance`` and ``OutputFolder`` (checked before any work, replaced whole).
+   ``stac_item``, ``provenance`` and ``OutputFolder`` (checked before any work, locked for one
+   writer, published all at once).
 
 **Convention**: a displacement ``d`` (px on the reference grid, x right, y down) of date *b*
 relative to date *a* means a feature at grid pixel *p* in date *a* is found at *p + d* in date
@@ -46,8 +47,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1165,10 +1169,41 @@ def provenance_tags(prov: dict, **extra) -> dict:
 
 # ----------------------------------------------------------------------------- outputs
 class OutputFolder:
-    """A result folder written as a whole: checked before any work (``check``), built in a hidden
-    folder beside it, then moved in — the earlier run's files of the same names (and every one
-    of ``owned``) removed first, so that nothing stale lies beside a new result. Files of others
-    in the folder are left alone."""
+    """A result folder written as a whole, by one run at a time. Files of others in it are never touched.
+
+    * ``check``: one line when the folder cannot be made or written, before any work.
+    * ``locked``: this run is the folder's only writer for the block (``LOCK_NAME``, an ``flock``
+      that dies with its process: a killed run's lock is taken over by the next); a second run
+      into the folder is refused at once with one line naming its holder (pid, host, start,
+      command line: the lock file's text). The file is removed as the lock is let go; a killed
+      run's stays, naming it, until the next run takes it over. The leftovers of killed runs are
+      removed when the lock is taken (``clean``).
+    * ``building``: a fresh folder to write a result into (``RESULTS/<run>``); when the block ends
+      without an error the result is **published all at once**: every name of ``owned`` at the
+      top of the folder is a relative link ``name -> .results/current/name``, and ``current`` (a
+      link to the run's folder) is replaced atomically (``os.replace`` of a new link onto it) —
+      a reader sees the earlier result or the new one, whole, never a mix or a part; links the
+      new result adds are made before the switch (pointing at nothing until then), those it
+      lacks removed after it, and the earlier result's folder after that (Ctrl-C is held off
+      meanwhile: ``interrupts_held``; a kill leaves what ``clean`` removes). The links are
+      relative, so the folder may be moved or copied as a whole (``cp -a``, ``tar``); a file
+      opened through a link stays readable while the result is replaced. A reader that wants
+      two files of one result (``shifts.csv`` and ``stack.json``) while a rerun may switch it
+      reads them under ``.results/current`` resolved once (``os.path.realpath``).
+
+    Where the file system refuses symbolic links (some network and FAT file systems), the result
+    is moved in name by name instead, the earlier one's JSON removed first and the new one's
+    written last (``JSON_NAMES``): a reader then may see a part of the new result for a moment,
+    but never a JSON of a result that is not whole. A real file or folder of ours at a top-level
+    name (an older version of this tool wrote them so) is replaced by its link, the JSON first
+    (its result then disappears before the new one appears: once, at the first run of this
+    version).
+
+    ``flock`` is honoured between processes of one machine on local file systems; on NFS it holds
+    across machines only where the mount has locking (NFSv4, or NFSv3 with lockd; not
+    ``nolock``), and on file systems that ignore it two runs are not kept apart: there run one at
+    a time into a folder. Where the lock cannot be taken at all (ENOLCK, EOPNOTSUPP) the run goes
+    on unlocked and says so in one line."""
 
     def __init__(self, folder: str | Path, owned: tuple[str, ...]):
         self.folder = Path(folder).resolve()
@@ -1191,24 +1226,301 @@ class OutputFolder:
                                 "--output") from None
         return self
 
+    # ------------------------------------------------------------------ one writer
+    @contextlib.contextmanager
+    def locked(self):
+        """The folder locked for this run for the block (made when missing: removed again when
+        the block leaves it empty); the leftovers of killed runs removed first. Re-entrant in one
+        thread (``coregister_dataarray`` holds it around ``coregister_stack``); another thread
+        or process is refused with a ``PipelineError`` naming the holder."""
+        held = _HELD.get(self.folder)
+        if held is not None:
+            if held["thread"] != threading.get_ident():
+                raise PipelineError(self._busy_line(held["holder"]))
+            held["depth"] += 1
+            try:
+                yield self
+            finally:
+                held["depth"] -= 1
+            return
+        self.check()
+        made = []                                   # the folders this run creates, innermost last
+        p = self.folder
+        while not p.exists() and p != p.parent:
+            made.append(p)
+            p = p.parent
+        self.folder.mkdir(parents=True, exist_ok=True)
+        holder = _holder_text()
+        try:
+            fd = self._take_lock(holder)
+        except BaseException:
+            _remove_empty(made)
+            raise
+        _HELD[self.folder] = {"thread": threading.get_ident(), "depth": 1, "holder": holder}
+        try:
+            self.clean()
+            yield self
+        finally:
+            del _HELD[self.folder]
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / LOCK_NAME)     # while still held: see _take_lock
+                os.close(fd)
+            _remove_empty(made)
+
+    def _take_lock(self, holder: str) -> int | None:
+        """The lock file's descriptor, locked (``flock``, exclusive, not waiting) and holding
+        ``holder``; None where the file system cannot lock. A holder removes the file as it lets
+        go: a lock taken on a file no longer at its path is let go and taken again."""
+        try:
+            import fcntl
+        except ImportError:                         # not a POSIX system
+            return self._unlocked("this system has no flock")
+        path = self.folder / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = _read_holder(fd)
+                os.close(fd)
+                raise PipelineError(self._busy_line(text)) from None
+            except OSError as exc:                  # ENOLCK, EOPNOTSUPP: this file system cannot lock
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                return self._unlocked(exc.strerror or str(exc))
+            try:
+                here = os.stat(path)
+                mine = os.fstat(fd)
+                same = (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode("utf-8", "replace"))
+        return fd
+
+    def _unlocked(self, why: str) -> None:
+        print(f"warning: {self.folder}: cannot be locked ({why}); another run into it at the same time is not "
+              "kept apart", file=sys.stderr)
+        return None
+
+    def _busy_line(self, holder: str) -> str:
+        return (f"{self.folder}: another run is writing there ({holder or 'its holder not yet named'}); wait for it "
+                "to end, or give another output folder")
+
+    # ------------------------------------------------------------------ leftovers
+    def clean(self) -> list[Path]:
+        """Remove what killed runs left in the folder (only ever while holding the lock): hidden
+        build folders (``.building.*``), results that are not ``current``, half-made links,
+        the temporary files of atomic writes (``utils.atomic_path``: ``.<stem>.<random>.part<suffix>``)
+        of our names and in ``cache/``, and links of ours that point at nothing. Returns what
+        was removed."""
+        gone = []
+        top = self.folder
+        results = top / RESULTS
+        stems = {Path(n).stem for n in self.owned}
+        for p in list(top.iterdir()) if top.is_dir() else []:
+            n = p.name
+            ours = (n.startswith((".building.", ".write-check.", LINK_TEMP))
+                    or (n.startswith(".") and ".part" in n and n[1:].split(".")[0] in stems))
+            if ours:
+                gone.append(p)
+            elif n in self.owned and p.is_symlink() and not p.exists() \
+                    and os.readlink(p) == _link_target(n):       # a link of ours whose result lacks it
+                gone.append(p)
+        if results.is_dir():
+            live = _current_run(results)
+            gone += [p for p in results.iterdir() if p.name not in (CURRENT, live)]
+        cache = top / "cache"
+        if cache.is_dir():
+            gone += [p for p in cache.rglob(".*") if ".part" in p.name and (p.is_file() or p.is_symlink())]
+        for p in gone:
+            _remove(p)
+        return gone
+
+    # ------------------------------------------------------------------ publishing
     @contextlib.contextmanager
     def building(self):
-        """Yield a hidden folder to write into; on success its content replaces ours."""
-        self.check()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building.", dir=self.folder))
+        """Yield a fresh folder to write the whole result into; when the block ends without an
+        error it is published (see the class): on an error or an interrupt it is removed and
+        the earlier result stands. Holds the lock (``locked``) for the block."""
+        with self.locked():
+            results = self.folder / RESULTS
+            results.mkdir(exist_ok=True)
+            run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-", time.gmtime()), dir=results))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(run, 0o777 & ~umask)                 # mkdtemp's folder is private
+            try:
+                yield run
+                with interrupts_held():
+                    if self._links_work(results):
+                        self._switch(run)
+                    else:
+                        self._move_in(run)
+            finally:
+                if _current_run(results) != run.name:     # not published (an error, an interrupt): removed
+                    shutil.rmtree(run, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    results.rmdir()                       # where it holds nothing
+
+    def _links_work(self, results: Path) -> bool:
+        probe = results / f"{LINK_TEMP}probe.{os.getpid()}"
         try:
-            yield tmp
-            for name in self.owned:
-                old = self.folder / name
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                elif old.exists() or old.is_symlink():
-                    old.unlink()
-            for p in sorted(tmp.iterdir(), key=lambda q: q.name.endswith(".json")):   # the JSON last
-                os.replace(p, self.folder / p.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.symlink(CURRENT, probe)
+        except OSError:
+            return False
+        probe.unlink()
+        return True
+
+    def _switch(self, run: Path) -> None:
+        """Publish ``run`` by links (see the class)."""
+        top, results = self.folder, self.folder / RESULTS
+        has = {n for n in self.owned if (run / n).exists()}
+        for n in sorted(self.owned, key=lambda n: n not in JSON_NAMES):    # an older version's real files: JSON first
+            p = top / n
+            if not p.is_symlink() and p.exists():
+                _remove(p)
+        for n in sorted(has):                       # the new result's names, pointing at nothing until the switch
+            if not ((top / n).is_symlink() and os.readlink(top / n) == _link_target(n)):
+                _replace_link(_link_target(n), top / n)
+        earlier = _current_run(results)
+        _replace_link(run.name, results / CURRENT)  # the switch: one rename
+        try:                                        # tidying: what fails here, the next run's clean() does
+            for n in self.owned:                    # the names it lacks (now pointing at nothing)
+                p = top / n
+                if n not in has and p.is_symlink():
+                    p.unlink()
+            if earlier and earlier != run.name:
+                _remove(results / earlier)
+        except OSError:
+            pass
+
+    def _move_in(self, run: Path) -> None:
+        """Publish ``run`` where links cannot be made: the earlier result removed (its JSON first),
+        the new one moved in (its JSON last)."""
+        for n in sorted(self.owned, key=lambda n: n not in JSON_NAMES):
+            p = self.folder / n
+            if p.is_symlink() or p.exists():
+                _remove(p)
+        results = self.folder / RESULTS
+        earlier = _current_run(results)             # a result published by links before: gone too
+        _remove(results / CURRENT)
+        if earlier and earlier != run.name:
+            _remove(results / earlier)
+        for p in sorted(run.iterdir(), key=lambda q: q.name in JSON_NAMES):
+            os.replace(p, self.folder / p.name)
+
+
+def one_writer(fn):
+    """``fn`` run as its output folder's one writer (``OutputFolder.locked``) when its ``output``
+    argument is given: the public calls that write results (``coregister.coregister``,
+    ``stack.coregister_stack``, ``stack.coregister_dataarray``) hold the lock from before any work
+    to their last write (a stack's cache pruned), from the command line and from Python alike."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        output = signature.bind_partial(*args, **kwargs).arguments.get("output")
+        if output is None:
+            return fn(*args, **kwargs)
+        with OutputFolder(output, RESULT_NAMES).locked():
+            return fn(*args, **kwargs)
+    return run
+
+
+LOCK_NAME = ".coregister.lock"      # in an output folder: the flock of its one writer, naming it
+RESULTS = ".results"                # in an output folder: each published result's folder, and ``current``
+CURRENT = "current"                 # .results/current -> the published result's folder
+LINK_TEMP = ".link-tmp."            # a link made beside the one it replaces, then renamed onto it
+JSON_NAMES = ("coregistration.json", "stack.json")      # what says a result is whole: removed first, written last
+_HELD: dict = {}                    # this process's locked output folders → thread, depth, holder
+
+
+def _link_target(name: str) -> str:
+    return f"{RESULTS}/{CURRENT}/{name}"
+
+
+def _current_run(results: Path) -> str | None:
+    """The name of the run folder ``results/current`` points at, or None."""
+    try:
+        return os.readlink(results / CURRENT)
+    except OSError:
+        return None
+
+
+def _replace_link(target: str, path: Path) -> None:
+    """``path`` made (or replaced, atomically) a symbolic link to ``target``."""
+    tmp = path.with_name(f"{LINK_TEMP}{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """The folders a run made, where it left them empty (innermost first)."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+
+
+def _holder_text() -> str:
+    """Who holds a lock: pid, host, start time (UTC), command line — one line."""
+    import shlex
+    import socket
+
+    command = shlex.join([Path(sys.executable).name, *sys.argv]) if sys.argv and sys.argv[0] else "python"
+    command = " ".join(command.split())
+    if len(command) > 300:
+        command = command[:297] + "…"
+    return (f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: {command}")
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 2000, 0).decode("utf-8", "replace").strip().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Ctrl-C (SIGINT) held off while the block runs (publishing a result: milliseconds): an
+    interrupt then does not leave it half done; one that came meanwhile is dropped — the block
+    is the run's last step, and it finished. Only in the main thread (signals are delivered
+    there); elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_moved(src_path: str | Path, out: Path, move, tags: dict | None = None) -> Path:

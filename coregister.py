@@ -17,8 +17,9 @@ learned estimate (the median of its verified inliers after the fine head and the
 stage), windows combined by their median with a calibrated standard error, warnings where they
 disagree beyond their noise (rotation, scale, a bad window).
 
-Outputs in DIR (the earlier run's replaced as a whole): ``coregistration.json`` (with the
-provenance: version, settings, inputs, time), ``tie_points.geojson`` / ``.csv``,
+Outputs in DIR (one run at a time writes there; the earlier run's result is replaced as a whole,
+all at once: each name is a link into the current result, ``DIR/.results/current``):
+``coregistration.json`` (with the provenance: version, settings, inputs, time), ``tie_points.geojson`` / ``.csv``,
 ``shift_field.tif`` (dx, dy in metres on a coarse grid), ``report.png``, and with
 ``--write-corrected`` the target aligned to the reference as COGs (translation: its georeference
 moved by the correction expressed in its own CRS, no resampling; ``--correction affine|field``:
@@ -28,9 +29,12 @@ in metres, x east and y north: a feature at reference map point P is found in th
 P + (dx, dy). The correction applied to the target is its negative.
 
 Exit codes: 0 co-registered (a stack: every date placed); 1 results written but the pair is not
-verified (a stack: some dates excluded, each with its reason); 2 nothing done: a bad input or
-output folder, named in one line (a stack: also where a pair could not be measured — an error,
-not a refusal — its files written, the error in pairs.csv).
+verified (a stack: some dates excluded, each with its reason); 2 a bad input or output folder,
+another run writing into DIR, or a write refused (disk full, quota, read-only file system,
+permission), named in one line: nothing published (a stack: also where a pair could not be
+measured — an error, not a refusal — its files written, the error in pairs.csv); 130 interrupted
+(Ctrl-C): nothing published, the earlier result in DIR stands (a stack keeps its finished work
+in DIR/cache, and a rerun resumes from it).
 """
 from __future__ import annotations
 
@@ -248,8 +252,9 @@ def affine_in_map(co: Coregistration, pair: engine.PairMeasure) -> dict | None:
 # ----------------------------------------------------------------------------- outputs
 def write_outputs(co: Coregistration, result: dict, folder: Path, write_corrected: bool = False,
                   correction: str = "translation") -> list[Path]:
-    """Every output file of a co-registration, built in a hidden folder and moved into ``folder``
-    as a whole (the earlier run's outputs removed first: nothing stale beside a refusal)."""
+    """Every output file of a co-registration, built in a folder of its own and published into
+    ``folder`` all at once (``engine.OutputFolder.building``: the earlier run's outputs gone with
+    it, nothing stale beside a refusal)."""
     out = engine.OutputFolder(folder, PAIR_OUTPUTS)
     names = ["coregistration.json", "tie_points.geojson", "tie_points.csv"]
     with out.building() as tmp:
@@ -522,6 +527,7 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
 
 
 # ----------------------------------------------------------------------------- API and script
+@engine.one_writer
 def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
                pipeline: MatchingPipeline | None = None, progress: bool = True,
@@ -533,7 +539,8 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     ``ref_nodata`` / ``target_nodata``: each input's no-data rule (``coreg_engine.open_date``:
     None = its files' tags, and fill they do not declare found and read as no-data, with a
     warning; a number; ``"none"``). ``dates``: {NAME: YYYY-MM-DD} for inputs whose date their
-    metadata and name do not give (NAME: the path, file name or stem).
+    metadata and name do not give (NAME: the path, file name or stem). With ``output``, the call
+    is the folder's one writer (``coreg_engine.one_writer``: another run into it is refused).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"--correction {correction}: choose translation, affine or field")
@@ -582,7 +589,8 @@ def main(argv=None) -> int:
     parser.add_argument("--neighbours", type=int, default=None,
                         help="with --stack: dates matched on each side in time (2 when not given)")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration",
-                        help="the result folder (a rerun replaces our earlier result there)")
+                        help="the result folder (a rerun replaces our earlier result there, all at once; one run "
+                             "at a time)")
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
@@ -674,8 +682,11 @@ def main(argv=None) -> int:
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,
                             ref_nodata=args.ref_nodata, target_nodata=args.target_nodata, dates=args.date)
-    except PipelineError as exc:
-        return cli.fail(exc)
+    except BaseException as exc:
+        code = cli.failure(exc, **ending(args.output, stack=False))
+        if code is None:
+            raise
+        return code
     for w in result.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     shift = result["shift_m"]
@@ -689,22 +700,32 @@ def main(argv=None) -> int:
     return 1
 
 
+def ending(output: Path, stack: bool) -> dict:
+    """What a run into ``output`` says when Ctrl-C or a refused write ends it (``cli.failure``)."""
+    said = f"nothing published in {output} (its earlier result, if any, stands)"
+    kept = f"; the finished work is kept in {output / 'cache'}, and a rerun resumes from it" if stack else ""
+    return {"interrupted": f"interrupted: {said}{kept}", "note": f"; {said}", "where": output}
+
+
 def stack_main(args, cfg: CoregisterConfig) -> int:
     from stack import coregister_stack
 
     try:
-        inputs = list(args.stack)
-        if args.stac_search:
-            engine.OutputFolder(args.output, engine.RESULT_NAMES).check()      # before the search
-            found = dp.search_items(args.stac_search, args.collection, args.bbox, args.datetime, args.max_cloud,
-                                    args.max_items)
-            print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
-            inputs += found
-        result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
-                                  args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected,
-                                  dates=args.date)
-    except PipelineError as exc:
-        return cli.fail(exc)
+        with engine.OutputFolder(args.output, engine.RESULT_NAMES).locked():      # before the search
+            inputs = list(args.stack)
+            if args.stac_search:
+                found = dp.search_items(args.stac_search, args.collection, args.bbox, args.datetime, args.max_cloud,
+                                        args.max_items)
+                print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
+                inputs += found
+            result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
+                                      args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected,
+                                      dates=args.date)
+    except BaseException as exc:
+        code = cli.failure(exc, **ending(args.output, stack=True))
+        if code is None:
+            raise
+        return code
     rows = result["dates"]
     for r in rows:
         if r["status"] == "excluded":

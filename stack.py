@@ -18,7 +18,8 @@ that inconsistent pairs lose their weight (their residuals, the loop-closure err
 A date that cannot be matched to the reference directly is placed through its neighbours; a date
 that joins no pair with the reference's part of the graph is excluded with the reason.
 
-Outputs in DIR (the earlier run's replaced as a whole): ``shifts.csv`` (a row a date: absolute
+Outputs in DIR (one run at a time; the earlier run's replaced as a whole, all at once — see
+``coreg_engine.OutputFolder``): ``shifts.csv`` (a row a date: absolute
 path, item id, date, dx_m, dy_m, sigma_m, status ``reference`` / ``ok`` / ``excluded``, reason,
 warnings), ``pairs.csv``, ``stack.json`` (reference, timing, provenance), ``report.png`` (shifts
 over time, the reference marked) and with ``--write-corrected`` ``corrected/``: every placed
@@ -341,15 +342,73 @@ def workers_without_rerunning_main():
                 setattr(main, a, v)
 
 
+# Dask's preload, run in each LocalCluster worker process as it starts (its main thread): a
+# terminal's Ctrl-C goes to every process of its foreground group, and a worker that got it died
+# with its own tracebacks; the run's own process handles it (it closes the cluster, whose workers
+# then end quietly). A worker still starting (importing) when Ctrl-C comes may print its own.
+WORKER_IGNORES_CTRL_C = """
+import signal
+
+
+def dask_setup(worker):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+"""
+
+
 def start_client(scheduler: str | None, workers: int | None):
+    """A client of ``scheduler``, or of a new LocalCluster of ``workers`` processes (one per core
+    when None) that ignore Ctrl-C (``WORKER_IGNORES_CTRL_C``) and close without log lines
+    (``closing_quietly``). Returns (client, cluster or None)."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler), None
     n = workers or len(os.sched_getaffinity(0))
-    with workers_without_rerunning_main():
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-    return Client(cluster), cluster
+    cluster = None
+    try:
+        with workers_without_rerunning_main():
+            cluster = closing_quietly(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None, preload=[WORKER_IGNORES_CTRL_C]))
+        client = Client(cluster)
+        return closing_quietly(client, before=lambda: client.run(_quiet_logs, wait=True)), cluster
+    except BaseException:             # Ctrl-C while they started: none left running
+        if cluster is not None:
+            cluster.close()
+        raise
+
+
+def _quiet_logs(level: int = 50) -> None:
+    """Dask's, tornado's and asyncio's log lines below ``level`` (CRITICAL) silenced in this process."""
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(level)
+
+
+def closing_quietly(obj, before=None):
+    """``obj`` (our own LocalCluster or its client) whose ``close()`` prints nothing: a run cut
+    short (Ctrl-C, an error) closes it with tasks still running, and Dask then logged each
+    cancelled task and the workers it stopped, in the workers (``before``: the client silences
+    them first) and here. Whatever closing raises is dropped: the run's own error or interrupt is
+    what the user is told."""
+    import logging
+
+    close = obj.close
+
+    def quietly(*args, **kwargs):
+        loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+        levels = [lg.level for lg in loggers]
+        _quiet_logs()
+        try:
+            for step in ([before] if before else []) + [lambda: close(*args, **kwargs)]:
+                with contextlib.suppress(Exception):
+                    step()
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+    obj.close = quietly
+    return obj
 
 
 def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list, on_done=None) -> dict:
@@ -407,6 +466,7 @@ def open_dates(paths: list, bands: tuple[str, ...]) -> tuple[dict[int, dp.Produc
 
 
 # ----------------------------------------------------------------------------- driver
+@engine.one_writer            # with ``output``: its one writer, from before any work to the cache's pruning
 def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto",
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
@@ -760,6 +820,7 @@ def _time_labels(da) -> list[str]:
     return [pd.Timestamp(t).strftime("%Y%m%dT%H%M%S") for t in da["time"].values]
 
 
+@engine.one_writer            # with ``output``: its one writer (output/cache/arrays is written first)
 def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | None = None,
                          cfg: CoregisterConfig | None = None, client=None, scheduler: str | None = None,
                          workers: int | None = None, neighbours: int = 2, progress: bool = False):

@@ -2,8 +2,8 @@
 ``pairs.csv``, ``stack.json``, ``report.png``, ``items.geojson`` (every placed date as a STAC Item
 whose assets are VRTs carrying its correction, no pixel written) and, with
 ``--write-corrected``, ``corrected/`` (COGs with their georeference moved, and
-``corrected/stack.geojson`` of them). All built in a hidden folder and moved in whole
-(``engine.OutputFolder``)."""
+``corrected/stack.geojson`` of them). All built in a folder of their own and published at once
+(``engine.OutputFolder.building``: each name a link into ``.results/current``)."""
 from __future__ import annotations
 
 import sys
