@@ -1461,6 +1461,8 @@ def _replace_link(target: str, path: Path) -> None:
     tmp = path.with_name(f"{LINK_TEMP}{path.name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    if path.is_dir() and not path.is_symlink():     # a copy that followed the links (shutil.copytree,
+        shutil.rmtree(path)                          # cp -rL) made it a folder: a rename cannot replace it
     os.symlink(target, tmp)
     try:
         os.replace(tmp, path)
