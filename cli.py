@@ -149,6 +149,30 @@ def run(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         return code
 
 
+BUG = 3                 # the exit code of an unforeseen error (its traceback printed): not a result, not an input
+
+
+def script(main: Callable[[], int]) -> int:
+    """A script's exit code from ``main()``, whatever ends it: its own code; Ctrl-C one line and
+    130, a refused write (full disk …) or a bad input one line and 2 (``failure``); anything
+    unforeseen its traceback and 3 — never Python's 1, which the scripts keep for "results
+    written, not all verified". Every script's ``__main__`` runs through it."""
+    try:
+        return int(main() or 0)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001  sorted here: the user's, the disk's, or ours
+        code = failure(exc)
+        if code is not None:
+            return code
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: an unforeseen {type(exc).__name__} (a bug: please report it with the traceback above)",
+              file=sys.stderr)
+        return BUG
+
+
 def each(items: Iterable, work: Callable, failed: list[str], name: Callable = str):
     """``work(item)`` for every item, yielding ``(item, result)``; an item that fails — our
     ``PipelineError`` or anything unforeseen — is recorded in ``failed`` as one line naming it, and

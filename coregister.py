@@ -34,7 +34,8 @@ another run writing into DIR, or a write refused (disk full, quota, read-only fi
 permission), named in one line: nothing published (a stack: also where a pair could not be
 measured — an error, not a refusal — its files written, the error in pairs.csv); 130 interrupted
 (Ctrl-C): nothing published, the earlier result in DIR stands (a stack keeps its finished work
-in DIR/cache, and a rerun resumes from it).
+in DIR/cache, and a rerun resumes from it); 3 an unforeseen error (a bug: its traceback printed,
+nothing published).
 """
 from __future__ import annotations
 
@@ -742,4 +743,4 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script(main))

@@ -384,4 +384,4 @@ def reference_subset(results: dict, cfg: EvalConfig, args, every: int = 10) -> d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script(main))

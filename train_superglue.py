@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import cli
 from config import SuperGlueConfig, SuperGlueTrainConfig
 from dataset import TrainingPairs, load_scenes
 from matching import SuperPointExtractor
@@ -154,4 +155,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script(main))

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import cli
 from config import SuperPointConfig, SuperPointTrainConfig
 from dataset import TrainingPairs, load_scenes
 from SuperPoint import SuperPoint, fine_patches, sample_descriptors, snap_to_fine_grid
@@ -280,4 +281,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script(main))

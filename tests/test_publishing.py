@@ -511,3 +511,31 @@ def test_cli_run_gives_every_script_the_same_endings(tmp_path, capsys):
     assert said == f"error: /x/y.npz: No space left on device; {cli.STORAGE_FIXES[errno.ENOSPC]}"
     with pytest.raises(ValueError):
         cli.run(body(ValueError("a bug")), args)
+
+
+@pytest.mark.parametrize("script", ["coregister.py", "data_preprocess.py", "evaluate.py", "inference.py",
+                                    "train_superpoint.py", "train_superglue.py"])
+def test_every_script_ends_through_cli_script(script):
+    """Every script's ``__main__`` goes through ``cli.script`` (so Ctrl-C, a full disk and a bug
+    end as below, never as Python's exit 1 with a traceback)."""
+    text = (Path(__file__).resolve().parent.parent / script).read_text()
+    assert 'if __name__ == "__main__":\n    sys.exit(cli.script(main))' in text
+
+
+def test_cli_script_keeps_exit_1_for_results_and_gives_a_bug_3(capsys):
+    """``cli.script``: the script's own code as it is (1: results written, not all verified),
+    Ctrl-C 130 in one line, a refused write 2, an unforeseen error its traceback and 3 — never
+    Python's 1."""
+    def raising(exc):
+        def main():
+            raise exc
+        return main
+
+    assert cli.script(lambda: 1) == 1 and cli.script(lambda: 0) == 0
+    assert cli.script(raising(KeyboardInterrupt())) == 130
+    assert one_line(capsys.readouterr().err) == "interrupted"
+    assert cli.script(raising(OSError(errno.ENOSPC, "No space left on device", "/x/y.npz"))) == 2
+    assert "No space left on device" in one_line(capsys.readouterr().err)
+    assert cli.script(raising(ZeroDivisionError("a bug"))) == cli.BUG == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "a bug: please report it" in err
