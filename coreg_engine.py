@@ -80,6 +80,8 @@ CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribut
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
 MIN_AFFINE_WINDOWS = 3      # windows, not on one line, that a rotation or scale warning rests on at least
 GRADIENT_CHI2 = 18.47       # χ² (4 degrees of freedom, p = 0.001) of a fitted gradient beyond the windows' noise
+NORTH_UP_TOLERANCE_DEG = 1e-4   # a geotransform's rotation or shear within this is rounding (0.02 px over 10980 px)
+WARP_NORTH_UP = "warp it north-up first, e.g. gdalwarp -r cubic IN OUT"   # the fix for a rotated or sheared grid
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -178,8 +180,8 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
             try:
                 data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
             except rasterio.errors.RasterioIOError as exc:
-                raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
-                                    "truncated, download or export it again") from exc
+                raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
+                                    "or export it again") from exc
             declared = src.nodata
         if declared is not None and (np.isnan(declared) or
                                      edge_fraction(data, declared) >= config.FILL_MIN_FRACTION):
@@ -294,11 +296,11 @@ def parse_date(text) -> str:
         return ""
 
 
-def acquisition_date(product: dp.Product, path, given: str | None = None) -> tuple[str, str]:
+def acquisition_date(product: dp.Product | None, path, given: str | None = None) -> tuple[str, str]:
     """(YYYYMMDD or "", where it came from) — the one rule that decides a date: ``given``
     (``--date``), the product's metadata (a .SAFE or STAC Item), the raster's acquisition tags
     (``DATE_TAGS``), a product id or date in its name (``NAME_DATES``), TIFFTAG_DATETIME; else
-    ("", "unknown")."""
+    ("", "unknown"). ``product`` None (a date that could not be opened): ``given`` or its name."""
     if given:
         d = parse_date(given)
         if not d:
@@ -307,11 +309,12 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
     name = remote.name_of(first_path(path))
     in_name = next(((parse_date(m.group(1)), source) for source, pattern in NAME_DATES
                     for m in re.finditer(pattern, name) if parse_date(m.group(1))), ("", ""))
-    sensed = parse_date(product.sensing_date)
+    sensed = parse_date(product.sensing_date) if product is not None else ""
     if sensed and sensed != in_name[0]:
         return sensed, "product metadata"     # not only its name's date
     tags = {}
-    first = next((f for res in product.band_files.values() for f in res.values()), None)
+    first = next((f for res in product.band_files.values() for f in res.values()), None) \
+        if product is not None else None
     if first is not None:
         try:
             with dp.open_raster(first) as src:
@@ -328,8 +331,9 @@ def acquisition_date(product: dp.Product, path, given: str | None = None) -> tup
     return "", "unknown"
 
 
-def date_of(product: dp.Product, path) -> str:
-    """The date's YYYYMMDD (``acquisition_date``), or its name where none is known."""
+def date_of(product: dp.Product | None, path) -> str:
+    """The date's YYYYMMDD (``acquisition_date``; ``product`` None: from its name), or its name
+    where none is known."""
     date, _ = acquisition_date(product, path)
     return date or remote.stem_of(first_path(path))
 
@@ -363,6 +367,97 @@ def grid_of(product: dp.Product, bands: list[str]) -> dp.Grid:
         raise PipelineError(f"{product.source}: not georeferenced (no CRS); co-registration needs a CRS and "
                             "transform: assign them (gdal_edit.py -a_srs, -a_ullr) or give another file")
     return grid
+
+
+def grid_angles(transform) -> tuple[float, float]:
+    """(rotation, shear) of a geotransform, degrees: the rotation of its columns' axis from east
+    (counter-clockwise positive; 0 for a north-up grid) and how far its two axes are from square
+    (0 for a north-up or rotated grid; a shear is no map grid)."""
+    x_axis, y_axis = np.array([transform.a, transform.d]), np.array([transform.b, transform.e])
+    rotation = float(np.degrees(np.arctan2(transform.d, transform.a)))
+    cos = float(x_axis @ y_axis / max(np.linalg.norm(x_axis) * np.linalg.norm(y_axis), 1e-300))
+    return rotation, 90.0 - float(np.degrees(np.arccos(np.clip(abs(cos), 0.0, 1.0))))
+
+
+def check_georeference(product: dp.Product, bands: list[str], role: str = "date", grid: dp.Grid | None = None) -> None:
+    """Each band file of ``bands`` has a map CRS and a geotransform the engine can measure on, or
+    one line (``PipelineError``) naming the file, what is wrong and the fix. A stack's date and a
+    pair's target must lie on a north-up grid (a rotated or sheared geotransform of north-up
+    pixels is a broken georeference: a translation cannot correct it, and measured against a
+    north-up grid it gave "ok" shifts of kilometres); a pair's target may also lie on the
+    reference ``grid``'s rotation (a corrected target written on a rotated reference's grid). A
+    pair's ``"reference"`` may be rotated (its grid is the one measured on); a shear is refused
+    for every role: no map grid is sheared."""
+    from rasterio.errors import CRSError
+
+    for path in dict.fromkeys(product.band_path(b) for b in bands):
+        with dp.open_raster(path) as src:
+            try:
+                crs = src.crs
+            except CRSError:
+                crs = False
+            transform, size = src.transform, (src.width, src.height)
+        name = remote.name_of(path) if remote.is_remote(path) else str(path)
+        corners = np.array([transform * (c, r) for c in (0, size[0]) for r in (0, size[1])])
+        degrees = crs and crs.is_geographic and not ((np.abs(corners[:, 0]) <= 360).all()
+                                                     and (np.abs(corners[:, 1]) <= 90).all())
+        if not crs or not (crs.is_projected or crs.is_geographic) or degrees:
+            what = ("has no CRS (not georeferenced)" if crs is None else "has a CRS that cannot be read" if crs is False
+                    else f"has a geographic CRS, but its corner ({corners[0, 0]:.1f}, {corners[0, 1]:.1f}) is not in "
+                         "degrees: the CRS is wrong" if degrees else "has a local CRS (no map projection)")
+            raise PipelineError(f"{name}: {what}; co-registration needs a map CRS and transform: assign them "
+                                "(gdal_edit.py -a_srs EPSG:…, -a_ullr) or give another file")
+        rotation, shear = grid_angles(transform)
+        if abs(shear) > NORTH_UP_TOLERANCE_DEG:
+            raise PipelineError(f"{name}: its geotransform is sheared (its axes {90 - abs(shear):.1f}° apart, not 90°: "
+                                f"no map grid); {WARP_NORTH_UP}")
+        if role == "reference" or abs(rotation) <= NORTH_UP_TOLERANCE_DEG:
+            continue
+        turn = f"rotated {abs(rotation):.1f}° {'counter-clockwise' if rotation > 0 else 'clockwise'}"
+        if role == "target" and grid is not None:
+            on_grid = grid_angles(grid.transform)[0]
+            if abs(rotation - on_grid) <= NORTH_UP_TOLERANCE_DEG:
+                continue                     # on the reference's own rotation
+            if abs(on_grid) > NORTH_UP_TOLERANCE_DEG:
+                raise PipelineError(f"{name}: its geotransform is {turn}, the reference's grid {on_grid:+.1f}°; "
+                                    f"{WARP_NORTH_UP}, or onto the reference's grid")
+        also = ", or give it as the pair's reference" if role == "target" else ""
+        raise PipelineError(f"{name}: its geotransform is {turn} (not a north-up grid); {WARP_NORTH_UP}{also}")
+
+
+def bad_input_line(exc: BaseException, source) -> str | None:
+    """The words for an exception that a bad input raises while it is read (naming ``source`` and
+    the fix), or None where ``exc`` is not one (a fault of this tool: its traceback is wanted).
+    A ``PipelineError`` is its own line; rasterio's read errors (a corrupt or truncated file),
+    CRS errors, a window the file's georeference puts out of shape, and a Dask worker that died
+    on the date get theirs: raw exception text never reaches a reason."""
+    import rasterio.errors
+
+    name = remote.name_of(str(source)) if remote.is_remote(str(source)) else str(source)
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    if isinstance(exc, rasterio.errors.RasterioIOError):
+        return f"{name}: cannot be read (corrupt or truncated); download or export it again"
+    if isinstance(exc, rasterio.errors.CRSError) or type(exc).__name__ == "CRSError" or (
+            type(exc).__name__.startswith("CPLE_") and re.search(r"PROJ|coordinate operation", str(exc))):
+        return (f"{name}: its CRS cannot be read or transformed to the grid's; assign a map CRS (gdal_edit.py "
+                "-a_srs EPSG:…) or give another file")
+    if isinstance(exc, (rasterio.errors.WindowError, rasterio.errors.TransformError)) or (
+            isinstance(exc, ValueError) and _raised_in("rasterio", exc)):
+        return (f"{name}: its georeference puts its pixels out of shape on the grid (a rotated, sheared or flipped "
+                f"geotransform?); {WARP_NORTH_UP}")
+    if type(exc).__name__ == "KilledWorker":
+        return (f"{name}: the worker reading it died each time it tried (out of memory?); give the workers more "
+                "memory or use fewer (--workers)")
+    return None
+
+
+def _raised_in(package: str, exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in ``package``'s code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def date_grid(grid: dp.Grid, offset_px) -> dp.Grid:
@@ -480,7 +575,7 @@ def reference_overview(pipeline, product: dp.Product, bands: list[str], grid: dp
     image, valid = read_date(product, bands, grid, (0, 0, grid.width, grid.height), shape, False, cfg)
     if not valid.any():
         raise PipelineError(f"{product.source}: no valid pixel in the bands {', '.join(bands)} (nodata, cloud or "
-                            "snow everywhere); choose another reference")
+                            "snow everywhere): nothing to match on it; choose another date")
     f = pipeline.extract(image, valid, "reference overview")
     return Overview(f, image, (grid.width / shape[1], grid.height / shape[0]), shape)
 

@@ -95,7 +95,10 @@ class Coregistration:
             self.ref_bands, self.tgt_bands = engine.common_bands([self.ref, self.tgt], wanted[0])
         else:
             self.ref_bands, self.tgt_bands = (engine.date_bands(p, w) for p, w in zip((self.ref, self.tgt), wanted))
+        # the grid measured on: the reference's, rotated or not; the target on a north-up grid or on that one
+        engine.check_georeference(self.ref, self.ref_bands, "reference")
         self.grid = engine.grid_of(self.ref, self.ref_bands)
+        engine.check_georeference(self.tgt, self.tgt_bands, "target", self.grid)
         self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
         self.progress = progress
 

@@ -31,6 +31,7 @@ gamma-corrected: the same mapping for every date, so one place looks alike on al
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -673,8 +674,13 @@ def open_raster(path: str):
             why = remote.diagnose(path) or str(exc).splitlines()[0]
             raise PipelineError(f"{path}: cannot read ({why}) after {remote.OPEN_RETRIES} attempts; check the URL, "
                                 "the network and credentials (AWS_*, GDAL_HTTP_*)") from exc
-        raise PipelineError(f"{path}: cannot open ({str(exc).splitlines()[0]}); the file is corrupt or "
-                            "truncated, download the product again") from exc
+        plain = not str(path).startswith("/vsi")          # not a file inside a zip (GDAL's /vsizip/)
+        if plain and not Path(path).exists():
+            raise PipelineError(f"{path}: no such file; give an existing file") from exc
+        if plain and not os.access(path, os.R_OK):
+            raise PipelineError(f"{path}: cannot be read (permission denied); make it readable") from exc
+        raise PipelineError(f"{path}: cannot open (not a raster GDAL reads): the file is corrupt or truncated, "
+                            "download the product again") from exc
 
 
 def nodata_value(src, policy: float | str | None = "file") -> float | None:
@@ -711,8 +717,8 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         try:
             return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{path}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
-                                "truncated, download the product again") from exc
+            raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
+                                "the product again") from exc
 
     col, row, w, h = window_px
     with open_raster(path) as file:
@@ -780,8 +786,8 @@ def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling
                         resampling=Resampling.average if coarser else Resampling.nearest).astype(np.float64)
         masks = file.read_masks(bands[0], window=win, out_shape=shape, resampling=Resampling.nearest) == 0
     except Exception as exc:
-        raise PipelineError(f"{file.name}: cannot decode ({str(exc).splitlines()[0]}); the file is corrupt or "
-                            "truncated, download the product again") from exc
+        raise PipelineError(f"{file.name}: cannot decode its pixels: the file is corrupt or truncated, download "
+                            "the product again") from exc
     invalid = ~np.isfinite(src).all(axis=0) | masks
     if value is not None:
         invalid |= (src == value).any(axis=0)
