@@ -205,14 +205,19 @@ class TaskError:
 
 
 def reports_bad_input(task):
-    """A task that returns its ``PipelineError`` as a ``TaskError`` instead of raising it (Dask
-    would log the traceback on the worker and retry a failure that cannot change)."""
+    """A task that returns a bad input's failure as a ``TaskError`` in words instead of raising it
+    (Dask would log the traceback on the worker and retry a failure that cannot change): its
+    ``PipelineError``, and what a corrupt or truncated file, a CRS or a georeference out of shape
+    raise deeper down (``engine.bad_input_line``). Anything else is raised: a fault of this tool."""
     @functools.wraps(task)
     def run(*args, **kwargs):
         try:
             return task(*args, **kwargs)
-        except PipelineError as exc:
-            return TaskError(str(exc))
+        except Exception as exc:
+            line = engine.bad_input_line(exc, _label(getattr(args[0], "path", args[0])))
+            if line is None:
+                raise
+            return TaskError(line)
     return run
 
 
@@ -426,7 +431,7 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
         try:
             value = fut.result()
         except Exception as exc:       # a bad product is reported; the others go on
-            errors[k] = str(exc) if isinstance(exc, PipelineError) else f"{_label(paths[k])}: {type(exc).__name__}: {exc}"
+            errors[k] = _reason(exc, paths[k])
             continue
         if isinstance(value, TaskError):
             errors[k] = value.message
@@ -451,8 +456,8 @@ def open_dates(paths: list, bands: tuple[str, ...]) -> tuple[dict[int, dp.Produc
     def one(p):
         try:
             return engine.open_date(p, "date", bands), None
-        except PipelineError as exc:
-            return None, str(exc)
+        except Exception as exc:       # a bad date is excluded with its reason in words, wherever it stands
+            return None, _reason(exc, p, raise_unforeseen=True)
 
     products: dict[int, dp.Product] = {}
     errors: dict[int, str] = {}
@@ -463,6 +468,29 @@ def open_dates(paths: list, bands: tuple[str, ...]) -> tuple[dict[int, dp.Produc
             else:
                 errors[k] = error
     return products, errors
+
+
+def _reason(exc: BaseException, date, raise_unforeseen: bool = False) -> str:
+    """Why ``date`` failed, in words: a bad input's line (``engine.bad_input_line``); an unforeseen
+    exception named as a fault of this tool (its traceback is in the worker's log), or raised
+    again with ``raise_unforeseen`` (in this process: its traceback is then shown)."""
+    line = engine.bad_input_line(exc, _label(date))
+    if line is None and raise_unforeseen:
+        raise exc
+    return line or (f"{_label(date)}: could not be processed (an unforeseen {type(exc).__name__}, a fault of this "
+                    "tool; its traceback is in the log); please report it")
+
+
+def _value(future, date):
+    """A task's value; its failure (a ``TaskError``, or an exception after Dask's retries) as a
+    ``PipelineError`` in words."""
+    try:
+        value = future.result()
+    except Exception as exc:
+        raise PipelineError(_reason(exc, date)) from exc
+    if isinstance(value, TaskError):
+        raise PipelineError(value.message)
+    return value
 
 
 # ----------------------------------------------------------------------------- driver
@@ -508,9 +536,6 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     engine.check_given_dates(dates, paths)
     products, errors = open_dates(paths, bands)
-    grid_k = ref_k if ref_k is not None else pinned_grid if pinned_grid in products else next(iter(products), None)
-    if grid_k is None or grid_k not in products:
-        raise PipelineError(errors.get(grid_k if grid_k is not None else 0, "no date of the stack can be opened"))
     keys = list(products)
     try:
         per_date = engine.common_bands([products[k] for k in keys], bands, quorum=0.5)
@@ -523,24 +548,22 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 errors[k] = str(exc)
                 per_date.append(None)
     date_bands = {k: b for k, b in zip(keys, per_date) if b is not None}
-    if grid_k not in date_bands:
-        raise PipelineError(errors[grid_k])
-    grid = engine.grid_of(products[grid_k], date_bands[grid_k])
-    px_m = engine.metres_per_px(grid)
-    cache = WorkCache(output, {"cfg": config.as_dict(cfg), "bands": list(bands),
-                               "grid": [list(grid.transform)[:6], grid.width, grid.height, str(grid.crs)]})
-    content = {}                  # what each date's data is (its files' content keys), for the cache
-    for k in list(date_bands):
+    for k in list(date_bands):        # a map CRS and a north-up grid (a rotated date would be "placed" km off)
         try:
-            content[k] = cache.date_content(products[k], date_bands[k]) if cache.folder else str(k)
-        except (OSError, PipelineError) as exc:
-            errors[k] = str(exc)
+            engine.check_georeference(products[k], date_bands[k], "date")
+        except Exception as exc:
+            errors[k] = _reason(exc, paths[k], raise_unforeseen=True)
             date_bands.pop(k)
-    if grid_k not in content:
-        raise PipelineError(errors[grid_k])
-    # a date is its files' content and its path (its name and date may come from the path: two
-    # dates of the same pixels are still two dates)
-    loc_keys = {k: cache.key("location", content[k], _label(paths[k]), content[grid_k]) for k in date_bands}
+    if ref_k is not None and ref_k not in date_bands:
+        raise PipelineError(errors[ref_k])
+    # the grid's date: the given reference, else the earlier run's grid date, else the first date —
+    # and where one cannot be read (its grid, its overview, its own location), the next usable one
+    candidates = [ref_k] if ref_k is not None else list(dict.fromkeys(
+        k for k in (pinned_grid, *date_bands) if k in date_bands))
+    if not candidates:
+        raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
+    given_dates = dates
+    content = {}                  # what each date's data is (its files' content keys), for the cache
     own_client = client is None
     if own_client:
         client, cluster = start_client(scheduler, workers)
@@ -548,17 +571,47 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         cluster = None
     try:
         t_extract = time.time()
-        locations = {}
-        for k in date_bands:
-            cached = cache.get("locations", loc_keys[k])
-            if cached is not None:
-                locations[k] = dataclasses.replace(cached, path=paths[k])
-        ov = None
-        if any(k not in locations for k in date_bands if k != grid_k):
-            ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg,
-                               products[grid_k].nodata, retries=2, key=f"overview-{time.time_ns()}")
-            if isinstance(ov.result(), TaskError):
-                raise PipelineError(ov.result().message)
+        for grid_k in candidates:
+            try:
+                grid = engine.grid_of(products[grid_k], date_bands[grid_k])
+                px_m = engine.metres_per_px(grid)
+                cache = WorkCache(output, {"cfg": config.as_dict(cfg), "bands": list(bands),
+                                           "grid": [list(grid.transform)[:6], grid.width, grid.height, str(grid.crs)]})
+                for k in [k for k in date_bands if k not in content]:       # each date's once, whatever the grid
+                    try:
+                        content[k] = cache.date_content(products[k], date_bands[k]) if cache.folder else str(k)
+                    except (OSError, PipelineError) as exc:
+                        errors[k] = str(exc)
+                        date_bands.pop(k)
+                if grid_k not in content:
+                    raise PipelineError(errors[grid_k])
+                # a date is its files' content and its path (its name and date may come from the path: two
+                # dates of the same pixels are still two dates)
+                loc_keys = {k: cache.key("location", content[k], _label(paths[k]), content[grid_k]) for k in date_bands}
+                locations = {}
+                for k in date_bands:
+                    cached = cache.get("locations", loc_keys[k])
+                    if cached is not None:
+                        locations[k] = dataclasses.replace(cached, path=paths[k])
+                ov = None
+                if any(k not in locations for k in date_bands if k != grid_k):
+                    ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg,
+                                       products[grid_k].nodata, retries=2, key=f"overview-{time.time_ns()}")
+                    _value(ov, paths[grid_k])
+                if grid_k not in locations:
+                    own = _value(client.submit(task_locate, paths[grid_k], date_bands[grid_k], grid, None, cfg,
+                                               products[grid_k].nodata, retries=2,
+                                               key=f"locate-{grid_k}-{time.time_ns()}"), paths[grid_k])
+                    cache.put("locations", loc_keys[grid_k], own)
+                    locations[grid_k] = own
+                break
+            except PipelineError as exc:
+                if ref_k is not None:
+                    raise
+                errors[grid_k] = str(exc)
+                date_bands.pop(grid_k, None)
+        else:
+            raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
                                     products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
@@ -566,8 +619,6 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                               on_done=lambda k, loc: cache.put("locations", loc_keys[k], loc)).items():
             locations[k] = loc
         locations = {k: engine.with_given_date(loc, dates) for k, loc in locations.items()}
-        if grid_k not in locations:
-            raise PipelineError(f"{_label(paths[grid_k])}: the grid's date cannot be read: {errors.get(grid_k)}")
         region = engine.common_region(grid, [loc.extent_px for loc in locations.values()], cfg.edge_tolerance_px)
         windows = engine.plan_windows(region, cfg)
         feature_keys = {k: cache.key("date", loc_keys[k], windows) for k in locations}
@@ -588,7 +639,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         ok = [k for k in range(len(paths)) if dates[k] is not None and dates[k].features]
         for k in range(len(paths)):
             if dates[k] is not None and not dates[k].features:
-                errors[k] = "no window with enough valid, textured area (cloud, snow or nodata)"
+                errors[k] = ("no valid pixel in the windows (no data, cloud or snow everywhere)" if not dates[k].valid_share
+                             else "no window with enough valid, textured area (cloud, snow or nodata)")
         if ref_k is not None:
             ref = ref_k
             if ref not in ok:
@@ -637,7 +689,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     cache.prune()
     solution = adjust(len(paths), pairs, ref)
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
-                    scheduler)
+                    scheduler, given_dates)
     result["timing"] = timing
     result["grid_date"] = _label(paths[grid_k])
     result.update(cache.counts())
@@ -708,7 +760,7 @@ def item_ids(paths: list, products: dict) -> list[str]:
 
 
 def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, seconds,
-           scheduler) -> dict:
+           scheduler, given_dates: dict | None = None) -> dict:
     px = engine.metres_per_px(grid)
     x_m = _to_metres(grid, solution["x"])
     kinds = [tuple(loc.bands) for loc in locations.values()]
@@ -736,10 +788,13 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
             warnings.insert(0, products[k].fill)
         if k in locations and list(locations[k].bands) != list(usual):
             warnings.append(f"read with {','.join(locations[k].bands)} (most dates: {','.join(usual)})")
-        date = d.date if d else (locations[k].date if k in locations else
-                                 (engine.date_of(products[k], p) if k in products else ""))
-        rows.append({"path": _label(p), "id": ids[k], "date": date,
-                     "date_source": locations[k].date_source if k in locations else None,
+        # a date never located (unreadable, refused at the door) still gets its date from --date, its
+        # metadata where it opened, or its name
+        date, source = ((d.date, d.location.date_source) if d else
+                        (locations[k].date, locations[k].date_source) if k in locations else
+                        engine.acquisition_date(products.get(k), p, engine.given_date(given_dates, p)))
+        rows.append({"path": _label(p), "id": ids[k], "date": date or remote.stem_of(engine.first_path(p)),
+                     "date_source": source,
                      "bands": ",".join(locations[k].bands)
                      if k in locations else None, "dx_m": float(x_m[k, 0]),
                      "dy_m": float(x_m[k, 1]), "sigma_m": float(solution["sigma"][k] * px),
