@@ -83,11 +83,20 @@ def _is_band_file(p: Path) -> bool:
     return bool(re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", p.stem))
 
 
+def _own_output(p: Path) -> bool:
+    """Whether ``p`` is an output of this tool, never a date: a result's names (``engine.RESULT_NAMES``:
+    a pair's ``shift_field.tif`` or a stack's ``stack.json`` written into the input folder), the
+    stack's ``cache/``, and hidden files and folders (a result being built or published, the lock)."""
+    return p.name in engine.RESULT_NAMES or p.name == "cache" or p.name.startswith(".")
+
+
 def _dates_in_folder(folder: Path) -> list:
-    """The dates a folder holds (each a path, or a list of one date's band files)."""
-    safes = sorted(p for p in folder.iterdir() if dp.is_safe(p))
-    items = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json")
-    rasters = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
+    """The dates a folder holds (each a path, or a list of one date's band files); this tool's own
+    outputs in it are not dates (``_own_output``)."""
+    entries = [p for p in folder.iterdir() if not _own_output(p)]
+    safes = sorted(p for p in entries if dp.is_safe(p))
+    items = sorted(p for p in entries if p.suffix.lower() == ".json")
+    rasters = sorted(p for p in entries if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
     out: list = [*safes, *(ref for p in items for ref in _expand_document(p))]
     if rasters:
         by_date: dict[str, list[Path]] = {}
@@ -102,7 +111,7 @@ def _dates_in_folder(folder: Path) -> list:
         else:                                              # rasters of their own (multi-band)
             out += rasters
     if not out:                                            # a folder of date folders (imgs_1/, imgs_2/)
-        out = [d for d in sorted(folder.iterdir()) if d.is_dir() and any(
+        out = [d for d in sorted(entries) if d.is_dir() and any(
             q.suffix.lower() in (".tif", ".tiff", ".jp2") for q in d.iterdir())]
     return out
 
