@@ -322,6 +322,18 @@ def adjust(n: int, pairs: list[PairMeasure], reference: int, iterations: int = 2
             "weight": weights, "residual": residuals}
 
 
+def _joined(k: int, pairs: list[PairMeasure]) -> set[int]:
+    """Date ``k`` and every date that verified pairs join to it, directly or through others."""
+    joined, todo = {k}, [k]
+    while todo:
+        m = todo.pop()
+        for p in pairs:
+            if p.verified and m in (p.i, p.j) and (other := p.j if m == p.i else p.i) not in joined:
+                joined.add(other)
+                todo.append(other)
+    return joined
+
+
 def choose_reference(dates: list[DateFeatures | None]) -> tuple[int, str]:
     """The date with the most keypoints over valid windows (most valid, cloud- and snow-free,
     textured area)."""
@@ -687,6 +699,18 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                         extra.add((min(k, m), max(k, m)))
         if extra:
             pairs += run_pairs(client, sorted(extra), futures, cfg, px_m, progress, cache, feature_keys)
+        best = max((_joined(k, pairs) for k in ok), key=len)
+        if ref_k is None and ref != pinned and len(best) > len(_joined(ref, pairs)):
+            # the date with the most keypoints joins fewer dates than others do (a different place, a
+            # date of noise): the reference is chosen among the dates that can be placed
+            first, others = ref, len(_joined(ref, pairs)) - 1
+            ref, ref_reason = choose_reference([dates[k] if k in best else None for k in range(len(paths))])
+            ref_reason += (f"; chosen among the {len(best)} dates that verified pairs join together "
+                           f"({remote.name_of(_label(paths[first]))} had more keypoints, but is joined to "
+                           f"{engine.plural(others, 'other date') if others else 'no other date'})")
+            done = {(p.i, p.j) for p in pairs}
+            pairs += run_pairs(client, sorted({(min(k, ref), max(k, ref)) for k in best if k != ref} - done), futures,
+                               cfg, px_m, progress, cache, feature_keys)
         timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(extracted),
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
