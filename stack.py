@@ -7,7 +7,7 @@ one date each; a folder of one date's band files (``B02.tif``, ``B03.tif``, ``B0
 date; a folder of such folders (``imgs_1/``, ``imgs_2/``) is one date a sub-folder.
 
 The same engine as a pair (``coreg_engine.py``; a pair is a stack of two): every date is read on
-one grid (the first input's, or ``--reference PATH``'s), each at its own coarse offset, in the
+one grid (the first usable date's, or ``--reference PATH``'s), each at its own coarse offset, in the
 same windows, and its features are extracted once (one task per date). Pairs are then measured
 window by window (one task per pair): every date against its neighbours in time
 (``--neighbours`` on each side) and the reference and, where a date has too few verified pairs,
@@ -33,8 +33,10 @@ and workers must import this repository (``PYTHONPATH=/path/to/repo dask schedul
 ``PYTHONPATH=/path/to/repo dask worker tcp://HOST:8786 --nworkers N --nthreads 1``; the
 checkpoints are read from the repository's ``model_checkpoints/`` on each worker). From a plain
 Python script, ``coregister_stack`` works without an ``if __name__ == "__main__":`` guard: the
-LocalCluster's workers are started without running the script again. A failing product is
-reported and the others go on; Dask retries a task whose worker died.
+LocalCluster's workers are started without running the script again. A bad date (unreadable, off a
+north-up grid, without a CRS or valid pixels) is excluded with one line in words wherever it
+stands, and the others go on; this tool's own outputs in an input folder are not dates; Dask
+retries a task whose worker died.
 """
 from __future__ import annotations
 
