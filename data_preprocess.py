@@ -591,7 +591,10 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
                             "or set band descriptions")
     first = files[0]
     folder = remote.parent_of(first)
-    date = re.search(r"(20\d{6})", str(first))
+    # a date in the file's own name (one date's band files: their folder's), never one further up
+    # the path (a project folder named proj_20190101 is no acquisition date of what it holds)
+    date = re.search(r"(20\d{6})", remote.name_of(first)) or (
+        re.search(r"(20\d{6})", remote.name_of(folder)) if len(files) > 1 else None)
     place = remote.stem_of(first) if len(files) == 1 else remote.name_of(folder)
     oscd = None if remote.is_remote(first) else re.fullmatch(r"imgs_(\d)", first.parent.name)
     if oscd:  # OSCD layout: <city>/imgs_N/B04.tif with the dates in <city>/dates.txt
