@@ -721,6 +721,12 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             client.close()
         if cluster is not None:
             cluster.close()
+    changed = cache.changed({k: (products[k], date_bands[k]) for k in content if k in date_bands}, content)
+    if changed:                   # read part before, part after an edit: neither the result nor its work is kept
+        cache.forget_computed()
+        raise PipelineError(f"{'; '.join(_label(paths[k]) for k in changed)}: changed while this run read "
+                            f"{'it' if len(changed) == 1 else 'them'} (the content differs from the run's start); "
+                            "nothing published, this run's work not kept: rerun once the files are written")
     cache.prune()
     solution = adjust(len(paths), pairs, ref)
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
