@@ -1353,6 +1353,7 @@ class OutputFolder:
             raise
         _HELD[self.folder] = {"thread": threading.get_ident(), "depth": 1, "holder": holder}
         try:
+            self.claim()
             self.clean()
             yield self
         finally:
@@ -1408,6 +1409,21 @@ class OutputFolder:
                 "to end, or give another output folder")
 
     # ------------------------------------------------------------------ leftovers
+    def claim(self) -> None:
+        """Refuse a folder whose files at our names are not ours: a real file or folder at one of
+        ``owned`` (``items/``, ``report.png`` …) where no result of ours was ever published (no
+        ``RESULTS`` folder, no JSON of ours beside it) is the user's, and publishing would
+        delete it — one line naming them instead."""
+        top = self.folder
+        if (top / RESULTS).is_dir() or any((top / n).is_file() for n in JSON_NAMES if n in self.owned):
+            return
+        foreign = sorted(n for n in self.owned if (top / n).exists() and not (top / n).is_symlink())
+        if foreign:
+            shown = ", ".join(n + ("/" if (top / n).is_dir() else "") for n in foreign[:5])
+            raise PipelineError(f"{top}: holds {shown}, which this tool did not write (no result of ours is "
+                                "there), and a result would replace them; choose another output folder, or move "
+                                "them")
+
     def clean(self) -> list[Path]:
         """Remove what killed runs left in the folder (only ever while holding the lock): hidden
         build folders (``.building.*``), results that are not ``current``, half-made links,
