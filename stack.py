@@ -422,18 +422,26 @@ def closing_quietly(obj, before=None):
     import logging
 
     close = obj.close
+    closed = []
 
     def quietly(*args, **kwargs):
+        if closed:                    # once: a second close (Client.__del__ after ours, cut short by a
+            return None               # Ctrl-C) would wait on workers that are gone — the trial's hang
+        closed.append(True)
         loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
         levels = [lg.level for lg in loggers]
         _quiet_logs()
         try:
-            for step in ([before] if before else []) + [lambda: close(*args, **kwargs)]:
+            if before is not None:
                 with contextlib.suppress(Exception):
-                    step()
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+                    before()
+        finally:                      # closed even where a Ctrl-C cut ``before`` short
+            try:
+                with contextlib.suppress(Exception):
+                    close(*args, **kwargs)
+            finally:
+                for lg, level in zip(loggers, levels):
+                    lg.setLevel(level)
 
     obj.close = quietly
     return obj
@@ -717,10 +725,12 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
     finally:
-        if own_client:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            if own_client:
+                client.close()
+        finally:                  # the cluster closed even where a Ctrl-C cut the client's closing short
+            if cluster is not None:
+                cluster.close()
     changed = cache.changed({k: (products[k], date_bands[k]) for k in content if k in date_bands}, content)
     if changed:                   # read part before, part after an edit: neither the result nor its work is kept
         cache.forget_computed()
