@@ -379,6 +379,14 @@ def grid_angles(transform) -> tuple[float, float]:
     return rotation, 90.0 - float(np.degrees(np.arccos(np.clip(abs(cos), 0.0, 1.0))))
 
 
+def _degrees(angle: float) -> str:
+    """An angle with the decimals that tell it from a right or zero angle (89.95°, not 90.0°)."""
+    for digits in range(1, 6):
+        if round(angle, digits) not in (0.0, 90.0):
+            return f"{angle:.{digits}f}°"
+    return f"{angle:g}°"
+
+
 def check_georeference(product: dp.Product, bands: list[str], role: str = "date", grid: dp.Grid | None = None) -> None:
     """Each band file of ``bands`` has a map CRS and a geotransform the engine can measure on, or
     one line (``PipelineError``) naming the file, what is wrong and the fix. A stack's date and a
@@ -409,11 +417,11 @@ def check_georeference(product: dp.Product, bands: list[str], role: str = "date"
                                 "(gdal_edit.py -a_srs EPSG:…, -a_ullr) or give another file")
         rotation, shear = grid_angles(transform)
         if abs(shear) > NORTH_UP_TOLERANCE_DEG:
-            raise PipelineError(f"{name}: its geotransform is sheared (its axes {90 - abs(shear):.1f}° apart, not 90°: "
+            raise PipelineError(f"{name}: its geotransform is sheared (its axes {_degrees(90 - abs(shear))} apart, not 90°: "
                                 f"no map grid); {WARP_NORTH_UP}")
         if role == "reference" or abs(rotation) <= NORTH_UP_TOLERANCE_DEG:
             continue
-        turn = f"rotated {abs(rotation):.1f}° {'counter-clockwise' if rotation > 0 else 'clockwise'}"
+        turn = f"rotated {_degrees(abs(rotation))} {'counter-clockwise' if rotation > 0 else 'clockwise'}"
         if role == "target" and grid is not None:
             on_grid = grid_angles(grid.transform)[0]
             if abs(rotation - on_grid) <= NORTH_UP_TOLERANCE_DEG:

@@ -592,7 +592,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     candidates = [ref_k] if ref_k is not None else list(dict.fromkeys(
         k for k in (pinned_grid, *date_bands) if k in date_bands))
     if not candidates:
-        raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
+        raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
     given_dates = dates
     content = {}                  # what each date's data is (its files' content keys), for the cache
     own_client = client is None
@@ -642,7 +642,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 errors[grid_k] = str(exc)
                 date_bands.pop(grid_k, None)
         else:
-            raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
+            raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
                                     products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
