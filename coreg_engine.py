@@ -180,8 +180,7 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
             try:
                 data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
             except rasterio.errors.RasterioIOError as exc:
-                raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
-                                    "or export it again") from exc
+                raise dp.pixel_read_error(path, exc) from exc
             declared = src.nodata
         if declared is not None and (np.isnan(declared) or
                                      edge_fraction(data, declared) >= config.FILL_MIN_FRACTION):

@@ -686,6 +686,18 @@ def open_raster(path: str):
                             "download the product again") from exc
 
 
+def pixel_read_error(path, exc: BaseException) -> PipelineError:
+    """Why a raster's pixels could not be read, in one line: a local file's are corrupt or
+    truncated; a URL's may be a server that stopped answering after the open (GDAL's timeout, its
+    own retries) — said as such, not as a corrupt file."""
+    if remote.is_remote(path):
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return PipelineError(f"{path}: reading its pixels over the network failed ({why}); check the server and "
+                             "the network, and run again")
+    return PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download the product "
+                         "again")
+
+
 def nodata_value(src, policy: float | str | None = "file") -> float | None:
     """The no-data value of an open raster under ``policy`` (``Product.nodata``): ``"file"`` = its
     own tag (None when it has none), else the number given (None: no value is no-data)."""
@@ -720,8 +732,7 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         try:
             return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
-                                "the product again") from exc
+            raise pixel_read_error(path, exc) from exc
 
     col, row, w, h = window_px
     with open_raster(path) as file:
@@ -789,8 +800,7 @@ def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling
                         resampling=Resampling.average if coarser else Resampling.nearest).astype(np.float64)
         masks = file.read_masks(bands[0], window=win, out_shape=shape, resampling=Resampling.nearest) == 0
     except Exception as exc:
-        raise PipelineError(f"{file.name}: cannot decode its pixels: the file is corrupt or truncated, download "
-                            "the product again") from exc
+        raise pixel_read_error(file.name, exc) from exc
     invalid = ~np.isfinite(src).all(axis=0) | masks
     if value is not None:
         invalid |= (src == value).any(axis=0)
