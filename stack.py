@@ -155,16 +155,17 @@ def _find_date(paths: list, reference: str) -> int | None:
     return None
 
 
-def _earlier_run(output, paths: list) -> tuple[int | None, int | None]:
+def _earlier_run(output, paths: list) -> tuple[int | None, int | None, str | None]:
     """The reference an earlier run in ``output`` chose and the date whose grid it used, where
     those dates are still in the stack (a stack that grows keeps both: the shifts of its old dates
-    stay comparable, and its cached work stays valid)."""
+    stay comparable, and its cached work stays valid), and the reference's content key then (a
+    reference edited since is not kept: its rerun then chooses as a fresh run does)."""
     if output is None or not (Path(output) / "stack.json").is_file():
-        return None, None
+        return None, None, None
     try:
         earlier = json.loads((Path(output) / "stack.json").read_text())
     except (OSError, ValueError):
-        return None, None
+        return None, None, None
 
     def find(*keys):
         for key in keys:
@@ -173,7 +174,7 @@ def _earlier_run(output, paths: list) -> tuple[int | None, int | None]:
                 return k
         return None
 
-    return find("reference", "reference_id"), find("grid_date")
+    return find("reference", "reference_id"), find("grid_date"), earlier.get("reference_content")
 
 
 def _unique(dates: list) -> list:
@@ -562,7 +563,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 ref_k = same[0]
             else:
                 paths, ref_k = [given[0], *paths], 0
-    pinned, pinned_grid = _earlier_run(output, paths) if ref_k is None else (None, None)
+    pinned, pinned_grid, pinned_content = _earlier_run(output, paths) if ref_k is None else (None, None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     engine.check_given_dates(dates, paths)
@@ -677,7 +678,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             if ref not in ok:
                 raise PipelineError(f"{_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
             ref_reason = "given"
-        elif pinned is not None and pinned in ok:
+        elif pinned is not None and pinned in ok and content.get(pinned) == pinned_content:
             ref, ref_reason = pinned, (f"kept from the earlier run in {Path(output).resolve()} (a grown stack keeps "
                                        "its reference; give --reference to change it)")
         elif ok:
@@ -743,6 +744,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                     scheduler, given_dates)
     result["timing"] = timing
     result["grid_date"] = _label(paths[grid_k])
+    result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
     from matching import MatchingPipeline

@@ -133,6 +133,28 @@ def test_a_date_edited_while_the_run_reads_it_publishes_nothing_and_keeps_none_o
     assert_same_shifts(shifts(rerun), shifts(fresh))
 
 
+def test_a_reference_edited_in_place_is_chosen_again_as_a_fresh_run_would(client, tmp_path):
+    """The earlier run's reference is kept by a rerun (a grown stack's shifts stay comparable) —
+    unless its content changed: the trial edited the reference in place and the rerun kept it,
+    42 m from a fresh run's absolute shifts. Here the reference loses most of its texture, a
+    fresh run chooses another date, and so does the rerun."""
+    files = write_dates(tmp_path / "in")
+    out = tmp_path / "out"
+    before = stack.coregister_stack(files, out, client=client, progress=False)
+    ref = next(k for k, r in enumerate(before["dates"]) if r["status"] == "reference")
+    st = files[ref].stat()
+    with rasterio.open(files[ref], "r+") as f:        # three quarters of the rows flat
+        data = f.read()
+        data[:, :384] = np.median(data)
+        f.write(data)
+    os.utime(files[ref], ns=(st.st_atime_ns, st.st_mtime_ns))
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=client, progress=False)
+    assert fresh["reference"] != before["reference"]          # the edit changes a fresh run's choice
+    rerun = stack.coregister_stack(files, out, client=client, progress=False)
+    assert rerun["reference"] == fresh["reference"]
+    assert_same_shifts(shifts(rerun), shifts(fresh))
+
+
 def test_a_cache_entry_that_does_not_read_back_is_recomputed_with_one_line(first, client, tmp_path, capsys):
     """A date's entry replaced by a pickle of another type (a PairMeasure) and a location's by
     garbage bytes: the rerun succeeds, equals the first run, says one line of each (naming it),
