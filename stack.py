@@ -393,7 +393,7 @@ def start_client(scheduler: str | None, workers: int | None):
     if scheduler:
         return Client(scheduler), None
     n = workers or len(os.sched_getaffinity(0))
-    cluster = None
+    cluster = client = None
     try:
         with workers_without_rerunning_main():
             cluster = closing_quietly(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
@@ -401,8 +401,12 @@ def start_client(scheduler: str | None, workers: int | None):
         client = Client(cluster)
         return closing_quietly(client, before=lambda: client.run(_quiet_logs, wait=True)), cluster
     except BaseException:             # Ctrl-C while they started: none left running
-        if cluster is not None:
-            cluster.close()
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
         raise
 
 
