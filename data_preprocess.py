@@ -594,7 +594,7 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
     # the date nearest the file in its path: its own name's, else its folder's, else the folder
     # above (20160718/imgs/B04.tif) — a project folder higher up (proj_20190101/x_20180531.tif)
     # never overrides a date nearer the file
-    date = next((m for m in (re.search(r"(20\d{6})", part) for part in reversed(_path_parts(first))) if m), None)
+    date = next((m for m in (re.search(r"(20\d{6})", part) for part in reversed(remote.parts_of(first))) if m), None)
     place = remote.stem_of(first) if len(files) == 1 else remote.name_of(folder)
     oscd = None if remote.is_remote(first) else re.fullmatch(r"imgs_(\d)", first.parent.name)
     if oscd:  # OSCD layout: <city>/imgs_N/B04.tif with the dates in <city>/dates.txt
@@ -684,16 +684,6 @@ def open_raster(path: str):
             raise PipelineError(f"{path}: cannot be read (permission denied); make it readable") from exc
         raise PipelineError(f"{path}: cannot open (not a raster GDAL reads): the file is corrupt or truncated, "
                             "download the product again") from exc
-
-
-def _path_parts(location) -> list[str]:
-    """A path's or URL's components, the file's name last (a URL: its path's)."""
-    text = str(location)
-    if remote.is_remote(text):
-        import urllib.parse
-
-        text = urllib.parse.urlsplit(text.split("/vsicurl/")[-1]).path
-    return [q for q in text.replace("\\", "/").split("/") if q]
 
 
 def pixel_read_error(path, exc: BaseException) -> PipelineError:

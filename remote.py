@@ -87,6 +87,14 @@ def name_of(location) -> str:
     return Path(text).name
 
 
+def parts_of(location) -> list[str]:
+    """A path's or URL's components, the file's name last (a URL: its path's, no query string)."""
+    text = str(location)
+    if is_remote(text):
+        text = urllib.parse.urlsplit(text.split("/vsicurl/")[-1]).path
+    return [q for q in text.replace("\\", "/").split("/") if q]
+
+
 def stem_of(location) -> str:
     return Path(name_of(location)).stem
 

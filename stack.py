@@ -648,7 +648,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 date_bands.pop(grid_k, None)
         else:
             raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
-        located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
+        located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, ov, cfg,
                                     products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
         for k, loc in _gather(located, "locate", progress, errors, paths,
