@@ -1,8 +1,10 @@
-"""Test setup: the project's OpenMP setting before torch loads, the ``shipped`` marker, and what
-the tests share.
+"""Test setup: the project's OpenMP setting before torch loads, the ``shipped`` and ``slow``
+markers, and what the tests share.
 
 Tests marked ``shipped`` load the checkpoints in ``model_checkpoints/``; ``pytest -m "not shipped"``
-runs the quick subset that needs none of them.
+runs the quick subset that needs none of them. Tests marked ``slow`` (registered in pytest.ini) are
+the few long runs, left out of ``python -m pytest``; ``python -m pytest -m slow`` runs them
+(``.ci/run`` runs both).
 
 ``dask_client``: one Dask cluster for the whole run (not one started, its workers importing torch
 and loading the model, for each stack). A test that is about starting a cluster, Ctrl-C reaching
@@ -14,8 +16,30 @@ import config as _project_config  # noqa: F401  first: OpenMP's passive waiting,
 import pytest
 
 
+SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "shipped: needs the shipped checkpoints in model_checkpoints/")
+
+
+@pytest.hookimpl(trylast=True)               # after -m and -k chose: only what they kept is counted
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` are left out unless ``-m`` names the marker (``-m slow``: that tier
+    alone) or tests are named by their id (``tests/test_stack.py::test_x``)."""
+    if "slow" in (config.getoption("markexpr") or "") or any("::" in arg for arg in config.args):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    config.stash[SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    n = config.stash.get(SLOW_LEFT_OUT, 0)
+    if n:
+        terminalreporter.write_line(f"{n} slow tests left out: python -m pytest -m slow runs them")
 
 
 @pytest.fixture(scope="session")

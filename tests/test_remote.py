@@ -318,6 +318,7 @@ def xr_concat(a, b):
     return xr.concat([a, b], dim="time")
 
 
+@pytest.mark.slow
 def test_dataarray_in_and_out(tmp_path, dask_client):
     """coregister_dataarray gives the same shifts as the stack of the same files; known content
     moves are measured; align() moves every date onto the reference (re-registered ≈ 0), lazily
@@ -368,6 +369,7 @@ def test_dataarray_from_odc_stac(site, dask_client):
 
 
 # ----------------------------------------------------------------------------- a stack that grows
+@pytest.mark.slow
 def test_a_growing_stack_reuses_its_work(tmp_path, dask_client):
     """3 dates, then 5 into the same folder: the 3 dates' work and pairs reused, the result equal
     to a fresh 5-date run; a changed file is recomputed."""

@@ -47,6 +47,7 @@ def by_date(rows: list[dict]) -> dict[str, dict]:
     return {r["date"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path, dask_client):
     """Two runs with two sets of known shifts: for every placed date the change of its estimate
     equals the change of its shift relative to the reference's (the dates' own residual cancels).
@@ -116,9 +117,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_separately_started_dask_cluster_gives_the_same_results(tmp_path, dask_client):
     """``dask scheduler`` + ``dask worker --nworkers 2`` started as processes (the repository on
-    their PYTHONPATH): the same shifts as the LocalCluster (the run's shared one), within 0.1 m."""
+    their PYTHONPATH): the same shifts as the run's shared LocalCluster, within 0.1 m."""
     dates = [str(p) for p in DATES[1:5]]
     local = stack.coregister_stack(dates, None, dates[0], client=dask_client, progress=False)
     port = free_port()
@@ -250,6 +252,7 @@ def pystac_valid(path: Path, collection: bool) -> list:
     return items
 
 
+@pytest.mark.slow
 def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_date(tmp_path, dask_client):
     """10 single-band dates of one grid (nodata 0, ISO-dated names), run as a stack into the output
     of an earlier stack of the first 7; one new date's content moved 3 px (a coarse offset that used
