@@ -180,8 +180,7 @@ def undeclared_fill(product: dp.Product, bands: tuple[str, ...] = ()) -> tuple[s
             try:
                 data = src.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.nearest)
             except rasterio.errors.RasterioIOError as exc:
-                raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
-                                    "or export it again") from exc
+                raise dp.pixel_read_error(path, exc) from exc
             declared = src.nodata
         if declared is not None and (np.isnan(declared) or
                                      edge_fraction(data, declared) >= config.FILL_MIN_FRACTION):
@@ -379,6 +378,14 @@ def grid_angles(transform) -> tuple[float, float]:
     return rotation, 90.0 - float(np.degrees(np.arccos(np.clip(abs(cos), 0.0, 1.0))))
 
 
+def _degrees(angle: float) -> str:
+    """An angle with the decimals that tell it from a right or zero angle (89.95°, not 90.0°)."""
+    for digits in range(1, 6):
+        if round(angle, digits) not in (0.0, 90.0):
+            return f"{angle:.{digits}f}°"
+    return f"{angle:g}°"
+
+
 def check_georeference(product: dp.Product, bands: list[str], role: str = "date", grid: dp.Grid | None = None) -> None:
     """Each band file of ``bands`` has a map CRS and a geotransform the engine can measure on, or
     one line (``PipelineError``) naming the file, what is wrong and the fix. A stack's date and a
@@ -409,11 +416,11 @@ def check_georeference(product: dp.Product, bands: list[str], role: str = "date"
                                 "(gdal_edit.py -a_srs EPSG:…, -a_ullr) or give another file")
         rotation, shear = grid_angles(transform)
         if abs(shear) > NORTH_UP_TOLERANCE_DEG:
-            raise PipelineError(f"{name}: its geotransform is sheared (its axes {90 - abs(shear):.1f}° apart, not 90°: "
+            raise PipelineError(f"{name}: its geotransform is sheared (its axes {_degrees(90 - abs(shear))} apart, not 90°: "
                                 f"no map grid); {WARP_NORTH_UP}")
         if role == "reference" or abs(rotation) <= NORTH_UP_TOLERANCE_DEG:
             continue
-        turn = f"rotated {abs(rotation):.1f}° {'counter-clockwise' if rotation > 0 else 'clockwise'}"
+        turn = f"rotated {_degrees(abs(rotation))} {'counter-clockwise' if rotation > 0 else 'clockwise'}"
         if role == "target" and grid is not None:
             on_grid = grid_angles(grid.transform)[0]
             if abs(rotation - on_grid) <= NORTH_UP_TOLERANCE_DEG:
@@ -1353,6 +1360,7 @@ class OutputFolder:
             raise
         _HELD[self.folder] = {"thread": threading.get_ident(), "depth": 1, "holder": holder}
         try:
+            self.claim()
             self.clean()
             yield self
         finally:
@@ -1408,6 +1416,21 @@ class OutputFolder:
                 "to end, or give another output folder")
 
     # ------------------------------------------------------------------ leftovers
+    def claim(self) -> None:
+        """Refuse a folder whose files at our names are not ours: a real file or folder at one of
+        ``owned`` (``items/``, ``report.png`` …) where no result of ours was ever published (no
+        ``RESULTS`` folder, no JSON of ours beside it) is the user's, and publishing would
+        delete it — one line naming them instead."""
+        top = self.folder
+        if (top / RESULTS).is_dir() or any((top / n).is_file() for n in JSON_NAMES if n in self.owned):
+            return
+        foreign = sorted(n for n in self.owned if (top / n).exists() and not (top / n).is_symlink())
+        if foreign:
+            shown = ", ".join(n + ("/" if (top / n).is_dir() else "") for n in foreign[:5])
+            raise PipelineError(f"{top}: holds {shown}, which this tool did not write (no result of ours is "
+                                "there), and a result would replace them; choose another output folder, or move "
+                                "them")
+
     def clean(self) -> list[Path]:
         """Remove what killed runs left in the folder (only ever while holding the lock): hidden
         build folders (``.building.*``), results that are not ``current``, half-made links,

@@ -591,7 +591,10 @@ def open_band_files(files: list[Path], scale: float, offset: float) -> Product:
                             "or set band descriptions")
     first = files[0]
     folder = remote.parent_of(first)
-    date = re.search(r"(20\d{6})", str(first))
+    # the date nearest the file in its path: its own name's, else its folder's, else the folder
+    # above (20160718/imgs/B04.tif) — a project folder higher up (proj_20190101/x_20180531.tif)
+    # never overrides a date nearer the file
+    date = next((m for m in (re.search(r"(20\d{6})", part) for part in reversed(_path_parts(first))) if m), None)
     place = remote.stem_of(first) if len(files) == 1 else remote.name_of(folder)
     oscd = None if remote.is_remote(first) else re.fullmatch(r"imgs_(\d)", first.parent.name)
     if oscd:  # OSCD layout: <city>/imgs_N/B04.tif with the dates in <city>/dates.txt
@@ -683,6 +686,28 @@ def open_raster(path: str):
                             "download the product again") from exc
 
 
+def _path_parts(location) -> list[str]:
+    """A path's or URL's components, the file's name last (a URL: its path's)."""
+    text = str(location)
+    if remote.is_remote(text):
+        import urllib.parse
+
+        text = urllib.parse.urlsplit(text.split("/vsicurl/")[-1]).path
+    return [q for q in text.replace("\\", "/").split("/") if q]
+
+
+def pixel_read_error(path, exc: BaseException) -> PipelineError:
+    """Why a raster's pixels could not be read, in one line: a local file's are corrupt or
+    truncated; a URL's may be a server that stopped answering after the open (GDAL's timeout, its
+    own retries) — said as such, not as a corrupt file."""
+    if remote.is_remote(path):
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return PipelineError(f"{path}: reading its pixels over the network failed ({why}); check the server and "
+                             "the network, and run again")
+    return PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download the product "
+                         "again")
+
+
 def nodata_value(src, policy: float | str | None = "file") -> float | None:
     """The no-data value of an open raster under ``policy`` (``Product.nodata``): ``"file"`` = its
     own tag (None when it has none), else the number given (None: no value is no-data)."""
@@ -717,8 +742,7 @@ def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], ou
         try:
             return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
         except rasterio.errors.RasterioIOError as exc:
-            raise PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download "
-                                "the product again") from exc
+            raise pixel_read_error(path, exc) from exc
 
     col, row, w, h = window_px
     with open_raster(path) as file:
@@ -786,8 +810,7 @@ def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling
                         resampling=Resampling.average if coarser else Resampling.nearest).astype(np.float64)
         masks = file.read_masks(bands[0], window=win, out_shape=shape, resampling=Resampling.nearest) == 0
     except Exception as exc:
-        raise PipelineError(f"{file.name}: cannot decode its pixels: the file is corrupt or truncated, download "
-                            "the product again") from exc
+        raise pixel_read_error(file.name, exc) from exc
     invalid = ~np.isfinite(src).all(axis=0) | masks
     if value is not None:
         invalid |= (src == value).any(axis=0)

@@ -155,16 +155,17 @@ def _find_date(paths: list, reference: str) -> int | None:
     return None
 
 
-def _earlier_run(output, paths: list) -> tuple[int | None, int | None]:
+def _earlier_run(output, paths: list) -> tuple[int | None, int | None, str | None]:
     """The reference an earlier run in ``output`` chose and the date whose grid it used, where
     those dates are still in the stack (a stack that grows keeps both: the shifts of its old dates
-    stay comparable, and its cached work stays valid)."""
+    stay comparable, and its cached work stays valid), and the reference's content key then (a
+    reference edited since is not kept: its rerun then chooses as a fresh run does)."""
     if output is None or not (Path(output) / "stack.json").is_file():
-        return None, None
+        return None, None, None
     try:
         earlier = json.loads((Path(output) / "stack.json").read_text())
     except (OSError, ValueError):
-        return None, None
+        return None, None, None
 
     def find(*keys):
         for key in keys:
@@ -173,7 +174,7 @@ def _earlier_run(output, paths: list) -> tuple[int | None, int | None]:
                 return k
         return None
 
-    return find("reference", "reference_id"), find("grid_date")
+    return find("reference", "reference_id"), find("grid_date"), earlier.get("reference_content")
 
 
 def _unique(dates: list) -> list:
@@ -392,7 +393,7 @@ def start_client(scheduler: str | None, workers: int | None):
     if scheduler:
         return Client(scheduler), None
     n = workers or len(os.sched_getaffinity(0))
-    cluster = None
+    cluster = client = None
     try:
         with workers_without_rerunning_main():
             cluster = closing_quietly(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
@@ -400,8 +401,12 @@ def start_client(scheduler: str | None, workers: int | None):
         client = Client(cluster)
         return closing_quietly(client, before=lambda: client.run(_quiet_logs, wait=True)), cluster
     except BaseException:             # Ctrl-C while they started: none left running
-        if cluster is not None:
-            cluster.close()
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
         raise
 
 
@@ -422,18 +427,26 @@ def closing_quietly(obj, before=None):
     import logging
 
     close = obj.close
+    closed = []
 
     def quietly(*args, **kwargs):
+        if closed:                    # once: a second close (Client.__del__ after ours, cut short by a
+            return None               # Ctrl-C) would wait on workers that are gone — the trial's hang
+        closed.append(True)
         loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
         levels = [lg.level for lg in loggers]
         _quiet_logs()
         try:
-            for step in ([before] if before else []) + [lambda: close(*args, **kwargs)]:
+            if before is not None:
                 with contextlib.suppress(Exception):
-                    step()
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+                    before()
+        finally:                      # closed even where a Ctrl-C cut ``before`` short
+            try:
+                with contextlib.suppress(Exception):
+                    close(*args, **kwargs)
+            finally:
+                for lg, level in zip(loggers, levels):
+                    lg.setLevel(level)
 
     obj.close = quietly
     return obj
@@ -561,7 +574,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 ref_k = same[0]
             else:
                 paths, ref_k = [given[0], *paths], 0
-    pinned, pinned_grid = _earlier_run(output, paths) if ref_k is None else (None, None)
+    pinned, pinned_grid, pinned_content = _earlier_run(output, paths) if ref_k is None else (None, None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     engine.check_given_dates(dates, paths)
@@ -591,7 +604,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     candidates = [ref_k] if ref_k is not None else list(dict.fromkeys(
         k for k in (pinned_grid, *date_bands) if k in date_bands))
     if not candidates:
-        raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
+        raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
     given_dates = dates
     content = {}                  # what each date's data is (its files' content keys), for the cache
     own_client = client is None
@@ -641,7 +654,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 errors[grid_k] = str(exc)
                 date_bands.pop(grid_k, None)
         else:
-            raise PipelineError("no date of the stack can be read: " + "; ".join(errors[k] for k in sorted(errors)))
+            raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, None if k == grid_k else ov, cfg,
                                     products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
@@ -676,7 +689,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             if ref not in ok:
                 raise PipelineError(f"{_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
             ref_reason = "given"
-        elif pinned is not None and pinned in ok:
+        elif pinned is not None and pinned in ok and content.get(pinned) == pinned_content:
             ref, ref_reason = pinned, (f"kept from the earlier run in {Path(output).resolve()} (a grown stack keeps "
                                        "its reference; give --reference to change it)")
         elif ok:
@@ -724,16 +737,25 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
     finally:
-        if own_client:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            if own_client:
+                client.close()
+        finally:                  # the cluster closed even where a Ctrl-C cut the client's closing short
+            if cluster is not None:
+                cluster.close()
+    changed = cache.changed({k: (products[k], date_bands[k]) for k in content if k in date_bands}, content)
+    if changed:                   # read part before, part after an edit: neither the result nor its work is kept
+        cache.forget_computed()
+        raise PipelineError(f"{'; '.join(_label(paths[k]) for k in changed)}: changed while this run read "
+                            f"{'it' if len(changed) == 1 else 'them'} (the content differs from the run's start); "
+                            "nothing published, this run's work not kept: rerun once the files are written")
     cache.prune()
     solution = adjust(len(paths), pairs, ref)
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
                     scheduler, given_dates)
     result["timing"] = timing
     result["grid_date"] = _label(paths[grid_k])
+    result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
     from matching import MatchingPipeline

@@ -65,6 +65,7 @@ class WorkCache:
         self.content_keys: dict = {}       # this run's files' content keys (each file hashed once a run)
         self.salt = _digest(settings, engine.software_version(), checkpoint_keys(self.content_keys))
         self.used: set[Path] = set()
+        self.written: set[Path] = set()     # the entries this run computed and wrote
         self.reused = {"locations": 0, "dates": 0, "pairs": 0}
         self.computed = {"locations": 0, "dates": 0, "pairs": 0}
 
@@ -113,6 +114,27 @@ class WorkCache:
             with open(tmp, "wb") as f:
                 pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
         self.used.add(path)
+        self.written.add(path)
+
+    def changed(self, dates: dict, content: dict) -> list:
+        """The dates (key → (product, bands)) whose content is no longer ``content[key]``, the key
+        the run began with: every file hashed again (a fresh memo). A file rewritten while the
+        run read it would otherwise leave work made of its new pixels under its old key — reused
+        by every later run of the old content. Costs a second read of every file (the key's
+        cost, ``cache_key_cost.py``); nothing without a cache folder."""
+        if self.folder is None:
+            return []
+        fresh, keep = {}, self.content_keys
+        self.content_keys = fresh
+        try:
+            return [k for k, (product, bands) in dates.items() if self.date_content(product, bands) != content[k]]
+        finally:
+            self.content_keys = keep
+
+    def forget_computed(self) -> None:
+        """Remove the entries this run wrote (work of a file that changed while it was read)."""
+        for path in self.written:
+            path.unlink(missing_ok=True)
 
     def prune(self) -> None:
         """Remove the entries this run did not use (dates no longer in the stack, old settings)."""

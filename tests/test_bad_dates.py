@@ -276,3 +276,20 @@ def test_a_date_of_noise_with_the_most_keypoints_does_not_become_the_reference(b
     assert rows["20170101"]["status"] == "excluded"
     reference = next(row for row in r["dates"] if row["status"] == "reference")
     assert "T36UYA_20170101_B04.tif had more keypoints" in reference["reason"]
+
+
+def test_a_date_in_a_parent_folder_does_not_override_the_files_own(tmp_path):
+    """A project folder named with a date (``proj_20190101/``) does not override the dates nearer
+    the files: each keeps the date of its own name (a regex over the whole path gave every date
+    of the stack 2019-01-01, as "product metadata"); a date folder above a band folder
+    (``20160718/imgs/B04.tif``) still dates it."""
+    folder = tmp_path / "proj_20190101"
+    folder.mkdir()
+    files = [shutil.copy(p, folder / p.name) for p in GOOD[:2]]
+    for f in files:
+        want = engine.parse_date(Path(f).stem.split("_")[1])
+        assert engine.acquisition_date(engine.open_date(f), f)[0] == want != "20190101"
+    bands = folder / "20160718" / "imgs"
+    bands.mkdir(parents=True)
+    shutil.copy(GOOD[0], bands / "B04.tif")
+    assert engine.open_date(bands).sensing_date == "20160718"

@@ -381,6 +381,26 @@ def test_an_older_versions_real_files_are_replaced_and_where_links_fail_moved_in
     assert (out / "my_notes.txt").read_text() == "old"
 
 
+def test_a_users_files_at_our_names_are_refused_not_replaced(tmp_path, capsys):
+    """A folder where no result of ours was ever published but that holds ``items/`` and
+    ``report.png`` of the user's: the run is refused in one line naming them (the trial's
+    ``items/notes.txt`` and ``corrected/my_precious.tif`` were deleted), and they stay; an
+    earlier result of ours (its JSON beside them) is replaced as before."""
+    out = tmp_path / "out"
+    (out / "items").mkdir(parents=True)
+    (out / "items" / "notes.txt").write_text("mine")
+    (out / "report.png").write_text("mine")
+    with pytest.raises(PipelineError, match=r"holds items/, report.png, which this tool did not write"):
+        with engine.OutputFolder(out, engine.RESULT_NAMES).locked():
+            pass
+    assert coregister.main([*PAIR, "--output", str(out)]) == 2
+    assert "which this tool did not write" in one_line(capsys.readouterr().err)
+    assert (out / "items" / "notes.txt").read_text() == "mine" and (out / "report.png").read_text() == "mine"
+    (out / "stack.json").write_text("{}")           # an older version's result: ours to replace
+    with engine.OutputFolder(out, engine.RESULT_NAMES).locked():
+        pass
+
+
 # ----------------------------------------------------------------------------- refused writes, Ctrl-C
 @pytest.mark.parametrize("code,earlier", [(errno.ENOSPC, True), (errno.EROFS, True), (errno.EDQUOT, False),
                                           (errno.EACCES, False)])

@@ -430,3 +430,14 @@ def test_items_geojson_loads_aligned_with_odc_stac(tmp_path, dask_client):
                                        client=dask_client)
     assert (again["status"].values != "excluded").all()
     assert np.hypot(again["dx_m"].values, again["dy_m"].values).max() < 0.6
+
+
+def test_a_read_that_fails_over_the_network_is_not_called_a_corrupt_file():
+    """Pixels a server stopped sending after the open (GDAL's timeout) are said as a network
+    failure, not as a corrupt or truncated file (which sends the user to download it again);
+    a local file's failed read is still a damaged file."""
+    exc = rasterio.errors.RasterioIOError("CURL error: Operation timed out after 30002 milliseconds")
+    remote_line = str(dp.pixel_read_error("/vsicurl/http://h/a_20190601_B04.tif", exc))
+    assert "over the network failed (CURL error: Operation timed out" in remote_line
+    assert "corrupt" not in remote_line
+    assert "corrupt or truncated" in str(dp.pixel_read_error("/data/a.tif", exc))

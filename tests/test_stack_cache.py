@@ -100,6 +100,63 @@ def test_a_date_edited_in_place_is_recomputed_though_its_size_and_time_are_kept(
     assert np.hypot(*np.subtract(shifts(rerun)[date], shifts(before)[date])) > 0.5      # not the old shift
 
 
+def edit_in_place(path: Path) -> None:
+    """The middle half of ``path``'s rows moved 2 px east, its size and modification time kept."""
+    st = path.stat()
+    with rasterio.open(path, "r+") as f:
+        data = f.read()
+        data[:, 128:384] = np.roll(data[:, 128:384], 2, axis=2)
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_date_edited_while_the_run_reads_it_publishes_nothing_and_keeps_none_of_its_work(
+        dask_client, tmp_path, monkeypatch):
+    """A date rewritten after its features were extracted, before the pairs (a download still
+    being written, an operator's edit): its content at the end is not the content its key was
+    made of, so the run publishes nothing and keeps none of the work it computed — the trial
+    found features of the new pixels kept under the old content's key, and a later run of the
+    old content placed the date 50 m off from them. The rerun then equals a fresh run."""
+    files = write_dates(tmp_path / "in")
+    real_pairs = stack.run_pairs
+
+    def edit_then_pair(*args, **kwargs):
+        edit_in_place(files[EDITED])
+        return real_pairs(*args, **kwargs)
+
+    monkeypatch.setattr(stack, "run_pairs", edit_then_pair)
+    with pytest.raises(stack.PipelineError, match="changed while this run read it.*nothing published"):
+        stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
+    monkeypatch.setattr(stack, "run_pairs", real_pairs)
+    assert not (tmp_path / "out" / "shifts.csv").exists()
+    assert not any((tmp_path / "out" / "cache").rglob("*.pkl"))
+    rerun = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=dask_client, progress=False)
+    assert_same_shifts(shifts(rerun), shifts(fresh))
+
+
+def test_a_reference_edited_in_place_is_chosen_again_as_a_fresh_run_would(dask_client, tmp_path):
+    """The earlier run's reference is kept by a rerun (a grown stack's shifts stay comparable) —
+    unless its content changed: the trial edited the reference in place and the rerun kept it,
+    42 m from a fresh run's absolute shifts. Here the reference loses most of its texture, a
+    fresh run chooses another date, and so does the rerun."""
+    files = write_dates(tmp_path / "in")
+    out = tmp_path / "out"
+    before = stack.coregister_stack(files, out, client=dask_client, progress=False)
+    ref = next(k for k, r in enumerate(before["dates"]) if r["status"] == "reference")
+    st = files[ref].stat()
+    with rasterio.open(files[ref], "r+") as f:        # three quarters of the rows flat
+        data = f.read()
+        data[:, :384] = np.median(data)
+        f.write(data)
+    os.utime(files[ref], ns=(st.st_atime_ns, st.st_mtime_ns))
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=dask_client, progress=False)
+    assert fresh["reference"] != before["reference"]          # the edit changes a fresh run's choice
+    rerun = stack.coregister_stack(files, out, client=dask_client, progress=False)
+    assert rerun["reference"] == fresh["reference"]
+    assert_same_shifts(shifts(rerun), shifts(fresh))
+
+
 def test_a_cache_entry_that_does_not_read_back_is_recomputed_with_one_line(first, dask_client, tmp_path, capsys):
     """A date's entry replaced by a pickle of another type (a PairMeasure) and a location's by
     garbage bytes: the rerun succeeds, equals the first run, says one line of each (naming it),
