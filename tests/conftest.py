@@ -4,7 +4,8 @@ markers, and what the tests share.
 Tests marked ``shipped`` load the checkpoints in ``model_checkpoints/``; ``pytest -m "not shipped"``
 runs the quick subset that needs none of them. Tests marked ``slow`` (registered in pytest.ini) are
 the few long runs, left out of ``python -m pytest``; ``python -m pytest -m slow`` runs them
-(``.ci/run`` runs both).
+(``.ci/run`` runs both). Where pytest-xdist is installed, a run is spread over two processes
+(``pytest_cmdline_main``): the tests are CPU-bound on about one core each.
 
 ``dask_client``: one Dask cluster for the whole run (not one started, its workers importing torch
 and loading the model, for each stack). A test that is about starting a cluster, Ctrl-C reaching
@@ -17,6 +18,19 @@ import pytest
 
 
 SLOW_LEFT_OUT = pytest.StashKey[int]()
+PROCESSES = 2          # test processes where pytest-xdist is installed: the tests use about one core each
+
+
+@pytest.hookimpl(tryfirst=True)                # before xdist's own, which turns -n into workers
+def pytest_cmdline_main(config):
+    """``python -m pytest`` in ``PROCESSES`` processes where pytest-xdist is installed
+    (requirements.txt names it), a file's tests in one of them (``--dist loadfile``: its module
+    fixtures made once) — unless ``-n`` or test ids were given (``-n 0``: this process alone)."""
+    if (config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+            and config.option.numprocesses is None and not config.option.collectonly
+            and not any("::" in arg for arg in config.args)):
+        config.option.numprocesses = PROCESSES
+        config.option.dist = "loadfile"
 
 
 def pytest_configure(config):
@@ -40,6 +54,8 @@ def pytest_terminal_summary(terminalreporter, config):
     n = config.stash.get(SLOW_LEFT_OUT, 0)
     if n:
         terminalreporter.write_line(f"{n} slow tests left out: python -m pytest -m slow runs them")
+    elif config.pluginmanager.hasplugin("dsession") and "slow" not in (config.getoption("markexpr") or ""):
+        terminalreporter.write_line("slow tests left out: python -m pytest -m slow runs them")   # xdist's workers chose
 
 
 @pytest.fixture(scope="session")
