@@ -60,10 +60,10 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @pytest.fixture(scope="session")
 def dask_client():
-    """A client of one in-process LocalCluster (one worker thread) for the whole run. In-process:
-    measured on this two-core machine, the stack tests took 2m52 wall and 2m32 CPU on it against
-    3m23 and 3m30 on two worker processes (which pickle every date's features across and poll
-    their memory). Not Dask's default client: a test's own ``.compute()`` (``align``, odc-stac)
+    """A client of one in-process LocalCluster (one worker thread) for the whole run (for each test
+    process). In-process: measured on this two-core machine beside another job, the stack test
+    files took 2m52 wall and 2m32 CPU on it against 3m23 and 3m30 on two worker processes (which
+    pickle every date's features across and poll their memory). Not Dask's default client: a test's own ``.compute()`` (``align``, odc-stac)
     runs where it would alone. Worker processes are started by the tests of that:
     ``test_coregister_stack_from_a_plain_script_without_a_main_guard``, the Ctrl-C tests of
     ``test_publishing`` and ``test_separately_started_dask_cluster_gives_the_same_results``."""
