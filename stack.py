@@ -452,16 +452,23 @@ def closing_quietly(obj, before=None):
     return obj
 
 
+def _as_completed(futures: list):
+    """Dask's ``as_completed`` on the futures' own client: a ``client=`` given to ``coregister_stack``
+    need not be Dask's default one."""
+    from dask.distributed import as_completed
+
+    return as_completed(futures, loop=futures[0].client.loop) if futures else iter(())
+
+
 def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list, on_done=None) -> dict:
     """Results of ``futures`` (key → future) as they finish; a failing one's error recorded.
     ``on_done(key, value)`` is called on each result as it arrives (the cache keeps it then, so
     a run interrupted in the middle of a stage keeps the work that stage finished)."""
-    from dask.distributed import as_completed
     from tqdm import tqdm
 
     by_key = {f.key: k for k, f in futures.items()}
     out = {}
-    for fut in tqdm(as_completed(list(futures.values())), total=len(futures), desc=label, unit="date",
+    for fut in tqdm(_as_completed(list(futures.values())), total=len(futures), desc=label, unit="date",
                     disable=not progress):
         k = by_key[fut.key]
         try:
@@ -766,7 +773,6 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
               progress: bool, cache: WorkCache, feature_keys: dict) -> list[PairMeasure]:
     """The pairs measured as Dask tasks, those of an earlier run taken from ``cache``."""
-    from dask.distributed import as_completed
     from tqdm import tqdm
 
     keys = {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
@@ -779,7 +785,7 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
     done = {(p.i, p.j) for p in out}
     futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, retries=2,
                              key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
-    for fut in tqdm(as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
+    for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress):
         i, j = futures[fut]
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +100,13 @@ def test_every_benchmark_and_script_starts():
     scripts = sorted((ROOT / "benchmarks").glob("*.py")) + [ROOT / f"{s}.py" for s in (
         "coregister", "inference", "data_preprocess", "evaluate", "SuperPoint", "SuperGlue_architecture",
         "train_superpoint", "train_superglue")]
-    for path in scripts:
-        done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=ROOT,
+    def start(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=ROOT,
                               timeout=120)
-        assert done.returncode == 0 and "usage" in done.stdout, f"{path.name}: {done.stderr[-500:]}"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:           # a fresh interpreter each, two at a time
+        for path, done in zip(scripts, pool.map(start, scripts)):
+            assert done.returncode == 0 and "usage" in done.stdout, f"{path.name}: {done.stderr[-500:]}"
 
 
 LAYERS = {  # docs/architecture.md's module map: a module imports from its own layer or those below

@@ -80,12 +80,9 @@ def folder_of(path: Path, bad: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client():
-    """One cluster of two worker processes for every stack here (each loads the model once)."""
-    client, cluster = stack.start_client(None, 2)
-    yield client
-    client.close()
-    cluster.close()
+def client(dask_client):
+    """The run's cluster of two worker processes (``tests/conftest.py``) for every stack here."""
+    return dask_client
 
 
 @pytest.fixture(scope="module")

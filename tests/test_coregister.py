@@ -29,6 +29,13 @@ def pipeline():
     return MatchingPipeline.from_checkpoints()
 
 
+@pytest.fixture(scope="module")
+def summer_pair(pipeline):
+    """The Bracciano pair (REF, SUMMER) co-registered once for the tests that read its result:
+    ``coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)``."""
+    return coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+
+
 def shifted(src: Path, out: Path, dx: float, dy: float, fill: tuple[slice, slice] | None = None) -> Path:
     """``src`` with its georeference moved by (dx, dy) map units: its content then lies at P + d.
     ``fill``: (rows, cols) set to nodata."""
@@ -77,11 +84,11 @@ def test_known_shift_recovered_along_each_axis(pipeline, tmp_path):
     np.testing.assert_allclose(south - base, [0.0, -3.3], atol=0.15)
 
 
-def test_georeference_offsets_keep_sign_and_units(pipeline, tmp_path):
+def test_georeference_offsets_keep_sign_and_units(pipeline, summer_pair, tmp_path):
     """Sign and units only (the pixels read are the same; the engine adds the fraction by which
     the target's grid sits off the reference's): a georeference moved 4.2 m east, then 3.3 m
     south, comes back as exactly that."""
-    base = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    base = shift_of(summer_pair)
     east = shift_of(coregister.coregister(REF, shifted(SUMMER, tmp_path / "e.tif", 4.2, 0), pipeline=pipeline,
                                           progress=False))
     south = shift_of(coregister.coregister(REF, shifted(SUMMER, tmp_path / "s.tif", 0, -3.3), pipeline=pipeline,
@@ -166,11 +173,11 @@ def test_a_window_at_the_data_edge_keeps_the_learned_precision(pipeline, tmp_pat
     assert np.hypot(*(np.array(r["shift_m"]["shift_px"]) - truth)) < 0.05
 
 
-def test_target_on_another_utm_zone_in_degrees_or_at_20m(pipeline, tmp_path):
+def test_target_on_another_utm_zone_in_degrees_or_at_20m(pipeline, summer_pair, tmp_path):
     """The same date on the reference's grid, reprojected to the next UTM zone and to EPSG:4326,
     and averaged to 20 m: resampled onto the grid, the same shift comes out in the
     reference's metres."""
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    direct = shift_of(summer_pair)
     for crs in ("EPSG:32633", "EPSG:4326"):
         r = coregister.coregister(REF, reprojected(SUMMER, tmp_path / f"{crs[5:]}.tif", crs), pipeline=pipeline,
                                   progress=False)
@@ -297,7 +304,7 @@ def test_resampled_corrections_on_the_reference_grid(pipeline, tmp_path):
         assert np.hypot(*shift_of(again)) < 0.3 < np.hypot(*shift_of(r)), model
 
 
-def test_stac_item_and_band_indices(pipeline, tmp_path):
+def test_stac_item_and_band_indices(pipeline, summer_pair, tmp_path):
     """A local STAC Item whose assets are single-band files (named by eo:bands or common names),
     and a file without band names read by 1-based band indices."""
     with rasterio.open(SUMMER) as s:
@@ -310,7 +317,7 @@ def test_stac_item_and_band_indices(pipeline, tmp_path):
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_test", "properties": {"datetime":
             "2018-06-10T10:00:00Z"}, "geometry": None, "assets": assets}
     (tmp_path / "item.json").write_text(json.dumps(item))
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    direct = shift_of(summer_pair)
     via_stac = shift_of(coregister.coregister(REF, tmp_path / "item.json", pipeline=pipeline, progress=False))
     np.testing.assert_allclose(via_stac, direct, atol=1e-6)
     with rasterio.open(SUMMER) as s:
@@ -382,11 +389,11 @@ def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tm
     assert again["verified"] and not again["warnings"] and np.hypot(*shift_of(again)) < 0.2
 
 
-def test_a_large_offset_and_a_coarser_reference(pipeline, tmp_path):
+def test_a_large_offset_and_a_coarser_reference(pipeline, summer_pair, tmp_path):
     """An 80 px (800 m) misregistration found by the coarse step is measured, not refused; a 30 m
     reference (the 10 m reference averaged 3 × 3) co-registers the 10 m target to the same shift
     within a tenth of its pixel."""
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    direct = shift_of(summer_pair)
     far = coregister.coregister(REF, shifted(SUMMER, tmp_path / "far.tif", 800, -300), pipeline=pipeline,
                                 progress=False)
     assert far["coarse"]["offset_px"][0] == pytest.approx(80, abs=1)
@@ -427,12 +434,12 @@ def write_raster(path: Path, data: np.ndarray, like: Path, **profile) -> Path:
     return path
 
 
-def test_inputs_as_users_have_them(pipeline, tmp_path):
+def test_inputs_as_users_have_them(pipeline, summer_pair, tmp_path):
     """Rasters without band names are used as they are: one band as grey, three as RGB, others
     refused naming the file and --bands; no-data is the file's own value (none without a tag)."""
     with rasterio.open(SUMMER) as s:
         data = s.read()
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    direct = shift_of(summer_pair)
     grey = write_raster(tmp_path / "grey.tif", data[:1], SUMMER, nodata=None)
     r = coregister.coregister(REF, grey, pipeline=pipeline, progress=False)
     assert r["bands"]["target"] == ["grey"] and np.hypot(*(shift_of(r) - direct)) < 1.0
@@ -491,7 +498,7 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys):
     assert "cannot write there" in capsys.readouterr().err
 
 
-def test_single_band_files_of_different_bands_and_bands_as_users_write_them(pipeline, tmp_path):
+def test_single_band_files_of_different_bands_and_bands_as_users_write_them(pipeline, summer_pair, tmp_path):
     """One band file against another (B04 against B08): each read as it is, with a warning that
     the dates show different bands; ``bands`` as a string, as integers (1-based) or common names."""
     with rasterio.open(SUMMER) as s:
@@ -502,7 +509,7 @@ def test_single_band_files_of_different_bands_and_bands_as_users_write_them(pipe
     r = coregister.coregister(tmp_path / "T32TQM_20180610_B04.tif", tmp_path / "T32TQM_20180610_B08.tif",
                               pipeline=pipeline, progress=False)
     assert r["bands"] == {"reference": ["B04"], "target": ["B08"]} and "different bands" in r["warnings"][-1]
-    direct = shift_of(coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False))
+    direct = shift_of(summer_pair)
     for bands in ("B04,B03,B02", ("red", "green", "blue"), (1, 2, 3)):
         r = coregister.coregister(REF, SUMMER, bands=bands, pipeline=pipeline, progress=False)
         np.testing.assert_allclose(shift_of(r), direct, atol=1e-6)
@@ -595,11 +602,11 @@ def test_a_coarse_date_is_not_warned_about_its_own_pixels(pipeline):
 
 
 @pytest.mark.parametrize("share,nan", [(0.01, False), (0.05, True)])
-def test_scattered_no_data_specks_are_matched_through(pipeline, tmp_path, share, nan):
+def test_scattered_no_data_specks_are_matched_through(pipeline, summer_pair, tmp_path, share, nan):
     """1 % (no-data value 0) or 5 % (NaN in a float file) of the target's pixels no data at random
     (single pixels): filled from their neighbours for matching, so the pair keeps most of its tie
     points and its shift (5 % used to refuse the pair: OpenCV's inpainting overshot on floats)."""
-    clean = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    clean = summer_pair
     with rasterio.open(SUMMER) as s:
         profile, data, desc = s.profile, s.read(), s.descriptions
     holes = np.random.default_rng(0).random(data.shape[1:]) < share
@@ -614,22 +621,22 @@ def test_scattered_no_data_specks_are_matched_through(pipeline, tmp_path, share,
     np.testing.assert_allclose(shift_of(r), shift_of(clean), atol=0.2)
 
 
-def test_the_result_is_typed_and_reads_as_its_json(pipeline):
+def test_the_result_is_typed_and_reads_as_its_json(summer_pair):
     import results
 
-    r = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    r = summer_pair
     assert isinstance(r, results.CoregistrationResult) and isinstance(r.shift_m, results.ShiftEstimate)
     assert r.shift_m.sigma_m == r["shift_m"]["sigma_m"] and r.shift_m.se_x is not None and r.shift_m.se is None
     assert r.verified is r["verified"] and r.windows["used"] >= 1 and set(r) >= {"provenance", "warnings"}
 
 
-def test_windows_matched_in_the_fast_mode(pipeline, tmp_path):
+def test_windows_matched_in_the_fast_mode(pipeline, summer_pair, tmp_path):
     """``--matcher fast`` (``CoregisterConfig.matcher``): the same shift as SuperGlue's within
     0.05 m (the dense fit makes both precise), the path in the provenance; a matcher whose features
     are not SuperPoint's alone is one line."""
     cfg = config.replace(config.CoregisterConfig(), matcher="fast")
     fast = coregister.coregister(REF, SUMMER, cfg=cfg, progress=False)
-    direct = coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+    direct = summer_pair
     assert np.hypot(*(shift_of(fast) - shift_of(direct))) < 0.05
     assert fast["provenance"]["settings"]["matcher"] == "fast"
     assert fast["provenance"]["settings"]["matching"].startswith("superpoint+mnn")

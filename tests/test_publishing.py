@@ -157,15 +157,11 @@ def one_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def earlier_stack(tmp_path_factory):
+def earlier_stack(tmp_path_factory, dask_client):
     """A published stack result (shifts.csv, pairs.csv, stack.json, items …), copied by each test
     that needs an earlier result of other names than a pair's."""
-    from dask.distributed import Client, LocalCluster
-
     out = tmp_path_factory.mktemp("stack") / "out"
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        stack.coregister_stack(STACK_DATES, out, client=client, progress=False)
+    stack.coregister_stack(STACK_DATES, out, client=dask_client, progress=False)
     return out
 
 

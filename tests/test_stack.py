@@ -47,16 +47,17 @@ def by_date(rows: list[dict]) -> dict[str, dict]:
     return {r["date"]: r for r in rows}
 
 
-def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path):
+@pytest.mark.slow
+def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path, dask_client):
     """Two runs with two sets of known shifts: for every placed date the change of its estimate
     equals the change of its shift relative to the reference's (the dates' own residual cancels).
     The snow date is placed within that tolerance or excluded with its reason, never wrongly."""
     t1, t2 = shifted_stack(tmp_path / "a", 1), shifted_stack(tmp_path / "b", 2)
     reference = "20160830"
     r1 = stack.coregister_stack([tmp_path / "a"], tmp_path / "out", str(tmp_path / "a" / f"T36UYA_{reference}_B04.tif"),
-                                workers=2, progress=False)
+                                client=dask_client, progress=False)
     r2 = stack.coregister_stack([tmp_path / "b"], None, str(tmp_path / "b" / f"T36UYA_{reference}_B04.tif"),
-                                workers=2, progress=False)
+                                client=dask_client, progress=False)
     rows1, rows2 = by_date(r1["dates"]), by_date(r2["dates"])
     px = abs(rasterio.open(DATES[0]).transform.a)
     placed = 0
@@ -82,7 +83,7 @@ def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path):
     assert settings["matcher"] == "auto" and settings["matching"] == "superpoint+superglue+refine+correlate"
 
 
-def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys):
+def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys, stack_cli_on_shared_cluster):
     folder = tmp_path / "dates"
     folder.mkdir()
     for path in DATES[1:4]:
@@ -116,11 +117,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_separately_started_dask_cluster_gives_the_same_results(tmp_path):
+@pytest.mark.slow
+def test_separately_started_dask_cluster_gives_the_same_results(tmp_path, dask_client):
     """``dask scheduler`` + ``dask worker --nworkers 2`` started as processes (the repository on
-    their PYTHONPATH): the same shifts as the LocalCluster, within 0.1 m."""
+    their PYTHONPATH): the same shifts as the run's shared LocalCluster, within 0.1 m."""
     dates = [str(p) for p in DATES[1:5]]
-    local = stack.coregister_stack(dates, None, dates[0], workers=2, progress=False)
+    local = stack.coregister_stack(dates, None, dates[0], client=dask_client, progress=False)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
@@ -154,19 +156,19 @@ def test_separately_started_dask_cluster_gives_the_same_results(tmp_path):
 BRACCIANO = Path(__file__).parent / "data" / "bracciano"
 
 
-def test_a_pair_is_a_stack_of_two(tmp_path):
+def test_a_pair_is_a_stack_of_two(tmp_path, dask_client):
     """The same pair through ``coregister.py A B`` and ``--stack A B``: the same answer (0.05 m)."""
     from matching import MatchingPipeline
 
     ref, target = BRACCIANO / "20160718.tif", BRACCIANO / "20180610.tif"
     pair = coregister.coregister(ref, target, pipeline=MatchingPipeline.from_checkpoints(), progress=False)
-    st = stack.coregister_stack([ref, target], None, str(ref), workers=1, progress=False)
+    st = stack.coregister_stack([ref, target], None, str(ref), client=dask_client, progress=False)
     row = next(r for r in st["dates"] if r["status"] == "ok")
     assert abs(row["dx_m"] - pair["shift_m"]["dx"]) < 0.05 and abs(row["dy_m"] - pair["shift_m"]["dy"]) < 0.05
     assert abs(row["sigma_m"] - pair["shift_m"]["sigma_m"]) < 0.05
 
 
-def test_a_stack_of_per_date_band_folders_and_a_date_on_the_other_utm_zone(tmp_path):
+def test_a_stack_of_per_date_band_folders_and_a_date_on_the_other_utm_zone(tmp_path, dask_client):
     """Dates given as folders of band files (B02.tif, B03.tif, B04.tif): one date a folder, their
     corrected files kept apart, ids unique; the date on the neighbouring UTM zone corrected in its
     own CRS: re-registered against the reference, it has moved by exactly the stack's estimate
@@ -183,7 +185,7 @@ def test_a_stack_of_per_date_band_folders_and_a_date_on_the_other_utm_zone(tmp_p
     out = tmp_path / "out"
     ref = dates["20160718"]
     assert stack.expand_inputs([tmp_path / "in" / "*" / "imgs"]) == sorted(dates.values())
-    r = stack.coregister_stack([str(p) for p in dates.values()], out, str(ref), workers=2, progress=False,
+    r = stack.coregister_stack([str(p) for p in dates.values()], out, str(ref), client=dask_client, progress=False,
                                write_corrected=True)
     assert [row["status"] for row in r["dates"]] == ["reference", "ok", "ok"]
     assert len({row["id"] for row in r["dates"]}) == 3
@@ -215,7 +217,7 @@ def test_coregister_stack_from_a_plain_script_without_a_main_guard(tmp_path):
     assert "PLACED 3" in done.stdout and done.stdout.count("PLACED") == 1
 
 
-def test_a_rotated_date_carries_the_rotation_warning_alone(tmp_path):
+def test_a_rotated_date_carries_the_rotation_warning_alone(tmp_path, dask_client):
     """Three dates, the third rotated by 2°: its warning (its tie points are not one translation;
     one window each, so no rotation is claimed) is on it alone — not lent to the dates it was
     matched with."""
@@ -230,7 +232,7 @@ def test_a_rotated_date_carries_the_rotation_warning_alone(tmp_path):
         dst.write(np.stack([cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_CUBIC) for b in data]))
         dst.descriptions = desc
     r = stack.coregister_stack([str(BRACCIANO / "20160718.tif"), str(BRACCIANO / "20180610.tif"), str(rotated)],
-                               None, str(BRACCIANO / "20160718.tif"), workers=1, progress=False)
+                               None, str(BRACCIANO / "20160718.tif"), client=dask_client, progress=False)
     rows = {Path(row["path"]).stem: row for row in r["dates"]}
     assert rows["20160718"]["warnings"] is None and rows["20180610"]["warnings"] is None
     warning = rows["20190101"]["warnings"]     # one window each: not one translation, but no rotation claimed
@@ -250,7 +252,8 @@ def pystac_valid(path: Path, collection: bool) -> list:
     return items
 
 
-def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_date(tmp_path):
+@pytest.mark.slow
+def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_date(tmp_path, dask_client):
     """10 single-band dates of one grid (nodata 0, ISO-dated names), run as a stack into the output
     of an earlier stack of the first 7; one new date's content moved 3 px (a coarse offset that used
     to shrink the windows, so nothing was reused). Every unchanged date's work and the pairs among
@@ -270,9 +273,10 @@ def test_a_grown_stack_of_iso_dated_single_band_files_reuses_every_unchanged_dat
         with rasterio.open(name, "w", **profile) as dst:
             dst.write(data)
         files.append(name)
-    first = stack.coregister_stack(files[:7], tmp_path / "out", workers=1, progress=False)
-    grown = stack.coregister_stack(files, tmp_path / "out", workers=1, progress=False, write_corrected=True)
-    fresh = stack.coregister_stack(files, tmp_path / "fresh", reference=first["reference"], workers=1, progress=False)
+    first = stack.coregister_stack(files[:7], tmp_path / "out", client=dask_client, progress=False)
+    grown = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False, write_corrected=True)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", reference=first["reference"], client=dask_client,
+                                   progress=False)
     assert grown["reused"]["dates"] == 7 and grown["reused"]["locations"] == 7 and grown["computed"]["dates"] == 3
     old = {str(f.resolve()) for f in files[:7]}
     assert grown["reused"]["pairs"] == sum({p["path_i"], p["path_j"]} <= old for p in grown["pairs"]) > 0
@@ -317,9 +321,11 @@ def test_a_pair_that_raises_is_an_error_not_a_refusal(tmp_path, monkeypatch, cap
     assert any("injected" in (row["error"] or "") for row in rows)
 
 
-def test_the_readme_stack_command(tmp_path, capsys):
+def test_the_readme_stack_command(tmp_path, capsys, stack_cli_on_shared_cluster):
     """The README's second command, as it states it: the shipped T36UYA stack places 6 of its 7
-    dates, excludes the snowy 2016-02-12 with its reason in shifts.csv and on stderr, and exits 1."""
+    dates, excludes the snowy 2016-02-12 with its reason in shifts.csv and on stderr, and exits 1.
+    (On the run's shared cluster: the command's own LocalCluster is started by
+    ``test_coregister_stack_from_a_plain_script_without_a_main_guard`` and ``test_publishing``.)"""
     out = tmp_path / "stack"
     code = coregister.main(["--stack", str(DATES[0].parent), "--output", str(out), "--write-corrected"])
     err = capsys.readouterr().err

@@ -2,7 +2,8 @@
 that do not read back recomputed, and the work an interrupted stage finished kept.
 
 The stacks are four T36UYA dates written uncompressed (so a pixel edited in place keeps the
-file's size), run on one in-process Dask worker shared by the tests (a few seconds a run)."""
+file's size), run on the test run's shared cluster (``tests/conftest.py``; a few seconds a run),
+the interrupted one on an in-process worker that runs the monkeypatched task."""
 from __future__ import annotations
 
 import _thread
@@ -31,7 +32,8 @@ EDITED = 3            # the date edited in place: neither the grid's (the first)
 
 
 @pytest.fixture(scope="module")
-def client():
+def in_process_client():
+    """One in-process worker thread: ``task_extract`` monkeypatched here is what it runs."""
     from dask.distributed import Client, LocalCluster
 
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
@@ -51,11 +53,11 @@ def write_dates(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def first(client, tmp_path_factory):
+def first(dask_client, tmp_path_factory):
     """The dates, and a finished run of them into ``out`` (copied by each test that reuses it)."""
     root = tmp_path_factory.mktemp("first")
     files = write_dates(root / "in")
-    result = stack.coregister_stack(files, root / "out", client=client, progress=False)
+    result = stack.coregister_stack(files, root / "out", client=dask_client, progress=False)
     return files, root / "out", result
 
 
@@ -73,13 +75,13 @@ def entries(out: Path, kind: str) -> list[Path]:
     return sorted(p for p in (out / "cache" / kind).glob("*.pkl") if not p.name.startswith("."))
 
 
-def test_a_date_edited_in_place_is_recomputed_though_its_size_and_time_are_kept(client, tmp_path):
+def test_a_date_edited_in_place_is_recomputed_though_its_size_and_time_are_kept(dask_client, tmp_path):
     """The issue's operator: one date's pixels edited in place (in the middle of the file, the
     size kept, the modification time put back), the stack run again into the same output. The
     edited date is located, extracted and paired again, and the shifts equal a fresh run's — not
     the earlier ones."""
     files = write_dates(tmp_path / "in")
-    before = stack.coregister_stack(files, tmp_path / "out", client=client, progress=False)
+    before = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
     edited = files[EDITED]
     st = edited.stat()
     with rasterio.open(edited, "r+") as f:        # the middle half of the rows moved 2 px east
@@ -89,8 +91,8 @@ def test_a_date_edited_in_place_is_recomputed_though_its_size_and_time_are_kept(
     os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (edited.stat().st_size, edited.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
-    rerun = stack.coregister_stack(files, tmp_path / "out", client=client, progress=False)
-    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=client, progress=False)
+    rerun = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=dask_client, progress=False)
     assert rerun["computed"]["dates"] == 1 and rerun["computed"]["locations"] == 1
     assert rerun["reused"]["dates"] == 3 and rerun["reused"]["locations"] == 3
     assert_same_shifts(shifts(rerun), shifts(fresh))
@@ -109,7 +111,7 @@ def edit_in_place(path: Path) -> None:
 
 
 def test_a_date_edited_while_the_run_reads_it_publishes_nothing_and_keeps_none_of_its_work(
-        client, tmp_path, monkeypatch):
+        dask_client, tmp_path, monkeypatch):
     """A date rewritten after its features were extracted, before the pairs (a download still
     being written, an operator's edit): its content at the end is not the content its key was
     made of, so the run publishes nothing and keeps none of the work it computed — the trial
@@ -124,23 +126,23 @@ def test_a_date_edited_while_the_run_reads_it_publishes_nothing_and_keeps_none_o
 
     monkeypatch.setattr(stack, "run_pairs", edit_then_pair)
     with pytest.raises(stack.PipelineError, match="changed while this run read it.*nothing published"):
-        stack.coregister_stack(files, tmp_path / "out", client=client, progress=False)
+        stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
     monkeypatch.setattr(stack, "run_pairs", real_pairs)
     assert not (tmp_path / "out" / "shifts.csv").exists()
     assert not any((tmp_path / "out" / "cache").rglob("*.pkl"))
-    rerun = stack.coregister_stack(files, tmp_path / "out", client=client, progress=False)
-    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=client, progress=False)
+    rerun = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=dask_client, progress=False)
     assert_same_shifts(shifts(rerun), shifts(fresh))
 
 
-def test_a_reference_edited_in_place_is_chosen_again_as_a_fresh_run_would(client, tmp_path):
+def test_a_reference_edited_in_place_is_chosen_again_as_a_fresh_run_would(dask_client, tmp_path):
     """The earlier run's reference is kept by a rerun (a grown stack's shifts stay comparable) —
     unless its content changed: the trial edited the reference in place and the rerun kept it,
     42 m from a fresh run's absolute shifts. Here the reference loses most of its texture, a
     fresh run chooses another date, and so does the rerun."""
     files = write_dates(tmp_path / "in")
     out = tmp_path / "out"
-    before = stack.coregister_stack(files, out, client=client, progress=False)
+    before = stack.coregister_stack(files, out, client=dask_client, progress=False)
     ref = next(k for k, r in enumerate(before["dates"]) if r["status"] == "reference")
     st = files[ref].stat()
     with rasterio.open(files[ref], "r+") as f:        # three quarters of the rows flat
@@ -148,14 +150,14 @@ def test_a_reference_edited_in_place_is_chosen_again_as_a_fresh_run_would(client
         data[:, :384] = np.median(data)
         f.write(data)
     os.utime(files[ref], ns=(st.st_atime_ns, st.st_mtime_ns))
-    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=client, progress=False)
+    fresh = stack.coregister_stack(files, tmp_path / "fresh", client=dask_client, progress=False)
     assert fresh["reference"] != before["reference"]          # the edit changes a fresh run's choice
-    rerun = stack.coregister_stack(files, out, client=client, progress=False)
+    rerun = stack.coregister_stack(files, out, client=dask_client, progress=False)
     assert rerun["reference"] == fresh["reference"]
     assert_same_shifts(shifts(rerun), shifts(fresh))
 
 
-def test_a_cache_entry_that_does_not_read_back_is_recomputed_with_one_line(first, client, tmp_path, capsys):
+def test_a_cache_entry_that_does_not_read_back_is_recomputed_with_one_line(first, dask_client, tmp_path, capsys):
     """A date's entry replaced by a pickle of another type (a PairMeasure) and a location's by
     garbage bytes: the rerun succeeds, equals the first run, says one line of each (naming it),
     and writes them again as they should be."""
@@ -167,7 +169,7 @@ def test_a_cache_entry_that_does_not_read_back_is_recomputed_with_one_line(first
     garbage.write_bytes(b"\x80\x05 not a pickle at all")
     capsys.readouterr()
 
-    rerun = stack.coregister_stack(files, out, client=client, progress=False)
+    rerun = stack.coregister_stack(files, out, client=dask_client, progress=False)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "cache entry" in line]
     assert len(lines) == 2 and "Traceback" not in err
@@ -198,7 +200,7 @@ def extract_then_interrupt(*args, **kwargs):
     return _real_extract(*args, **kwargs)
 
 
-def test_the_dates_an_interrupted_stage_finished_are_kept(first, client, tmp_path, monkeypatch):
+def test_the_dates_an_interrupted_stage_finished_are_kept(first, in_process_client, tmp_path, monkeypatch):
     """A run interrupted (KeyboardInterrupt in the main thread) while its last date is being
     extracted: the three dates finished before are in the cache, and the rerun reuses them and
     computes the fourth alone; its shifts equal an uninterrupted run's."""
@@ -208,10 +210,10 @@ def test_the_dates_an_interrupted_stage_finished_are_kept(first, client, tmp_pat
     with monkeypatch.context() as m:
         m.setattr(stack, "task_extract", extract_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
-            stack.coregister_stack(files, out, client=client, progress=False)
+            stack.coregister_stack(files, out, client=in_process_client, progress=False)
     assert len(entries(out, "dates")) == len(files) - 1
     assert not (out / "shifts.csv").exists()
-    rerun = stack.coregister_stack(files, out, client=client, progress=False)
+    rerun = stack.coregister_stack(files, out, client=in_process_client, progress=False)
     assert rerun["reused"]["dates"] == len(files) - 1 and rerun["computed"]["dates"] == 1
     assert rerun["reused"]["locations"] == len(files)
     assert_same_shifts(shifts(rerun), shifts(before))
