@@ -37,8 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402,F401
-import remote  # noqa: E402
+import s2coreg.config as config  # noqa: E402,F401
+import s2coreg.io.remote as remote  # noqa: E402
 
 TILE_PX = 10980                  # a Sentinel-2 tile at 10 m
 SOURCE = ROOT / "tests" / "data" / "bracciano" / "20160718.tif"    # band 1: B04, uint16 reflectance
@@ -89,8 +89,8 @@ def drop_from_page_cache(path: Path) -> None:
 def time_keys(files: list[Path], repeats: int, cold: bool) -> list[float]:
     """Seconds to key the date of band ``files`` as a stack run does (``WorkCache.date_content``,
     a new run's cache: nothing memoized), ``repeats`` times."""
-    import data_preprocess as dp
-    from stack_cache import WorkCache
+    import s2coreg.io.products as dp
+    from s2coreg.coregistration.cache import WorkCache
 
     product = dp.open_band_files(files, config.S2_DEFAULT_QUANTIFICATION, 0.0)
     bands = sorted(product.band_files)
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             for f in files:
                 f.unlink()
     report["load_average_after"] = round(os.getloadavg()[0], 1)
-    from utils import write_json
+    from s2coreg.utils import write_json
 
     write_json(args.output, report)
     print(f"results → {args.output}")

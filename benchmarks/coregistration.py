@@ -50,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+import s2coreg.config as config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
 
 BANDS = ("B04", "B03", "B02")
 MAX_SHIFT = 1.5            # px, each axis
@@ -111,8 +111,8 @@ def pairs(data: Path, tmp: Path, split: str) -> list[dict]:
     """The benchmark's pairs as GeoTIFFs in ``tmp``."""
     import rasterio
 
-    from dataset import OMBRIA_VAL_EVERY, OSCD_VAL_CITIES
-    from geo import metric_crs
+    from s2coreg.training.dataset import OMBRIA_VAL_EVERY, OSCD_VAL_CITIES
+    from s2coreg.io.geo import metric_crs
 
     out = []
     if split == "val":
@@ -160,7 +160,7 @@ def content_shifted(src: Path, out: Path, dx: float, dy: float, gain: float = 1.
     a tag) moved with it and kept out."""
     import rasterio
 
-    from imaging import fourier_shift
+    from s2coreg.io.imaging import fourier_shift
 
     with rasterio.open(src) as s:
         profile, data, desc = s.profile, s.read().astype(np.float64), s.descriptions
@@ -188,9 +188,9 @@ def px_to_metres(path: Path, d_px, reference: Path | None = None) -> np.ndarray:
     (~4° at Lake Bracciano), which an earlier version left out (0.1–0.15 px of false error)."""
     import rasterio
 
-    from geo import reproject_points
+    from s2coreg.io.geo import reproject_points
 
-    from geo import metric_crs
+    from s2coreg.io.geo import metric_crs
 
     with rasterio.open(path) as src:
         t, crs = src.transform, src.crs
@@ -215,7 +215,7 @@ class Ours:
         self.pipeline, self.cfg = pipeline, cfg
 
     def __call__(self, ref: Path, tgt: Path):
-        from coregister import coregister
+        from s2coreg.coregistration.pair import coregister
 
         r = coregister(ref, tgt, pipeline=self.pipeline, progress=False, cfg=self.cfg)
         if not r["verified"]:
@@ -227,7 +227,7 @@ class Matcher:
     name = "ImageMatcher shift_m"
 
     def __init__(self):
-        from inference import ImageMatcher
+        from s2coreg.matching.matcher import ImageMatcher
 
         self.matcher = ImageMatcher(bands=(1, 2, 3))
 
@@ -276,7 +276,7 @@ class Arosics:
             return None, None, "no reliable shift (AROSICS: not successful)"
         d = -np.array([cr.x_shift_map, cr.y_shift_map], np.float64)
         if not crs.is_projected:         # map units are degrees: the same displacement in metres, like ours
-            from geo import metric_crs, reproject_points
+            from s2coreg.io.geo import metric_crs, reproject_points
 
             metric = metric_crs(crs, centre)
             d = (reproject_points(centre + d, crs, metric) - reproject_points(centre, crs, metric))[0]
@@ -383,7 +383,7 @@ def misses_figure(items: list[dict], records: list[dict], path: Path, limit_m: f
     import rasterio
     from PIL import Image, ImageDraw
 
-    from imaging import percentile_stretch, to_uint8
+    from s2coreg.io.imaging import percentile_stretch, to_uint8
 
     side, rows = 160, []
     for item, rec in zip(items, records):
@@ -420,8 +420,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="default data/results/coregistration_<split>.json")
     args = parser.parse_args(argv)
-    from matching import MatchingPipeline
-    from utils import set_threads, write_json
+    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads or None)
     cfg = config.CoregisterConfig()

@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402
+import s2coreg.config as config  # noqa: E402
 
 SIDE, CHIP, RES = 10980, 256, 10.0
 ORIGIN = (600_000.0, 5_000_040.0)
@@ -75,8 +75,8 @@ def peak_mb():
 OURS = PEAK + """
 import json, sys, time
 sys.path.insert(0, {root!r})
-import config
-from coregister import coregister
+import s2coreg.config as config
+from s2coreg.coregistration.pair import coregister
 t = time.perf_counter()
 r = coregister({ref!r}, {tgt!r}, {out!r}, progress=False,
                cfg=config.replace(config.CoregisterConfig(), matcher={matcher!r}))
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {r['seconds']:.1f} | {peak} | {err} | {field} | {status} |")
         r.update(error_at_centre_m=None if err == "—" else float(err[:-2]),
                  field_rmse_m=None if field == "—" else float(field[:-2]))
-    from utils import write_json
+    from s2coreg.utils import write_json
 
     write_json(args.output, {"truth_at_centre_m": centre_truth.tolist(), "rows": rows})
     print(f"\nresults → {args.output}")

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
-from dataset import evaluation_pairs, make_eval_sample  # noqa: E402
-from evaluate import build_method  # noqa: E402
-from matching import correlation_stage  # noqa: E402
-from geometry import corner_error, estimate_homography
-from imaging import local_contrast
-from geometry import pose_auc  # noqa: E402
+import s2coreg.config as config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+from s2coreg.training.dataset import evaluation_pairs, make_eval_sample  # noqa: E402
+from s2coreg.training.evaluate import build_method  # noqa: E402
+from s2coreg.matching.pipeline import correlation_stage  # noqa: E402
+from s2coreg.matching.geometry import corner_error, estimate_homography
+from s2coreg.io.imaging import local_contrast
+from s2coreg.matching.geometry import pose_auc  # noqa: E402
 
 # (window px, max shift px, local-contrast sigma px); None = no correlation stage
 VARIANTS = [None, (31, 3.0, 2.0), (15, 3.0, 2.0), (21, 3.0, 2.0), (41, 3.0, 2.0), (31, 2.0, 2.0), (31, 5.0, 2.0),

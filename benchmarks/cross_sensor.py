@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+import s2coreg.config as config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
 
 PAIR = ROOT / "tests" / "data" / "l9_s2_unalakleet"
 REFERENCE = PAIR / "2023-06-30-22-01-55_L9_ms.tif"
@@ -46,7 +46,7 @@ ACCEPT_M = 0.5             # differential error accepted, m
 
 def has_bands(choice: str) -> str | None:
     """None where both inputs have the bands of ``choice``, else which input lacks which."""
-    import data_preprocess as dp
+    import s2coreg.io.products as dp
 
     for role, path in (("reference", REFERENCE), ("target", TARGET)):
         product = dp.find_products(path).products[0]
@@ -57,7 +57,7 @@ def has_bands(choice: str) -> str | None:
 
 
 def estimate(reference, target, choice: str, pipeline) -> dict:
-    from coregister import coregister
+    from s2coreg.coregistration.pair import coregister
 
     r = coregister(reference, target, bands=choice, pipeline=pipeline, progress=False)
     s = r["shift_m"]
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "cross_sensor.json")
     args = parser.parse_args(argv)
-    from matching import MatchingPipeline
-    from utils import set_threads, write_json
+    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads)
     out = run(args.trials, args.seed, MatchingPipeline.from_checkpoints())

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config  # noqa: E402,F401  first: OpenMP's waiting policy, before torch is used
-from evaluate import OpenCVMethod, build_method  # noqa: E402
-from matching import correlation_stage, refine_feature_matches  # noqa: E402
-from samples import sample_gray  # noqa: E402
-from utils import set_threads  # noqa: E402
+import s2coreg.config as config  # noqa: E402,F401  first: OpenMP's waiting policy, before torch is used
+from s2coreg.training.evaluate import OpenCVMethod, build_method  # noqa: E402
+from s2coreg.matching.pipeline import correlation_stage, refine_feature_matches  # noqa: E402
+from s2coreg.samples import sample_gray  # noqa: E402
+from s2coreg.utils import set_threads  # noqa: E402
 
 
 def main() -> int:

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMED = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-import config
-from inference import ImageMatcher
+import s2coreg.config as config
+from s2coreg.matching.matcher import ImageMatcher
 m = ImageMatcher(device="cpu")
 t = time.perf_counter()
 r = m.match_images({a!r}, {b!r})
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     import rasterio
     from PIL import Image
 
-    from inference import sample_pair
+    from s2coreg.matching.matcher import sample_pair
 
     a, b = sample_pair()
     big = cv2.resize(np.asarray(Image.open(a).convert("RGB")), (args.side, args.side), interpolation=cv2.INTER_CUBIC)

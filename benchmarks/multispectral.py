@@ -39,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+import s2coreg.config as config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
 
 MODES = {"rgb": ("B04", "B03", "B02"), "nir": ("B08",), "swir": ("B11",), "nir+rgb": ("B08", "B04", "B03")}
 MAX_SHIFT = 1.5
@@ -51,8 +51,8 @@ def city_pairs(data: Path, tmp: Path) -> list[dict]:
     import rasterio
     from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-    from dataset import OSCD_VAL_CITIES
-    from geo import metric_crs
+    from s2coreg.training.dataset import OSCD_VAL_CITIES
+    from s2coreg.io.geo import metric_crs
 
     bands = ("B02", "B03", "B04", "B08")
     out = []
@@ -94,7 +94,7 @@ def measure(pairs: list[dict], modes: dict, tmp: Path, seed: int, pipeline) -> l
     """Each pair through each mode: two content shifts of the target, the differential error."""
     from tqdm import tqdm
 
-    from coregister import coregister
+    from s2coreg.coregistration.pair import coregister
     from coregistration import content_shifted, px_to_metres
 
     rng = np.random.default_rng(seed)
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=1, help="every n-th date of the two series (quicker runs)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    from matching import MatchingPipeline
-    from utils import set_threads, write_json
+    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads)
     pipeline = MatchingPipeline.from_checkpoints()

@@ -20,8 +20,8 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_preprocess  # noqa: E402
-import samples as fx  # noqa: E402
+import s2coreg.io.products as data_preprocess  # noqa: E402
+import s2coreg.samples as fx  # noqa: E402
 
 SIDE = 10980
 

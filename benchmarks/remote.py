@@ -32,8 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402
-import config  # noqa: E402
+import s2coreg.cli as cli  # noqa: E402
+import s2coreg.config as config  # noqa: E402
 
 SERVER = ROOT / "tests" / "local_server.py"
 
@@ -53,7 +53,7 @@ def bytes_sent(log: Path) -> int:
 PAIR = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from coregister import coregister
+from s2coreg.coregistration.pair import coregister
 t = time.perf_counter()
 r = coregister({ref!r}, {tgt!r}, {out!r}, progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "shift": [r["shift_m"]["dx"], r["shift_m"]["dy"]]
@@ -124,7 +124,7 @@ def write_collection(files: list[Path], folder: Path) -> Path:
     """An ItemCollection (hrefs relative to it) of one Item a file, its 5-band asset named by eo:bands."""
     import rasterio
 
-    import coreg_engine as engine
+    import s2coreg.coregistration.engine as engine
 
     folder.mkdir(parents=True, exist_ok=True)
     features = []
@@ -151,7 +151,7 @@ def largest_difference(a: list[dict], b: list[dict], key: str = "shift_px") -> f
 
 
 def stack_case(data: Path, work: Path) -> list[str]:
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     files = bracciano(data)
     collection = write_collection(files, work / "catalog")
@@ -197,7 +197,7 @@ def t36uya_dates(data: Path, folder: Path, count: int = 10) -> list[Path]:
 def grow_case(data: Path, work: Path, repeats: int) -> list[str]:
     from dask.distributed import Client, LocalCluster
 
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     files = t36uya_dates(data, work / "t36uya")
     with stack.workers_without_rerunning_main():
@@ -236,7 +236,7 @@ def xarray_case(data: Path, work: Path) -> list[str]:
     import rioxarray
     import xarray as xr
 
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     files = []
     for f in bracciano(data):

@@ -48,8 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.append(str(ROOT / "benchmarks"))   # after the project: benchmarks/remote.py is not remote.py
-import config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
+sys.path.append(str(ROOT / "benchmarks"))   # after the project: benchmarks/remote.py is not s2coreg/io/remote.py
+import s2coreg.config as config  # noqa: E402  first: OpenMP's waiting policy, before torch is used
 
 FLOORS_M = (0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 1.0)
 TARGET = 0.90            # share within 2σ the floor is chosen for (on the σ-validation place)
@@ -71,7 +71,7 @@ def t36uya_series(data: Path, tmp: Path, n: int, checked_only: bool) -> list[Pat
     from PIL import Image
     from rasterio.transform import from_origin
 
-    from dataset import T36UYA_CLEAR, T36UYA_SNOW, T36UYA_VAL_WINDOW
+    from s2coreg.training.dataset import T36UYA_CLEAR, T36UYA_SNOW, T36UYA_VAL_WINDOW
 
     x0, y0, x1, y1 = T36UYA_VAL_WINDOW
     crs, ox, oy, res = T36UYA_GEO
@@ -124,7 +124,7 @@ def places(data: Path, tmp: Path, n: int) -> list[dict]:
 def frame_jacobian(grid, frame) -> np.ndarray:
     """(2, 2): a displacement in grid px at the grid's centre → metres in ``frame`` (x east,
     y north)."""
-    import geo
+    import s2coreg.io.geo as geo
 
     c = np.array([[grid.width / 2, grid.height / 2]])
     pts = geo.pixel_to_map(np.vstack([c, c + [1, 0], c + [0, 1]]), grid.transform)
@@ -135,10 +135,10 @@ def frame_jacobian(grid, frame) -> np.ndarray:
 def measure(ref: Path, tgt: Path, pipeline, cfg, frame) -> dict | None:
     """One pair through ``coregister.py``'s path; what σ models need: its used windows (px), and
     how px become metres of ``frame``. None where it is refused."""
-    import coreg_engine as engine
-    from coregister import Coregistration
+    import s2coreg.coregistration.engine as engine
+    from s2coreg.coregistration.pair import Coregistration
 
-    from utils import PipelineError
+    from s2coreg.utils import PipelineError
 
     co = Coregistration(str(ref), str(tgt), cfg=cfg, pipeline=pipeline, progress=False)
     try:
@@ -157,7 +157,7 @@ def measure(ref: Path, tgt: Path, pipeline, cfg, frame) -> dict | None:
 
 def displacement(m: dict, cfg, learned: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The pair's displacement (2,) and σ (2,) in metres of the place's frame under σ model ``cfg``."""
-    import coreg_engine as engine
+    import s2coreg.coregistration.engine as engine
 
     d_px = np.median(m["learned"] if learned else m["shifts"], axis=0)
     px_m = m.get("px_m") or float(np.linalg.norm(m["J"][:, 0]))
@@ -169,7 +169,7 @@ def displacement(m: dict, cfg, learned: bool = False) -> tuple[np.ndarray, np.nd
 def place_frame(files: list[Path]):
     import rasterio
 
-    import geo
+    import s2coreg.io.geo as geo
 
     with rasterio.open(files[0]) as src:
         centre = np.array([[(src.bounds.left + src.bounds.right) / 2, (src.bounds.bottom + src.bounds.top) / 2]])
@@ -279,8 +279,8 @@ def main(argv=None) -> int:
                              "matching: valid for the same engine and data only), else written")
     args = parser.parse_args(argv)
 
-    from matching import MatchingPipeline
-    from utils import set_threads
+    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.utils import set_threads
 
     set_threads(args.threads)
     cfg = config.CoregisterConfig()

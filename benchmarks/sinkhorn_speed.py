@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config  # noqa: E402, F401  first: OpenMP's waiting policy, before torch is used
-import SuperGlue_architecture as sga  # noqa: E402
-from matching import MatchingPipeline  # noqa: E402
-from samples import sample_gray  # noqa: E402
+import s2coreg.config as config  # noqa: E402, F401  first: OpenMP's waiting policy, before torch is used
+import s2coreg.models.superglue as sga  # noqa: E402
+from s2coreg.matching.pipeline import MatchingPipeline  # noqa: E402
+from s2coreg.samples import sample_gray  # noqa: E402
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import config  # noqa: E402,F401
+import s2coreg.config as config  # noqa: E402,F401
 
 
 def shifted_copies(dates: list[Path], folder: Path, reference_crs, seed: int) -> dict[str, np.ndarray]:
@@ -41,8 +41,8 @@ def shifted_copies(dates: list[Path], folder: Path, reference_crs, seed: int) ->
     own grid; the truth as metres (east, north) in the reference's CRS."""
     import rasterio
 
-    from geo import reproject_points
-    from imaging import fourier_shift
+    from s2coreg.io.geo import reproject_points
+    from s2coreg.io.imaging import fourier_shift
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -66,7 +66,7 @@ def shifted_copies(dates: list[Path], folder: Path, reference_crs, seed: int) ->
 def full_tile_case(folder: Path) -> dict:
     """(d): the full-tile pair as a stack on one worker: one date's extraction and one pair's
     measurement, and what a year of a tile and a country cost from them, on paper."""
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     r = stack.coregister_stack([folder / "reference.tif", folder / "target.tif"], None,
                                str(folder / "reference.tif"), workers=1, progress=False)
@@ -86,7 +86,7 @@ def full_tile_case(folder: Path) -> dict:
 def main(argv=None) -> int:
     import rasterio
 
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         if not args.full_tile:
             parser.error("--only-full-tile needs --full-tile DIR")
         report.update(full_tile=full_tile_case(args.full_tile))
-        from utils import write_json
+        from s2coreg.utils import write_json
 
         write_json(args.output, report)
         print(f"results → {args.output}")
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         # cross-date consistency in absolute terms, which the differential error above cannot see:
         # how far each pair's measurement lies from the network's solution (a loop of pairs that
         # does not close shows each pair's content-dependent bias), with and without the dense fit
-        from config import CoregisterConfig
+        from s2coreg.config import CoregisterConfig
 
         learned = stack.coregister_stack([tmp / "a"], None, str(tmp / "a" / f"{ref}.tif"), progress=False,
                                          cfg=CoregisterConfig(refine=False))
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                               "excluded": status.count("excluded")}
     if args.full_tile:
         report["full_tile"] = full_tile_case(args.full_tile)
-    from utils import write_json
+    from s2coreg.utils import write_json
 
     write_json(args.output, report)
     print(f"results → {args.output}")

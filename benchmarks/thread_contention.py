@@ -39,10 +39,10 @@ LOADS = {      # name → background command (None = idle)
 TIMED = """
 import json, statistics, sys, time
 sys.path.insert(0, {root!r})
-import config
+import s2coreg.config as config
 import numpy as np
 from PIL import Image
-from inference import ImageMatcher, sample_pair
+from s2coreg.matching.matcher import ImageMatcher, sample_pair
 a, b = (np.asarray(Image.open(p)) for p in sample_pair())
 m = ImageMatcher(device="cpu", cache_size=0)
 m.match_images(a, b)

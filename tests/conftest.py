@@ -12,7 +12,10 @@ and loading the model, for each stack). A test that is about starting a cluster,
 its workers, or a monkeypatched task starts its own; the others pass ``client=dask_client`` (or
 take ``stack_cli_on_shared_cluster`` for ``coregister.main(["--stack", ...])``).
 """
-import config as _project_config  # noqa: F401  first: OpenMP's passive waiting, before torch is imported
+import s2coreg.config as _project_config  # noqa: F401  first: OpenMP's passive waiting, before torch is imported
+
+import signal
+import threading
 
 import pytest
 
@@ -35,6 +38,11 @@ def pytest_cmdline_main(config):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "shipped: needs the shipped checkpoints in model_checkpoints/")
+    if hasattr(config, "workerinput") and threading.current_thread() is threading.main_thread():
+        # pytest-xdist's workers start with Ctrl-C ignored, and an ignored SIGINT is inherited by
+        # every process a test starts: the tests of a Ctrl-C (a terminal's, or _thread.interrupt_main
+        # in a task) need Python's own handler, as in a terminal.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(trylast=True)               # after -m and -k chose: only what they kept is counted
@@ -80,7 +88,7 @@ def dask_client():
 def stack_cli_on_shared_cluster(monkeypatch, dask_client):
     """``coregister.main(["--stack", ...])`` run on ``dask_client`` (its flags parsed as ever;
     ``--workers`` then names no cluster of its own)."""
-    import stack
+    import s2coreg.coregistration.stack as stack
 
     real = stack.coregister_stack
     monkeypatch.setattr(stack, "coregister_stack", lambda *a, **k: real(*a, **{**k, "client": dask_client}))

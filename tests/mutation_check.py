@@ -8,22 +8,22 @@ Run it on a copy (a worktree), never on your working tree: it rewrites files whi
 import subprocess, sys, shutil, pathlib
 repo = pathlib.Path(sys.argv[1])
 MUTANTS = {
-    "mercator unit slip (map units reported as metres)": ("geo.py",
+    "mercator unit slip (map units reported as metres)": ("s2coreg/io/geo.py",
         "    return reproject_points(points1, crs, metric) - reproject_points(points0, crs, metric), metric",
         "    return np.asarray(points1, np.float64).reshape(-1, 2) - points0, metric",
         "tests/test_coregister.py -k mercator"),
-    "dropped rotation (a geotransform's rotation terms ignored)": ("geo.py",
+    "dropped rotation (a geotransform's rotation terms ignored)": ("s2coreg/io/geo.py",
         None, None, "tests/test_coregister.py -k rotated_grid"),
-    "the matcher returns the coarse estimate": ("coreg_engine.py",
+    "the matcher returns the coarse estimate": ("s2coreg/coregistration/engine.py",
         "    m.shift_px = med + (np.asarray(offset_b, np.float64) - offset_a)",
         "    m.shift_px = np.round(med) * 0 + (np.asarray(offset_b, np.float64) - offset_a)",
         "tests/test_coregister.py -k known_shift_recovered tests/test_evidence.py -k content_inside"),
-    "a zero shift": ("coreg_engine.py",
+    "a zero shift": ("s2coreg/coregistration/engine.py",
         "    out.shift_px = med.tolist()",
         "    out.shift_px = (med * 0).tolist()",
         "tests/test_coregister.py -k known_shift_recovered tests/test_cross_sensor.py -k known"),
 }
-MUTANTS["dropped rotation (a geotransform's rotation terms ignored)"] = ("geo.py",
+MUTANTS["dropped rotation (a geotransform's rotation terms ignored)"] = ("s2coreg/io/geo.py",
     "    return np.stack([a * p[:, 0] + b * p[:, 1] + c, d * p[:, 0] + e * p[:, 1] + f], axis=-1)",
     "    return np.stack([a * p[:, 0] + c, e * p[:, 1] + f], axis=-1)",
     "tests/test_coregister.py -k rotated_grid")

@@ -1,5 +1,5 @@
-"""The project's layers: no import circle among its modules, light modules without torch,
-benchmarks that stand alone."""
+"""The project's layers: no import circle among its modules (imports made lazily included), light
+modules without torch, benchmarks that stand alone."""
 from __future__ import annotations
 
 import ast
@@ -9,26 +9,39 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {p.stem for p in ROOT.glob("*.py")}
+ENTRY_POINTS = ("config", "utils", "dataset", "data_preprocess", "SuperPoint", "SuperGlue_architecture",
+                "inference", "train_superpoint", "train_superglue", "coregister", "evaluate")
+
+
+def module_name(path: Path) -> str:
+    """``s2coreg/io/geo.py`` → ``s2coreg.io.geo``; ``s2coreg/io/__init__.py`` → ``s2coreg.io``; a
+    checkout's entry point by its file's name."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in [*sorted((ROOT / "s2coreg").rglob("*.py")),
+                                       *(ROOT / f"{e}.py" for e in ENTRY_POINTS)]}
+
+
+def imports_in(source: str, itself: str = "") -> set[str]:
+    """The project modules ``source`` imports anywhere: at its top, in functions (lazily, on first
+    use), in its ``__main__`` block, and by name (``import_module("s2coreg.…")``, a command's
+    ``"module:function"``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:              # from s2coreg.io import geo: the submodule, not the package
+                found.add(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("s2coreg."):
+            found.add(node.value.partition(":")[0])
+    return {m for m in found if m in MODULES} - {itself}
 
 
 def imports_of(path: Path) -> set[str]:
-    """The project modules ``path`` imports anywhere (in functions too), except in its
-    ``if __name__ == "__main__":`` block — a script's entry, not a dependency of the module."""
-    tree = ast.parse(path.read_text())
-    skip = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
-            skip |= {id(n) for n in ast.walk(node)}
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return (found & MODULES) - {path.stem}
+    return imports_in(path.read_text(), module_name(path))
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -54,14 +67,21 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_circle_among_the_project_modules():
-    graph = {m: imports_of(ROOT / f"{m}.py") for m in MODULES}
+    """A module that imports another inside a function or its ``__main__`` block depends on it as
+    much as one that imports it at its top: the circle of the networks' old ``__main__`` blocks
+    (SuperPoint → stages → matching → SuperPoint) counts."""
+    graph = {m: imports_of(p) for m, p in MODULES.items()}
     assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
-    # the check itself finds a circle when there is one
-    assert find_cycle({**graph, "config": graph["config"] | {"coregister"}}) is not None
+    # the check sees a lazy import and a __main__ block's, and finds the circle they close
+    lazy = imports_in("def f():\n    import s2coreg.coregistration.pair\n")
+    main = imports_in('if __name__ == "__main__":\n    from s2coreg.matching import stages\n')
+    assert lazy == {"s2coreg.coregistration.pair"} and main == {"s2coreg.matching.stages"}
+    assert find_cycle({**graph, "s2coreg.models.superpoint": graph["s2coreg.models.superpoint"] | main})
 
 
 def test_config_and_geo_load_without_torch():
-    code = "import sys; sys.path.insert(0, %r); import config, geo, data_preprocess; print('torch' in sys.modules)"
+    code = ("import sys; sys.path.insert(0, %r); import s2coreg, s2coreg.config, s2coreg.io.geo, "
+            "s2coreg.io.products; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code % str(ROOT)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -84,14 +104,34 @@ def _all_imports(path: Path) -> set[str]:
 
 
 def test_every_script_builds_its_parser_on_the_one_skeleton():
-    """Scripts share ``cli.parser`` / ``cli.add_runtime`` (one place for the shared flags and the
-    one-line errors): ``argparse.ArgumentParser`` is built in ``cli.py`` alone."""
-    for path in sorted(ROOT.glob("*.py")):
-        if path.name == "cli.py":
-            continue
-        assert "ArgumentParser(" not in path.read_text(), path.name
-    for script in ("data_preprocess", "stages", "inference", "coregister", "evaluate", "training"):
-        assert "cli.parser(" in (ROOT / f"{script}.py").read_text(), script
+    """Commands share ``cli.parser`` / ``cli.add_runtime`` (one place for the shared flags and the
+    one-line errors): ``argparse.ArgumentParser`` is built in ``s2coreg/cli.py`` alone, and every
+    console command's module builds its parser on it."""
+    for name, path in MODULES.items():
+        if name != "s2coreg.cli":
+            assert "ArgumentParser(" not in path.read_text(), path.name
+    from s2coreg.commands import COMMANDS
+
+    for module, _ in COMMANDS.values():
+        text = MODULES[module.partition(":")[0]].read_text()
+        assert "cli.parser(" in text or "training_parser(" in text, module        # loop.training_parser: on cli
+
+
+def test_every_command_is_a_checkout_script_and_a_console_command():
+    """``pyproject.toml``'s console commands are ``s2coreg.commands``'s, and each checkout script
+    named there runs its command."""
+    import tomllib
+
+    from s2coreg import commands
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == set(commands.COMMANDS)
+    for command, target in scripts.items():
+        function = target.partition(":")[2]
+        assert hasattr(commands, function), target
+        checkout_script = commands.COMMANDS[command][1]
+        if checkout_script:
+            assert f"commands.{function}()" in (ROOT / checkout_script).read_text(), checkout_script
 
 
 def test_every_benchmark_and_script_starts():
@@ -110,19 +150,24 @@ def test_every_benchmark_and_script_starts():
 
 
 LAYERS = {  # docs/architecture.md's module map: a module imports from its own layer or those below
-    "config": 0,
-    "utils": 1, "imaging": 1, "geometry": 1, "geo": 1, "results": 1, "cli": 1, "remote": 1,
-    "data_preprocess": 2, "checkpoints": 2, "dataset": 2, "samples": 2,
-    "SuperPoint": 3, "SuperGlue_architecture": 3,
-    "matching": 4,
-    "evaluate": 5, "visualization": 5, "coreg_engine": 5,
-    "inference": 6, "stages": 6, "coregister": 6, "stack": 6, "stack_outputs": 6, "stack_cache": 6, "training": 6, "train_superpoint": 6,
-    "train_superglue": 6,
+    "s2coreg.config": 0, "s2coreg.io": 0, "s2coreg.models": 0, "s2coreg.matching": 0,
+    "s2coreg.coregistration": 0, "s2coreg.training": 0,
+    "s2coreg.utils": 1, "s2coreg.io.imaging": 1, "s2coreg.matching.geometry": 1, "s2coreg.io.geo": 1,
+    "s2coreg.results": 1, "s2coreg.cli": 1, "s2coreg.io.remote": 1,
+    "s2coreg.io.products": 2, "s2coreg.models.checkpoints": 2, "s2coreg.training.dataset": 2, "s2coreg.samples": 2,
+    "s2coreg.models.superpoint": 3, "s2coreg.models.superglue": 3,
+    "s2coreg.matching.pipeline": 4,
+    "s2coreg.training.evaluate": 5, "s2coreg.matching.visualization": 5, "s2coreg.coregistration.engine": 5,
+    "s2coreg.matching.matcher": 6, "s2coreg.matching.stages": 6, "s2coreg.coregistration.pair": 6,
+    "s2coreg.coregistration.stack": 6, "s2coreg.coregistration.outputs": 6, "s2coreg.coregistration.cache": 6,
+    "s2coreg.training.loop": 6, "s2coreg.training.superpoint": 6, "s2coreg.training.superglue": 6,
+    "s2coreg.commands": 7, "s2coreg": 7,  # the package's names load lazily from the layers below
+    **{e: 8 for e in ENTRY_POINTS},   # the checkout's scripts: nothing in the package imports them
 }
 
 
 def test_every_module_imports_only_from_its_layer_or_below():
-    assert set(LAYERS) == MODULES, "put every module in a layer (docs/architecture.md)"
+    assert set(LAYERS) == set(MODULES), "put every module in a layer (docs/architecture.md)"
     wrong = [f"{m} (layer {LAYERS[m]}) imports {n} (layer {LAYERS[n]})" for m in sorted(MODULES)
-             for n in imports_of(ROOT / f"{m}.py") if LAYERS[n] > LAYERS[m]]
+             for n in imports_of(MODULES[m]) if LAYERS[n] > LAYERS[m]]
     assert not wrong, "; ".join(wrong)

@@ -15,10 +15,10 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-import coreg_engine as engine
-import coregister
-import stack
-from utils import PipelineError
+import s2coreg.coregistration.engine as engine
+import s2coreg.coregistration.pair as coregister
+import s2coreg.coregistration.stack as stack
+from s2coreg.utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 

@@ -11,12 +11,12 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-import config
-import coregister
-from matching import MatchingPipeline
-import samples as fx
-from imaging import fourier_shift
-from utils import PipelineError
+import s2coreg.config as config
+import s2coreg.coregistration.pair as coregister
+from s2coreg.matching.pipeline import MatchingPipeline
+import s2coreg.samples as fx
+from s2coreg.io.imaging import fourier_shift
+from s2coreg.utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 
@@ -451,7 +451,7 @@ def test_inputs_as_users_have_them(pipeline, summer_pair, tmp_path):
     eight = write_raster(tmp_path / "rgb8.tif", rgb8, SUMMER, nodata=None)
     r = coregister.coregister(REF, eight, pipeline=pipeline, progress=False)
     assert r["bands"]["target"] == ["B04", "B03", "B02"] and np.hypot(*(shift_of(r) - direct)) < 1.0
-    import data_preprocess as dp
+    import s2coreg.io.products as dp
 
     product = coregister.engine.open_date(eight)
     grid = coregister.engine.grid_of(product, ["B04"])
@@ -622,7 +622,7 @@ def test_scattered_no_data_specks_are_matched_through(pipeline, summer_pair, tmp
 
 
 def test_the_result_is_typed_and_reads_as_its_json(summer_pair):
-    import results
+    import s2coreg.results as results
 
     r = summer_pair
     assert isinstance(r, results.CoregistrationResult) and isinstance(r.shift_m, results.ShiftEstimate)

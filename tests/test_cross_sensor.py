@@ -12,12 +12,12 @@ import pytest
 import rasterio
 from rasterio.warp import transform as warp_points
 
-import coregister
-import data_preprocess as dp
-from coreg_engine import date_bands
-from config import CoregisterConfig
-from imaging import fourier_shift
-from matching import MatchingPipeline
+import s2coreg.coregistration.pair as coregister
+import s2coreg.io.products as dp
+from s2coreg.coregistration.engine import date_bands
+from s2coreg.config import CoregisterConfig
+from s2coreg.io.imaging import fourier_shift
+from s2coreg.matching.pipeline import MatchingPipeline
 
 pytestmark = pytest.mark.shipped
 DATA = Path(__file__).parent / "data" / "l9_s2_unalakleet"

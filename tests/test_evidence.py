@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 
-import coregister
-import imaging
-from imaging import fourier_shift
-from matching import MatchingPipeline
+import s2coreg.coregistration.pair as coregister
+import s2coreg.io.imaging as imaging
+from s2coreg.io.imaging import fourier_shift
+from s2coreg.matching.pipeline import MatchingPipeline
 from tests.test_coregister import rotated
 
 pytestmark = pytest.mark.shipped

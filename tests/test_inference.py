@@ -12,13 +12,13 @@ import rasterio
 import torch
 from PIL import Image
 
-import config
-import data_preprocess
-import inference
-import geometry
-import utils
-from inference import ImageMatcher
-import samples as fx
+import s2coreg.config as config
+import s2coreg.io.products as data_preprocess
+import s2coreg.matching.matcher as inference
+import s2coreg.matching.geometry as geometry
+import s2coreg.utils as utils
+from s2coreg.matching.matcher import ImageMatcher
+import s2coreg.samples as fx
 
 pytestmark = pytest.mark.shipped
 
@@ -182,7 +182,7 @@ def test_blank_image_gives_empty_result_with_reason(matcher, sample):
 
 
 def test_mismatched_checkpoint(tmp_path):
-    import SuperPoint as sp
+    import s2coreg.models.superpoint as sp
 
     ckpt = sp.SuperPoint(config.SuperPointConfig()).checkpoint()
     ckpt["config"]["channels"] = [8, 8, 8, 8]
@@ -284,7 +284,7 @@ def test_typed_results_still_read_as_dicts(matcher):
     """``match_images`` returns a ``results.MatchResult`` (documented fields) that reads like the
     dict it was: by key, by attribute, ``get``, ``in``, ``{**r}``, JSON; its shift is a
     ``ShiftEstimate`` whose ``sigma_m`` is per axis, as a co-registration's (``se``: of the vector)."""
-    import results
+    import s2coreg.results as results
 
     bracciano = Path(__file__).parent / "data" / "bracciano"
     m = ImageMatcher(device="cpu", bands=(1, 2, 3))

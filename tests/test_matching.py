@@ -1,4 +1,4 @@
-"""The one matching path (matching.py) and what a new user hit first (issue: one path)."""
+"""The one matching path (s2coreg/matching/pipeline.py) and what a new user hit first (issue: one path)."""
 from __future__ import annotations
 
 import json
@@ -14,22 +14,22 @@ import torch
 from PIL import Image
 from rasterio.transform import from_origin
 
-import config
-import data_preprocess
-import evaluate
-import geo
-import inference
-import matching
-import SuperPoint as sp
-import stages
-import train_superglue
-import train_superpoint
-import geometry
-import imaging
-import utils
-from inference import ImageMatcher
-import samples as fx
-from samples import sample_gray
+import s2coreg.config as config
+import s2coreg.io.products as data_preprocess
+import s2coreg.training.evaluate as evaluate
+import s2coreg.io.geo as geo
+import s2coreg.matching.matcher as inference
+import s2coreg.matching.pipeline as matching
+import s2coreg.models.superpoint as sp
+import s2coreg.matching.stages as stages
+import s2coreg.training.superglue as train_superglue
+import s2coreg.training.superpoint as train_superpoint
+import s2coreg.matching.geometry as geometry
+import s2coreg.io.imaging as imaging
+import s2coreg.utils as utils
+from s2coreg.matching.matcher import ImageMatcher
+import s2coreg.samples as fx
+from s2coreg.samples import sample_gray
 
 shipped = pytest.mark.shipped
 

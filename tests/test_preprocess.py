@@ -10,8 +10,8 @@ import pytest
 import rasterio
 from PIL import Image
 
-import data_preprocess as dp
-import samples as fx
+import s2coreg.io.products as dp
+import s2coreg.samples as fx
 
 PNG = ["--format", "png", "--no-masks"]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import cli
-import coreg_engine as engine
-import coregister
-import stack
-from utils import PipelineError
+import s2coreg.cli as cli
+import s2coreg.coregistration.engine as engine
+import s2coreg.coregistration.pair as coregister
+import s2coreg.coregistration.stack as stack
+from s2coreg.utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 
@@ -33,7 +33,7 @@ PAIR = [str(REF), str(SUMMER), "--threads", "1"]
 # holds OUT's lock (as a run does) until killed; says "locked" once it has it
 HOLDER = """
 import sys, time
-import coreg_engine as engine
+import s2coreg.coregistration.engine as engine
 with engine.OutputFolder(sys.argv[1], engine.RESULT_NAMES).locked():
     print("locked", flush=True)
     time.sleep(600)
@@ -43,7 +43,7 @@ with engine.OutputFolder(sys.argv[1], engine.RESULT_NAMES).locked():
 PAUSED_RUN = """
 import sys, time
 from pathlib import Path
-import coregister
+import s2coreg.coregistration.pair as coregister
 real = coregister.write_outputs
 def paused(*args, **kwargs):
     print("writing", flush=True)
@@ -59,7 +59,7 @@ sys.exit(coregister.main([*sys.argv[3:], "--output", sys.argv[1]]))
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-import coregister
+import s2coreg.coregistration.pair as coregister
 out, what, n, when = Path(sys.argv[1]).resolve(), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 names = set(coregister.engine.RESULT_NAMES)
 count = {"replace": 0, "unlink": 0}
@@ -92,7 +92,8 @@ sys.exit(coregister.main([*sys.argv[5:], "--output", str(out)]))
 SLOW_STACK = """
 import sys, time
 from pathlib import Path
-import coregister, stack
+import s2coreg.coregistration.pair as coregister
+import s2coreg.coregistration.stack as stack
 real = stack._gather
 def gather(*args, **kwargs):
     print("started", flush=True)
@@ -529,13 +530,22 @@ def test_cli_run_gives_every_script_the_same_endings(tmp_path, capsys):
         cli.run(body(ValueError("a bug")), args)
 
 
-@pytest.mark.parametrize("script", ["coregister.py", "data_preprocess.py", "evaluate.py", "inference.py",
-                                    "train_superpoint.py", "train_superglue.py"])
-def test_every_script_ends_through_cli_script(script):
-    """Every script's ``__main__`` goes through ``cli.script`` (so Ctrl-C, a full disk and a bug
-    end as below, never as Python's exit 1 with a traceback)."""
-    text = (Path(__file__).resolve().parent.parent / script).read_text()
-    assert 'if __name__ == "__main__":\n    sys.exit(cli.script(main))' in text
+def test_every_command_ends_through_cli_script(monkeypatch, capsys):
+    """Every console command — and so every checkout script, each of which runs one
+    (tests/test_architecture.py) — ends through ``cli.script``: a Ctrl-C in any of them is one
+    line and 130, never Python's traceback and exit 1."""
+    import importlib
+
+    from s2coreg import commands
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    for command, (target, _) in commands.COMMANDS.items():
+        module, _, function = target.partition(":")
+        monkeypatch.setattr(importlib.import_module(module), function or "main", interrupted)
+        assert commands.run(command, []) == 130, command
+        assert one_line(capsys.readouterr().err) == "interrupted", command
 
 
 def test_cli_script_keeps_exit_1_for_results_and_gives_a_bug_3(capsys):

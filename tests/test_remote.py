@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import rasterio
 
-import coregister
-import coreg_engine as engine
-import data_preprocess as dp
-import stack
-from imaging import fourier_shift
-from matching import MatchingPipeline
-from utils import PipelineError
+import s2coreg.coregistration.pair as coregister
+import s2coreg.coregistration.engine as engine
+import s2coreg.io.products as dp
+import s2coreg.coregistration.stack as stack
+from s2coreg.io.imaging import fourier_shift
+from s2coreg.matching.pipeline import MatchingPipeline
+from s2coreg.utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import config
-import coreg_engine as engine
-import coregister
-from matching import MatchingPipeline
+import s2coreg.config as config
+import s2coreg.coregistration.engine as engine
+import s2coreg.coregistration.pair as coregister
+from s2coreg.matching.pipeline import MatchingPipeline
 
 DATA = Path(__file__).parent / "data"
 BRACCIANO = DATA / "bracciano"

@@ -1,4 +1,4 @@
-"""coregister.py --stack (stack.py): joint placement of a real stack with known shifts, the snow
+"""coregister.py --stack (s2coreg/coregistration/stack.py): joint placement of a real stack with known shifts, the snow
 date, a bad file in the stack, and the same results through a separately started Dask cluster."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-import config
-import coregister
-import stack
+import s2coreg.config as config
+import s2coreg.coregistration.pair as coregister
+import s2coreg.coregistration.stack as stack
 
 pytestmark = pytest.mark.shipped
 
@@ -119,12 +119,13 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_separately_started_dask_cluster_gives_the_same_results(tmp_path, dask_client):
-    """``dask scheduler`` + ``dask worker --nworkers 2`` started as processes (the repository on
-    their PYTHONPATH): the same shifts as the run's shared LocalCluster, within 0.1 m."""
+    """``dask scheduler`` + ``dask worker --nworkers 2`` started as processes in another folder,
+    importing the installed package (no PYTHONPATH; .ci/run installs it): the same shifts as the
+    run's shared LocalCluster, within 0.1 m."""
     dates = [str(p) for p in DATES[1:5]]
     local = stack.coregister_stack(dates, None, dates[0], client=dask_client, progress=False)
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
                                   str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, cwd=tmp_path)
@@ -158,7 +159,7 @@ BRACCIANO = Path(__file__).parent / "data" / "bracciano"
 
 def test_a_pair_is_a_stack_of_two(tmp_path, dask_client):
     """The same pair through ``coregister.py A B`` and ``--stack A B``: the same answer (0.05 m)."""
-    from matching import MatchingPipeline
+    from s2coreg.matching.pipeline import MatchingPipeline
 
     ref, target = BRACCIANO / "20160718.tif", BRACCIANO / "20180610.tif"
     pair = coregister.coregister(ref, target, pipeline=MatchingPipeline.from_checkpoints(), progress=False)
@@ -209,7 +210,7 @@ def test_coregister_stack_from_a_plain_script_without_a_main_guard(tmp_path):
     """A user's script that calls ``coregister_stack`` at module level (no ``if __name__ ==
     "__main__":``) runs: the LocalCluster's workers do not run it again."""
     script = tmp_path / "my_script.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom stack import coregister_stack\n"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom s2coreg.coregistration.stack import coregister_stack\n"
                       f"r = coregister_stack({[str(p) for p in DATES[1:4]]!r}, None, workers=2, progress=False)\n"
                       "print('PLACED', sum(d['status'] != 'excluded' for d in r['dates']))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)

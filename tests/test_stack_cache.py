@@ -1,4 +1,4 @@
-"""What a stack run keeps for the next one (stack_cache.py): keyed by the files' content, entries
+"""What a stack run keeps for the next one (s2coreg/coregistration/cache.py): keyed by the files' content, entries
 that do not read back recomputed, and the work an interrupted stage finished kept.
 
 The stacks are four T36UYA dates written uncompressed (so a pixel edited in place keeps the
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import rasterio
 
-import remote
-import stack
-from coreg_engine import PairMeasure
+import s2coreg.io.remote as remote
+import s2coreg.coregistration.stack as stack
+from s2coreg.coregistration.engine import PairMeasure
 
 pytestmark = pytest.mark.shipped
 

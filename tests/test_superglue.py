@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import geometry
-import imaging
-import utils
-from stages import match_main as main
-from SuperGlue_architecture import (MASKED, MultiHeadAttention, SuperGlue, _logsumexp, extract_matches,
+import s2coreg.config as config
+import s2coreg.matching.geometry as geometry
+import s2coreg.io.imaging as imaging
+import s2coreg.utils as utils
+from s2coreg.matching.stages import match_main as main
+from s2coreg.models.superglue import (MASKED, MultiHeadAttention, SuperGlue, _logsumexp, extract_matches,
                                     log_optimal_transport, pad_batch)
 
 SLIM = config.SuperGlueConfig(descriptor_dim=32, keypoint_encoder=(16, 32), layers=2, heads=4)
@@ -172,7 +172,7 @@ def test_ground_truth_assignment():
 
 
 def test_assignment_loss_on_known_case():
-    from train_superglue import assignment_loss
+    from s2coreg.training.superglue import assignment_loss
 
     la = torch.log(torch.tensor([[[0.5, 0.1, 0.4], [0.2, 0.2, 0.6], [0.3, 0.7, 0.0]]]))
     gt0 = torch.tensor([[0, -1]])        # keypoint 0 ↔ 0, keypoint 1 → dustbin
@@ -185,9 +185,9 @@ def test_assignment_loss_on_known_case():
 
 
 def test_smoke_training_loss_decreases(tmp_path):
-    import SuperPoint as sp
-    import train_superglue
-    import samples as fx
+    import s2coreg.models.superpoint as sp
+    import s2coreg.training.superglue as train_superglue
+    import s2coreg.samples as fx
 
     (tmp_path / "oscd").mkdir()
     for name in ("pisa", "pisa_copy"):
@@ -215,8 +215,8 @@ def matched_warped_pisa(method_name: str, seed: int):
     benchmark method: (H, features 0, features 1, matches0, image 1's refined keypoints)."""
     import cv2
 
-    from evaluate import build_method
-    from samples import sample_gray
+    from s2coreg.training.evaluate import build_method
+    from s2coreg.samples import sample_gray
 
     a = imaging.percentile_stretch(sample_gray("imgs_1"))
     H = geometry.sample_homography(np.random.default_rng(seed), (512, 512), "medium")
@@ -260,7 +260,7 @@ def test_shipped_fine_head_refines_real_matches():
 def test_inference_sinkhorn_equals_the_training_one():
     """Without gradients the Sinkhorn runs in scaling form (one matrix-vector product a
     half-iteration); it gives the log-domain form's assignment, padding and dustbins included."""
-    import SuperGlue_architecture as S
+    import s2coreg.models.superglue as S
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 300, 200, generator=generator) * 30            # a trained SuperGlue's range
@@ -284,7 +284,7 @@ def test_inference_sinkhorn_equals_the_training_one():
 
 def test_a_checkpoint_tells_its_training_chain():
     """From a fine-tuning's record back to the run from scratch, with wall and CPU time."""
-    from checkpoints import training_chain
+    from s2coreg.models.checkpoints import training_chain
 
     scratch = {"command": "python train_superglue.py --minutes 50", "steps": 3000, "seconds": 3000.0}
     tuned = {"command": "python train_superglue.py --init a.pt", "resumed_with": ["... --resume"], "steps": 500,

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import dataset
-import evaluate
-import stages
-import SuperPoint as sp
-import train_superpoint
-import training
-import geometry
-import imaging
-import utils
-import samples as fx
-from samples import sample_gray
+import s2coreg.config as config
+import s2coreg.training.dataset as dataset
+import s2coreg.training.evaluate as evaluate
+import s2coreg.matching.stages as stages
+import s2coreg.models.superpoint as sp
+import s2coreg.training.superpoint as train_superpoint
+import s2coreg.training.loop as training
+import s2coreg.matching.geometry as geometry
+import s2coreg.io.imaging as imaging
+import s2coreg.utils as utils
+import s2coreg.samples as fx
+from s2coreg.samples import sample_gray
 
 SLIM = config.SuperPointConfig()
 SHIPPED = sp.default_checkpoint()
@@ -313,7 +313,7 @@ def test_fine_patches_gather_the_cells_around_each_point():
 
 def test_fine_loss_prefers_the_true_position():
     fine_patches = sp.fine_patches
-    from train_superpoint import fine_loss
+    from s2coreg.training.superpoint import fine_loss
 
     torch.manual_seed(0)
     fine = torch.nn.functional.normalize(torch.randn(1, 8, 32, 32), dim=1)
@@ -351,7 +351,7 @@ def test_fit_keeps_best_weights_with_the_whole_record(tmp_path):
 
 
 def test_preprocessed_outputs_are_a_training_source(tmp_path):
-    import data_preprocess
+    import s2coreg.io.products as data_preprocess
 
     assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(tmp_path), "--size", "256"]) == 0
     (scene,) = dataset.load_scenes(tmp_path, "train")
@@ -403,7 +403,7 @@ def test_splits_are_disjoint_by_place():
 def test_a_stopped_run_resumes_with_the_same_steps_batches_and_weights(tmp_path):
     """A campaign stopped after a sitting and resumed (on another machine: only the run folder
     travels) ends exactly where one uninterrupted run does."""
-    from training import fit
+    from s2coreg.training.loop import fit
 
     cfg = config.replace(config.SuperPointTrainConfig(), max_steps=8, minutes=0, val_every=4, lr=0.05)
     generator = torch.Generator().manual_seed(0)

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import config
-from utils import PipelineError
+import s2coreg.config as config
+from s2coreg.utils import PipelineError
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2"}

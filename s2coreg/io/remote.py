@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from utils import PipelineError
+from s2coreg.utils import PipelineError
 
 # GDAL configuration for reading COGs over the network (environment values win)
 GDAL_SETTINGS = {

@@ -1,4 +1,4 @@
-"""What a stack run writes (``coregister.py --stack``; ``stack.py`` computes it): ``shifts.csv``,
+"""What a stack run writes (``coregister.py --stack``; ``s2coreg/coregistration/stack.py`` computes it): ``shifts.csv``,
 ``pairs.csv``, ``stack.json``, ``report.png``, ``items.geojson`` (every placed date as a STAC Item
 whose assets are VRTs carrying its correction, no pixel written) and, with
 ``--write-corrected``, ``corrected/`` (COGs with their georeference moved, and
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-import coreg_engine as engine
-import data_preprocess as dp
-import remote
-from utils import PipelineError, write_json
+import s2coreg.coregistration.engine as engine
+import s2coreg.io.products as dp
+import s2coreg.io.remote as remote
+from s2coreg.utils import PipelineError, write_json
 
 EO_EXTENSION = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 RASTER_EXTENSION = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
@@ -42,7 +42,7 @@ def plot_report(result: dict, path: Path) -> None:
 
     from matplotlib.figure import Figure
 
-    from utils import atomic_path
+    from s2coreg.utils import atomic_path
 
     def when(s):
         try:

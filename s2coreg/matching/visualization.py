@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging import percentile_stretch, to_gray
-from utils import atomic_path
+from s2coreg.io.imaging import percentile_stretch, to_gray
+from s2coreg.utils import atomic_path
 
 
 def display_image(image: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-import config
-from utils import PipelineError, set_threads
+import s2coreg.config as config
+from s2coreg.utils import PipelineError, set_threads
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -161,6 +161,9 @@ def script(main: Callable[[], int]) -> int:
         return int(main() or 0)
     except SystemExit:
         raise
+    except BrokenPipeError:           # `coregister … | head`: the reader left; nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # Python's flush at exit stays quiet
+        return 128 + 13               # as a shell reports SIGPIPE
     except BaseException as exc:  # noqa: BLE001  sorted here: the user's, the disk's, or ours
         code = failure(exc)
         if code is not None:

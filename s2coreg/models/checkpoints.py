@@ -4,7 +4,7 @@ A checkpoint is a plain dict ``{"kind", "config", "state_dict", "training"}`` sa
 ``torch.save`` and read with ``torch.load(weights_only=True)``: a file can never run code, and
 a mismatched file fails with one clear line instead of a shape error deep inside torch.
 
-    python checkpoints.py [model_checkpoints/*.pt]
+    s2coreg-checkpoints [model_checkpoints/*.pt]
 
 prints how each checkpoint was made: the chain of training commands from scratch (a fine head
 on its base SuperPoint, a fine-tuning on the run it started from), with steps, wall and CPU time.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-import config
-from utils import PipelineError
+import s2coreg.config as config
+from s2coreg.utils import PipelineError
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -140,15 +140,17 @@ def describe(path: str | Path) -> str:
 
 
 def main(argv=None) -> int:
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or \
-        sorted(config.CHECKPOINT_DIR.glob("*.pt"))
-    for path in paths:
+    """``s2coreg-checkpoints [FILE ...]``: how each checkpoint (by default the shipped ones) was
+    trained."""
+    from s2coreg import cli
+
+    parser = cli.parser("How each checkpoint was trained: its architecture, data, steps and figures "
+                        "(by default the shipped ones, " + str(config.CHECKPOINT_DIR) + ").")
+    parser.add_argument("paths", nargs="*", type=Path, help="checkpoint files (.pt)")
+    args = parser.parse_args(argv)
+    for path in args.paths or sorted(config.CHECKPOINT_DIR.glob("*.pt")):
         if not path.is_file():
             print(f"error: {path}: no such checkpoint file", file=sys.stderr)
             return 2
         print(describe(path) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

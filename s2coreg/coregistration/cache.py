@@ -35,10 +35,10 @@ import pickle
 import sys
 from pathlib import Path
 
-import coreg_engine as engine
-import data_preprocess as dp
-import remote
-from utils import atomic_path
+import s2coreg.coregistration.engine as engine
+import s2coreg.io.products as dp
+import s2coreg.io.remote as remote
+from s2coreg.utils import atomic_path
 
 KINDS = ("locations", "dates", "pairs")
 # what an entry of each kind must unpickle to: anything else is recomputed (``WorkCache.get``)
@@ -51,7 +51,7 @@ def _digest(*parts) -> str:
 
 def checkpoint_keys(memo: dict | None = None) -> dict:
     """The content keys of the shipped checkpoints the workers load (a retrained model: new features)."""
-    import config
+    import s2coreg.config as config
 
     folder = Path(config.CHECKPOINT_DIR)
     return {p.name: remote.content_key(p, memo) for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cli
-import config
-from dataset import evaluation_pairs, make_eval_sample
-from utils import PipelineError, atomic_path, set_threads
+import s2coreg.cli as cli
+import s2coreg.config as config
+from s2coreg.training.dataset import evaluation_pairs, make_eval_sample
+from s2coreg.utils import PipelineError, atomic_path, set_threads
 
 
 def lr_factor(progress: float, decay_from: float = 0.7, final: float = 0.1) -> float:

@@ -1,7 +1,7 @@
 """The matching stages as scripts: ``python SuperPoint.py`` and ``python SuperGlue_architecture.py``.
 
 The network files hold the networks; their stage scripts live here, with the matching path they
-call (``matching.py``), so that no module imports back the one that imports it.
+call (``s2coreg/matching/pipeline.py``), so that no module imports back the one that imports it.
 
     python SuperPoint.py --input data/preprocessed --output data/features
         one ``.npz`` per image: ``keypoints`` (N×2, x y, pixel centres at integers, in the input
@@ -18,7 +18,7 @@ call (``matching.py``), so that no module imports back the one that imports it.
 """
 from __future__ import annotations
 
-import config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
+import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
 import itertools
 import sys
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-import cli
-from config import SuperPointConfig
-from matching import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
-from imaging import list_images, load_image, load_valid_mask
-from utils import PipelineError, write_npz
+import s2coreg.cli as cli
+from s2coreg.config import SuperPointConfig
+from s2coreg.matching.pipeline import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
+from s2coreg.io.imaging import list_images, load_image, load_valid_mask
+from s2coreg.utils import PipelineError, write_npz
 
 EXTRACT_HELP = "SuperPoint keypoints and descriptors of every image, one .npz each."
 MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual nearest neighbours), one .npz each."

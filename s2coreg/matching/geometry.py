@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-import config
+import s2coreg.config as config
 
 
 def warp_points(points: np.ndarray, H: np.ndarray) -> np.ndarray:

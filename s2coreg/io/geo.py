@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging import RASTER_SUFFIXES
-from utils import PipelineError, atomic_path, write_json
+from s2coreg.io.imaging import RASTER_SUFFIXES
+from s2coreg.utils import PipelineError, atomic_path, write_json
 
 MAD_TO_SIGMA = 1.4826   # median absolute deviation → standard deviation of a normal distribution
 
@@ -158,7 +158,7 @@ def shift_statistics(points0: np.ndarray, points1: np.ndarray, crs):
     sigma = MAD_TO_SIGMA * np.median(np.abs(residual), axis=0)
     radius = np.linalg.norm(residual, axis=1)
     n = len(d)
-    from results import ShiftEstimate
+    from s2coreg.results import ShiftEstimate
 
     se = float(1.2533 * np.hypot(*sigma) / np.sqrt(n))                 # of the vector
     sigma_m = float(1.2533 * np.sqrt(np.mean(sigma ** 2)) / np.sqrt(n))  # per axis, as a co-registration's

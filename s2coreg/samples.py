@@ -17,9 +17,11 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-DATA = Path(__file__).resolve().parent / "tests" / "data"
+import s2coreg.config as config
+
+DATA = config.ROOT / "tests" / "data"
 META = DATA / "safe_metadata"
-SAMPLE = Path(__file__).resolve().parent / "data" / "sample" / "pisa"  # real OSCD pixels
+SAMPLE = config.ROOT / "data" / "sample" / "pisa"  # real OSCD pixels
 # tile T30NWM: UTM zone 30N; the fixture's upper-left corner in map coordinates
 CRS = "EPSG:32630"
 ULX, ULY = 499980.0, 600000.0
@@ -147,7 +149,7 @@ def _maybe_zip(safe: Path, zip_it: bool) -> Path:
 
 def sample_gray(date: str = "imgs_1") -> np.ndarray:
     """Real 512×512 grey image of the Pisa sample (float32, DN)."""
-    from imaging import to_gray
+    from s2coreg.io.imaging import to_gray
 
     bands = []
     for band in ("B04", "B03", "B02"):

@@ -6,7 +6,7 @@ DATES: files, folders or globs. A folder of ``.SAFE`` products, STAC Items or da
 one date each; a folder of one date's band files (``B02.tif``, ``B03.tif``, ``B04.tif``) is one
 date; a folder of such folders (``imgs_1/``, ``imgs_2/``) is one date a sub-folder.
 
-The same engine as a pair (``coreg_engine.py``; a pair is a stack of two): every date is read on
+The same engine as a pair (``s2coreg/coregistration/engine.py``; a pair is a stack of two): every date is read on
 one grid (the first usable date's, or ``--reference PATH``'s), each at its own coarse offset, in the
 same windows, and its features are extracted once (one task per date). Pairs are then measured
 window by window (one task per pair): every date against its neighbours in time
@@ -29,9 +29,11 @@ provenance as tags) and ``stack.geojson``, a STAC ItemCollection of them (geomet
 
 Dask: by default a ``LocalCluster`` with one single-threaded worker process per core (torch then
 never oversubscribes); ``--scheduler`` runs the same tasks on an existing cluster, whose scheduler
-and workers must import this repository (``PYTHONPATH=/path/to/repo dask scheduler`` and
-``PYTHONPATH=/path/to/repo dask worker tcp://HOST:8786 --nworkers N --nthreads 1``; the
-checkpoints are read from the repository's ``model_checkpoints/`` on each worker). From a plain
+and workers must import this package: install it on each machine, as on the client
+(``pip install s2coreg-….whl`` or ``pip install /path/to/checkout``, the same version), then
+``dask scheduler`` and ``dask worker tcp://HOST:8786 --nworkers N --nthreads 1``; each worker reads
+the checkpoints the package ships (docs/coregistration.md: never ``PYTHONPATH`` to a checkout,
+whose files may change under a running cluster). From a plain
 Python script, ``coregister_stack`` works without an ``if __name__ == "__main__":`` guard: the
 LocalCluster's workers are started without running the script again. A bad date (unreadable, off a
 north-up grid, without a CRS or valid pixels) is excluded with one line in words wherever it
@@ -56,15 +58,15 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import coreg_engine as engine
-import data_preprocess as dp
-import remote
-import stack_outputs
-from stack_cache import WorkCache
-from config import CoregisterConfig
-from coreg_engine import DateFeatures, PairMeasure
-from utils import PipelineError, atomic_path, set_threads
+import s2coreg.config as config
+import s2coreg.coregistration.engine as engine
+import s2coreg.io.products as dp
+import s2coreg.io.remote as remote
+import s2coreg.coregistration.outputs as stack_outputs
+from s2coreg.coregistration.cache import WorkCache
+from s2coreg.config import CoregisterConfig
+from s2coreg.coregistration.engine import DateFeatures, PairMeasure
+from s2coreg.utils import PipelineError, atomic_path, set_threads
 
 _PIPELINES: dict = {}     # one matching pipeline per worker process and matcher, loaded on its first task
 
@@ -73,7 +75,7 @@ def worker_pipeline(matcher: str = CoregisterConfig.matcher):
     """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher``; loaded
     once; one torch thread per worker)."""
     if matcher not in _PIPELINES:
-        from matching import MatchingPipeline
+        from s2coreg.matching.pipeline import MatchingPipeline
 
         set_threads(1)
         _PIPELINES[matcher] = MatchingPipeline.from_checkpoints(matcher=matcher, device="cpu")
@@ -397,7 +399,7 @@ def start_client(scheduler: str | None, workers: int | None):
     try:
         with workers_without_rerunning_main():
             cluster = closing_quietly(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                   dashboard_address=None, preload=[WORKER_IGNORES_CTRL_C]))
+                                                   dashboard_address=":0", preload=[WORKER_IGNORES_CTRL_C]))
         client = Client(cluster)
         return closing_quietly(client, before=lambda: client.run(_quiet_logs, wait=True)), cluster
     except BaseException:             # Ctrl-C while they started: none left running
@@ -758,7 +760,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
-    from matching import MatchingPipeline
+    from s2coreg.matching.pipeline import MatchingPipeline
 
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
@@ -1036,7 +1038,7 @@ def _shift_block(block: np.ndarray, d: tuple[float, float], nodata, margin: int)
     the whole array), its no-data kept: no-data pixels are first filled from their valid
     neighbours (a local, Gaussian-weighted mean), and a pixel whose nearest source pixel is no data
     or lies outside the array is no data."""
-    from imaging import fill_from_neighbours, sinc_shift
+    from s2coreg.io.imaging import fill_from_neighbours, sinc_shift
 
     dx, dy = d
     shape = block.shape

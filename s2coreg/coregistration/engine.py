@@ -1,12 +1,12 @@
 """The co-registration engine: what a pair and a stack of dates share. A pair is a stack of two.
 
-``coregister.py A B`` (a pair) and ``coregister.py --stack`` (``stack.py``, on Dask) run the same
+``coregister.py A B`` (a pair) and ``coregister.py --stack`` (``s2coreg/coregistration/stack.py``, on Dask) run the same
 functions, in this order:
 
 1. ``open_date``: a date's product (``.SAFE``, zip, STAC Item, band files, a folder of band files,
    a multi-band raster) and the bands it is read with (``date_bands``).
 2. ``locate_date``: the date's whole-pixel **coarse offset** against the reference, from both
-   products' decimated overviews matched through the one matching path (``matching.py``), plus
+   products' decimated overviews matched through the one matching path (``s2coreg/matching/pipeline.py``), plus
    the fraction by which its own pixels sit off the grid (``grid_fraction``: such a date is read
    pixel for pixel, without resampling), and the extent of its data on the reference grid.
    Offsets of hundreds of pixels are fine: each date is read on the reference grid moved by its
@@ -58,13 +58,13 @@ from pathlib import Path
 
 import numpy as np
 
-import config
-import data_preprocess as dp
-import geo
-import remote
-from config import CoregisterConfig, PreprocessConfig
-from imaging import BorderFill, DenseFit, border_fill, dense_translation, edge_fraction, fill_from_neighbours
-from utils import PipelineError, atomic_path
+import s2coreg.config as config
+import s2coreg.io.products as dp
+import s2coreg.io.geo as geo
+import s2coreg.io.remote as remote
+from s2coreg.config import CoregisterConfig, PreprocessConfig
+from s2coreg.io.imaging import BorderFill, DenseFit, border_fill, dense_translation, edge_fraction, fill_from_neighbours
+from s2coreg.utils import PipelineError, atomic_path
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
@@ -1229,8 +1229,8 @@ def correction_in_crs(grid: dp.Grid, shift_px, crs, at_px=None) -> np.ndarray:
 def software_version() -> dict:
     """The project's version and, in a git checkout, its commit (``+dirty`` with local edits)."""
     out = {"name": config.PROJECT_NAME, "version": config.VERSION}
-    root = Path(__file__).resolve().parent
-    if (root / ".git").exists():
+    root = config.CHECKOUT
+    if root is not None and (root / ".git").exists():
         try:
             commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                     timeout=5).stdout.strip()

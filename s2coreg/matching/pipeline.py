@@ -48,13 +48,13 @@ import cv2
 import numpy as np
 import torch
 
-import config
-from checkpoints import find_checkpoint, resolve_device
-from config import MatchingConfig, SuperPointConfig
-from SuperPoint import SuperPoint, refine_matches
-from geometry import estimate_homography, is_verified, mutual_nearest_neighbours, warp_points
-from imaging import local_contrast, normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8
-from utils import PipelineError
+import s2coreg.config as config
+from s2coreg.models.checkpoints import find_checkpoint, resolve_device
+from s2coreg.config import MatchingConfig, SuperPointConfig
+from s2coreg.models.superpoint import SuperPoint, refine_matches
+from s2coreg.matching.geometry import estimate_homography, is_verified, mutual_nearest_neighbours, warp_points
+from s2coreg.io.imaging import local_contrast, normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8
+from s2coreg.utils import PipelineError
 
 
 # ----------------------------------------------------------------------------- frames
@@ -388,13 +388,13 @@ class SuperGlueMatcher(Matcher):
     @classmethod
     def build(cls, model_path, device, match_threshold: float | None = None, **_):
         """From a SuperGlue checkpoint file, or the ``superglue*.pt`` of a folder."""
-        from SuperGlue_architecture import SuperGlue
+        from s2coreg.models.superglue import SuperGlue
 
         return cls(SuperGlue.from_checkpoint(model_path, resolve_device(device)), match_threshold)
 
     @torch.no_grad()
     def match(self, f0, f1):
-        from SuperGlue_architecture import pad_batch
+        from s2coreg.models.superglue import pad_batch
 
         dim = self.model.config.descriptor_dim
         if f0["descriptors"].shape[1] != dim:

@@ -1,0 +1,89 @@
+"""The project's error type and its safe writes: ``PipelineError`` (a bad input, one line, no
+traceback), files written under a temporary name and renamed when complete (JSON, ``.npz``), and
+torch's thread count. Images are in ``s2coreg/io/imaging.py``, geometry and metrics in ``s2coreg/matching/geometry.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class PipelineError(Exception):
+    """A problem with the user's input: printed as one line by the scripts, no traceback."""
+
+
+# ----------------------------------------------------------------------------- files
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success.
+
+    Readers never see a half-written file, and a failure leaves nothing behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if tmp.is_file():  # mkstemp makes files private (0600); give the usual permissions
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        aux = tmp.with_name(tmp.name + ".aux.xml")  # GDAL may leave statistics beside a raster
+        if aux.exists():
+            aux.unlink()
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Write arrays to an ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _json_default(obj):
+    if hasattr(obj, "to_dict"):          # the typed results (s2coreg/results.py)
+        return obj.to_dict()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- threads
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's and OpenCV's CPU threads: ``threads``, or every core this process may use
+    when ``None``.
+
+    When several workers share a machine, give each ``cores // workers`` (1 per worker on 2
+    cores): more threads than cores make every thread wait for the others. Returns the count.
+    """
+    import cv2
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0):
+        raise PipelineError(f"threads {threads!r}: give a whole number of threads (1 or more), or 0 for all cores")
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    return threads
