@@ -1,41 +1,24 @@
-"""Sentinel-2 products → normalised, geo-referenced images for the matching stages.
+"""The reading library: Sentinel-2 products recognised and described, and their bands read onto a grid.
 
-    python data_preprocess.py --input PATH --output data/preprocessed [--bands B04,B03,B02]
-                              [--size 1024] [--tile 1024 --overlap 64] [--format jpeg|png|tif]
-
-``PATH`` is a ``.SAFE`` folder, a zipped ``.SAFE`` as downloaded from the Copernicus
-browser, a folder holding several of either, or plain GeoTIFF / JP2 band files (a file,
-or a folder of files named by band such as ``B04.tif``). Level-1C and Level-2A layouts.
-
-Per product, written to ``<output>/<product name>/`` (all or nothing: the folder is built
-under a temporary name and renamed when complete):
-    * ``overview.<ext>``: the whole tile at ``--size`` px on its longer side, read from the
-      JPEG 2000 resolution levels (decimated reads), never the full 10980² raster;
-    * ``tiles/r<row>_c<col>.<ext>`` with ``--tile``: native 10 m tiles with ``--overlap``;
-    * beside each image a ``.json`` sidecar (CRS, affine transform of *that image's own*
-      pixel grid, tile id, sensing date, bands, processing baseline, offsets, source), a
-      ``_nodata.png`` mask (255 = no data) and, when the product has them, ``_cloud.png``
-      (cloud probability 0-100 for L2A, 255 = opaque cloud or cirrus for L1C) and ``_scl.png``.
-
-Also the project's reading library (public API): ``find_products``, ``open_safe``,
-``open_stac_item``, ``open_band_files`` → ``Product`` (band files, masks, no-data policy);
+``find_products`` (a ``.SAFE`` folder or zip, L1C/L2A, plain GeoTIFF / JP2 band files, STAC Items
+and ItemCollections, local or by URL; ``search_items`` for a STAC API), ``open_safe``,
+``open_stac_item`` / ``item_product``, ``open_band_files`` → ``Product`` (band files, masks,
+no-data policy, radiometry); band names (``normalise_bands``, ``canonical_band_name``);
 ``Grid``, ``reference_grid``, ``read_to_grid`` / ``render`` / ``render_masks`` (windowed,
 decimated reads onto a grid, resampled in memory where needed), ``open_raster``, ``is_safe``,
-``nodata_value``. Co-registration, ``ImageMatcher``'s georeference and the benchmarks read
-through it.
+``nodata_value``. Stage 1 (``s2coreg.preprocess``), co-registration, ``ImageMatcher``'s
+georeference and the benchmarks read through it.
 
 Radiometry: reflectance = (DN + offset) / QUANTIFICATION_VALUE, with the offset of -1000
 that products from processing baseline 04.00 on carry (RADIO_ADD_OFFSET / BOA_ADD_OFFSET),
-then clipped to a fixed range (``--reflectance-range``, default 0-0.3) and optionally
-gamma-corrected: the same mapping for every date, so one place looks alike on all of them.
+then clipped to a fixed range (``PreprocessConfig.reflectance_min`` / ``reflectance_max``,
+default 0-0.3) and optionally gamma-corrected (``normalise``): the same mapping for every date,
+so one place looks alike on all of them.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import sys
-import time
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
@@ -43,15 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-import s2coreg.cli as cli
 import s2coreg.config as config
 import s2coreg.io.remote as remote
 from s2coreg.config import PreprocessConfig
-from s2coreg.utils import PipelineError, atomic_path, write_json
+from s2coreg.utils import PipelineError
 
 remote.configure_gdal()          # GDAL's settings for reading COGs over the network, in this process
 
-FORMATS = {"jpeg": ".jpg", "png": ".png", "tif": ".tif"}
 _BAND_RE = re.compile(r"_(B\d[\dA])(?:_(\d\d)m)?\.jp2$")
 
 
@@ -883,187 +864,3 @@ def render_masks(product: Product, grid: Grid, window_px, out_shape, warp: bool 
                                   warp=warp).astype(np.uint8)
     return out
 
-
-# ----------------------------------------------------------------------------- writing
-def write_image(path: Path, image01: np.ndarray, fmt: str, transform=None, crs=None, quality: int = 95) -> None:
-    """0..1 image (H, W) or (H, W, C) → 8-bit file; GeoTIFF keeps the georeferencing inside."""
-    data = np.clip(np.round(image01 * 255), 0, 255).astype(np.uint8)
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[..., 0]
-    with atomic_path(path) as tmp:
-        if fmt == "tif":
-            import rasterio
-
-            bands = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-            with rasterio.open(tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0],
-                               count=bands.shape[0], dtype="uint8", crs=crs, transform=transform,
-                               compress="deflate") as dst:
-                dst.write(bands)
-        else:
-            from PIL import Image
-
-            im = Image.fromarray(data if data.ndim == 2 or data.shape[2] in (3, 4) else data[..., :3])
-            if fmt == "jpeg":
-                im.save(tmp, format="JPEG", quality=quality)
-            else:
-                im.save(tmp, format="PNG")
-
-
-def write_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
-
-
-def write_output(folder: Path, stem: str, product: Product, bands, grid: Grid, window_px, out_shape,
-                 cfg: PreprocessConfig, kind: str) -> None:
-    """One image with its sidecar JSON and masks."""
-    import s2coreg.io.geo as geo
-
-    image, nodata = render(product, bands, grid, window_px, out_shape, cfg)
-    col, row, w, h = window_px
-    transform = geo.window_transform(grid.transform, window_px, out_shape)
-    ext = FORMATS[cfg.format]
-    write_image(folder / f"{stem}{ext}", image, cfg.format, transform, grid.crs, cfg.jpeg_quality)
-    masks = {"nodata": nodata.astype(np.uint8) * 255}
-    if cfg.masks:
-        masks.update(render_masks(product, grid, window_px, out_shape))
-    for name, m in masks.items():
-        write_mask(folder / f"{stem}_{name}.png", m)
-    write_json(folder / f"{stem}.json", {
-        "image": f"{stem}{ext}", "output": kind, "size": [out_shape[1], out_shape[0]],
-        **geo.sidecar_georeference(transform, grid.crs),
-        "window_10m": {"col_off": col, "row_off": row, "width": w, "height": h},
-        "tile_id": product.tile_id, "sensing_date": product.sensing_date, "product_id": product.product_id,
-        "processing_level": product.level, "processing_baseline": product.processing_baseline,
-        "bands": list(bands), "quantification": product.quantification,
-        "offsets": {b: product.offsets.get(b, 0.0) for b in bands},
-        "reflectance_range": [cfg.reflectance_min, cfg.reflectance_max], "gamma": cfg.gamma,
-        "nodata_fraction": round(float(nodata.mean()), 4),
-        "masks": {name: f"{stem}_{name}.png" for name in masks}, "source": product.source,
-    })
-
-
-def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap``;
-    the last tile is aligned to the end."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
-
-
-def preprocess_product(product: Product, output: Path, bands: list[str], cfg: PreprocessConfig,
-                       progress: bool = True) -> int:
-    """Write every output of one product; all or nothing. Returns the number of images."""
-    from tqdm import tqdm
-
-    missing = [b for b in bands if b not in product.band_files]
-    if missing:
-        raise PipelineError(f"{product.source}: band {', '.join(missing)} not in this product (it has "
-                            f"{', '.join(sorted(product.band_files))}); choose others with --bands")
-    grid = reference_grid(product, bands)
-    jobs = []
-    if cfg.size > 0:
-        scale = min(cfg.size / max(grid.width, grid.height), 1.0)  # never above native resolution
-        shape = (max(1, round(grid.height * scale)), max(1, round(grid.width * scale)))
-        jobs.append(("overview", "overview", (0, 0, grid.width, grid.height), shape))
-    if cfg.tile > 0:
-        for r in tile_origins(grid.height, cfg.tile, cfg.overlap):
-            for c in tile_origins(grid.width, cfg.tile, cfg.overlap):
-                w, h = min(cfg.tile, grid.width - c), min(cfg.tile, grid.height - r)
-                jobs.append((f"tiles/r{r:05d}_c{c:05d}", "tile", (c, r, w, h), (h, w)))
-    final = output / product.name
-    tmp = output / f".{product.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tiles").mkdir(parents=True) if cfg.tile > 0 else tmp.mkdir(parents=True)
-    try:
-        for stem, kind, window, shape in tqdm(jobs, desc=product.name[:40], unit="img", disable=not progress,
-                                              leave=False):
-            write_output(tmp, stem, product, bands, grid, window, shape, cfg, kind)
-        if final.exists():
-            old = output / f".{product.name}.old"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return len(jobs)
-
-
-# ----------------------------------------------------------------------------- script
-def parse_bands(text: str) -> list[str]:
-    bands = [b.strip().upper() for b in text.split(",") if b.strip()]
-    bands = [b if b == "B8A" else re.sub(r"^B(\d)$", r"B0\1", b) for b in bands]
-    unknown = [b for b in bands if b not in config.S2_BAND_RESOLUTION]
-    if unknown or not bands:
-        raise PipelineError(f"--bands: unknown band {', '.join(unknown) or '(none)'}; choose from "
-                            f"{', '.join(config.S2_BANDS)}")
-    return bands
-
-
-def main(argv=None) -> int:
-    d = PreprocessConfig()
-    parser = cli.parser(__doc__)
-    parser.add_argument("--input", type=Path, required=True,
-                        help=".SAFE folder, zipped .SAFE, folder of several, or GeoTIFF/JP2 band file(s)")
-    parser.add_argument("--output", type=Path, default=config.PREPROCESSED_DIR, help="output folder")
-    parser.add_argument("--bands", default=",".join(d.bands),
-                        help="comma-separated bands, e.g. B04,B03,B02 (true colour) or B08 (NIR)")
-    parser.add_argument("--size", type=int, default=d.size,
-                        help="overview side in px (longer side, at most native; the original project used 224); 0 = none")
-    parser.add_argument("--tile", type=int, default=d.tile, help="native-resolution tile side in px; 0 = no tiles")
-    parser.add_argument("--overlap", type=int, default=d.overlap, help="overlap between tiles in px")
-    parser.add_argument("--format", choices=sorted(FORMATS), default=d.format,
-                        help="jpeg (small), png (lossless) or tif (georeferencing inside)")
-    parser.add_argument("--reflectance-range", type=float, nargs=2, default=(d.reflectance_min, d.reflectance_max),
-                        metavar=("MIN", "MAX"), help="reflectance mapped to 0..255, the same for every date")
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="gamma after clipping (1 = linear)")
-    parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
-    parser.add_argument("--no-masks", action="store_true", help="skip cloud / scene-classification masks")
-    parser.add_argument("--scale", type=float, default=config.S2_DEFAULT_QUANTIFICATION,
-                        help="plain band files only: DN per unit reflectance")
-    parser.add_argument("--offset", type=float, default=0.0,
-                        help="plain band files only: offset added to DN (-1000 for baseline >= 04.00 data)")
-    args = parser.parse_args(argv)
-    start = time.time()
-    try:
-        bands = parse_bands(args.bands)
-        if args.size <= 0 and args.tile <= 0:
-            raise PipelineError("nothing to write: give --size > 0 and/or --tile > 0")
-        if args.tile > 0 and not 0 <= args.overlap < args.tile:
-            raise PipelineError(f"--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}")
-        if args.reflectance_range[1] <= args.reflectance_range[0] or args.gamma <= 0:
-            raise PipelineError("--reflectance-range MIN MAX needs MIN < MAX, and --gamma must be > 0")
-        cfg = config.replace(d, size=args.size, tile=args.tile, overlap=args.overlap, format=args.format,
-                             reflectance_min=args.reflectance_range[0], reflectance_max=args.reflectance_range[1],
-                             gamma=args.gamma, jpeg_quality=args.jpeg_quality, masks=not args.no_masks)
-        products = find_products(args.input, args.scale, args.offset)
-        try:
-            args.output.mkdir(parents=True, exist_ok=True)
-            probe = args.output / ".write_test"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise PipelineError(f"{args.output}: cannot write here ({exc.strerror}); choose another --output") from exc
-    except PipelineError as exc:
-        return cli.fail(exc)
-
-    from tqdm import tqdm
-
-    written, failed = 0, list(products.errors)
-    for product in tqdm(products.products, desc="products", unit="product", disable=len(products) < 2):
-        try:
-            written += preprocess_product(product, args.output, bands, cfg)
-        except PipelineError as exc:
-            failed.append((product.source, str(exc)))
-    ok = len(products) - len(failed)
-    print(f"{ok} of {len(products)} products, {written} images written to {args.output} "
-          f"in {time.time() - start:.1f} s" + (f"; {len(failed)} failed:" if failed else ""))
-    for source, message in failed:
-        print(f"error: {message}" if message.startswith(source) else f"error: {source}: {message}", file=sys.stderr)
-    return 1 if failed else 0
