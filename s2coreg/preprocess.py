@@ -32,7 +32,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,7 @@ class Written:
     """One product preprocessed: its folder ``<output>/<product name>/`` and the number of images
     in it (the overview and the tiles; each with its sidecar and masks)."""
 
-    product: Product
+    product: Product = field(repr=False)
     folder: Path
     images: int
 
