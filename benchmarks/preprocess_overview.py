@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import s2coreg.io.products as data_preprocess  # noqa: E402
+from s2coreg.preprocess import preprocess  # noqa: E402
 import s2coreg.samples as fx  # noqa: E402
 
 SIDE = 10980
@@ -50,8 +50,7 @@ def main() -> int:
     for _ in range(args.repeats):
         out = args.workdir / "out"
         t = time.perf_counter()
-        data_preprocess.main(["--input", str(safe), "--output", str(out), "--bands", "B04",
-                              "--size", str(args.size), "--no-masks"])
+        preprocess(safe, out, bands=("B04",), size=args.size, masks=False, progress=False)
         decimated.append(time.perf_counter() - t)
         t = time.perf_counter()
         with rasterio.open(jp2) as src:

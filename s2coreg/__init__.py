@@ -2,8 +2,9 @@
 
 The package, by concept (docs/architecture.md has the whole map):
 
-- ``s2coreg.io``: products, grids and reading (``products``), images (``imaging``), georeference
-  (``geo``), data where it lives: URLs, STAC, content keys (``remote``)
+- ``s2coreg.io``: products found and read (``products``), a raster read onto a grid (``grid``),
+  images (``imaging``), georeference (``geo``), data where it lives: URLs, STAC, content keys
+  (``remote``); stage 1, which writes the preprocessed images, is ``s2coreg.preprocess``
 - ``s2coreg.models``: the SuperPoint and SuperGlue networks and their checkpoints
 - ``s2coreg.matching``: the one matching path (``pipeline``: extractors, the matcher registry,
   verification), ``ImageMatcher`` (``matcher``), the stage scripts (``stages``), the picture

@@ -14,7 +14,7 @@ from s2coreg import cli
 
 COMMANDS = {  # console command → the module whose main() it runs, and the checkout's script for it
     "coregister": ("s2coreg.coregistration.pair", "coregister.py"),
-    "s2coreg-preprocess": ("s2coreg.io.products", "data_preprocess.py"),
+    "s2coreg-preprocess": ("s2coreg.preprocess", "data_preprocess.py"),
     "s2coreg-extract": ("s2coreg.matching.stages:extract_main", "SuperPoint.py"),
     "s2coreg-match-features": ("s2coreg.matching.stages:match_main", "SuperGlue_architecture.py"),
     "s2coreg-match": ("s2coreg.matching.matcher", "inference.py"),

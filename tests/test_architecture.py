@@ -81,7 +81,7 @@ def test_no_import_circle_among_the_project_modules():
 
 def test_config_and_geo_load_without_torch():
     code = ("import sys; sys.path.insert(0, %r); import s2coreg, s2coreg.config, s2coreg.io.geo, "
-            "s2coreg.io.products; print('torch' in sys.modules)")
+            "s2coreg.io.grid, s2coreg.io.products, s2coreg.preprocess; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code % str(ROOT)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -154,12 +154,14 @@ LAYERS = {  # docs/architecture.md's module map: a module imports from its own l
     "s2coreg.coregistration": 0, "s2coreg.training": 0,
     "s2coreg.utils": 1, "s2coreg.io.imaging": 1, "s2coreg.matching.geometry": 1, "s2coreg.io.geo": 1,
     "s2coreg.results": 1, "s2coreg.cli": 1, "s2coreg.io.remote": 1,
+    "s2coreg.io.grid": 2,
     "s2coreg.io.products": 2, "s2coreg.models.checkpoints": 2, "s2coreg.training.dataset": 2, "s2coreg.samples": 2,
     "s2coreg.models.superpoint": 3, "s2coreg.models.superglue": 3,
     "s2coreg.matching.pipeline": 4,
     "s2coreg.training.evaluate": 5, "s2coreg.matching.visualization": 5, "s2coreg.coregistration.engine": 5,
     "s2coreg.matching.matcher": 6, "s2coreg.matching.stages": 6, "s2coreg.coregistration.pair": 6,
     "s2coreg.coregistration.stack": 6, "s2coreg.coregistration.outputs": 6, "s2coreg.coregistration.cache": 6,
+    "s2coreg.preprocess": 6,
     "s2coreg.training.loop": 6, "s2coreg.training.superpoint": 6, "s2coreg.training.superglue": 6,
     "s2coreg.commands": 7, "s2coreg": 7,  # the package's names load lazily from the layers below
     **{e: 8 for e in ENTRY_POINTS},   # the checkout's scripts: nothing in the package imports them

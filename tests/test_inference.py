@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 import s2coreg.config as config
-import s2coreg.io.products as data_preprocess
 import s2coreg.matching.matcher as inference
 import s2coreg.matching.geometry as geometry
 import s2coreg.utils as utils
 from s2coreg.matching.matcher import ImageMatcher
+from s2coreg.preprocess import preprocess
 import s2coreg.samples as fx
 
 pytestmark = pytest.mark.shipped
@@ -32,7 +32,7 @@ def matcher():
 def sample(tmp_path_factory):
     """The shipped Pisa pair preprocessed (true colour JPEG + sidecars), 512×512."""
     out = tmp_path_factory.mktemp("pre")
-    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(out), "--format", "png"]) == 0
+    assert not preprocess(fx.SAMPLE, out, format="png").errors
     return out / "pisa_20150704" / "overview.png", out / "pisa_20180211" / "overview.png"
 
 

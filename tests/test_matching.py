@@ -15,7 +15,6 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 import s2coreg.config as config
-import s2coreg.io.products as data_preprocess
 import s2coreg.training.evaluate as evaluate
 import s2coreg.io.geo as geo
 import s2coreg.matching.matcher as inference
@@ -28,6 +27,7 @@ import s2coreg.matching.geometry as geometry
 import s2coreg.io.imaging as imaging
 import s2coreg.utils as utils
 from s2coreg.matching.matcher import ImageMatcher
+from s2coreg.preprocess import preprocess
 import s2coreg.samples as fx
 from s2coreg.samples import sample_gray
 
@@ -38,7 +38,7 @@ shipped = pytest.mark.shipped
 def sample(tmp_path_factory):
     """The shipped Pisa pair preprocessed (true colour PNG + sidecars + nodata masks), 512×512."""
     out = tmp_path_factory.mktemp("pre")
-    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(out), "--format", "png"]) == 0
+    assert not preprocess(fx.SAMPLE, out, format="png").errors
     return out / "pisa_20150704" / "overview.png", out / "pisa_20180211" / "overview.png"
 
 

@@ -10,14 +10,14 @@ import pytest
 import rasterio
 from PIL import Image
 
-import s2coreg.io.products as dp
+import s2coreg.preprocess as stage
 import s2coreg.samples as fx
 
 PNG = ["--format", "png", "--no-masks"]
 
 
 def run(inp, out, *flags):
-    return dp.main(["--input", str(inp), "--output", str(out), *map(str, flags)])
+    return stage.main(["--input", str(inp), "--output", str(out), *map(str, flags)])
 
 
 def read(path):
@@ -296,3 +296,26 @@ def test_multiband_file_with_band_descriptions(tmp_path):
     assert run(fx.SAMPLE / "imgs_1", tmp_path / "b", "--size", 128, *PNG) == 0
     np.testing.assert_array_equal(read(overview(tmp_path / "a")), read(overview(tmp_path / "b")))
     assert sidecar(overview(tmp_path / "a"))["sensing_date"] == "20150704"
+
+
+# ----------------------------------------------------------------------------- the stage as a function
+def test_preprocess_function_returns_what_it_wrote(products, pixels, tmp_path):
+    """``preprocess`` is what the command runs: the same files, each product written and each
+    that failed in the result (the batch goes on), bad settings refused before anything is written."""
+    inp = tmp_path / "in"
+    good = fx.make_l1c(inp, pixels)
+    bad = fx.make_l1c(inp, pixels, date="20240301")
+    jp2 = next(bad.rglob("*_B03.jp2"))
+    jp2.write_bytes(jp2.read_bytes()[:200])
+    done = stage.preprocess(inp, tmp_path / "lib", size=64, format="png", masks=False, progress=False)
+    (written,) = done.written
+    assert written.folder == tmp_path / "lib" / good.name[:-5] and written.images == 1 and done.images == 1
+    assert len(done) == 2 and done.errors[0][0] == str(bad) and "_B03.jp2" in done.errors[0][1]
+    assert run(inp, tmp_path / "cli", "--size", 64, *PNG) == 1
+    np.testing.assert_array_equal(read(written.folder / "overview.png"),
+                                  read(tmp_path / "cli" / written.folder.name / "overview.png"))
+    with pytest.raises(stage.PipelineError, match="--overlap"):
+        stage.preprocess(products["new"], tmp_path / "never", tile=64, overlap=64)
+    with pytest.raises(stage.PipelineError, match="unknown band B13"):
+        stage.preprocess(products["new"], tmp_path / "never", bands=("B04", "B13"))
+    assert not (tmp_path / "never").exists()

@@ -351,9 +351,9 @@ def test_fit_keeps_best_weights_with_the_whole_record(tmp_path):
 
 
 def test_preprocessed_outputs_are_a_training_source(tmp_path):
-    import s2coreg.io.products as data_preprocess
+    from s2coreg.preprocess import preprocess
 
-    assert data_preprocess.main(["--input", str(fx.SAMPLE), "--output", str(tmp_path), "--size", "256"]) == 0
+    assert not preprocess(fx.SAMPLE, tmp_path, size=256).errors
     (scene,) = dataset.load_scenes(tmp_path, "train")
     assert scene.source == "preprocessed" and scene.dates == ["20150704", "20180211"]
     assert scene.images[0].shape == scene.images[1].shape == (256, 256)

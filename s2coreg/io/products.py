@@ -1,41 +1,24 @@
-"""Sentinel-2 products → normalised, geo-referenced images for the matching stages.
+"""The reading library: Sentinel-2 products recognised and described, and their bands read onto a grid.
 
-    python data_preprocess.py --input PATH --output data/preprocessed [--bands B04,B03,B02]
-                              [--size 1024] [--tile 1024 --overlap 64] [--format jpeg|png|tif]
-
-``PATH`` is a ``.SAFE`` folder, a zipped ``.SAFE`` as downloaded from the Copernicus
-browser, a folder holding several of either, or plain GeoTIFF / JP2 band files (a file,
-or a folder of files named by band such as ``B04.tif``). Level-1C and Level-2A layouts.
-
-Per product, written to ``<output>/<product name>/`` (all or nothing: the folder is built
-under a temporary name and renamed when complete):
-    * ``overview.<ext>``: the whole tile at ``--size`` px on its longer side, read from the
-      JPEG 2000 resolution levels (decimated reads), never the full 10980² raster;
-    * ``tiles/r<row>_c<col>.<ext>`` with ``--tile``: native 10 m tiles with ``--overlap``;
-    * beside each image a ``.json`` sidecar (CRS, affine transform of *that image's own*
-      pixel grid, tile id, sensing date, bands, processing baseline, offsets, source), a
-      ``_nodata.png`` mask (255 = no data) and, when the product has them, ``_cloud.png``
-      (cloud probability 0-100 for L2A, 255 = opaque cloud or cirrus for L1C) and ``_scl.png``.
-
-Also the project's reading library (public API): ``find_products``, ``open_safe``,
-``open_stac_item``, ``open_band_files`` → ``Product`` (band files, masks, no-data policy);
-``Grid``, ``reference_grid``, ``read_to_grid`` / ``render`` / ``render_masks`` (windowed,
-decimated reads onto a grid, resampled in memory where needed), ``open_raster``, ``is_safe``,
-``nodata_value``. Co-registration, ``ImageMatcher``'s georeference and the benchmarks read
-through it.
+``find_products`` (a ``.SAFE`` folder or zip, L1C/L2A, plain GeoTIFF / JP2 band files, STAC Items
+and ItemCollections, local or by URL; ``search_items`` for a STAC API), ``open_safe``,
+``open_stac_item`` / ``item_product``, ``open_band_files``, ``is_safe`` → ``Product`` (band files,
+masks, no-data policy, radiometry); band names (``normalise_bands``, ``canonical_band_name``); a
+product's bands onto a ``Grid``: ``reference_grid``, ``render`` / ``render_masks`` (windowed,
+decimated reads, resampled in memory where needed, normalised). ``Grid``, ``read_to_grid``,
+``open_raster`` and ``nodata_value`` — one raster file read onto a grid — live in
+``s2coreg.io.grid`` and are read through here too. Stage 1 (``s2coreg.preprocess``),
+co-registration, ``ImageMatcher``'s georeference and the benchmarks read through this module.
 
 Radiometry: reflectance = (DN + offset) / QUANTIFICATION_VALUE, with the offset of -1000
 that products from processing baseline 04.00 on carry (RADIO_ADD_OFFSET / BOA_ADD_OFFSET),
-then clipped to a fixed range (``--reflectance-range``, default 0-0.3) and optionally
-gamma-corrected: the same mapping for every date, so one place looks alike on all of them.
+then clipped to a fixed range (``PreprocessConfig.reflectance_min`` / ``reflectance_max``,
+default 0-0.3) and optionally gamma-corrected (``normalise``): the same mapping for every date,
+so one place looks alike on all of them.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sys
-import time
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
@@ -43,15 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-import s2coreg.cli as cli
 import s2coreg.config as config
 import s2coreg.io.remote as remote
 from s2coreg.config import PreprocessConfig
-from s2coreg.utils import PipelineError, atomic_path, write_json
+# a grid and a raster file read onto it (GDAL configured on import); pixel_read_error and nodata_value
+# read through here too (dp.nodata_value), beside what this module uses
+from s2coreg.io.grid import Grid, nodata_value, open_raster, pixel_read_error, read_to_grid  # noqa: F401
+from s2coreg.utils import PipelineError
 
-remote.configure_gdal()          # GDAL's settings for reading COGs over the network, in this process
-
-FORMATS = {"jpeg": ".jpg", "png": ".png", "tif": ".tif"}
 _BAND_RE = re.compile(r"_(B\d[\dA])(?:_(\d\d)m)?\.jp2$")
 
 
@@ -636,16 +618,7 @@ def _raster_scale(opened: list, sensor: str, scale: float) -> tuple[float, float
 
 
 # ----------------------------------------------------------------------------- reading
-@dataclass
-class Grid:
-    """An output pixel grid: affine transform (map units), size, CRS."""
-
-    transform: object
-    width: int
-    height: int
-    crs: object
-
-
+# ----------------------------------------------------------------------------- a product onto a grid
 def reference_grid(product: Product, bands: list[str]) -> Grid:
     """The product's 10 m grid (20 m and 60 m bands are resampled onto it); for plain band
     files without a 10 m band, the finest grid among the requested bands."""
@@ -658,180 +631,6 @@ def reference_grid(product: Product, bands: list[str]) -> Grid:
 def _resolution_of(path: str) -> float:
     with open_raster(path) as src:
         return src.res[0]
-
-
-def open_raster(path: str):
-    """``rasterio.open(path)`` for a local path or a URL (through GDAL's virtual file systems, with
-    bounded retries and a total time bound: ``remote``), with a corrupt, truncated or unreachable
-    file as one line (``PipelineError``)."""
-    import rasterio
-
-    try:
-        return remote.within_deadline(lambda: remote.with_retries(lambda: rasterio.open(remote.gdal_path(path)),
-                                                                  path), path)
-    except remote.DeadlineExceeded as exc:
-        raise PipelineError(f"{path}: cannot read ({exc}; COREGISTER_OPEN_TIMEOUT sets the bound); check the URL "
-                            "and the network") from None
-    except rasterio.errors.RasterioIOError as exc:
-        if remote.is_remote(path):
-            why = remote.diagnose(path) or str(exc).splitlines()[0]
-            raise PipelineError(f"{path}: cannot read ({why}) after {remote.OPEN_RETRIES} attempts; check the URL, "
-                                "the network and credentials (AWS_*, GDAL_HTTP_*)") from exc
-        plain = not str(path).startswith("/vsi")          # not a file inside a zip (GDAL's /vsizip/)
-        if plain and not Path(path).exists():
-            raise PipelineError(f"{path}: no such file; give an existing file") from exc
-        if plain and not os.access(path, os.R_OK):
-            raise PipelineError(f"{path}: cannot be read (permission denied); make it readable") from exc
-        raise PipelineError(f"{path}: cannot open (not a raster GDAL reads): the file is corrupt or truncated, "
-                            "download the product again") from exc
-
-
-def pixel_read_error(path, exc: BaseException) -> PipelineError:
-    """Why a raster's pixels could not be read, in one line: a local file's are corrupt or
-    truncated; a URL's may be a server that stopped answering after the open (GDAL's timeout, its
-    own retries) — said as such, not as a corrupt file."""
-    if remote.is_remote(path):
-        why = " ".join(str(exc).split())[:160] or type(exc).__name__
-        return PipelineError(f"{path}: reading its pixels over the network failed ({why}); check the server and "
-                             "the network, and run again")
-    return PipelineError(f"{path}: cannot decode its pixels: the file is corrupt or truncated, download the product "
-                         "again")
-
-
-def nodata_value(src, policy: float | str | None = "file") -> float | None:
-    """The no-data value of an open raster under ``policy`` (``Product.nodata``): ``"file"`` = its
-    own tag (None when it has none), else the number given (None: no value is no-data)."""
-    return src.nodata if policy == "file" else policy
-
-
-def read_to_grid(path: str, grid: Grid, window_px: tuple[int, int, int, int], out_shape: tuple[int, int],
-                 resampling_up: str = "bilinear", band: int | list[int] = 1, with_nodata: bool = False,
-                 warp: bool = False, nodata: float | str | None = "file"):
-    """Read one band (or a list of bands of the file: (k, rows, cols)) into a window of the
-    reference grid at ``out_shape`` = (rows, cols).
-
-    ``window_px`` = (col_off, row_off, width, height) in reference-grid pixels; a band in
-    another CRS, or any band with ``warp`` (another date's pixels off the grid's), is resampled
-    onto the grid in memory from only the source pixels under the window (``_warp_window``). The
-    band is read only over that window, at the decimation the output needs: JPEG 2000 resolution
-    levels / overviews make an overview read touch a fraction of the data (over HTTP, a fraction
-    of the bytes). Finer bands are averaged down, coarser bands resampled up (``resampling_up``).
-
-    With ``with_nodata``, returns ``(data, nodata)``: a pixel is no data where the band holds the
-    no-data value (``nodata``: see ``nodata_value``), is not finite, or lies outside the file,
-    judged without blending in neighbours — from the same read when it is pixel for pixel
-    (full-resolution tiles), else from a second, nearest-neighbour read.
-    """
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.windows import Window
-
-    shape = (len(band), *out_shape) if isinstance(band, list) else out_shape
-
-    def read(src, win, resampling):
-        try:
-            return src.read(band, window=win, out_shape=shape, resampling=resampling, boundless=False)
-        except rasterio.errors.RasterioIOError as exc:
-            raise pixel_read_error(path, exc) from exc
-
-    col, row, w, h = window_px
-    with open_raster(path) as file:
-        value = nodata_value(file, nodata)
-        if warp or not (grid.crs is None or file.crs is None or file.crs == grid.crs):
-            data, bad = _warp_window(file, grid, window_px, out_shape, band, value, resampling_up)
-            return (data, bad) if with_nodata else data
-        # the window's corners in the file's pixels (through map coordinates: a grid may be rotated,
-        # and the file's pixels may be another size)
-        to_src = ~file.transform * grid.transform
-        c0, r0 = to_src * (col, row)
-        c1, r1 = to_src * (col + w, row + h)
-        win = Window(min(c0, c1), min(r0, r1), abs(c1 - c0), abs(r1 - r0))
-        coarser = win.width / out_shape[1] > 1.01          # the output's pixels are larger: average
-        resampling = Resampling.average if coarser else getattr(Resampling, resampling_up)
-        data = read(file, win, resampling)
-        if not with_nodata:
-            return data
-        pixel_for_pixel = (abs(win.width - out_shape[1]) < 1e-6 and abs(win.height - out_shape[0]) < 1e-6
-                           and abs(win.col_off - round(win.col_off)) < 1e-6
-                           and abs(win.row_off - round(win.row_off)) < 1e-6)
-        nearest = data if pixel_for_pixel else read(file, win, Resampling.nearest)
-    bad = ~np.isfinite(nearest) if np.issubdtype(nearest.dtype, np.floating) else np.zeros(nearest.shape, bool)
-    if value is not None:
-        bad |= nearest == value
-    bad = bad.any(axis=0) if bad.ndim == 3 else bad
-    return data, bad
-
-
-def _warp_window(file, grid: Grid, window_px, out_shape, band, value, resampling_up: str = "bilinear"):
-    """A window of ``grid`` read from a file on another grid (another CRS, or pixels off the grid's):
-    only the source pixels under the window (a margin of 3) are read — from the file's overviews
-    when the output is coarser (at about its resolution, then averaged) — and reprojected in
-    memory. (A virtual warp reads far more: over HTTP, 3.5× the bytes of a window and most of the
-    file for an overview.) No data: a pixel whose nearest source pixel is no data or outside the
-    file. Returns (data in the file's dtype, no-data mask)."""
-    from rasterio.transform import Affine, array_bounds
-    from rasterio.warp import Resampling, reproject, transform_bounds
-    from rasterio.windows import Window, from_bounds
-
-    col, row, w, h = window_px
-    bands = band if isinstance(band, list) else [band]
-    dst_transform = grid.transform * Affine.translation(col, row) * Affine.scale(w / out_shape[1], h / out_shape[0])
-    bounds = transform_bounds(grid.crs, file.crs, *array_bounds(out_shape[0], out_shape[1], dst_transform),
-                              densify_pts=21)
-    src_px = np.hypot(file.transform.a, file.transform.d)
-    out_px = src_px * _pixel_ratio(file, grid, dst_transform, bounds)
-    # source px per read px: decimated (from the overviews, then averaged) only where the output is
-    # clearly coarser; near 1:1 (another UTM zone, Web Mercator) native pixels, interpolated
-    factor = out_px / src_px if out_px / src_px >= 1.5 else 1.0
-    margin = 3 * factor
-    win = from_bounds(*bounds, transform=file.transform)
-    win = Window(win.col_off - margin, win.row_off - margin, win.width + 2 * margin, win.height + 2 * margin)
-    c0, r0 = max(0, int(np.floor(win.col_off))), max(0, int(np.floor(win.row_off)))      # whole source pixels:
-    c1 = min(file.width, int(np.ceil(win.col_off + win.width)))                          # the data and its
-    r1 = min(file.height, int(np.ceil(win.row_off + win.height)))                        # transform agree
-    win = Window(c0, r0, c1 - c0, r1 - r0)
-    if win.width <= 0 or win.height <= 0:                  # no overlap: all outside
-        empty = np.zeros((len(bands), *out_shape), file.dtypes[0])
-        return (empty if isinstance(band, list) else empty[0]), np.ones(out_shape, bool)
-    shape = (max(1, round(win.height / factor)), max(1, round(win.width / factor)))
-    coarser = factor > 1.0
-    try:
-        src = file.read(bands, window=win, out_shape=(len(bands), *shape),
-                        resampling=Resampling.average if coarser else Resampling.nearest).astype(np.float64)
-        masks = file.read_masks(bands[0], window=win, out_shape=shape, resampling=Resampling.nearest) == 0
-    except Exception as exc:
-        raise pixel_read_error(file.name, exc) from exc
-    invalid = ~np.isfinite(src).all(axis=0) | masks
-    if value is not None:
-        invalid |= (src == value).any(axis=0)
-    src[:, invalid] = np.nan
-    src_transform = file.window_transform(win) * Affine.scale(win.width / shape[1], win.height / shape[0])
-    common = dict(src_transform=src_transform, src_crs=file.crs, dst_transform=dst_transform, dst_crs=grid.crs)
-    out = np.full((len(bands), *out_shape), np.nan)
-    reproject(src, out, src_nodata=np.nan, dst_nodata=np.nan,
-              resampling=Resampling.average if coarser else getattr(Resampling, resampling_up), **common)
-    flag = np.full(out_shape, np.nan)
-    reproject(invalid.astype(np.float64), flag, dst_nodata=np.nan, resampling=Resampling.nearest, **common)
-    bad = ~(flag == 0) | ~np.isfinite(out).all(axis=0)     # no data, or outside the file
-    dtype = np.dtype(file.dtypes[0])
-    data = np.where(np.isfinite(out), out, value if value is not None else 0)
-    if not np.issubdtype(dtype, np.floating):
-        info = np.iinfo(dtype)
-        data = np.clip(np.round(data), info.min, info.max)
-    data = data.astype(dtype)
-    return (data if isinstance(band, list) else data[0]), bad
-
-
-def _pixel_ratio(file, grid: Grid, dst_transform, bounds) -> float:
-    """The output's pixel size over the file's, through ground positions (any two CRSs)."""
-    from rasterio.warp import transform as warp_points
-
-    x0, y0 = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
-    step = np.hypot(file.transform.a, file.transform.d) * 10
-    xs, ys = warp_points(file.crs, grid.crs, [x0, x0 + step], [y0, y0])
-    grid_units = np.hypot(xs[1] - xs[0], ys[1] - ys[0]) / 10          # one file pixel in grid units
-    out_units = np.hypot(dst_transform.a, dst_transform.d)
-    return float(out_units / max(grid_units, 1e-12))
 
 
 def normalise(dn: np.ndarray, offset: float, quantification: float, cfg: PreprocessConfig) -> np.ndarray:
@@ -883,187 +682,3 @@ def render_masks(product: Product, grid: Grid, window_px, out_shape, warp: bool 
                                   warp=warp).astype(np.uint8)
     return out
 
-
-# ----------------------------------------------------------------------------- writing
-def write_image(path: Path, image01: np.ndarray, fmt: str, transform=None, crs=None, quality: int = 95) -> None:
-    """0..1 image (H, W) or (H, W, C) → 8-bit file; GeoTIFF keeps the georeferencing inside."""
-    data = np.clip(np.round(image01 * 255), 0, 255).astype(np.uint8)
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[..., 0]
-    with atomic_path(path) as tmp:
-        if fmt == "tif":
-            import rasterio
-
-            bands = data[None] if data.ndim == 2 else np.moveaxis(data, -1, 0)
-            with rasterio.open(tmp, "w", driver="GTiff", width=data.shape[1], height=data.shape[0],
-                               count=bands.shape[0], dtype="uint8", crs=crs, transform=transform,
-                               compress="deflate") as dst:
-                dst.write(bands)
-        else:
-            from PIL import Image
-
-            im = Image.fromarray(data if data.ndim == 2 or data.shape[2] in (3, 4) else data[..., :3])
-            if fmt == "jpeg":
-                im.save(tmp, format="JPEG", quality=quality)
-            else:
-                im.save(tmp, format="PNG")
-
-
-def write_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
-
-
-def write_output(folder: Path, stem: str, product: Product, bands, grid: Grid, window_px, out_shape,
-                 cfg: PreprocessConfig, kind: str) -> None:
-    """One image with its sidecar JSON and masks."""
-    import s2coreg.io.geo as geo
-
-    image, nodata = render(product, bands, grid, window_px, out_shape, cfg)
-    col, row, w, h = window_px
-    transform = geo.window_transform(grid.transform, window_px, out_shape)
-    ext = FORMATS[cfg.format]
-    write_image(folder / f"{stem}{ext}", image, cfg.format, transform, grid.crs, cfg.jpeg_quality)
-    masks = {"nodata": nodata.astype(np.uint8) * 255}
-    if cfg.masks:
-        masks.update(render_masks(product, grid, window_px, out_shape))
-    for name, m in masks.items():
-        write_mask(folder / f"{stem}_{name}.png", m)
-    write_json(folder / f"{stem}.json", {
-        "image": f"{stem}{ext}", "output": kind, "size": [out_shape[1], out_shape[0]],
-        **geo.sidecar_georeference(transform, grid.crs),
-        "window_10m": {"col_off": col, "row_off": row, "width": w, "height": h},
-        "tile_id": product.tile_id, "sensing_date": product.sensing_date, "product_id": product.product_id,
-        "processing_level": product.level, "processing_baseline": product.processing_baseline,
-        "bands": list(bands), "quantification": product.quantification,
-        "offsets": {b: product.offsets.get(b, 0.0) for b in bands},
-        "reflectance_range": [cfg.reflectance_min, cfg.reflectance_max], "gamma": cfg.gamma,
-        "nodata_fraction": round(float(nodata.mean()), 4),
-        "masks": {name: f"{stem}_{name}.png" for name in masks}, "source": product.source,
-    })
-
-
-def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` covering ``length`` with at least ``overlap``;
-    the last tile is aligned to the end."""
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
-
-
-def preprocess_product(product: Product, output: Path, bands: list[str], cfg: PreprocessConfig,
-                       progress: bool = True) -> int:
-    """Write every output of one product; all or nothing. Returns the number of images."""
-    from tqdm import tqdm
-
-    missing = [b for b in bands if b not in product.band_files]
-    if missing:
-        raise PipelineError(f"{product.source}: band {', '.join(missing)} not in this product (it has "
-                            f"{', '.join(sorted(product.band_files))}); choose others with --bands")
-    grid = reference_grid(product, bands)
-    jobs = []
-    if cfg.size > 0:
-        scale = min(cfg.size / max(grid.width, grid.height), 1.0)  # never above native resolution
-        shape = (max(1, round(grid.height * scale)), max(1, round(grid.width * scale)))
-        jobs.append(("overview", "overview", (0, 0, grid.width, grid.height), shape))
-    if cfg.tile > 0:
-        for r in tile_origins(grid.height, cfg.tile, cfg.overlap):
-            for c in tile_origins(grid.width, cfg.tile, cfg.overlap):
-                w, h = min(cfg.tile, grid.width - c), min(cfg.tile, grid.height - r)
-                jobs.append((f"tiles/r{r:05d}_c{c:05d}", "tile", (c, r, w, h), (h, w)))
-    final = output / product.name
-    tmp = output / f".{product.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tiles").mkdir(parents=True) if cfg.tile > 0 else tmp.mkdir(parents=True)
-    try:
-        for stem, kind, window, shape in tqdm(jobs, desc=product.name[:40], unit="img", disable=not progress,
-                                              leave=False):
-            write_output(tmp, stem, product, bands, grid, window, shape, cfg, kind)
-        if final.exists():
-            old = output / f".{product.name}.old"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return len(jobs)
-
-
-# ----------------------------------------------------------------------------- script
-def parse_bands(text: str) -> list[str]:
-    bands = [b.strip().upper() for b in text.split(",") if b.strip()]
-    bands = [b if b == "B8A" else re.sub(r"^B(\d)$", r"B0\1", b) for b in bands]
-    unknown = [b for b in bands if b not in config.S2_BAND_RESOLUTION]
-    if unknown or not bands:
-        raise PipelineError(f"--bands: unknown band {', '.join(unknown) or '(none)'}; choose from "
-                            f"{', '.join(config.S2_BANDS)}")
-    return bands
-
-
-def main(argv=None) -> int:
-    d = PreprocessConfig()
-    parser = cli.parser(__doc__)
-    parser.add_argument("--input", type=Path, required=True,
-                        help=".SAFE folder, zipped .SAFE, folder of several, or GeoTIFF/JP2 band file(s)")
-    parser.add_argument("--output", type=Path, default=config.PREPROCESSED_DIR, help="output folder")
-    parser.add_argument("--bands", default=",".join(d.bands),
-                        help="comma-separated bands, e.g. B04,B03,B02 (true colour) or B08 (NIR)")
-    parser.add_argument("--size", type=int, default=d.size,
-                        help="overview side in px (longer side, at most native; the original project used 224); 0 = none")
-    parser.add_argument("--tile", type=int, default=d.tile, help="native-resolution tile side in px; 0 = no tiles")
-    parser.add_argument("--overlap", type=int, default=d.overlap, help="overlap between tiles in px")
-    parser.add_argument("--format", choices=sorted(FORMATS), default=d.format,
-                        help="jpeg (small), png (lossless) or tif (georeferencing inside)")
-    parser.add_argument("--reflectance-range", type=float, nargs=2, default=(d.reflectance_min, d.reflectance_max),
-                        metavar=("MIN", "MAX"), help="reflectance mapped to 0..255, the same for every date")
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="gamma after clipping (1 = linear)")
-    parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
-    parser.add_argument("--no-masks", action="store_true", help="skip cloud / scene-classification masks")
-    parser.add_argument("--scale", type=float, default=config.S2_DEFAULT_QUANTIFICATION,
-                        help="plain band files only: DN per unit reflectance")
-    parser.add_argument("--offset", type=float, default=0.0,
-                        help="plain band files only: offset added to DN (-1000 for baseline >= 04.00 data)")
-    args = parser.parse_args(argv)
-    start = time.time()
-    try:
-        bands = parse_bands(args.bands)
-        if args.size <= 0 and args.tile <= 0:
-            raise PipelineError("nothing to write: give --size > 0 and/or --tile > 0")
-        if args.tile > 0 and not 0 <= args.overlap < args.tile:
-            raise PipelineError(f"--overlap {args.overlap} must be >= 0 and smaller than --tile {args.tile}")
-        if args.reflectance_range[1] <= args.reflectance_range[0] or args.gamma <= 0:
-            raise PipelineError("--reflectance-range MIN MAX needs MIN < MAX, and --gamma must be > 0")
-        cfg = config.replace(d, size=args.size, tile=args.tile, overlap=args.overlap, format=args.format,
-                             reflectance_min=args.reflectance_range[0], reflectance_max=args.reflectance_range[1],
-                             gamma=args.gamma, jpeg_quality=args.jpeg_quality, masks=not args.no_masks)
-        products = find_products(args.input, args.scale, args.offset)
-        try:
-            args.output.mkdir(parents=True, exist_ok=True)
-            probe = args.output / ".write_test"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise PipelineError(f"{args.output}: cannot write here ({exc.strerror}); choose another --output") from exc
-    except PipelineError as exc:
-        return cli.fail(exc)
-
-    from tqdm import tqdm
-
-    written, failed = 0, list(products.errors)
-    for product in tqdm(products.products, desc="products", unit="product", disable=len(products) < 2):
-        try:
-            written += preprocess_product(product, args.output, bands, cfg)
-        except PipelineError as exc:
-            failed.append((product.source, str(exc)))
-    ok = len(products) - len(failed)
-    print(f"{ok} of {len(products)} products, {written} images written to {args.output} "
-          f"in {time.time() - start:.1f} s" + (f"; {len(failed)} failed:" if failed else ""))
-    for source, message in failed:
-        print(f"error: {message}" if message.startswith(source) else f"error: {source}: {message}", file=sys.stderr)
-    return 1 if failed else 0

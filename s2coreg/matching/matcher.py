@@ -303,14 +303,14 @@ def summary(result: MatchResult, seconds: float) -> dict:
 
 def sample_pair() -> tuple[Path, Path]:
     """The shipped cross-season pair, preprocessed on first use (true colour, georeferenced)."""
-    import s2coreg.io.products as data_preprocess
+    from s2coreg.preprocess import preprocess
 
     out = config.PREPROCESSED_DIR
     pair = [out / "pisa_20150704" / "overview.jpg", out / "pisa_20180211" / "overview.jpg"]
     if not all(p.exists() for p in pair):
-        code = data_preprocess.main(["--input", str(config.SAMPLE_DIR / "pisa"), "--output", str(out)])
-        if code != 0:
-            raise PipelineError(f"{config.SAMPLE_DIR / 'pisa'}: preprocessing the sample failed; see above")
+        done = preprocess(config.SAMPLE_DIR / "pisa", out)
+        if done.errors:
+            raise PipelineError(f"{config.SAMPLE_DIR / 'pisa'}: preprocessing the sample failed ({done.errors[0][1]})")
     return pair[0], pair[1]
 
 
