@@ -225,7 +225,8 @@ class MatchingConfig:
     """Defaults of the matching pipeline (``s2coreg/matching/pipeline.py``), ``ImageMatcher`` and the scripts."""
 
     matcher: str = "auto"             # matching.matcher_choices(): auto = superglue if its checkpoint is there,
-                                      # a matcher of matching.MATCHERS, or a cascade (fast, sift-first)
+                                      # a matcher of matching.MATCHERS (one of your own module as
+                                      # package.module:name), or a cascade (fast, sift-first)
     resize: int = 1024                # longer side the network sees (ImageMatcher); 0 = never resize
     refine: bool = True               # move matches with SuperPoint's fine head, when it has one
     correlate: bool = True            # then make them precise by correlation (Lucas-Kanade, local contrast)
@@ -251,7 +252,8 @@ class CoregisterConfig:
     # — a 5-band target against a 1-band reference. A stack has one ``bands`` for all its dates.
     reference_bands: tuple[str, ...] = ()
     target_bands: tuple[str, ...] = ()
-    matcher: str = "auto"             # every window's matching: auto (SuperGlue), or fast (mutual nearest
+    matcher: str = "auto"             # every window's matching: auto (SuperGlue), a registered matcher (mnn, ...;
+                                      # one of your own module as package.module:name), or fast (mutual nearest
                                       # neighbours, SuperGlue where they give few inliers): a full tile in
                                       # 0.8x the time, the same shift (docs/benchmarks.md "A full tile")
     overview: int = 1024              # px, longer side of the coarse (whole-product) estimate

@@ -72,9 +72,6 @@ RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "
 # what a rotation or scale warning advises; a caller that gives other advice (a stack) or has
 # taken it (a pair corrected by the affine) replaces exactly this
 AFFINE_ADVICE = "use --correction affine"
-# CoregisterConfig.matcher: those whose features are SuperPoint's alone (a stack's dates are
-# extracted once and matched in many pairs)
-WINDOW_MATCHERS = ("auto", "superglue", "mnn", "fast")
 SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
@@ -221,12 +218,23 @@ def _open_product(path: str | Path | list, role: str, bands: tuple[str, ...]) ->
     return product
 
 
-def check_matcher(cfg: CoregisterConfig) -> None:
-    """``cfg.matcher`` is one the engine takes (``WINDOW_MATCHERS``), or one line saying so."""
-    if cfg.matcher not in WINDOW_MATCHERS:
-        raise PipelineError(f"matcher {cfg.matcher!r}: co-registration matches windows with one of "
-                            f"{', '.join(WINDOW_MATCHERS)} (--matcher): a date's windows are extracted once, "
-                            "as SuperPoint features, and matched in every pair")
+def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:
+    """``cfg`` with ``matcher`` as every process takes it (``matching.matcher_spec``: a user's matcher
+    as ``package.module:name``, whose module a Dask worker imports), or one line saying what the
+    engine takes: those whose features are SuperPoint's alone (``matching.matcher_choices``)."""
+    from s2coreg.matching.pipeline import CASCADES, OWN_MATCHER, UnknownMatcher, matcher_choices, matcher_spec
+
+    taken = matcher_choices(superpoint_features=True)
+    refusal = PipelineError(f"matcher {cfg.matcher!r}: co-registration matches windows with one of {', '.join(taken)} "
+                            f"or a matcher of your own as {OWN_MATCHER} (--matcher): a date's windows are "
+                            "extracted once, as SuperPoint features, and matched in every pair")
+    try:
+        spec = matcher_spec(cfg.matcher)
+    except UnknownMatcher:
+        raise refusal from None
+    if spec in CASCADES and spec not in taken:     # a cascade of other features too (sift-first)
+        raise refusal
+    return config.replace(cfg, matcher=spec)
 
 
 def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:

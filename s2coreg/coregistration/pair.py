@@ -57,7 +57,7 @@ import s2coreg.io.geo as geo
 import s2coreg.io.remote as remote
 from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (public names of this script)
-from s2coreg.matching.pipeline import MatchingPipeline
+from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, matcher_choices
 from s2coreg.results import CoregistrationResult, ShiftEstimate
 from s2coreg.io.imaging import normalize_for_network
 from s2coreg.utils import PipelineError, atomic_path, set_threads, write_json
@@ -83,7 +83,7 @@ class Coregistration:
         engine.check_given_dates(dates, [reference, target])
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
-        engine.check_matcher(self.cfg)
+        self.cfg = engine.check_matcher(self.cfg)       # a user's matcher as package.module:name
         shared = bands if bands else tuple(self.cfg.bands)
         specs = (self.cfg.reference_bands or shared, self.cfg.target_bands or shared)   # as the user gave them
         self.inputs = (reference, target)
@@ -607,10 +607,12 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
-    parser.add_argument("--matcher", default=cfg.matcher, choices=engine.WINDOW_MATCHERS,
-                        help="every window's matching: auto (SuperGlue where its checkpoint is, else mnn), superglue, "
-                             "mnn (mutual nearest neighbours), or fast (mnn, SuperGlue where they give few inliers: "
-                             "quicker on large windows, the same shifts within a few hundredths of a metre)")
+    parser.add_argument("--matcher", default=cfg.matcher,
+                        help=f"every window's matching: {', '.join(matcher_choices(superpoint_features=True))}, or "
+                             f"a matcher of your own as {OWN_MATCHER} (its module registers it; Dask's workers "
+                             "import it too). auto: SuperGlue where its checkpoint is, else mnn (mutual nearest "
+                             "neighbours); fast: mnn, SuperGlue where they give few inliers (quicker on large "
+                             "windows, the same shifts within a few hundredths of a metre)")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference, as COGs (see --correction)")
     for role, flag in (("reference", "--ref-nodata"), ("target", "--target-nodata")):
@@ -682,6 +684,7 @@ def main(argv=None) -> int:
         cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview,
                              matcher=args.matcher, reference_bands=dp.split_bands(args.ref_bands),
                              target_bands=dp.split_bands(args.target_bands))
+        cfg = engine.check_matcher(cfg)        # before any model loads: one line naming what is taken
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,

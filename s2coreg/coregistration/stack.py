@@ -551,8 +551,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
     more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``). ``dates``:
     {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``)."""
-    cfg = cfg or CoregisterConfig()
-    engine.check_matcher(cfg)
+    cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
     bands = dp.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work

@@ -35,7 +35,7 @@ import s2coreg.cli as cli
 import s2coreg.io.geo as geo
 import s2coreg.matching.visualization as visualization
 from s2coreg.config import MatchingConfig
-from s2coreg.matching.pipeline import MatchingPipeline, select_bands
+from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, matcher_choices, select_bands
 from s2coreg.results import MatchResult
 from s2coreg.io.imaging import IMAGE_SUFFIXES, image_dimensions, list_images, load_image, load_valid_mask, resize_to
 from s2coreg.utils import PipelineError, set_threads, write_json
@@ -78,7 +78,9 @@ class ImageMatcher:
         min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
             ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
             chance agreements, not a transform).
-        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``), ``auto``, or a cascade
+        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``; a matcher of your own
+            module as ``package.module:name``, an installed plugin's by its name:
+            ``matching.matcher_class``), ``auto``, or a cascade
             (``matching.CascadePipeline``): ``fast`` (mutual nearest neighbours first, SuperGlue on
             the same features where they give fewer than ``fast_min_inliers`` inliers: about SIFT's
             time a pair) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
@@ -324,8 +326,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
     parser.add_argument("--matcher", default=MatchingConfig.matcher,
-                        help="auto, superglue, mnn, ratio, fast or sift-first (see --fast; sift-first: SIFT + the "
-                             "correlation stage first, the learned pipeline where that does not verify)")
+                        help=f"{', '.join(matcher_choices())}, or a matcher of your own as {OWN_MATCHER} (its "
+                             "module registers it) (see --fast; sift-first: SIFT + the correlation stage first, the "
+                             "learned pipeline where that does not verify)")
     parser.add_argument("--fast", action="store_true",
                         help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
                              "same features where they give few inliers; at or below SIFT's time a pair on 256² "

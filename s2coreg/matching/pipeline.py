@@ -14,8 +14,10 @@ SuperGlue_architecture.py) all go through this module, so they cannot drift:
   input's own pixel frame. Features are a dict of numpy arrays (the field's names, below).
 * ``MATCHERS``: the matcher registry. A matcher is one class with a ``name`` and
   ``match(f0, f1) -> (matches0, matching_scores0)``; ``@register_matcher`` makes the name
-  usable in ``ImageMatcher(matcher=...)``, ``evaluate.py --methods superpoint+<name>`` and the
-  matching script's ``--matcher``.
+  usable in ``ImageMatcher(matcher=...)``, ``evaluate.py --methods superpoint+<name>``, the
+  matching script's ``--matcher`` and co-registration (``coregister.py --matcher``, pairs and
+  stacks); one in a user's own module as ``package.module:name``, an installed plugin's by its
+  name (``matcher_class``).
 * ``refine_feature_matches``: SuperPoint's fine head moves each match's point in image 1 to
   where image 0's keypoint fits best (sub-pixel).
 * ``correlate_matches``: then a correlation stage makes them precise: image 0 is warped onto
@@ -42,6 +44,7 @@ image 1's refined), ``mconf`` (M), ``image_size0/1``, ``method``, and after ``ve
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import cv2
@@ -284,6 +287,8 @@ class Matcher:
     ``f0``, ``f1`` are features dicts of ``SuperPointExtractor`` with at least one keypoint each;
     ``matches0`` (N0,) int64 indexes image 1 (-1 = no match), ``matching_scores0`` (N0,) float32.
     ``build(model_path, device, **options)`` makes one from the checkpoints in ``model_path``.
+    A pipeline built by name gives every registered matcher SuperPoint's features, so each is
+    one co-registration takes too (a date's windows are extracted once and matched in every pair).
     """
 
     name: str = ""
@@ -301,24 +306,137 @@ class Matcher:
         raise NotImplementedError
 
 
+# The matcher registry: name → class. ``matcher=`` takes these names, ``auto`` and the cascades
+# below, a matcher of one's own as ``package.module:name`` and an installed plugin's name
+# (``matcher_class``): every caller reads the names from here.
 MATCHERS: dict[str, type[Matcher]] = {}
+# the cascades (``CascadePipeline``) by name, with the features their paths match: co-registration
+# takes those that match SuperPoint's alone
+CASCADES = {"fast": ("superpoint",), "sift-first": ("sift", "superpoint")}
+# installed plugins: an entry point of this group, NAME = "package.module:Class" (looked up only
+# for a name not registered, never at import)
+ENTRY_POINT_GROUP = "s2coreg.matchers"
+OWN_MATCHER = "package.module:name"      # how a matcher of one's own is named (its module registers it)
+_FROM_ENTRY_POINTS: set[type[Matcher]] = set()
+
+
+class UnknownMatcher(PipelineError):
+    """A matcher name that is neither registered, nor an installed plugin's, nor ``package.module:name``."""
 
 
 def register_matcher(cls: type[Matcher]) -> type[Matcher]:
     """Class decorator: make a matcher available by its ``name``."""
+    if not cls.name or cls.name == "auto" or cls.name in CASCADES or set(cls.name) & set(":+,"):
+        raise PipelineError(f"{cls.__qualname__}: name = {cls.name!r}; a matcher's name is a word of its own "
+                            "(not empty, auto or a cascade's; no ':', '+' or ',')")
     MATCHERS[cls.name] = cls
     return cls
 
 
+def installed_matchers() -> dict:
+    """The matchers installed packages offer: their entry points of ``ENTRY_POINT_GROUP`` by name."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def matcher_choices(superpoint_features: bool = False) -> tuple[str, ...]:
+    """Every name ``ImageMatcher(matcher=...)`` and ``--matcher`` take (besides ``package.module:name``):
+    ``auto``, the registered and installed matchers, the cascades; ``superpoint_features``: only
+    those matching SuperPoint's features alone (co-registration's)."""
+    cascades = [c for c, paths in CASCADES.items() if not superpoint_features or paths == ("superpoint",)]
+    return ("auto", *sorted(set(MATCHERS) | set(installed_matchers())), *cascades)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _import_own(name: str, module: str) -> None:
+    """Import the module of ``package.module:name`` (its ``@register_matcher`` registers the matcher)."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise PipelineError(f"matcher {name!r}: no module {module} to import; install it, or add the folder "
+                                "that holds it to PYTHONPATH (every process that matches imports it, Dask's "
+                                "workers too)") from exc
+        raise PipelineError(f"matcher {name!r}: importing {module} failed ({_one_line(exc)}); fix that "
+                            "module") from exc
+    except Exception as exc:         # the module's own error: one line; its traceback stays chained
+        raise PipelineError(f"matcher {name!r}: importing {module} failed ({_one_line(exc)}); fix that "
+                            "module") from exc
+
+
+def _load_plugin(ep) -> None:
+    """Register the matcher class an installed plugin's entry point names."""
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise PipelineError(f"matcher {ep.name!r}: the installed plugin's entry point ({ENTRY_POINT_GROUP}: "
+                            f"{ep.name} = {ep.value}) does not load ({_one_line(exc)}); reinstall or fix that "
+                            "package") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Matcher)) or cls.name != ep.name:
+        raise PipelineError(f"matcher {ep.name!r}: the installed plugin's entry point ({ENTRY_POINT_GROUP}: "
+                            f"{ep.name} = {ep.value}) must name a Matcher subclass whose name is {ep.name!r}")
+    MATCHERS.setdefault(cls.name, cls)
+    _FROM_ENTRY_POINTS.add(cls)
+
+
+def matcher_class(name: str) -> type[Matcher]:
+    """The registered matcher class ``name`` names:
+
+    * a registered name (``mnn``, ``superglue``, one a module already imported registered);
+    * ``package.module:name``, a matcher of one's own: ``package.module`` is imported (its
+      ``@register_matcher`` registers ``name``), so a process given only the name (a Dask worker)
+      finds it too;
+    * an installed plugin's name (entry point group ``s2coreg.matchers``, ``name = package.module:Class``),
+      looked up where the name is not registered.
+
+    Anything else is one line: ``UnknownMatcher`` for an unknown name, a ``PipelineError`` for a
+    module that does not import or does not register the name."""
+    module, sep, short = name.partition(":")
+    if sep:
+        if not module or not short:
+            raise PipelineError(f"matcher {name!r}: name a matcher of your own as {OWN_MATCHER}")
+        _import_own(name, module)
+        if short not in MATCHERS:
+            theirs = sorted(n for n, c in MATCHERS.items() if c.__module__ == module)
+            raise PipelineError(f"matcher {name!r}: {module} registers no matcher {short!r}"
+                                f"{' (it registers ' + ', '.join(theirs) + ')' if theirs else ''}; decorate its "
+                                f"class with @register_matcher (s2coreg.matching.pipeline) and set name = {short!r}")
+        return MATCHERS[short]
+    if name not in MATCHERS and name in (installed := installed_matchers()):
+        _load_plugin(installed[name])
+    if name not in MATCHERS:
+        raise UnknownMatcher(f"unknown matcher {name!r}; choose from {', '.join(matcher_choices())}, or name your "
+                             f"own as {OWN_MATCHER} (its module registers it with @register_matcher)")
+    return MATCHERS[name]
+
+
+def spec_of(cls: type[Matcher]) -> str:
+    """The name ``matcher=`` takes for the matcher class ``cls`` in any process: the project's and an
+    installed plugin's by their ``name``; one of a user's module as ``package.module:name`` (a Dask
+    worker imports the module from it); one defined in ``__main__`` by its ``name`` (this process only)."""
+    module = cls.__module__
+    if module == "__main__" or module.split(".")[0] == __name__.split(".")[0] or cls in _FROM_ENTRY_POINTS:
+        return cls.name
+    return f"{module}:{cls.name}"
+
+
+def matcher_spec(name: str) -> str:
+    """``name`` checked (``matcher_class``) and as every process takes it (``spec_of``); ``auto`` and
+    the cascades as they are."""
+    return name if name == "auto" or name in CASCADES else spec_of(matcher_class(name))
+
+
 def build_matcher(name: str, model_path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> Matcher:
-    """The matcher called ``name`` (``auto``: SuperGlue if its checkpoint is in ``model_path``'s
-    folder, else mutual nearest neighbours)."""
+    """The matcher called ``name`` (see ``matcher_class``; ``auto``: SuperGlue if its checkpoint is
+    in ``model_path``'s folder, else mutual nearest neighbours)."""
     model_path = Path(model_path)
     if name == "auto":
         name = "superglue" if MATCHERS["superglue"].available(model_path) else "mnn"
-    if name not in MATCHERS:
-        raise PipelineError(f"unknown matcher {name!r}; choose from {', '.join(matcher_choices())}")
-    return MATCHERS[name].build(model_path, device, **options)
+    return matcher_class(name).build(model_path, device, **options)
 
 
 @register_matcher
@@ -539,6 +657,8 @@ class MatchingPipeline:
                                                     min_inliers=min_inliers, match_threshold=match_threshold,
                                                     refine=refine, detection_threshold=detection_threshold,
                                                     nms_radius=nms_radius, correlate=correlate)
+        if superglue is None and matcher != "auto":
+            matcher_class(matcher)           # a bad name is one line before any model loads
         model_path = Path(model_path)
         device = resolve_device(device)
         sp_model = superpoint if superpoint is not None else SuperPoint.from_checkpoint(model_path, device)
@@ -552,8 +672,9 @@ class MatchingPipeline:
 
     @property
     def matcher_name(self) -> str:
-        """The name ``matcher=`` would take for this pipeline (``superglue``, ``mnn``, ...)."""
-        return self.matcher.name
+        """The name ``matcher=`` takes for this pipeline's matcher in any process (``superglue``,
+        ``mnn``, ...; a user's as ``package.module:name``: ``spec_of``)."""
+        return spec_of(type(self.matcher))
 
     @property
     def name(self) -> str:
@@ -696,14 +817,6 @@ class CascadePipeline:
 
     def match(self, image0, image1, valid0=None, valid1=None) -> dict:
         return self.match_features(self.extract(image0, valid0, "image 0"), self.extract(image1, valid1, "image 1"))
-
-
-CASCADES = ("fast", "sift-first")
-
-
-def matcher_choices() -> tuple[str, ...]:
-    """Every name ``ImageMatcher(matcher=...)`` and ``--matcher`` take."""
-    return ("auto", *sorted(MATCHERS), *CASCADES)
 
 
 # ----------------------------------------------------------------------------- features files

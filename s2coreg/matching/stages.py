@@ -29,7 +29,8 @@ import numpy as np
 
 import s2coreg.cli as cli
 from s2coreg.config import SuperPointConfig
-from s2coreg.matching.pipeline import MatchingPipeline, SuperPointExtractor, build_matcher, features_to_file, load_features
+from s2coreg.matching.pipeline import (MATCHERS, OWN_MATCHER, MatchingPipeline, SuperPointExtractor, build_matcher,
+                                       features_to_file, load_features)
 from s2coreg.io.imaging import list_images, load_image, load_valid_mask
 from s2coreg.utils import PipelineError, write_npz
 
@@ -139,7 +140,9 @@ def match_main(argv=None) -> int:
                                                    "to --features")
     parser.add_argument("--all-pairs", action="store_true", help="match every pair of images in --features")
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
-    parser.add_argument("--matcher", default="superglue", help="a registered matcher (matching.MATCHERS): superglue, mnn or ratio")
+    parser.add_argument("--matcher", default="superglue",
+                        help=f"a registered matcher ({', '.join(sorted(MATCHERS))}), or one of your own as "
+                             f"{OWN_MATCHER} (its module registers it)")
     parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
                         help="the matcher's checkpoint")
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")

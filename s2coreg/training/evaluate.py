@@ -34,7 +34,8 @@ import torch
 import s2coreg.cli as cli
 from s2coreg.config import EvalConfig
 from s2coreg.training.dataset import VALIDATION_SOURCES, evaluation_pairs, make_eval_sample, test_pairs
-from s2coreg.matching.pipeline import CASCADES, MATCHERS, MatchingPipeline, correlate_keypoints1
+from s2coreg.matching.pipeline import (CASCADES, MATCHERS, OWN_MATCHER, MatchingPipeline, UnknownMatcher,
+                                       correlate_keypoints1, matcher_class)
 from s2coreg.matching.geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
 from s2coreg.io.imaging import local_contrast, percentile_stretch, to_uint8
 from s2coreg.utils import PipelineError, set_threads, write_json
@@ -120,7 +121,8 @@ class PipelineMethod:
 def method_names() -> list[str]:
     """Every method name the benchmark takes: the OpenCV baselines (with or without the
     correlation stage), and SuperPoint with each registered matcher, with or without the fine
-    head and the correlation stage (``superpoint`` = ``superpoint+mnn``)."""
+    head and the correlation stage (``superpoint`` = ``superpoint+mnn``); besides these,
+    ``superpoint+package.module:name`` for a matcher of one's own (``matching.matcher_class``)."""
     learned = [f"superpoint+{m}{r}{c}" for m in sorted(MATCHERS) for r in ("", "+refine") for c in ("", "+correlate")]
     return [*OPENCV_METHODS, *(f"{m}+correlate" for m in OPENCV_METHODS), *learned, *CASCADES]
 
@@ -146,8 +148,14 @@ def build_method(name: str, cfg: EvalConfig, model_path: Path = config.CHECKPOIN
     if parts == ["superpoint"] or parts == ["superpoint", "refine"]:
         parts.insert(1, "mnn")
     refine = parts[-1] == "refine"
-    if parts[0] != "superpoint" or len(parts) != 2 + refine or parts[1] not in MATCHERS:
-        raise PipelineError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
+    unknown = PipelineError(f"unknown method {name!r}; choose from {', '.join(method_names())}, or "
+                            f"superpoint+{OWN_MATCHER} (a matcher of your own)")
+    if parts[0] != "superpoint" or len(parts) != 2 + refine:
+        raise unknown
+    try:
+        matcher_class(parts[1])      # superpoint+package.module:name: its module imported here
+    except UnknownMatcher:
+        raise unknown from None
     pipeline = MatchingPipeline.from_checkpoints(model_path, parts[1], device, max_keypoints=cfg.max_keypoints,
                                                  match_threshold=match_threshold, refine=refine, correlate=correlate,
                                                  ransac_threshold=cfg.ransac_threshold, min_inliers=cfg.min_inliers,
