@@ -211,3 +211,20 @@ def test_bad_names_are_one_line_naming_the_fix(tmp_path, capsys):
         assert said in one_line(capsys), argv
     with pytest.raises(PipelineError, match="name = 'fast'; a matcher's name is a word of its own"):
         matching.register_matcher(type("Fast", (matching.MutualNearestNeighbours,), {"name": "fast"}))
+
+
+def test_a_taken_name_is_refused_in_one_line():
+    """A class of another module registering a name already taken (a user's ``mnn``) is refused:
+    the built-in is not replaced behind the user's back; the same class again (a module imported
+    twice) is taken."""
+    from s2coreg.matching import pipeline
+
+    builtin = pipeline.MATCHERS["mnn"]
+
+    class Impostor(pipeline.Matcher):
+        name = "mnn"
+
+    with pytest.raises(PipelineError, match="'mnn' is taken by .*give yours another name"):
+        pipeline.register_matcher(Impostor)
+    assert pipeline.MATCHERS["mnn"] is builtin
+    assert pipeline.register_matcher(builtin) is builtin

@@ -329,7 +329,11 @@ def register_matcher(cls: type[Matcher]) -> type[Matcher]:
     if not cls.name or cls.name == "auto" or cls.name in CASCADES or set(cls.name) & set(":+,"):
         raise PipelineError(f"{cls.__qualname__}: name = {cls.name!r}; a matcher's name is a word of its own "
                             "(not empty, auto or a cascade's; no ':', '+' or ',')")
-    MATCHERS[cls.name] = cls
+    known = MATCHERS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise PipelineError(f"{cls.__module__}.{cls.__qualname__}: the matcher name {cls.name!r} is taken by "
+                            f"{known.__module__}.{known.__qualname__}; give yours another name")
+    MATCHERS[cls.name] = cls          # (the same class again, its module imported twice: the newer one)
     return cls
 
 
