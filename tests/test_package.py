@@ -68,3 +68,9 @@ def test_installed_it_finds_its_checkpoints_from_any_folder(wheel, tmp_path):
                              "sys.argv = ['coregister', '--help']; sys.exit(commands.coregister())"],
                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: coregister"), helped.stderr[-2000:]
+    # the demo's sample is the checkout's: installed, the match command without images says what to give
+    bare = subprocess.run([sys.executable, "-c", "import sys; from s2coreg import commands; "
+                           "sys.argv = ['s2coreg-match']; sys.exit(commands.match())"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert bare.returncode == 2 and "give two images: s2coreg-match IMAGE0 IMAGE1" in bare.stderr, bare.stderr[-2000:]
+    assert len(bare.stderr.strip().splitlines()) == 1 and not (elsewhere / "data").exists()

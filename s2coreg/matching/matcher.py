@@ -310,6 +310,9 @@ def sample_pair() -> tuple[Path, Path]:
     out = config.PREPROCESSED_DIR
     pair = [out / "pisa_20150704" / "overview.jpg", out / "pisa_20180211" / "overview.jpg"]
     if not all(p.exists() for p in pair):
+        if not (config.SAMPLE_DIR / "pisa").is_dir():          # installed: the sample is the checkout's
+            raise PipelineError(f"{config.SAMPLE_DIR / 'pisa'}: no shipped sample here (it is in a checkout of the "
+                                "repository, data/sample/); give two images: s2coreg-match IMAGE0 IMAGE1")
         done = preprocess(config.SAMPLE_DIR / "pisa", out)
         if done.errors:
             raise PipelineError(f"{config.SAMPLE_DIR / 'pisa'}: preprocessing the sample failed ({done.errors[0][1]})")
