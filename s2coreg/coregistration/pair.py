@@ -401,8 +401,8 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     from rasterio.transform import Affine
 
     if model == "affine" and not result.get("affine"):
-        raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use --correction "
-                            "translation or field")
+        raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use "
+                            "correction='translation' or correction='field'")
     folder.mkdir(parents=True, exist_ok=True)
     g = co.grid
     offset = np.array(co.loc_tgt.offset_px)
@@ -547,7 +547,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     is the folder's one writer (``coreg_engine.one_writer``: another run into it is refused).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
-        raise PipelineError(f"--correction {correction}: choose translation, affine or field")
+        raise PipelineError(f"correction={correction!r}: choose 'translation', 'affine' or 'field'")
     if output is not None:
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata, dates)

@@ -564,11 +564,11 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         if ref_k is None:
             if not remote.is_remote(reference) and not Path(str(reference)).exists():
                 ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
-                raise PipelineError(f"{reference}: --reference is not a date of the stack (no such path, URL or Item "
+                raise PipelineError(f"reference={str(reference)!r} is not a date of the stack (no such path, URL or Item "
                                     f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
             given = expand_inputs([reference])
             if len(given) != 1:
-                raise PipelineError(f"{reference}: --reference is one date (a path, URL or Item id of the stack); "
+                raise PipelineError(f"reference={str(reference)!r} is one date (a path, URL or Item id of the stack); "
                                     f"it holds {len(given)}")
             same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
                     and p.id == given[0].id]
