@@ -1270,6 +1270,16 @@ def provenance(inputs: list, cfg: CoregisterConfig, **settings) -> dict:
             "settings": {**config.as_dict(cfg), **settings}}
 
 
+def pipeline_device(pipeline) -> str | None:
+    """The device a matching pipeline's learned models run on (``cpu``, ``cuda:0``), for the
+    provenance; None where none does."""
+    for part in (pipeline, getattr(pipeline, "fallback", None)):
+        device = getattr(getattr(part, "extractor", None), "device", None)
+        if device is not None:
+            return str(device)
+    return None
+
+
 def provenance_tags(prov: dict, **extra) -> dict:
     """Provenance as GeoTIFF metadata tags (``gdalinfo`` / ``rio info --tags`` show them)."""
     tags = {"SOFTWARE": f"{prov['name']} {prov['version']}" + (f" ({prov['commit']})" if prov.get("commit") else ""),
