@@ -598,10 +598,10 @@ def main(argv=None) -> int:
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
-    parser.add_argument("--ref-bands", dest="reference_bands", default=",".join(cfg.reference_bands),
+    parser.add_argument("--ref-bands", dest="reference_bands", metavar="BANDS", default=",".join(cfg.reference_bands),
                         help="a pair's reference bands, where they differ from --bands (e.g. pan, or 1): names, "
                              "common names (red,green,blue, nir, swir16, swir22, pan) or 1-based indices")
-    parser.add_argument("--target-bands", default=",".join(cfg.target_bands),
+    parser.add_argument("--target-bands", metavar="BANDS", default=",".join(cfg.target_bands),
                         help="a pair's target bands, where they differ from --bands (e.g. 3,2,1 of a 5-band "
                              "raster against a 1-band reference)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
