@@ -628,7 +628,8 @@ def main(argv=None) -> int:
                              "the raster's ACQUISITIONDATE / DATE_ACQUIRED / SENSING_TIME tags), a Sentinel-2 or "
                              "Landsat product id or a date (2023-06-30, 2023_06_30, 20230630) in its name, else "
                              "TIFFTAG_DATETIME; an input without one gets no STAC Item")
-    cli.add_runtime(parser)
+    cli.add_runtime(parser, device_help="cpu, cuda, or auto (a CUDA GPU where torch can use one, else the CPU); "
+                                        "with --stack, every worker's (auto: resolved on each worker)")
     args = parser.parse_args(argv)
     # Every flag has its effect on a pair and on a stack alike, or is refused in one line where it
     # has none (never ignored): a flag counts as given at its default value too (tests/test_flags.py)
