@@ -1,7 +1,8 @@
 """The skeleton every script shares: its parser (the description from the module docstring,
 defaults shown in ``--help``), the common runtime flags (``--device``, ``--threads``), running the
 script's body with one-line errors (a bad input, a full disk or a refused write: exit 2; Ctrl-C:
-exit 130, no traceback), and a batch that goes on past a bad item.
+exit 130, no traceback), and a batch that goes on past a bad item. The library's errors name its
+parameters (``bands=``); the lines printed here say the flags (``--bands``: ``FLAG_OF``, ``flags``).
 
     parser = cli.parser(__doc__)
     parser.add_argument(...)                      # the script's own flags
