@@ -1,7 +1,8 @@
 """The skeleton every script shares: its parser (the description from the module docstring,
 defaults shown in ``--help``), the common runtime flags (``--device``, ``--threads``), running the
 script's body with one-line errors (a bad input, a full disk or a refused write: exit 2; Ctrl-C:
-exit 130, no traceback), and a batch that goes on past a bad item.
+exit 130, no traceback), and a batch that goes on past a bad item. The library's errors name its
+parameters (``bands=``); the lines printed here say the flags (``--bands``: ``FLAG_OF``, ``flags``).
 
     parser = cli.parser(__doc__)
     parser.add_argument(...)                      # the script's own flags
@@ -64,9 +65,54 @@ STORAGE_FIXES = {errno.ENOSPC: "free space on that disk, or write elsewhere",
                  errno.EPERM: "give this user access to it, or write elsewhere"}
 
 
+def given(p: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
+    """The ``dest`` of every flag and argument given in ``argv`` (None: the process's own), whatever
+    its value — a flag given at its default is given too: a flag for the other mode is refused
+    even then, never silently ignored."""
+    actions = [a for a in p._actions if a.default is not argparse.SUPPRESS]
+    saved = [a.default for a in actions]
+    try:
+        for a in actions:
+            a.default = argparse.SUPPRESS
+        found, _ = p.parse_known_args(argv)
+    finally:
+        for a, default in zip(actions, saved):
+            a.default = default
+    return set(vars(found))
+
+
+# The library's errors name its parameters (``bands=``, ``device='cuda'``); the command line says
+# the flags that set them: this table, for every command (a parameter → its flag).
+FLAG_OF = {
+    "bands": "--bands", "reference_bands": "--ref-bands", "target_bands": "--target-bands",
+    "ref_nodata": "--ref-nodata", "target_nodata": "--target-nodata", "correction": "--correction",
+    "device": "--device", "matcher": "--matcher", "dates": "--date", "reference": "--reference",
+    "output": "--output", "workers": "--workers", "api": "--stac-search", "collections": "--collection",
+    "bbox": "--bbox", "datetime": "--datetime", "max_cloud": "--max-cloud", "root": "--data", "resume": "--resume",
+}
+# ``name=`` (not ``x.name=`` or ``--name=``) and its value: quoted as Python writes a string, or a bare word
+_PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)'\"]*)")
+
+
+def flags(text: str) -> str:
+    """``text`` (a library's error) with each parameter it names said as its flag (``FLAG_OF``):
+    ``device='cuda'`` → ``--device cuda``, ``bands=`` → ``--bands``, ``resume=True`` → ``--resume``."""
+    def say(m: re.Match) -> str:
+        flag = FLAG_OF.get(m.group(1))
+        if flag is None:
+            return m.group(0)
+        value = m.group(2)
+        if value[:1] in ("'", '"'):
+            value = value[1:-1]
+        return flag if value in ("", "True") else f"{flag} {value}"
+
+    return _PARAMETER.sub(say, text)
+
+
 def fail(exc: Exception | str) -> int:
-    """A bad input as one line on stderr; the exit code 2."""
-    print(f"error: {exc}", file=sys.stderr)
+    """A bad input as one line on stderr, the parameters it names said as flags (``flags``); the
+    exit code 2."""
+    print(f"error: {flags(str(exc))}", file=sys.stderr)
     return 2
 
 
@@ -184,6 +230,6 @@ def each(items: Iterable, work: Callable, failed: list[str], name: Callable = st
         try:
             yield item, work(item)
         except PipelineError as exc:
-            failed.append(str(exc))
+            failed.append(flags(str(exc)))
         except Exception as exc:  # noqa: BLE001  an unforeseen failure on one item must not stop the batch
             failed.append(f"{name(item)}: {type(exc).__name__}: {exc}")

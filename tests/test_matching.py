@@ -196,7 +196,7 @@ def test_shift_between_georeferenced_dates_in_metres(matcher, sample, tmp_path):
 def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(utils.PipelineError, match="no CUDA GPU is usable on this machine.*use --device cpu"):
+    with pytest.raises(utils.PipelineError, match="device='cuda': no CUDA GPU is usable on this machine.*use device='cpu'"):
         ImageMatcher(device="cuda")
     assert inference.main(["--device", "cuda"]) == 2
     assert "use --device cpu" in capsys.readouterr().err

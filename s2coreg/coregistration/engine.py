@@ -109,7 +109,7 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
             try:
                 nodata = float(nodata)
             except ValueError:
-                raise PipelineError(f"{product.source}: no-data {nodata!r} for the {role} is not a number; give "
+                raise PipelineError(f"{product.source}: {nodata_named(role, repr(nodata))} is not a number; give "
                                     "a value (0, -9999, nan) or none") from None
         else:
             return dataclasses.replace(product, nodata=None)
@@ -133,6 +133,16 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     return dataclasses.replace(product, nodata=fill.value, fill=note)
 
 
+NODATA_PARAMETERS = {"reference": "ref_nodata", "target": "target_nodata"}    # a pair's no-data rules, by role
+
+
+def nodata_named(role: str, value: str) -> str:
+    """A no-data value given for ``role`` as its parameter (``target_nodata=300``: the command line
+    says ``--target-nodata 300``), or in words where no parameter sets it."""
+    name = NODATA_PARAMETERS.get(role)
+    return f"{name}={value}" if name else f"no-data {value} for the {role}"
+
+
 def check_nodata_value(product: dp.Product, value: float, role: str) -> None:
     """A no-data value the product's files can hold, or one line saying why not (300 or −1 in an
     8-bit file, NaN in an integer one: no pixel could ever be no-data)."""
@@ -143,7 +153,7 @@ def check_nodata_value(product: dp.Product, value: float, role: str) -> None:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         if not np.isfinite(value) or value != round(value) or not info.min <= value <= info.max:
-            raise PipelineError(f"{path}: no-data {value:g} for the {role} cannot occur in its {dtype} pixels "
+            raise PipelineError(f"{path}: {nodata_named(role, f'{value:g}')} cannot occur in its {dtype} pixels "
                                 f"(whole numbers {info.min}..{info.max}); give one it can hold, or none")
 
 
@@ -208,12 +218,12 @@ def _open_product(path: str | Path | list, role: str, bands: tuple[str, ...]) ->
     if bands and all(b.isdigit() for b in bands):
         count = max((int(b) for b in product.band_index if b.isdigit()), default=0)
         if not count:
-            raise PipelineError(f"{path}: --bands {','.join(bands)} selects bands of one raster file by 1-based "
+            raise PipelineError(f"{path}: bands={','.join(bands)!r} selects bands of one raster file by 1-based "
                                 "index; this input is a product or a folder of band files: give band names "
                                 "(B04,B03,B02)")
         bad = [b for b in bands if not 1 <= int(b) <= count]
         if bad:
-            raise PipelineError(f"{path}: has no band {', '.join(bad)} (it has {count}); fix --bands "
+            raise PipelineError(f"{path}: has no band {', '.join(bad)} (it has {count}); fix bands= "
                                 "(1-based indices)")
     return product
 
@@ -253,11 +263,11 @@ def date_bands(product: dp.Product, wanted: tuple[str, ...]) -> list[str]:
         return named
     if not named:
         count = max(int(b) for b in product.band_files)
-        raise PipelineError(f"{product.source}: {count} unnamed bands; choose the bands with --bands (1-based "
-                            "indices as GDAL counts them, e.g. --bands 3,2,1) or set band descriptions (B04...)")
+        raise PipelineError(f"{product.source}: {count} unnamed bands; choose the bands with bands= (1-based "
+                            "indices as GDAL counts them, e.g. bands='3,2,1') or set band descriptions (B04...)")
     also = f"; bands 1-{indexed[-1]} by index" if len(indexed) > 1 else ""
     raise PipelineError(f"{product.source}: none of the bands {', '.join(wanted)} (it has: {', '.join(named)}{also}); "
-                        "choose with --bands (names such as B04,B03,B02 or red,green,blue, or 1-based indices "
+                        "choose with bands= (names such as B04,B03,B02 or red,green,blue, or 1-based indices "
                         "such as 3,2,1 of a single raster file)")
 
 
@@ -311,7 +321,7 @@ def acquisition_date(product: dp.Product | None, path, given: str | None = None)
     if given:
         d = parse_date(given)
         if not d:
-            raise PipelineError(f"{given}: --date is YYYY-MM-DD")
+            raise PipelineError(f"dates= gives {given!r} for {remote.name_of(first_path(path))}: a date is YYYY-MM-DD")
         return d, "--date"
     name = remote.name_of(first_path(path))
     in_name = next(((parse_date(m.group(1)), source) for source, pattern in NAME_DATES
@@ -351,7 +361,7 @@ def check_given_dates(dates: dict | None, paths: list) -> None:
     for name in dates or {}:
         if not any(given_date({name: "x"}, p) for p in paths):
             labels = ", ".join(remote.name_of(first_path(p)) for p in paths[:6])
-            raise PipelineError(f"--date {name}=…: names no input (a path, file name or stem of: {labels}"
+            raise PipelineError(f"dates= names {name!r}: it names no input (a path, file name or stem of: {labels}"
                                 f"{' …' if len(paths) > 6 else ''}); fix the name")
 
 
@@ -1268,6 +1278,16 @@ def provenance(inputs: list, cfg: CoregisterConfig, **settings) -> dict:
             "settings": {**config.as_dict(cfg), **settings}}
 
 
+def pipeline_device(pipeline) -> str | None:
+    """The device a matching pipeline's learned models run on (``cpu``, ``cuda:0``), for the
+    provenance; None where none does."""
+    for part in (pipeline, getattr(pipeline, "fallback", None)):
+        device = getattr(getattr(part, "extractor", None), "device", None)
+        if device is not None:
+            return str(device)
+    return None
+
+
 def provenance_tags(prov: dict, **extra) -> dict:
     """Provenance as GeoTIFF metadata tags (``gdalinfo`` / ``rio info --tags`` show them)."""
     tags = {"SOFTWARE": f"{prov['name']} {prov['version']}" + (f" ({prov['commit']})" if prov.get("commit") else ""),
@@ -1333,7 +1353,7 @@ class OutputFolder:
             os.unlink(probe)
         except OSError as exc:
             raise PipelineError(f"{self.folder}: cannot write there ({exc.strerror or exc}); choose another "
-                                "--output") from None
+                                "output=") from None
         return self
 
     # ------------------------------------------------------------------ one writer

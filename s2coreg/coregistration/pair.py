@@ -401,8 +401,8 @@ def write_resampled_target(co: Coregistration, result: dict, folder: Path, model
     from rasterio.transform import Affine
 
     if model == "affine" and not result.get("affine"):
-        raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use --correction "
-                            "translation or field")
+        raise PipelineError(f"{co.tgt.source}: no affine could be fitted (too few tie points); use "
+                            "correction='translation' or correction='field'")
     folder.mkdir(parents=True, exist_ok=True)
     g = co.grid
     offset = np.array(co.loc_tgt.offset_px)
@@ -547,7 +547,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     is the folder's one writer (``coreg_engine.one_writer``: another run into it is refused).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
-        raise PipelineError(f"--correction {correction}: choose translation, affine or field")
+        raise PipelineError(f"correction={correction!r}: choose 'translation', 'affine' or 'field'")
     if output is not None:
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata, dates)
@@ -558,7 +558,7 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     result["provenance"] = engine.provenance([reference, target], co.cfg,
                                              bands=list(dp.normalise_bands(bands) or co.cfg.bands),
                                              correction=correction if write_corrected else None,
-                                             matching=co.pipeline.name)
+                                             matching=co.pipeline.name, device=engine.pipeline_device(co.pipeline))
     if output is not None:
         result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
     if result.get("shift_m") is not None:
@@ -590,18 +590,18 @@ def main(argv=None) -> int:
                         help="with --stack: a Dask scheduler address (tcp://HOST:8786); none = a LocalCluster")
     parser.add_argument("--workers", type=int, default=0,
                         help="with --stack and no --scheduler: worker processes; 0 = one per core")
-    parser.add_argument("--neighbours", type=int, default=None,
-                        help="with --stack: dates matched on each side in time (2 when not given)")
+    parser.add_argument("--neighbours", type=int, default=2,
+                        help="with --stack: dates matched on each side in time (and each with the reference)")
     parser.add_argument("--output", type=Path, default=config.OUTPUT_DIR / "coregistration",
                         help="the result folder (a rerun replaces our earlier result there, all at once; one run "
                              "at a time)")
     parser.add_argument("--bands", default=",".join(cfg.bands),
                         help="bands used: names (those both products have) or, for a raster whose bands have no "
                              "names, 1-based indices as GDAL counts them (3,2,1)")
-    parser.add_argument("--ref-bands", default=",".join(cfg.reference_bands),
+    parser.add_argument("--ref-bands", dest="reference_bands", metavar="BANDS", default=",".join(cfg.reference_bands),
                         help="a pair's reference bands, where they differ from --bands (e.g. pan, or 1): names, "
                              "common names (red,green,blue, nir, swir16, swir22, pan) or 1-based indices")
-    parser.add_argument("--target-bands", default=",".join(cfg.target_bands),
+    parser.add_argument("--target-bands", metavar="BANDS", default=",".join(cfg.target_bands),
                         help="a pair's target bands, where they differ from --bands (e.g. 3,2,1 of a 5-band "
                              "raster against a 1-band reference)")
     parser.add_argument("--window", type=int, default=cfg.window, help="matching window side, px")
@@ -630,17 +630,30 @@ def main(argv=None) -> int:
                              "the raster's ACQUISITIONDATE / DATE_ACQUIRED / SENSING_TIME tags), a Sentinel-2 or "
                              "Landsat product id or a date (2023-06-30, 2023_06_30, 20230630) in its name, else "
                              "TIFFTAG_DATETIME; an input without one gets no STAC Item")
-    cli.add_runtime(parser)
+    cli.add_runtime(parser, device_help="cpu, cuda, or auto (a CUDA GPU where torch can use one, else the CPU); "
+                                        "with --stack, every worker's (auto: resolved on each worker)")
     args = parser.parse_args(argv)
-    given = {}
+    # Every flag has its effect on a pair and on a stack alike, or is refused in one line where it
+    # has none (never ignored): a flag counts as given at its default value too (tests/test_flags.py)
+    given = cli.given(parser, argv)
+    flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+
+    def named(*dests: str) -> list[str]:
+        return [flag[d] for d in dests if d in given]
+
+    dated = {}
     for text in args.date:
         name, _, value = text.rpartition("=")
         if not name or not engine.parse_date(value) or len(value.strip()) != 10:
             parser.error(f"--date {text}: NAME=YYYY-MM-DD (NAME: an input's path, file name or stem)")
-        given[name] = value.strip()
-    args.date = given or None
-    search_only = [f for f, v in (("--collection", args.collection), ("--bbox", args.bbox),
-                                  ("--datetime", args.datetime), ("--max-cloud", args.max_cloud)) if v]
+        dated[name] = value.strip()
+    args.date = dated or None
+    for dest in ("workers", "neighbours"):
+        if getattr(args, dest) < 0:
+            parser.error(f"{flag[dest]} {getattr(args, dest)}: 0 or more")
+    if args.max_items < 1:
+        parser.error(f"--max-items {args.max_items}: 1 or more")
+    search_only = named("collection", "bbox", "datetime", "max_cloud", "max_items")
     if search_only and not args.stac_search:
         parser.error(f"{', '.join(search_only)}: for --stac-search only")
     if args.bbox and not (-90 <= args.bbox[1] <= 90 and -90 <= args.bbox[3] <= 90 and -180 <= args.bbox[0] <= 180
@@ -649,6 +662,12 @@ def main(argv=None) -> int:
                      "latitudes -90..90)")
     if args.bbox and args.bbox[1] >= args.bbox[3]:
         parser.error(f"--bbox {' '.join(map(str, args.bbox))}: W S E N in degrees, south below north")
+    if args.stack is not None and args.correction != "translation":
+        parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
+                     "georeference moved (translation)")
+    if "correction" in given and not args.write_corrected:
+        parser.error(f"--correction {args.correction}: the model the corrected target is written with; add "
+                     "--write-corrected (without it, no corrected target is written)")
     if args.stac_search and args.stack is None:
         parser.error("--stac-search finds the dates of a stack: add --stack")
     if args.stack is not None and not args.stack and not args.stac_search:
@@ -657,33 +676,32 @@ def main(argv=None) -> int:
         if args.reference is not None:
             parser.error(f"{args.reference}: give the dates of a stack after --stack (and its reference with "
                          "--reference), or REFERENCE TARGET without --stack")
-        pair_only = [f for f, v in (("--ref-nodata", args.ref_nodata), ("--target-nodata", args.target_nodata)) if v]
+        pair_only = named("ref_nodata", "target_nodata")
         if pair_only:
             parser.error(f"{', '.join(pair_only)}: for a pair; a stack reads each date's own no-data tag, and fill "
                          "a file does not declare as no-data")
-        per_input = [f for f, v in (("--ref-bands", args.ref_bands), ("--target-bands", args.target_bands)) if v]
+        per_input = named("reference_bands", "target_bands")
         if per_input:
             parser.error(f"{', '.join(per_input)}: for a pair; a stack's dates share --bands (common names such as "
                          "red,green,blue or nir pick the same light on Sentinel-2 and Landsat)")
-        if args.correction != "translation":
-            parser.error(f"--correction {args.correction} is for a pair; a stack's corrected dates have their "
-                         "georeference moved (translation)")
-        return stack_main(args, config.replace(cfg, window=args.window, max_windows=args.max_windows,
-                                               matcher=args.matcher))
+        if "threads" in given:
+            parser.error("--threads: for a pair; a stack's workers run one torch thread each (choose how many "
+                         "workers with --workers)")
+        if "workers" in given and args.scheduler:
+            parser.error("--workers: the LocalCluster's; with --scheduler, the cluster's own workers run the "
+                         "tasks (dask worker --nworkers N)")
+        return stack_main(args, config_of(args, cfg))
     if args.reference is None or args.target is None:
         parser.error("give REFERENCE and TARGET, or --stack INPUTS...")
-    if args.stack_reference != "auto":
+    if "stack_reference" in given:
         parser.error("--reference chooses the reference of a --stack; for a pair, REFERENCE is the first of "
                      "REFERENCE TARGET")
-    stack_only = [f for f, v in (("--scheduler", args.scheduler), ("--workers", args.workers),
-                                 ("--neighbours", args.neighbours)) if v]
+    stack_only = named("scheduler", "workers", "neighbours")
     if stack_only:
         parser.error(f"{', '.join(stack_only)}: for --stack only; a pair runs in this process")
     try:
         set_threads(args.threads or None)
-        cfg = config.replace(cfg, window=args.window, max_windows=args.max_windows, overview=args.overview,
-                             matcher=args.matcher, reference_bands=dp.split_bands(args.ref_bands),
-                             target_bands=dp.split_bands(args.target_bands))
+        cfg = config_of(args, cfg)
         cfg = engine.check_matcher(cfg)        # before any model loads: one line naming what is taken
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
@@ -707,6 +725,16 @@ def main(argv=None) -> int:
     return 1
 
 
+def config_of(args, cfg: CoregisterConfig) -> CoregisterConfig:
+    """``cfg`` with what the flags set: every flag whose ``dest`` is a field of ``CoregisterConfig``
+    (the same name; comma-separated bands as a tuple), for a pair and a stack alike."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: dp.split_bands(v) if isinstance(getattr(cfg, k), tuple) else v
+                                       for k, v in vars(args).items() if k in fields})
+
+
 def ending(output: Path, stack: bool) -> dict:
     """What a run into ``output`` says when Ctrl-C or a refused write ends it (``cli.failure``)."""
     said = f"nothing published in {output} (its earlier result, if any, stands)"
@@ -726,8 +754,8 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
                 print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
                 inputs += found
             result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
-                                      args.scheduler, args.workers or None, args.neighbours or 2, args.write_corrected,
-                                      dates=args.date)
+                                      args.scheduler, args.workers or None, args.neighbours, args.write_corrected,
+                                      dates=args.date, device=args.device)
     except BaseException as exc:
         code = cli.failure(exc, **ending(args.output, stack=True))
         if code is None:
@@ -736,7 +764,7 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
     rows = result["dates"]
     for r in rows:
         if r["status"] == "excluded":
-            reason = str(r["reason"])
+            reason = cli.flags(str(r["reason"]))          # the library's parameters said as this command's flags
             print(f"excluded: {reason if reason.startswith(r['path']) else r['path'] + ': ' + reason}", file=sys.stderr)
     placed = sum(r["status"] != "excluded" for r in rows)
     print(f"{placed} of {len(rows)} dates placed relative to {result['reference']} ({result['reference_reason']}) "

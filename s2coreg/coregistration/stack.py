@@ -68,18 +68,44 @@ from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import DateFeatures, PairMeasure
 from s2coreg.utils import PipelineError, atomic_path, set_threads
 
-_PIPELINES: dict = {}     # one matching pipeline per worker process and matcher, loaded on its first task
+_PIPELINES: dict = {}     # one matching pipeline per worker process, matcher and device, loaded on its first task
 
 
-def worker_pipeline(matcher: str = CoregisterConfig.matcher):
-    """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher``; loaded
-    once; one torch thread per worker)."""
-    if matcher not in _PIPELINES:
+def worker_pipeline(matcher: str = CoregisterConfig.matcher, device: str | None = None):
+    """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher``) on
+    ``device`` as ``coregister_stack`` was given it (None or ``"auto"``: this worker's CUDA GPU
+    where torch can use one, else its CPU — resolved here, on the worker); loaded once; one torch
+    thread per worker."""
+    if (matcher, device) not in _PIPELINES:
         from s2coreg.matching.pipeline import MatchingPipeline
 
         set_threads(1)
-        _PIPELINES[matcher] = MatchingPipeline.from_checkpoints(matcher=matcher, device="cpu")
-    return _PIPELINES[matcher]
+        _PIPELINES[matcher, device] = MatchingPipeline.from_checkpoints(matcher=matcher, device=device)
+    return _PIPELINES[matcher, device]
+
+
+def worker_device(device: str | None) -> tuple[str | None, str | None]:
+    """Run on each worker before any task: the device ``device`` gives there (``"auto"`` resolved
+    on the worker's own machine), or the one line why it cannot be used there (``cuda`` on a
+    worker without a GPU)."""
+    from s2coreg.models.checkpoints import resolve_device
+
+    try:
+        return str(resolve_device(device)), None
+    except PipelineError as exc:
+        return None, str(exc)
+
+
+def check_workers_device(client, device: str | None) -> list[str]:
+    """The devices ``device`` gives on the client's workers (``worker_device``), or one line naming a
+    worker where it cannot be used: before any work, not as every date's exclusion."""
+    found = client.run(worker_device, device)
+    bad = {address: line for address, (_, line) in found.items() if line}
+    if bad:
+        address, line = sorted(bad.items())[0]
+        more = f" (and {engine.plural(len(bad) - 1, 'other worker')})" if len(bad) > 1 else ""
+        raise PipelineError(f"worker {address}{more}: {line}")
+    return sorted({used for used, _ in found.values()})
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -237,31 +263,35 @@ def reports_bad_input(task):
 
 @reports_bad_input
 def task_overview(path, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig,
-                  nodata: float | str | None = None) -> engine.Overview:
+                  nodata: float | str | None = None, device: str | None = None) -> engine.Overview:
     """Task: the reference grid product's overview and its features. ``nodata``: its no-data rule
-    as the main process decided it (``engine.with_nodata``: no fill looked for again)."""
+    as the main process decided it (``engine.with_nodata``: no fill looked for again); ``device``:
+    ``worker_pipeline``'s (so are the other tasks')."""
     product = engine.open_date(path, "reference", tuple(bands), nodata)
-    return engine.reference_overview(worker_pipeline(cfg.matcher), product, bands, grid, cfg)
+    return engine.reference_overview(worker_pipeline(cfg.matcher, device), product, bands, grid, cfg)
 
 
 @reports_bad_input
 def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview | None,
-                cfg: CoregisterConfig, nodata: float | str | None = None) -> engine.DateLocation:
+                cfg: CoregisterConfig, nodata: float | str | None = None,
+                device: str | None = None) -> engine.DateLocation:
     """Task: a date's coarse offset and extent on the grid (``nodata``: as ``task_overview``'s)."""
     product = engine.open_date(path, "date", tuple(bands), nodata)
-    return engine.locate_date(worker_pipeline(cfg.matcher), path, product, bands, grid, overview, cfg)
+    return engine.locate_date(worker_pipeline(cfg.matcher, device), path, product, bands, grid, overview, cfg)
 
 
 @reports_bad_input
-def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig) -> DateFeatures:
+def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig,
+                 device: str | None = None) -> DateFeatures:
     """Task: a date's windows read and their features extracted once."""
     product = engine.open_date(location.path, "date", tuple(location.bands), location.nodata)
-    return engine.extract_date(worker_pipeline(cfg.matcher), product, location, grid, windows, cfg)
+    return engine.extract_date(worker_pipeline(cfg.matcher, device), product, location, grid, windows, cfg)
 
 
-def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig, px_m: float) -> PairMeasure:
+def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig, px_m: float,
+              device: str | None = None) -> PairMeasure:
     """Task: two dates measured window by window (their tie points dropped: not needed here)."""
-    pair = engine.measure_pair(worker_pipeline(cfg.matcher), i, j, a, b, cfg, px_m)
+    pair = engine.measure_pair(worker_pipeline(cfg.matcher, device), i, j, a, b, cfg, px_m)
     for w in pair.windows:
         w.tie_a = w.tie_b = w.score = np.zeros(0)
     return pair
@@ -544,13 +574,15 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
                      write_corrected: bool = False, progress: bool = True, client=None,
-                     dates: dict | None = None) -> dict:
+                     dates: dict | None = None, device: str | None = None) -> dict:
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
     ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them.
     ``client``: a ``dask.distributed.Client`` to run on (left open), instead of ``scheduler`` /
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
     more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``). ``dates``:
-    {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``)."""
+    {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``). ``device``:
+    the workers' (``cpu``, ``cuda``; None or ``"auto"``: each worker's CUDA GPU where torch can use
+    one, else its CPU, resolved on the worker), checked on every worker before any work."""
     cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
     bands = dp.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
@@ -563,11 +595,11 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         if ref_k is None:
             if not remote.is_remote(reference) and not Path(str(reference)).exists():
                 ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
-                raise PipelineError(f"{reference}: --reference is not a date of the stack (no such path, URL or Item "
+                raise PipelineError(f"reference={str(reference)!r} is not a date of the stack (no such path, URL or Item "
                                     f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
             given = expand_inputs([reference])
             if len(given) != 1:
-                raise PipelineError(f"{reference}: --reference is one date (a path, URL or Item id of the stack); "
+                raise PipelineError(f"reference={str(reference)!r} is one date (a path, URL or Item id of the stack); "
                                     f"it holds {len(given)}")
             same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
                     and p.id == given[0].id]
@@ -614,6 +646,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     else:
         cluster = None
     try:
+        worker_devices = check_workers_device(client, device)
         t_extract = time.time()
         for grid_k in candidates:
             try:
@@ -640,11 +673,11 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 ov = None
                 if any(k not in locations for k in date_bands if k != grid_k):
                     ov = client.submit(task_overview, paths[grid_k], date_bands[grid_k], grid, cfg,
-                                       products[grid_k].nodata, retries=2, key=f"overview-{time.time_ns()}")
+                                       products[grid_k].nodata, device, retries=2, key=f"overview-{time.time_ns()}")
                     _value(ov, paths[grid_k])
                 if grid_k not in locations:
                     own = _value(client.submit(task_locate, paths[grid_k], date_bands[grid_k], grid, None, cfg,
-                                               products[grid_k].nodata, retries=2,
+                                               products[grid_k].nodata, device, retries=2,
                                                key=f"locate-{grid_k}-{time.time_ns()}"), paths[grid_k])
                     cache.put("locations", loc_keys[grid_k], own)
                     locations[grid_k] = own
@@ -657,7 +690,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         else:
             raise PipelineError("no date of the stack can be used: " + "; ".join(errors[k] for k in sorted(errors)))
         located = {k: client.submit(task_locate, paths[k], date_bands[k], grid, ov, cfg,
-                                    products[k].nodata, retries=2, key=f"locate-{k}-{time.time_ns()}")
+                                    products[k].nodata, device, retries=2, key=f"locate-{k}-{time.time_ns()}")
                    for k in date_bands if k not in locations}
         for k, loc in _gather(located, "locate", progress, errors, paths,
                               on_done=lambda k, loc: cache.put("locations", loc_keys[k], loc)).items():
@@ -673,7 +706,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                 cached.location = loc
                 results[k] = cached
                 extracted[k] = client.scatter(cached)
-        new = {k: client.submit(task_extract, loc, grid, windows, cfg, retries=2, key=f"extract-{k}-{time.time_ns()}")
+        new = {k: client.submit(task_extract, loc, grid, windows, cfg, device, retries=2,
+                                key=f"extract-{k}-{time.time_ns()}")
                for k, loc in locations.items() if k not in results}
         for k, value in _gather(new, "dates", progress, errors, paths,
                                 on_done=lambda k, value: cache.put("dates", feature_keys[k], value)).items():
@@ -707,7 +741,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             if k != ref:
                 wanted.add((min(k, ref), max(k, ref)))
         futures = {k: extracted[k] for k in ok}
-        pairs = run_pairs(client, sorted(wanted), futures, cfg, px_m, progress, cache, feature_keys)
+        pairs = run_pairs(client, sorted(wanted), futures, cfg, px_m, progress, cache, feature_keys, device)
         counts = {k: 0 for k in ok}                 # a date with fewer than 2 verified pairs: more distant dates
         for p in pairs:
             if p.verified:
@@ -721,7 +755,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                     if m != k and (min(k, m), max(k, m)) not in wanted:
                         extra.add((min(k, m), max(k, m)))
         if extra:
-            pairs += run_pairs(client, sorted(extra), futures, cfg, px_m, progress, cache, feature_keys)
+            pairs += run_pairs(client, sorted(extra), futures, cfg, px_m, progress, cache, feature_keys, device)
         best = max((_joined(k, pairs) for k in ok), key=len)
         if ref_k is None and ref != pinned and len(best) > len(_joined(ref, pairs)):
             # the date with the most keypoints joins fewer dates than others do (a different place, a
@@ -733,7 +767,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                            f"{engine.plural(others, 'other date') if others else 'no other date'})")
             done = {(p.i, p.j) for p in pairs}
             pairs += run_pairs(client, sorted({(min(k, ref), max(k, ref)) for k in best if k != ref} - done), futures,
-                               cfg, px_m, progress, cache, feature_keys)
+                               cfg, px_m, progress, cache, feature_keys, device)
         timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(extracted),
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
@@ -764,6 +798,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
                                              correction="translation" if write_corrected else None,
+                                             device=",".join(worker_devices),
                                              matching=MatchingPipeline.from_checkpoints(matcher=cfg.matcher,
                                                                                         device="cpu").name)
     if output is not None:
@@ -772,7 +807,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
 
 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
-              progress: bool, cache: WorkCache, feature_keys: dict) -> list[PairMeasure]:
+              progress: bool, cache: WorkCache, feature_keys: dict, device: str | None = None) -> list[PairMeasure]:
     """The pairs measured as Dask tasks, those of an earlier run taken from ``cache``."""
     from tqdm import tqdm
 
@@ -784,7 +819,7 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
             cached.i, cached.j = i, j
             out.append(cached)
     done = {(p.i, p.j) for p in out}
-    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, retries=2,
+    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device, retries=2,
                              key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
     for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress):
@@ -942,7 +977,8 @@ def _time_labels(da) -> list[str]:
 @engine.one_writer            # with ``output``: its one writer (output/cache/arrays is written first)
 def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | None = None,
                          cfg: CoregisterConfig | None = None, client=None, scheduler: str | None = None,
-                         workers: int | None = None, neighbours: int = 2, progress: bool = False):
+                         workers: int | None = None, neighbours: int = 2, progress: bool = False,
+                         device: str | None = None):
     """Co-register every date of a ``(time, band, y, x)`` (or ``(time, y, x)``) DataArray, as
     ``odc-stac`` (``.to_array("band")``), ``stackstac`` or ``rioxarray`` produce it, Dask-backed or
     not, on the same engine as ``--stack``. Returns an ``xarray.Dataset`` on ``time``:
@@ -1006,7 +1042,8 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
         for old in set(tmp.glob("date_*.tif")) - set(files):          # dates no longer in the array
             old.unlink(missing_ok=True)
         result = coregister_stack(files, output, str(files[ref_k]) if ref_k is not None else "auto", bands,
-                                  cfg, scheduler, workers, neighbours, progress=progress, client=client)
+                                  cfg, scheduler, workers, neighbours, progress=progress, client=client,
+                                  device=device)
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -288,7 +288,7 @@ def normalise_bands(bands, sensor: str = "sentinel-2") -> tuple[str, ...]:
             continue
         text = str(b).strip()
         if text.isdigit() and int(text) < 1:
-            raise PipelineError(f"--bands {','.join(map(str, bands))}: indices are 1-based, as GDAL counts bands "
+            raise PipelineError(f"bands={','.join(map(str, bands))!r}: indices are 1-based, as GDAL counts bands "
                                 "(1, 2, 3)")
         out.append(canonical_band_name(text, sensor))
     return tuple(out)
@@ -377,7 +377,7 @@ def search_items(api: str, collections: list[str], bbox=None, datetime: str | No
     from pystac_client.conformance import ConformanceClasses
 
     if not remote.is_remote(api):
-        raise PipelineError(f"{api}: --stac-search takes the URL of a STAC API (https://...)")
+        raise PipelineError(f"api={api!r}: not the URL of a STAC API (https://...)")
     try:
         client = Client.open(api)
         query = None
@@ -390,14 +390,14 @@ def search_items(api: str, collections: list[str], bbox=None, datetime: str | No
         raise
     except Exception as exc:                      # network, HTTP and API errors: one line
         raise PipelineError(f"{api}: the STAC search failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                            "check the URL, --collection, --bbox and --datetime") from exc
+                            "check the URL, collections=, bbox= and datetime=") from exc
     if max_cloud is not None:
         found = [i for i in found if float((i.get("properties") or {}).get("eo:cloud_cover", 0) or 0) <= max_cloud]
     if not found:
         asked = ", ".join(f"{k} {v}" for k, v in (("collections", ",".join(collections or [])), ("bbox", bbox),
                                                    ("datetime", datetime), ("max-cloud", max_cloud)) if v)
-        raise PipelineError(f"{api}: the search found no Items ({asked or 'no filter'}); check --collection, widen "
-                            "--bbox, --datetime or --max-cloud")
+        raise PipelineError(f"{api}: the search found no Items ({asked or 'no filter'}); check collections=, widen "
+                            "bbox=, datetime= or max_cloud=")
     found.sort(key=lambda i: str((i.get("properties") or {}).get("datetime") or ""))
     def base(item: dict) -> str:            # relative hrefs resolve against the Item's own URL
         link = next((lk.get("href") for lk in item.get("links", []) or [] if isinstance(lk, dict)

@@ -266,7 +266,7 @@ def band_indices(path: Path | None, bands) -> tuple[int, ...] | None:
     missing = [b for b in wanted if b not in names]
     if missing:
         raise PipelineError(f"{path}: no band named {', '.join(missing)} (its bands: {', '.join(described)}); "
-                            "fix --bands (names or 1-based indices)")
+                            "fix bands= (names or 1-based indices)")
     return tuple(names.index(b) + 1 for b in wanted)
 
 

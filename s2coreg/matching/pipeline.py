@@ -107,7 +107,7 @@ def select_bands(array: np.ndarray, bands: tuple[int, ...] | None, name: str) ->
             array = array[..., [b - 1 for b in bands]]
         elif not (array.shape[2] == 3 and array.dtype == np.uint8):
             raise PipelineError(f"{name}: {array.shape[2]}-band {array.dtype} image; choose the bands to use "
-                                "with ImageMatcher(bands=...) or --bands: 1-based indices (e.g. 3,2,1: the third "
+                                "with bands=: 1-based indices (e.g. bands='3,2,1': the third "
                                 "band as red), or for a raster file also names from its band descriptions "
                                 "(B04,B03,B02)")
     return array

@@ -32,12 +32,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise PipelineError(f"--device {name}: not a device name; use cpu or cuda") from exc
+        raise PipelineError(f"device={name!r}: not a device name; use 'cpu', 'cuda' or 'auto'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"--device {name}: no CUDA GPU is usable on this machine (torch {torch.__version__}); "
-                            "use --device cpu")
+        raise PipelineError(f"device={name!r}: no CUDA GPU is usable on this machine (torch {torch.__version__}); "
+                            "use device='cpu'")
     if dev.type not in ("cpu", "cuda"):
-        raise PipelineError(f"--device {name}: only cpu and cuda are supported")
+        raise PipelineError(f"device={name!r}: only cpu and cuda are supported; use device='cpu' or 'cuda'")
     return dev
 
 

@@ -73,7 +73,7 @@ def check_resumable(stored: dict, current: dict, last: Path) -> None:
     """One clear line when a resumed run would not continue the same run."""
     if stored.get("data_fingerprint") != current.get("data_fingerprint"):
         raise PipelineError(f"{last}: the training data changed since this run started ({stored.get('train_scenes')} "
-                            f"scenes then, {current.get('train_scenes')} now); resume with the same --data")
+                            f"scenes then, {current.get('train_scenes')} now); resume with the same data (root=)")
     a, b = stored.get("train_config", {}), current.get("train_config", {})
     # a setting the config no longer has was retired (``workers``, unused; ``synthetic_fraction``,
     # always 0): a run that stored it resumes — its batches after that point differ from an
@@ -144,7 +144,7 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
     last = run_dir / "last.pt"
     if resume:
         if not last.exists():
-            raise PipelineError(f"{last}: nothing to resume; start without --resume")
+            raise PipelineError(f"{last}: nothing to resume; start without resume=True")
         state = torch.load(last, map_location="cpu", weights_only=True)
         check_resumable(state["record"], record, last)
         model.load_state_dict(state["model"])
