@@ -89,6 +89,8 @@ FLAG_OF = {
     "device": "--device", "matcher": "--matcher", "dates": "--date", "reference": "--reference",
     "output": "--output", "workers": "--workers", "api": "--stac-search", "collections": "--collection",
     "bbox": "--bbox", "datetime": "--datetime", "max_cloud": "--max-cloud", "root": "--data", "resume": "--resume",
+    "size": "--size", "tile": "--tile", "overlap": "--overlap", "gamma": "--gamma", "format": "--format",
+    "reflectance_min": "--reflectance-range MIN", "reflectance_max": "--reflectance-range MAX",
 }
 # ``name=`` (not ``x.name=`` or ``--name=``) and its value: quoted as Python writes a string, or a bare word
 _PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)'\"]*)")

@@ -125,7 +125,7 @@ def preprocess_product(product: Product, output: Path, bands: list[str], cfg: Pr
     missing = [b for b in bands if b not in product.band_files]
     if missing:
         raise PipelineError(f"{product.source}: band {', '.join(missing)} not in this product (it has "
-                            f"{', '.join(sorted(product.band_files))}); choose others with --bands")
+                            f"{', '.join(sorted(product.band_files))}); choose others with bands=")
     grid = reference_grid(product, bands)
     jobs = []
     if cfg.size > 0:
@@ -190,13 +190,15 @@ def check_settings(cfg: PreprocessConfig) -> list[str]:
     ``PipelineError``)."""
     bands = parse_bands(",".join(cfg.bands))
     if cfg.size <= 0 and cfg.tile <= 0:
-        raise PipelineError("nothing to write: give --size > 0 and/or --tile > 0")
+        raise PipelineError(f"size={cfg.size} and tile={cfg.tile}: nothing to write; give a size or a tile above 0")
     if cfg.tile > 0 and not 0 <= cfg.overlap < cfg.tile:
-        raise PipelineError(f"--overlap {cfg.overlap} must be >= 0 and smaller than --tile {cfg.tile}")
-    if cfg.reflectance_max <= cfg.reflectance_min or cfg.gamma <= 0:
-        raise PipelineError("--reflectance-range MIN MAX needs MIN < MAX, and --gamma must be > 0")
+        raise PipelineError(f"overlap={cfg.overlap} must be >= 0 and smaller than tile={cfg.tile}")
+    if cfg.reflectance_max <= cfg.reflectance_min:
+        raise PipelineError(f"reflectance_min={cfg.reflectance_min} must be below reflectance_max={cfg.reflectance_max}")
+    if cfg.gamma <= 0:
+        raise PipelineError(f"gamma={cfg.gamma} must be above 0")
     if cfg.format not in FORMATS:
-        raise PipelineError(f"--format {cfg.format}: choose {', '.join(sorted(FORMATS))}")
+        raise PipelineError(f"format={cfg.format!r}: choose {', '.join(sorted(FORMATS))}")
     return bands
 
 
@@ -266,7 +268,7 @@ def parse_bands(text: str) -> list[str]:
     bands = [b if b == "B8A" else re.sub(r"^B(\d)$", r"B0\1", b) for b in bands]
     unknown = [b for b in bands if b not in config.S2_BAND_RESOLUTION]
     if unknown or not bands:
-        raise PipelineError(f"--bands: unknown band {', '.join(unknown) or '(none)'}; choose from "
+        raise PipelineError(f"bands=: unknown band {', '.join(unknown) or '(none)'}; choose from "
                             f"{', '.join(config.S2_BANDS)}")
     return bands
 
@@ -307,5 +309,6 @@ def main(argv=None) -> int:
     print(f"{len(done.written)} of {len(done)} products, {done.images} images written to {args.output} "
           f"in {time.time() - start:.1f} s" + (f"; {len(done.errors)} failed:" if done.errors else ""))
     for source, message in done.errors:
+        message = cli.flags(message)
         print(f"error: {message}" if message.startswith(source) else f"error: {source}: {message}", file=sys.stderr)
     return 1 if done.errors else 0

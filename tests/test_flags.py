@@ -388,10 +388,8 @@ def test_cli_flags_says_parameters_as_flags():
 # Library errors that may name a flag, and why: a command line to run, or another's work in progress
 NAMES_A_FLAG = {
     ("coregistration/engine.py", "check_matcher"),      # --matcher: the matcher registry's (another branch)
-    ("io/products.py", "preprocess_product"),           # data_preprocess's script and library being split apart
     ("training/loop.py", "check_resumable"),            # "{the run's own command} --resume": a command to run
     ("training/evaluate.py", "build_method"),           # "train one with train_superpoint.py --fine-from"
-    ("io/products.py", "parse_bands"),                  # data_preprocess's --bands, read for its main alone
 }
 CLI_BODIES = re.compile(r"^(_?main|\w+_main|_extract|_match|training_parser)$")   # parsers and script bodies
 

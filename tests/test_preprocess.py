@@ -314,7 +314,7 @@ def test_preprocess_function_returns_what_it_wrote(products, pixels, tmp_path):
     assert run(inp, tmp_path / "cli", "--size", 64, *PNG) == 1
     np.testing.assert_array_equal(read(written.folder / "overview.png"),
                                   read(tmp_path / "cli" / written.folder.name / "overview.png"))
-    with pytest.raises(stage.PipelineError, match="--overlap"):
+    with pytest.raises(stage.PipelineError, match=r"^overlap=64 must be >= 0 and smaller than tile=64$"):
         stage.preprocess(products["new"], tmp_path / "never", tile=64, overlap=64)
     with pytest.raises(stage.PipelineError, match="unknown band B13"):
         stage.preprocess(products["new"], tmp_path / "never", bands=("B04", "B13"))
