@@ -73,7 +73,9 @@ class Record(MutableMapping):
             self.extra[key] = value
 
     def __delitem__(self, key: str) -> None:
-        if key in self._fields() or key in self._derived:
+        if key in self._derived:
+            raise KeyError(f"{key} is read-only in {type(self).__name__}: derived from its fields")
+        if key in self._fields():
             raise KeyError(f"{key} is a field of {type(self).__name__}; set it to None instead")
         del self.extra[key]
 

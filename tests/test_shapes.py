@@ -46,6 +46,8 @@ def test_derived_keys_read_as_keys_but_stay_out_of_the_json():
         r["dx_m"] = 3.0
     with pytest.raises(KeyError, match="read-only"):
         shift["dx_m"] = 3.0
+    with pytest.raises(KeyError, match="read-only"):
+        del r["status"]
     with pytest.raises(AttributeError):
         r.status = "ok"
     text = json.dumps(r, default=utils._json_default)

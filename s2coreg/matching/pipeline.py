@@ -501,9 +501,10 @@ def correlate_keypoints1(f0: dict, f1: dict, matches0: np.ndarray, keypoints1: n
 @runtime_checkable
 class Pipeline(Protocol):
     """What callers use of a matching path, and what ``MatchingPipeline.from_checkpoints`` returns:
-    a ``MatchingPipeline``, or for ``matcher="fast"`` / ``"sift-first"`` a ``CascadePipeline``
-    (``ImageMatcher``, the co-registration engine and ``Coregistration``, ``evaluate.py``'s
-    ``PipelineMethod`` take either). ``isinstance(p, Pipeline)`` checks the names are there.
+    a ``MatchingPipeline``, or for ``matcher="fast"`` / ``"sift-first"`` a ``CascadePipeline``.
+    ``ImageMatcher`` and ``evaluate.py``'s ``PipelineMethod`` take either, the co-registration
+    engine and ``Coregistration`` too (but ``sift-first``, whose features are not SuperPoint's
+    alone: ``engine.check_matcher``). ``isinstance(p, Pipeline)`` checks the names are there.
 
     Attributes:
         extractor: the features' extractor (its ``network_size(width, height)``: what
