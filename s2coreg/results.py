@@ -9,17 +9,26 @@ an object (``r.homography``), so code written against the dicts keeps working.
   matching path passes around, ``matching.SuperPointExtractor.extract`` / ``SiftExtractor``).
 * ``MatchResult`` — two images matched (``ImageMatcher.match_images``).
 * ``ShiftEstimate`` — the displacement of one date's content relative to another's, in metres.
+* ``DateShift`` — one date's shift relative to the reference: the fields a pair's result and a
+  stack's row share, by name and type (``dx_m``, ``dy_m``, ``sigma_m``, ``tie_points``, ``status``,
+  ``verified``, ``reason``, ``warnings``, ``date``, ``path``).
 * ``CoregistrationResult`` — two products co-registered (``coregister.coregister``, the content
-  of ``coregistration.json``).
+  of ``coregistration.json``); it reads as its target's ``DateShift`` too (``r.dx_m``, ``r["status"]``).
+* ``StackDate`` — a stack's row (``coregister_stack(...)["dates"]``, a line of ``shifts.csv``): a
+  ``DateShift`` with the stack's own fields.
 
 ``to_dict()`` is the JSON form (a ``ShiftEstimate`` leaves out the fields of the other kind of
-estimate); ``dict(r)`` holds every field, ``None`` where it does not apply.
+estimate); ``dict(r)`` holds every field, ``None`` where it does not apply. Keys *derived* from
+the fields (``ShiftEstimate.dx_m``, alias of ``dx``; ``CoregistrationResult.dx_m``, from its
+``shift_m``) read by key and attribute like the others, but are read-only and not iterated: they
+are not in ``dict(r)``, ``to_dict()`` or the JSON.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import MutableMapping
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 
@@ -44,20 +53,28 @@ class Features(TypedDict, total=False):
 
 class Record(MutableMapping):
     """A dataclass that reads (and writes) like a dict of its fields; keys it does not declare
-    are kept too (``extra``), so that a result can grow without breaking its readers."""
+    are kept too (``extra``), so that a result can grow without breaking its readers.
+    ``_derived``: read-only properties that read by key too (``r["dx_m"]``), but are not
+    iterated (not in ``dict(r)``, ``to_dict()`` or the JSON: their fields are)."""
+
+    _derived: ClassVar[tuple[str, ...]] = ()
 
     def __getitem__(self, key: str) -> Any:
-        if key in self._fields():
+        if key in self._fields() or key in self._derived:
             return getattr(self, key)
         return self.extra[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._derived:
+            raise KeyError(f"{key} is read-only in {type(self).__name__}: derived from its fields")
         if key in self._fields():
             setattr(self, key, value)
         else:
             self.extra[key] = value
 
     def __delitem__(self, key: str) -> None:
+        if key in self._derived:
+            raise KeyError(f"{key} is read-only in {type(self).__name__}: derived from its fields")
         if key in self._fields():
             raise KeyError(f"{key} is a field of {type(self).__name__}; set it to None instead")
         del self.extra[key]
@@ -78,6 +95,14 @@ class Record(MutableMapping):
     @classmethod
     def _fields(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def declared(cls) -> dict[str, str]:
+        """Every name it reads by — its fields and its derived keys — with its type as written
+        (``DateShift.declared().items() <= CoregistrationResult.declared().items()``)."""
+        out = {f.name: str(f.type) for f in dataclasses.fields(cls) if f.name != "extra"}
+        out.update({name: str(getattr(cls, name).fget.__annotations__["return"]) for name in cls._derived})
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Record":
@@ -116,7 +141,12 @@ class ShiftEstimate(Record):
         window_spread_m: robust spread of the windows' estimates, m (x, y)
         shift_px: the shift in pixels of the reference grid (x right, y down)
         extra: keys the result carries beyond these (a result can grow)
+
+    ``dx_m`` / ``dy_m``: read-only aliases of ``dx`` / ``dy`` (by attribute and key, not iterated
+    nor in the JSON), the names a stack's row and ``CoregistrationResult`` give them.
     """
+
+    _derived = ("dx_m", "dy_m")
 
     dx: float = 0.0
     dy: float = 0.0
@@ -137,6 +167,16 @@ class ShiftEstimate(Record):
     window_spread_m: list[float] | None = None   # robust spread of the windows' estimates, m (x, y)
     shift_px: list[float] | None = None          # the shift in pixels of the reference grid (x right, y down)
     extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def dx_m(self) -> float:
+        """Alias of ``dx`` (read-only): the displacement east, m."""
+        return self.dx
+
+    @property
+    def dy_m(self) -> float:
+        """Alias of ``dy`` (read-only): the displacement north, m."""
+        return self.dy
 
     def to_dict(self) -> dict:
         """The fields this estimate has (the others, of the other kind of estimate, left out)."""
@@ -217,6 +257,67 @@ class MatchResult(Record):
 
 
 @dataclasses.dataclass(eq=False)
+class DateShift(Record):
+    """One date's shift relative to the reference: the fields a pair's result
+    (``CoregistrationResult``: its target's) and a stack's row (``StackDate``) share, with the same
+    names and types. The displacement of the date's content, in ground metres, x east, y north: a
+    feature at the reference's map point P is found in this date at P + (dx_m, dy_m); its
+    correction is the negative (docs/conventions.md).
+
+    Attributes:
+        path: the date's input as one string (its absolute path, or the URL)
+        date: its acquisition date, YYYYMMDD (where it cannot be known: its file's stem)
+        dx_m: the displacement east, m (NaN where not placed)
+        dy_m: the displacement north, m (NaN where not placed)
+        sigma_m: its standard error (per axis, RMS of the two), m (NaN where not placed)
+        tie_points: the verified matches it rests on
+        status: ``reference``, ``ok`` (placed) or ``excluded``
+        reason: why it is excluded (or, placed, how: "placed through its neighbours"), else None
+        warnings: what a translation does not describe, a sentence each
+        verified: placed (``status`` is not ``excluded``); read-only, from ``status``
+        extra: keys the result carries beyond these (a result can grow)
+    """
+
+    _derived = ("verified",)
+
+    path: str | None = None
+    date: str | None = None
+    dx_m: float = math.nan
+    dy_m: float = math.nan
+    sigma_m: float = math.nan
+    tie_points: int = 0
+    status: str = "excluded"                      # reference | ok | excluded
+    reason: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def verified(self) -> bool:
+        """Placed: the reference, or a date its pairs placed (``status`` is not ``excluded``)."""
+        return self.status != "excluded"
+
+
+@dataclasses.dataclass(eq=False)
+class StackDate(DateShift):
+    """A stack's row (``coregister_stack(...)["dates"]``; a line of ``shifts.csv``, whose
+    ``warnings`` are joined by "; "): a ``DateShift`` with the stack's own fields.
+
+    Attributes:
+        id: its STAC Item's id, else its product's or file's name (unique in the stack)
+        date_source: where ``date`` came from (``--date``, metadata, name; ``engine.acquisition_date``)
+        bands: the bands read, comma-separated (None where it was never read)
+        offset_px: its coarse offset on the reference grid, px (None where never located)
+        shift_px: its displacement on the reference grid, px (x right, y down)
+    """
+
+    id: str | None = None
+    date_source: str | None = None
+    bands: str | None = None
+    offset_px: list[float] | None = None
+    shift_px: list[float] | None = None
+
+
+@dataclasses.dataclass(eq=False)
 class CoregistrationResult(Record):
     """Two products co-registered (``coregister.coregister``; ``coregistration.json``).
 
@@ -236,8 +337,17 @@ class CoregistrationResult(Record):
         crs: the reference grid's
         provenance: software, version, commit, settings, inputs, time
         outputs: the files written, absolute
+        date: the target's acquisition date, YYYYMMDD (where it cannot be known: its file's stem)
         extra: keys the result carries beyond these (a result can grow)
+
+    It reads as its target's ``DateShift`` too, by attribute and key (read-only, derived, not
+    in the JSON): ``dx_m`` / ``dy_m`` / ``sigma_m`` (``shift_m``'s ``dx`` / ``dy`` / ``sigma_m``;
+    NaN where not verified), ``status`` (``ok`` or ``excluded``), ``path`` (``target``); with
+    ``verified``, ``reason``, ``warnings``, ``tie_points`` and ``date``, a stack's row's names and
+    types (``StackDate``).
     """
+
+    _derived = ("path", "dx_m", "dy_m", "sigma_m", "status")
 
     verified: bool = False
     reason: str | None = None                     # why the pair is refused
@@ -254,4 +364,31 @@ class CoregistrationResult(Record):
     crs: str | None = None                        # the reference grid's
     provenance: dict | None = None                # software, version, commit, settings, inputs, time
     outputs: list[str] | None = None              # the files written, absolute
+    date: str | None = None                       # the target's acquisition date, YYYYMMDD
     extra: dict = dataclasses.field(default_factory=dict)
+
+    # the target's DateShift (read-only: from the fields above)
+    @property
+    def path(self) -> str | None:
+        """The target's input (``target``)."""
+        return self.target
+
+    @property
+    def dx_m(self) -> float:
+        """``shift_m``'s ``dx``, m east (NaN where not verified)."""
+        return math.nan if self.shift_m is None else float(self.shift_m["dx"])
+
+    @property
+    def dy_m(self) -> float:
+        """``shift_m``'s ``dy``, m north (NaN where not verified)."""
+        return math.nan if self.shift_m is None else float(self.shift_m["dy"])
+
+    @property
+    def sigma_m(self) -> float:
+        """``shift_m``'s ``sigma_m``, m (NaN where not verified)."""
+        return math.nan if self.shift_m is None else float(self.shift_m["sigma_m"])
+
+    @property
+    def status(self) -> str:
+        """``ok`` where verified, else ``excluded`` (a stack's words for its target's row)."""
+        return "ok" if self.verified else "excluded"

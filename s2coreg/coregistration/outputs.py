@@ -25,14 +25,25 @@ def write_stack_outputs(result: dict, paths: list, products: dict, grid: dp.Grid
                         write_corrected: bool) -> None:
     out = engine.OutputFolder(folder, STACK_OUTPUTS)
     with out.building() as tmp:
-        engine.write_csv(tmp / "shifts.csv", [{k: v for k, v in r.items() if k not in ("offset_px", "shift_px")}
-                                              for r in result["dates"]])
+        engine.write_csv(tmp / "shifts.csv", [shifts_row(r) for r in result["dates"]], SHIFTS_COLUMNS)
         engine.write_csv(tmp / "pairs.csv", result["pairs"])
         plot_report(result, tmp / "report.png")
         write_json(tmp / "items.geojson", corrected_items(result, paths, products, grid, tmp, out.folder))
         if write_corrected:
             write_corrected_stack(result, paths, products, grid, tmp / "corrected", out.folder / "corrected")
         write_json(tmp / "stack.json", {k: v for k, v in result.items() if k not in ("dates", "pairs")})
+
+
+SHIFTS_COLUMNS = ["path", "id", "date", "date_source", "bands", "dx_m", "dy_m", "sigma_m", "tie_points", "status",
+                  "reason", "warnings"]
+
+
+def shifts_row(row) -> dict:
+    """A date's line of ``shifts.csv`` (a ``results.StackDate``, or its dict): its warnings one
+    text, joined by "; " (empty where there are none)."""
+    warnings = row["warnings"]
+    text = "; ".join(warnings) if isinstance(warnings, (list, tuple)) else warnings
+    return {**{k: row[k] for k in SHIFTS_COLUMNS}, "warnings": text or None}
 
 
 def plot_report(result: dict, path: Path) -> None:

@@ -57,7 +57,7 @@ import s2coreg.io.geo as geo
 import s2coreg.io.remote as remote
 from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import CE90_PER_SIGMA, pixel_shifts_in_metres  # noqa: F401  (public names of this script)
-from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, matcher_choices
+from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, Pipeline, matcher_choices
 from s2coreg.results import CoregistrationResult, ShiftEstimate
 from s2coreg.io.imaging import normalize_for_network
 from s2coreg.utils import PipelineError, atomic_path, set_threads, write_json
@@ -75,7 +75,7 @@ class Coregistration:
     """
 
     def __init__(self, reference, target, bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
-                 pipeline: MatchingPipeline | None = None, progress: bool = True,
+                 pipeline: Pipeline | None = None, progress: bool = True,
                  ref_nodata: float | str | None = None, target_nodata: float | str | None = None,
                  dates: dict | None = None):
         self.cfg = cfg or CoregisterConfig()
@@ -124,7 +124,9 @@ class Coregistration:
                       nodata={"reference": e.nodata_in_use(self.ref, self.ref_bands),
                               "target": e.nodata_in_use(self.tgt, self.tgt_bands)},
                       reference=engine.input_label(self.ref.source), target=engine.input_label(self.tgt.source),
-                      crs=g.crs.to_string())
+                      crs=g.crs.to_string(),
+                      # the target's date as a stack's row gives it (results.DateShift)
+                      date=self.loc_tgt.date or remote.stem_of(engine.first_path(self.inputs[1])))
         if self.check is not None:
             result["band_check"] = self.check
         return result
@@ -534,7 +536,7 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
 @engine.one_writer
 def coregister(reference, target, output: str | Path | None = None, bands: tuple[str, ...] | None = None,
                write_corrected: bool = False, cfg: CoregisterConfig | None = None,
-               pipeline: MatchingPipeline | None = None, progress: bool = True,
+               pipeline: Pipeline | None = None, progress: bool = True,
                correction: str = "translation", ref_nodata: float | str | None = None,
                target_nodata: float | str | None = None, dates: dict | None = None) -> CoregistrationResult:
     """Co-register ``target`` to ``reference``; with ``output``, write every output there

@@ -66,6 +66,7 @@ import s2coreg.coregistration.outputs as stack_outputs
 from s2coreg.coregistration.cache import WorkCache
 from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import DateFeatures, PairMeasure
+from s2coreg.results import StackDate
 from s2coreg.utils import PipelineError, atomic_path, set_threads
 
 _PIPELINES: dict = {}     # one matching pipeline per worker process, matcher and device, loaded on its first task
@@ -576,7 +577,9 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                      write_corrected: bool = False, progress: bool = True, client=None,
                      dates: dict | None = None, device: str | None = None) -> dict:
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
-    ``shifts.csv`` and ``pairs.csv`` and what the run was, and with ``output`` writes them.
+    ``shifts.csv`` (``"dates"``: a ``results.StackDate`` a date, read as a dict too, whose shared
+    fields are a pair's ``CoregistrationResult``'s: ``dx_m``, ``dy_m``, ``sigma_m``, ``status``, …)
+    and ``pairs.csv`` (``"pairs"``: dicts) and what the run was, and with ``output`` writes them.
     ``client``: a ``dask.distributed.Client`` to run on (left open), instead of ``scheduler`` /
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
     more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``). ``dates``:
@@ -892,15 +895,14 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
         date, source = ((d.date, d.location.date_source) if d else
                         (locations[k].date, locations[k].date_source) if k in locations else
                         engine.acquisition_date(products.get(k), p, engine.given_date(given_dates, p)))
-        rows.append({"path": _label(p), "id": ids[k], "date": date or remote.stem_of(engine.first_path(p)),
-                     "date_source": source,
-                     "bands": ",".join(locations[k].bands)
-                     if k in locations else None, "dx_m": float(x_m[k, 0]),
-                     "dy_m": float(x_m[k, 1]), "sigma_m": float(solution["sigma"][k] * px),
-                     "tie_points": sum(r.tie_points for r in pairs if r.verified and k in (r.i, r.j)),
-                     "status": status, "reason": reason, "warnings": "; ".join(warnings) or None,
-                     "offset_px": list(locations[k].offset_px) if k in locations else None,
-                     "shift_px": [float(v) for v in solution["x"][k]]})
+        rows.append(StackDate(path=_label(p), id=ids[k], date=date or remote.stem_of(engine.first_path(p)),
+                              date_source=source,
+                              bands=",".join(locations[k].bands) if k in locations else None, dx_m=float(x_m[k, 0]),
+                              dy_m=float(x_m[k, 1]), sigma_m=float(solution["sigma"][k] * px),
+                              tie_points=sum(r.tie_points for r in pairs if r.verified and k in (r.i, r.j)),
+                              status=status, reason=reason, warnings=warnings,
+                              offset_px=list(locations[k].offset_px) if k in locations else None,
+                              shift_px=[float(v) for v in solution["x"][k]]))
     pair_rows = []
     for r in pairs:
         d_m = _to_metres(grid, [r.shift_px])[0] if r.verified else [np.nan, np.nan]

@@ -24,6 +24,9 @@ SuperGlue_architecture.py) all go through this module, so they cannot drift:
   image 1 by a provisional homography of the matches, and each inlier's point is moved by
   Lucas-Kanade on both images' local contrast (``imaging.local_contrast``, gain- and offset-free).
 * ``verify``: USAC_MAGSAC homography; a pair is verified with at least ``min_inliers`` inliers.
+* ``Pipeline``: the protocol callers use (``extractor``, ``refine``, ``name``, ``matcher_name``,
+  ``extract``, ``match_features``, ``verify``, ``match``), which ``MatchingPipeline`` and
+  ``CascadePipeline`` both follow and ``MatchingPipeline.from_checkpoints`` returns.
 
 Features (``extract``): ``keypoints`` (N, 2) x y in the input's own pixel frame, pixel centres at
 integers; ``scores`` (N); ``descriptors`` (N, D) unit length; ``image_size`` (width, height) of
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -616,6 +620,49 @@ def correlate_keypoints1(f0: dict, f1: dict, matches0: np.ndarray, keypoints1: n
 
 
 # ----------------------------------------------------------------------------- pipeline
+@runtime_checkable
+class Pipeline(Protocol):
+    """What callers use of a matching path, and what ``MatchingPipeline.from_checkpoints`` returns:
+    a ``MatchingPipeline``, or for ``matcher="fast"`` / ``"sift-first"`` a ``CascadePipeline``.
+    ``ImageMatcher`` and ``evaluate.py``'s ``PipelineMethod`` take either, the co-registration
+    engine and ``Coregistration`` too (but ``sift-first``, whose features are not SuperPoint's
+    alone: ``engine.check_matcher``). ``isinstance(p, Pipeline)`` checks the names are there.
+
+    Attributes:
+        extractor: the features' extractor (its ``network_size(width, height)``: what
+            ``ImageMatcher`` reads a large file at); None for a pipeline of features read from files
+        refine: the fine head moves the matches (False where the checkpoint has none)
+        name: the path that runs, as the provenance records it (``superpoint+superglue+refine+correlate``;
+            a cascade's: ``FIRST, else FALLBACK``)
+        matcher_name: the name ``matcher=`` takes for it (``superglue``, ``mnn``, ``fast``, ...)
+    """
+
+    extractor: SuperPointExtractor | SiftExtractor | None
+    refine: bool
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def matcher_name(self) -> str: ...
+
+    def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
+        """One image's features (the module docstring's Features)."""
+        ...
+
+    def match_features(self, f0: dict, f1: dict) -> dict:
+        """Two images' features matched and refined (a cascade's: verified too)."""
+        ...
+
+    def verify(self, result: dict) -> dict:
+        """``match_features``'s result with ``homography``, ``inliers``, ``num_inliers``, ``verified``."""
+        ...
+
+    def match(self, image0, image1, valid0=None, valid1=None) -> dict:
+        """Extract, match, refine and verify two image arrays."""
+        ...
+
+
 class MatchingPipeline:
     """Extractor + matcher + refinement + verification: arrays in, the standard dict out.
 
@@ -648,12 +695,12 @@ class MatchingPipeline:
                          min_inliers: int = MatchingConfig.min_inliers, detection_threshold: float | None = None,
                          nms_radius: int | None = None, superpoint=None, superglue=None,
                          correlate: bool = MatchingConfig.correlate,
-                         fast_min_inliers: int = MatchingConfig.fast_min_inliers) -> "MatchingPipeline":
+                         fast_min_inliers: int = MatchingConfig.fast_min_inliers) -> Pipeline:
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
         checkpoint's. ``matcher="fast"`` or ``"sift-first"`` gives a ``CascadePipeline``
-        (``fast_min_inliers``: the fast one's acceptance)."""
+        (``fast_min_inliers``: the fast one's acceptance): either is a ``Pipeline``."""
         if matcher in CASCADES:
             return CascadePipeline.from_checkpoints(matcher, model_path, device, max_keypoints=max_keypoints,
                                                     accept_inliers=fast_min_inliers,
@@ -739,7 +786,7 @@ class MatchingPipeline:
 
 class CascadePipeline:
     """A cheap matching path first, a stronger one only where the first does not verify: the
-    same interface as ``MatchingPipeline``; a result says which path made it (``method``, and
+    same interface as ``MatchingPipeline`` (both are a ``Pipeline``); a result says which path made it (``method``, and
     ``cascade_path``: the first path's or the fallback's short name). Two are built by name:
 
     * ``matcher="fast"``: SuperPoint + mutual nearest neighbours (+ fine head + correlation

@@ -34,7 +34,7 @@ import torch
 import s2coreg.cli as cli
 from s2coreg.config import EvalConfig
 from s2coreg.training.dataset import VALIDATION_SOURCES, evaluation_pairs, make_eval_sample, test_pairs
-from s2coreg.matching.pipeline import (CASCADES, MATCHERS, OWN_MATCHER, MatchingPipeline, UnknownMatcher,
+from s2coreg.matching.pipeline import (CASCADES, MATCHERS, OWN_MATCHER, MatchingPipeline, Pipeline, UnknownMatcher,
                                        correlate_keypoints1, matcher_class)
 from s2coreg.matching.geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
 from s2coreg.io.imaging import local_contrast, percentile_stretch, to_uint8
@@ -104,7 +104,7 @@ class PipelineMethod:
     """A learned method: the one matching pipeline of ``s2coreg/matching/pipeline.py`` (SuperPoint, a registered
     matcher, optional fine-head refinement), exactly as ``ImageMatcher`` runs it."""
 
-    def __init__(self, pipeline: MatchingPipeline):
+    def __init__(self, pipeline: Pipeline):
         self.pipeline, self.name = pipeline, pipeline.name
 
     def extract(self, image: np.ndarray, valid: np.ndarray) -> dict:
