@@ -226,7 +226,7 @@ def writable_folder(output) -> Path:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise PipelineError(f"{output}: cannot write here ({exc.strerror}); choose another --output") from exc
+        raise PipelineError(f"{output}: cannot write here ({exc.strerror}); choose another output=") from exc
     return output
 
 
