@@ -91,5 +91,6 @@ def stack_cli_on_shared_cluster(monkeypatch, dask_client):
     import s2coreg.coregistration.stack as stack
 
     real = stack.coregister_stack
-    monkeypatch.setattr(stack, "coregister_stack", lambda *a, **k: real(*a, **{**k, "client": dask_client}))
+    monkeypatch.setattr(stack, "coregister_stack", lambda *a, **k: real(*a, **{**k, "client": dask_client,
+                                                                            "scheduler": None, "workers": None}))
     return dask_client

@@ -18,6 +18,7 @@ from rasterio.transform import Affine
 import s2coreg.config as config
 import s2coreg.coregistration.pair as coregister
 import s2coreg.coregistration.stack as stack
+from s2coreg.utils import PipelineError
 
 pytestmark = pytest.mark.shipped
 
@@ -349,3 +350,13 @@ def test_the_readme_stack_command(tmp_path, capsys, stack_cli_on_shared_cluster)
     assert sum(r["status"] != "excluded" for r in rows.values()) == 6
     assert rows[SNOW]["status"] == "excluded" and rows[SNOW]["reason"] and "excluded: " in err and SNOW in err
     assert len(list((out / "corrected").glob("*.tif"))) == 6
+
+
+def test_a_client_and_a_cluster_of_its_own_are_refused_together(dask_client):
+    """``client=`` runs on that client; ``scheduler=`` / ``workers=`` with it would be ignored:
+    refused in one line before any work; the options after ``reference`` are keywords only."""
+    for extra in ({"workers": 2}, {"scheduler": "tcp://127.0.0.1:1"}):
+        with pytest.raises(PipelineError, match=r"^client= runs the stack on that client.*give one or the other$"):
+            stack.coregister_stack([str(p) for p in DATES[:2]], client=dask_client, progress=False, **extra)
+    with pytest.raises(TypeError):
+        stack.coregister_stack([str(p) for p in DATES[:2]], None, "auto", ("B04",))

@@ -755,8 +755,9 @@ def stack_main(args, cfg: CoregisterConfig) -> int:
                                         args.max_items)
                 print(f"{len(found)} Items found by {args.stac_search}", file=sys.stderr)
                 inputs += found
-            result = coregister_stack(inputs, args.output, args.stack_reference, args.bands, cfg,
-                                      args.scheduler, args.workers or None, args.neighbours, args.write_corrected,
+            result = coregister_stack(inputs, args.output, args.stack_reference, bands=args.bands, cfg=cfg,
+                                      scheduler=args.scheduler, workers=args.workers or None,
+                                      neighbours=args.neighbours, write_corrected=args.write_corrected,
                                       dates=args.date, device=args.device)
     except BaseException as exc:
         code = cli.failure(exc, **ending(args.output, stack=True))

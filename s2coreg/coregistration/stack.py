@@ -571,7 +571,59 @@ def _value(future, date):
 
 # ----------------------------------------------------------------------------- driver
 @engine.one_writer            # with ``output``: its one writer, from before any work to the cache's pruning
-def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto",
+def given_reference(paths: list, reference) -> tuple[list, int | None]:
+    """The stack's dates and the index of its given reference (``"auto"``: None, chosen later):
+    one of ``paths`` (by path, URL or Item id), or a date of its own put first."""
+    if str(reference) == "auto":
+        return paths, None
+    ref_k = _find_date(paths, str(reference))
+    if ref_k is not None:
+        return paths, ref_k
+    if not remote.is_remote(reference) and not Path(str(reference)).exists():
+        ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
+        raise PipelineError(f"reference={str(reference)!r} is not a date of the stack (no such path, URL or Item "
+                            f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
+    given = expand_inputs([reference])
+    if len(given) != 1:
+        raise PipelineError(f"reference={str(reference)!r} is one date (a path, URL or Item id of the stack); "
+                            f"it holds {len(given)}")
+    same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
+            and p.id == given[0].id]
+    return (paths, same[0]) if same else ([given[0], *paths], 0)
+
+
+def usable_bands(paths: list, products: dict, bands: tuple[str, ...], errors: dict) -> dict:
+    """The bands read of each opened date that can be placed: the bands most dates share (else
+    each date's own), on a map CRS and a north-up grid (a rotated date would be "placed" km off);
+    a date that cannot is left out with its reason in ``errors``."""
+    keys = list(products)
+    try:
+        per_date = engine.common_bands([products[k] for k in keys], bands, quorum=0.5)
+    except PipelineError:
+        per_date = []
+        for k in keys:
+            try:
+                per_date.append(engine.date_bands(products[k], bands))
+            except PipelineError as exc:
+                errors[k] = str(exc)
+                per_date.append(None)
+    date_bands = {k: b for k, b in zip(keys, per_date) if b is not None}
+    for k in list(date_bands):
+        try:
+            engine.check_georeference(products[k], date_bands[k], "date")
+        except Exception as exc:
+            errors[k] = _reason(exc, paths[k], raise_unforeseen=True)
+            date_bands.pop(k)
+    return date_bands
+
+
+def pipeline_name(matcher: str, device: str | None) -> str:
+    """The matching path a worker runs (``superpoint+superglue+refine+correlate`` …), for the
+    provenance: read where the pipeline is already loaded."""
+    return worker_pipeline(matcher, device).name
+
+
+def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto", *,
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
                      write_corrected: bool = False, progress: bool = True, client=None,
@@ -587,52 +639,20 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     the workers' (``cpu``, ``cuda``; None or ``"auto"``: each worker's CUDA GPU where torch can use
     one, else its CPU, resolved on the worker), checked on every worker before any work."""
     cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
+    if client is not None and (scheduler is not None or workers is not None):
+        raise PipelineError("client= runs the stack on that client; scheduler= and workers= start or reach a cluster "
+                            "of its own: give one or the other")
     bands = dp.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
-    paths = _unique(expand_inputs(inputs))
     start = time.time()
-    ref_k = None                  # the reference's index: given (a path, URL or Item id of the stack) or chosen
-    if str(reference) != "auto":
-        ref_k = _find_date(paths, str(reference))
-        if ref_k is None:
-            if not remote.is_remote(reference) and not Path(str(reference)).exists():
-                ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
-                raise PipelineError(f"reference={str(reference)!r} is not a date of the stack (no such path, URL or Item "
-                                    f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
-            given = expand_inputs([reference])
-            if len(given) != 1:
-                raise PipelineError(f"reference={str(reference)!r} is one date (a path, URL or Item id of the stack); "
-                                    f"it holds {len(given)}")
-            same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
-                    and p.id == given[0].id]
-            if same:
-                ref_k = same[0]
-            else:
-                paths, ref_k = [given[0], *paths], 0
+    paths, ref_k = given_reference(_unique(expand_inputs(inputs)), reference)
     pinned, pinned_grid, pinned_content = _earlier_run(output, paths) if ref_k is None else (None, None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
     engine.check_given_dates(dates, paths)
     products, errors = open_dates(paths, bands)
-    keys = list(products)
-    try:
-        per_date = engine.common_bands([products[k] for k in keys], bands, quorum=0.5)
-    except PipelineError:
-        per_date = []
-        for k in keys:
-            try:
-                per_date.append(engine.date_bands(products[k], bands))
-            except PipelineError as exc:
-                errors[k] = str(exc)
-                per_date.append(None)
-    date_bands = {k: b for k, b in zip(keys, per_date) if b is not None}
-    for k in list(date_bands):        # a map CRS and a north-up grid (a rotated date would be "placed" km off)
-        try:
-            engine.check_georeference(products[k], date_bands[k], "date")
-        except Exception as exc:
-            errors[k] = _reason(exc, paths[k], raise_unforeseen=True)
-            date_bands.pop(k)
+    date_bands = usable_bands(paths, products, bands, errors)
     if ref_k is not None and ref_k not in date_bands:
         raise PipelineError(errors[ref_k])
     # the grid's date: the given reference, else the earlier run's grid date, else the first date —
@@ -771,6 +791,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             done = {(p.i, p.j) for p in pairs}
             pairs += run_pairs(client, sorted({(min(k, ref), max(k, ref)) for k in best if k != ref} - done), futures,
                                cfg, px_m, progress, cache, feature_keys, device)
+        matching = client.submit(pipeline_name, cfg.matcher, device, pure=False).result()
         timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(extracted),
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
                   "pairs_s": round(time.time() - t_pairs, 2)}
@@ -796,14 +817,11 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
-    from s2coreg.matching.pipeline import MatchingPipeline
-
     result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
                                              correction="translation" if write_corrected else None,
                                              device=",".join(worker_devices),
-                                             matching=MatchingPipeline.from_checkpoints(matcher=cfg.matcher,
-                                                                                        device="cpu").name)
+                                             matching=matching)
     if output is not None:
         stack_outputs.write_stack_outputs(result, paths, products, grid, Path(output), write_corrected)
     return result
@@ -1043,9 +1061,9 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
                     dst.descriptions = tuple(names[c] if names[c] != "grey" else "" for c in chosen)
         for old in set(tmp.glob("date_*.tif")) - set(files):          # dates no longer in the array
             old.unlink(missing_ok=True)
-        result = coregister_stack(files, output, str(files[ref_k]) if ref_k is not None else "auto", bands,
-                                  cfg, scheduler, workers, neighbours, progress=progress, client=client,
-                                  device=device)
+        result = coregister_stack(files, output, str(files[ref_k]) if ref_k is not None else "auto", bands=bands,
+                                  cfg=cfg, scheduler=scheduler, workers=workers, neighbours=neighbours,
+                                  progress=progress, client=client, device=device)
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
