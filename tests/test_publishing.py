@@ -565,3 +565,27 @@ def test_cli_script_keeps_exit_1_for_results_and_gives_a_bug_3(capsys):
     assert cli.script(raising(ZeroDivisionError("a bug"))) == cli.BUG == 3
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err and "a bug: please report it" in err
+
+
+def test_a_python_stack_holds_its_folder_while_it_runs(tmp_path, monkeypatch, dask_client):
+    """``coregister_stack(..., output)`` from Python is its folder's one writer while it runs (not
+    only the command line): another writer, here another thread, is refused while its pairs run."""
+    out = tmp_path / "out"
+    seen = []
+    real = stack.run_pairs
+
+    def run_pairs(*args, **kwargs):
+        def other_writer():
+            try:
+                with engine.OutputFolder(out, engine.RESULT_NAMES).locked():
+                    seen.append("got the lock")
+            except PipelineError as exc:
+                seen.append(str(exc))
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        thread.join()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stack, "run_pairs", run_pairs)
+    stack.coregister_stack(STACK_DATES, out, client=dask_client, progress=False)
+    assert seen and all("another run is writing there" in s for s in seen), seen

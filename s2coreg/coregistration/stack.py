@@ -570,7 +570,6 @@ def _value(future, date):
 
 
 # ----------------------------------------------------------------------------- driver
-@engine.one_writer            # with ``output``: its one writer, from before any work to the cache's pruning
 def given_reference(paths: list, reference) -> tuple[list, int | None]:
     """The stack's dates and the index of its given reference (``"auto"``: None, chosen later):
     one of ``paths`` (by path, URL or Item id), or a date of its own put first."""
@@ -623,6 +622,7 @@ def pipeline_name(matcher: str, device: str | None) -> str:
     return worker_pipeline(matcher, device).name
 
 
+@engine.one_writer            # with ``output``: its one writer, from before any work to the cache's pruning
 def coregister_stack(inputs: list, output: str | Path | None = None, reference: str = "auto", *,
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
