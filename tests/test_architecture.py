@@ -160,7 +160,7 @@ LAYERS = {  # docs/architecture.md's module map: a module imports from its own l
     "s2coreg.matching.pipeline": 4,
     "s2coreg.training.evaluate": 5, "s2coreg.matching.visualization": 5, "s2coreg.coregistration.engine": 5,
     "s2coreg.matching.matcher": 6, "s2coreg.matching.stages": 6, "s2coreg.coregistration.pair": 6,
-    "s2coreg.coregistration.stack": 6, "s2coreg.coregistration.outputs": 6, "s2coreg.coregistration.cache": 6,
+    "s2coreg.coregistration.stack": 6, "s2coreg.coregistration.dates": 6, "s2coreg.coregistration.outputs": 6, "s2coreg.coregistration.cache": 6,
     "s2coreg.preprocess": 6,
     "s2coreg.training.loop": 6, "s2coreg.training.superpoint": 6, "s2coreg.training.superglue": 6,
     "s2coreg.commands": 7, "s2coreg": 7,  # the package's names load lazily from the layers below

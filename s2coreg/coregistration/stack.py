@@ -45,11 +45,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -68,6 +66,8 @@ from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import DateFeatures, PairMeasure
 from s2coreg.results import StackDate
 from s2coreg.utils import PipelineError, atomic_path, set_threads
+from s2coreg.coregistration.dates import (date_label, expand_inputs, failure_reason, find_date, given_reference,
+                                          open_dates, unique_dates)
 
 _PIPELINES: dict = {}     # one matching pipeline per worker process, matcher and device, loaded on its first task
 
@@ -109,81 +109,6 @@ def check_workers_device(client, device: str | None) -> list[str]:
     return sorted({used for used, _ in found.values()})
 
 
-# ----------------------------------------------------------------------------- inputs
-def _is_band_file(p: Path) -> bool:
-    return bool(re.search(r"(?:^|_)(B\d[\dA])(?:_\d\dm)?$", p.stem))
-
-
-def _own_output(p: Path) -> bool:
-    """Whether ``p`` is an output of this tool, never a date: a result's names (``engine.RESULT_NAMES``:
-    a pair's ``shift_field.tif`` or a stack's ``stack.json`` written into the input folder), the
-    stack's ``cache/``, and hidden files and folders (a result being built or published, the lock)."""
-    return p.name in engine.RESULT_NAMES or p.name == "cache" or p.name.startswith(".")
-
-
-def _dates_in_folder(folder: Path) -> list:
-    """The dates a folder holds (each a path, or a list of one date's band files); this tool's own
-    outputs in it are not dates (``_own_output``)."""
-    entries = [p for p in folder.iterdir() if not _own_output(p)]
-    safes = sorted(p for p in entries if dp.is_safe(p))
-    items = sorted(p for p in entries if p.suffix.lower() == ".json")
-    rasters = sorted(p for p in entries if p.suffix.lower() in (".tif", ".tiff", ".jp2"))
-    out: list = [*safes, *(ref for p in items for ref in _expand_document(p))]
-    if rasters:
-        by_date: dict[str, list[Path]] = {}
-        for r in rasters:
-            found = re.search(r"(20\d{6})", r.name)
-            by_date.setdefault(found.group(1) if found else f"#{r.name}", []).append(r)
-        dated = [k for k in by_date if not k.startswith("#")]
-        if len(dated) >= 2:                               # dated files: one date per date in the names
-            out += [files if len(files) > 1 else files[0] for _, files in sorted(by_date.items())]
-        elif all(_is_band_file(r) for r in rasters):       # one date's band files
-            out.append(folder)
-        else:                                              # rasters of their own (multi-band)
-            out += rasters
-    if not out:                                            # a folder of date folders (imgs_1/, imgs_2/)
-        out = [d for d in sorted(entries) if d.is_dir() and any(
-            q.suffix.lower() in (".tif", ".tiff", ".jp2") for q in d.iterdir())]
-    return out
-
-
-def expand_inputs(inputs: list) -> list:
-    """Files, folders, globs and URLs → the stack's dates, in the order given (each a path or
-    URL, a list of one date's band files, or a ``dp.ItemRef``: an ItemCollection, local or
-    remote, is a date an Item)."""
-    out: list = []
-    for item in inputs:
-        if isinstance(item, (list, tuple)):
-            out.append([p if remote.is_remote(p) else Path(p) for p in item])
-            continue
-        if isinstance(item, dp.ItemRef):
-            out.append(item)
-            continue
-        item = str(item)
-        if remote.is_remote(item):
-            out += [item] if remote.is_raster(item) else _expand_document(item)
-            continue
-        matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
-        for m in matches:
-            p = Path(m)
-            if p.is_dir() and not dp.is_safe(p):
-                out += _dates_in_folder(p)
-            elif p.suffix.lower() in (".json", ".geojson") and p.is_file():
-                out += _expand_document(p)
-            else:
-                out.append(p)
-    return out
-
-
-def _find_date(paths: list, reference: str) -> int | None:
-    """The index of the date ``reference`` names (its path or URL, or an Item's id), or None."""
-    label = engine.input_label(reference) if not remote.is_remote(reference) else reference
-    for k, p in enumerate(paths):
-        if _label(p) == label or (isinstance(p, dp.ItemRef) and (p.id == reference or str(p) == reference)):
-            return k
-    return None
-
-
 def _earlier_run(output, paths: list) -> tuple[int | None, int | None, str | None]:
     """The reference an earlier run in ``output`` chose and the date whose grid it used, where
     those dates are still in the stack (a stack that grows keeps both: the shifts of its old dates
@@ -198,42 +123,12 @@ def _earlier_run(output, paths: list) -> tuple[int | None, int | None, str | Non
 
     def find(*keys):
         for key in keys:
-            k = _find_date(paths, str(earlier[key])) if earlier.get(key) else None
+            k = find_date(paths, str(earlier[key])) if earlier.get(key) else None
             if k is not None:
                 return k
         return None
 
     return find("reference", "reference_id"), find("grid_date"), earlier.get("reference_content")
-
-
-def _unique(dates: list) -> list:
-    """The dates without repeats (the same file, URL or Item id given twice: used once, said once)."""
-    out, seen = [], set()
-    for d in dates:
-        key = ("item", d.id) if isinstance(d, dp.ItemRef) and d.id else ("path", _label(d))
-        if key in seen:
-            print(f"{_label(d)}: given twice; used once", file=sys.stderr)
-            continue
-        seen.add(key)
-        out.append(d)
-    return out
-
-
-def _expand_document(location) -> list:
-    """A STAC document's dates: an Item is one (its location); an ItemCollection one an Item."""
-    try:
-        refs = dp.stac_items(location)
-    except PipelineError:
-        return [location]                    # reported with the date (open_date says what is wrong)
-    return refs
-
-
-def _label(date) -> str:
-    """A date's path as one string (a list of band files: their folder; an Item: its document#id)."""
-    if isinstance(date, (list, tuple)):
-        first = date[0]
-        return remote.parent_of(first) if remote.is_remote(first) else str(Path(first).parent.resolve())
-    return engine.input_label(date)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -255,7 +150,7 @@ def reports_bad_input(task):
         try:
             return task(*args, **kwargs)
         except Exception as exc:
-            line = engine.bad_input_line(exc, _label(getattr(args[0], "path", args[0])))
+            line = engine.bad_input_line(exc, date_label(getattr(args[0], "path", args[0])))
             if line is None:
                 raise
             return TaskError(line)
@@ -507,7 +402,7 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
         try:
             value = fut.result()
         except Exception as exc:       # a bad product is reported; the others go on
-            errors[k] = _reason(exc, paths[k])
+            errors[k] = failure_reason(exc, paths[k])
             continue
         if isinstance(value, TaskError):
             errors[k] = value.message
@@ -518,79 +413,19 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
     return out
 
 
-OPEN_THREADS = 8          # dates opened at once in the main process (headers: waiting on I/O, not CPU)
-
-
-def open_dates(paths: list, bands: tuple[str, ...]) -> tuple[dict[int, dp.Product], dict[int, str]]:
-    """Every date's product opened (``engine.open_date``: headers, tags, undeclared fill), several
-    at once: a remote date's open waits on the network (GDAL releases the GIL), each within its
-    own time bound (``remote.within_deadline``), so dates on a server that does not answer cost
-    one bound together, not one each in turn. Returns the products and, for the dates that
-    cannot be opened, their one-line reasons, both by the date's index."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(p):
-        try:
-            return engine.open_date(p, "date", bands), None
-        except Exception as exc:       # a bad date is excluded with its reason in words, wherever it stands
-            return None, _reason(exc, p, raise_unforeseen=True)
-
-    products: dict[int, dp.Product] = {}
-    errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=min(OPEN_THREADS, max(1, len(paths)))) as pool:
-        for k, (product, error) in enumerate(pool.map(one, paths)):
-            if error is None:
-                products[k] = product
-            else:
-                errors[k] = error
-    return products, errors
-
-
-def _reason(exc: BaseException, date, raise_unforeseen: bool = False) -> str:
-    """Why ``date`` failed, in words: a bad input's line (``engine.bad_input_line``); an unforeseen
-    exception named as a fault of this tool (its traceback is in the worker's log), or raised
-    again with ``raise_unforeseen`` (in this process: its traceback is then shown)."""
-    line = engine.bad_input_line(exc, _label(date))
-    if line is None and raise_unforeseen:
-        raise exc
-    return line or (f"{_label(date)}: could not be processed (an unforeseen {type(exc).__name__}, a fault of this "
-                    "tool; its traceback is in the log); please report it")
-
-
 def _value(future, date):
     """A task's value; its failure (a ``TaskError``, or an exception after Dask's retries) as a
     ``PipelineError`` in words."""
     try:
         value = future.result()
     except Exception as exc:
-        raise PipelineError(_reason(exc, date)) from exc
+        raise PipelineError(failure_reason(exc, date)) from exc
     if isinstance(value, TaskError):
         raise PipelineError(value.message)
     return value
 
 
 # ----------------------------------------------------------------------------- driver
-def given_reference(paths: list, reference) -> tuple[list, int | None]:
-    """The stack's dates and the index of its given reference (``"auto"``: None, chosen later):
-    one of ``paths`` (by path, URL or Item id), or a date of its own put first."""
-    if str(reference) == "auto":
-        return paths, None
-    ref_k = _find_date(paths, str(reference))
-    if ref_k is not None:
-        return paths, ref_k
-    if not remote.is_remote(reference) and not Path(str(reference)).exists():
-        ids = [p.id for p in paths if isinstance(p, dp.ItemRef)]
-        raise PipelineError(f"reference={str(reference)!r} is not a date of the stack (no such path, URL or Item "
-                            f"id{' among ' + ', '.join(ids[:6]) + (' …' if len(ids) > 6 else '') if ids else ''})")
-    given = expand_inputs([reference])
-    if len(given) != 1:
-        raise PipelineError(f"reference={str(reference)!r} is one date (a path, URL or Item id of the stack); "
-                            f"it holds {len(given)}")
-    same = [k for k, p in enumerate(paths) if isinstance(p, dp.ItemRef) and isinstance(given[0], dp.ItemRef)
-            and p.id == given[0].id]
-    return (paths, same[0]) if same else ([given[0], *paths], 0)
-
-
 def usable_bands(paths: list, products: dict, bands: tuple[str, ...], errors: dict) -> dict:
     """The bands read of each opened date that can be placed: the bands most dates share (else
     each date's own), on a map CRS and a north-up grid (a rotated date would be "placed" km off);
@@ -611,7 +446,7 @@ def usable_bands(paths: list, products: dict, bands: tuple[str, ...], errors: di
         try:
             engine.check_georeference(products[k], date_bands[k], "date")
         except Exception as exc:
-            errors[k] = _reason(exc, paths[k], raise_unforeseen=True)
+            errors[k] = failure_reason(exc, paths[k], raise_unforeseen=True)
             date_bands.pop(k)
     return date_bands
 
@@ -646,7 +481,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
     start = time.time()
-    paths, ref_k = given_reference(_unique(expand_inputs(inputs)), reference)
+    paths, ref_k = given_reference(unique_dates(expand_inputs(inputs)), reference)
     pinned, pinned_grid, pinned_content = _earlier_run(output, paths) if ref_k is None else (None, None, None)
     if len(paths) < 2:
         raise PipelineError(f"{', '.join(map(str, inputs))}: a stack needs at least two dates (found {len(paths)})")
@@ -687,7 +522,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                     raise PipelineError(errors[grid_k])
                 # a date is its files' content and its path (its name and date may come from the path: two
                 # dates of the same pixels are still two dates)
-                loc_keys = {k: cache.key("location", content[k], _label(paths[k]), content[grid_k]) for k in date_bands}
+                loc_keys = {k: cache.key("location", content[k], date_label(paths[k]), content[grid_k]) for k in date_bands}
                 locations = {}
                 for k in date_bands:
                     cached = cache.get("locations", loc_keys[k])
@@ -745,7 +580,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
         if ref_k is not None:
             ref = ref_k
             if ref not in ok:
-                raise PipelineError(f"{_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
+                raise PipelineError(f"{date_label(paths[ref])}: the reference has no usable window: {errors.get(ref)}")
             ref_reason = "given"
         elif pinned is not None and pinned in ok and content.get(pinned) == pinned_content:
             ref, ref_reason = pinned, (f"kept from the earlier run in {Path(output).resolve()} (a grown stack keeps "
@@ -786,7 +621,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             first, others = ref, len(_joined(ref, pairs)) - 1
             ref, ref_reason = choose_reference([dates[k] if k in best else None for k in range(len(paths))])
             ref_reason += (f"; chosen among the {len(best)} dates that verified pairs join together "
-                           f"({remote.name_of(_label(paths[first]))} had more keypoints, but is joined to "
+                           f"({remote.name_of(date_label(paths[first]))} had more keypoints, but is joined to "
                            f"{engine.plural(others, 'other date') if others else 'no other date'})")
             done = {(p.i, p.j) for p in pairs}
             pairs += run_pairs(client, sorted({(min(k, ref), max(k, ref)) for k in best if k != ref} - done), futures,
@@ -805,7 +640,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     changed = cache.changed({k: (products[k], date_bands[k]) for k in content if k in date_bands}, content)
     if changed:                   # read part before, part after an edit: neither the result nor its work is kept
         cache.forget_computed()
-        raise PipelineError(f"{'; '.join(_label(paths[k]) for k in changed)}: changed while this run read "
+        raise PipelineError(f"{'; '.join(date_label(paths[k]) for k in changed)}: changed while this run read "
                             f"{'it' if len(changed) == 1 else 'them'} (the content differs from the run's start); "
                             "nothing published, this run's work not kept: rerun once the files are written")
     cache.prune()
@@ -813,11 +648,11 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result = finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, time.time() - start,
                     scheduler, given_dates)
     result["timing"] = timing
-    result["grid_date"] = _label(paths[grid_k])
+    result["grid_date"] = date_label(paths[grid_k])
     result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
     result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
-    result["provenance"] = engine.provenance([_label(p) for p in paths], cfg, bands=list(bands),
+    result["provenance"] = engine.provenance([date_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
                                              correction="translation" if write_corrected else None,
                                              device=",".join(worker_devices),
@@ -873,7 +708,7 @@ def item_ids(paths: list, products: dict) -> list[str]:
     ids, seen = [], {}
     for k, p in enumerate(paths):
         base = (p.id if isinstance(p, dp.ItemRef) and p.id else
-                products[k].name if k in products else remote.name_of(_label(p)))
+                products[k].name if k in products else remote.name_of(date_label(p)))
         seen[base] = seen.get(base, 0) + 1
         ids.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     return ids
@@ -913,7 +748,7 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
         date, source = ((d.date, d.location.date_source) if d else
                         (locations[k].date, locations[k].date_source) if k in locations else
                         engine.acquisition_date(products.get(k), p, engine.given_date(given_dates, p)))
-        rows.append(StackDate(path=_label(p), id=ids[k], date=date or remote.stem_of(engine.first_path(p)),
+        rows.append(StackDate(path=date_label(p), id=ids[k], date=date or remote.stem_of(engine.first_path(p)),
                               date_source=source,
                               bands=",".join(locations[k].bands) if k in locations else None, dx_m=float(x_m[k, 0]),
                               dy_m=float(x_m[k, 1]), sigma_m=float(solution["sigma"][k] * px),
