@@ -74,3 +74,26 @@ def test_installed_it_finds_its_checkpoints_from_any_folder(wheel, tmp_path):
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert bare.returncode == 2 and "give two images: s2coreg-match IMAGE0 IMAGE1" in bare.stderr, bare.stderr[-2000:]
     assert len(bare.stderr.strip().splitlines()) == 1 and not (elsewhere / "data").exists()
+
+
+@pytest.mark.shipped
+def test_the_checkout_scripts_run_in_sequence_as_before(tmp_path):
+    """In a checkout, the design's top-level scripts still run as a pipeline — stage 1, 2, 3, each
+    reading the previous stage's files — and ``from inference import ImageMatcher`` still works."""
+    def run(*args):
+        done = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{args[0]}: {done.stderr[-2000:]}"
+        return done
+
+    pre, features, matches = tmp_path / "pre", tmp_path / "features", tmp_path / "matches"
+    run("data_preprocess.py", "--input", ROOT / "data" / "sample" / "pisa", "--output", pre, "--size", 256,
+        "--no-masks")
+    run("SuperPoint.py", "--input", pre, "--output", features, "--max-keypoints", 256, "--threads", 1)
+    assert len(list(features.rglob("*.npz"))) >= 2
+    run("SuperGlue_architecture.py", "--features", features, "--output", matches, "--all-pairs", "--threads", 1)
+    assert list(matches.rglob("*.npz"))
+    images = sorted(pre.rglob("overview.jpg"))
+    code = ("from inference import ImageMatcher; import sys; "
+            "r = ImageMatcher(threads=1).match_images(sys.argv[1], sys.argv[2]); print(len(r.mkpts0) > 0)")
+    assert run("-c", code, *images[:2]).stdout.strip() == "True"
