@@ -77,7 +77,7 @@ def dask_client():
     ``test_publishing`` and ``test_separately_started_dask_cluster_gives_the_same_results``."""
     from dask.distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0")
     client = Client(cluster, set_as_default=False)
     yield client
     client.close()

@@ -322,7 +322,7 @@ def test_a_pair_that_raises_is_an_error_not_a_refusal(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(stack.engine, "measure_pair", broken)
     dates = [str(BRACCIANO / name) for name in ("20160718.tif", "20180610.tif", "20170404.tif")]
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         r = stack.coregister_stack(dates, tmp_path / "lib", dates[0], client=client, progress=False)
         (pair,) = [p for p in r["pairs"] if p["error"]]

@@ -36,7 +36,7 @@ def in_process_client():
     """One in-process worker thread: ``task_extract`` monkeypatched here is what it runs."""
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         yield c
 
