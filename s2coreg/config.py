@@ -288,7 +288,7 @@ class CoregisterConfig:
     sigma_disagreement_share: float = 0.5
     dense_trust_correlation: float = 0.3   # the dense fit's median |correlation| to trust it over the tie points
     # Each window's learned estimate refined by a dense fit of all pixels both dates show
-    # (imaging.dense_translation; coreg_engine.refine_translation says when it is used)
+    # (imaging.dense_translation; engine.refine_translation says when it is used)
     refine: bool = True
     refine_iterations: int = 20       # Newton steps at most
     refine_converged_px: float = 1e-3  # px, the last step moves it less than this, else it is not used

@@ -542,11 +542,11 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     """Co-register ``target`` to ``reference``; with ``output``, write every output there
     (``correction``: the model the corrected target is written with — ``translation``: its
     georeference moved, no resampling; ``affine`` / ``field``: resampled onto the reference grid).
-    ``ref_nodata`` / ``target_nodata``: each input's no-data rule (``coreg_engine.open_date``:
+    ``ref_nodata`` / ``target_nodata``: each input's no-data rule (``engine.open_date``:
     None = its files' tags, and fill they do not declare found and read as no-data, with a
     warning; a number; ``"none"``). ``dates``: {NAME: YYYY-MM-DD} for inputs whose date their
     metadata and name do not give (NAME: the path, file name or stem). With ``output``, the call
-    is the folder's one writer (``coreg_engine.one_writer``: another run into it is refused).
+    is the folder's one writer (``engine.one_writer``: another run into it is refused).
     Returns the content of ``coregistration.json`` as a ``results.CoregistrationResult``."""
     if correction not in ("translation", "affine", "field"):
         raise PipelineError(f"correction={correction!r}: choose 'translation', 'affine' or 'field'")

@@ -19,7 +19,7 @@ A date that cannot be matched to the reference directly is placed through its ne
 that joins no pair with the reference's part of the graph is excluded with the reason.
 
 Outputs in DIR (one run at a time; the earlier run's replaced as a whole, all at once — see
-``coreg_engine.OutputFolder``): ``shifts.csv`` (a row a date: absolute
+``engine.OutputFolder``): ``shifts.csv`` (a row a date: absolute
 path, item id, date, dx_m, dy_m, sigma_m, status ``reference`` / ``ok`` / ``excluded``, reason,
 warnings), ``pairs.csv``, ``stack.json`` (reference, timing, provenance), ``report.png`` (shifts
 over time, the reference marked) and with ``--write-corrected`` ``corrected/``: every placed
@@ -469,7 +469,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     and ``pairs.csv`` (``"pairs"``: dicts) and what the run was, and with ``output`` writes them.
     ``client``: a ``dask.distributed.Client`` to run on (left open), instead of ``scheduler`` /
     a LocalCluster. With ``output``, the work is kept in ``output/cache`` and a later run with
-    more dates reuses it (``stack_cache``; counted in ``reused`` / ``computed``). ``dates``:
+    more dates reuses it (``cache``; counted in ``reused`` / ``computed``). ``dates``:
     {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``). ``device``:
     the workers' (``cpu``, ``cuda``; None or ``"auto"``: each worker's CUDA GPU where torch can use
     one, else its CPU, resolved on the worker), checked on every worker before any work."""
@@ -845,7 +845,7 @@ def coregister_dataarray(da, reference="auto", bands=None, output: str | Path | 
     names as the ``band`` coordinate has them (``red`` or ``B04``). Each date is computed date by
     date (one date in memory) and written as a tiled GeoTIFF named by its content, in a temporary
     folder — or, when ``output`` is given, in ``output/cache/arrays``, where an unchanged date keeps
-    its file and so its work: a grown array reuses its earlier run (``stack_cache``) — and read
+    its file and so its work: a grown array reuses its earlier run (``cache``) — and read
     window by window from there."""
     import tempfile
 

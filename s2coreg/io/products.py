@@ -56,7 +56,7 @@ class Product:
     # No-data value of the band files: "file" = each file's own nodata tag (none when it has no
     # tag), or a number (Sentinel-2 products: 0). One policy for every reader of the product.
     nodata: float | str | None = "file"
-    fill: str = ""            # fill the files do not declare, read as no-data (coreg_engine.with_nodata)
+    fill: str = ""            # fill the files do not declare, read as no-data (engine.with_nodata)
     # Whose band names the product's own names are ("sentinel-2", or "landsat": Landsat 8/9, whose
     # B5 is the NIR and B8 the panchromatic band). Its bands are keyed by the Sentinel-2 names of
     # the same common name (``LANDSAT_BANDS``), so that ``red`` or ``nir`` pick the same light.

@@ -23,7 +23,6 @@ import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is
 
 import dataclasses
 import hashlib
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -105,9 +104,9 @@ class ImageMatcher:
                                            correlate=correlate).items() if v is not None}
         cfg = dataclasses.replace(config or MatchingConfig(), **overrides)
         if bands is not None:           # "4,3,2", ("B04", "B03", "B02"), ("red", ...), (3, 2, 1), as coregister.py
-            import s2coreg.io.products as data_preprocess
+            import s2coreg.io.products as products
 
-            bands = data_preprocess.normalise_bands(bands) or None
+            bands = products.normalise_bands(bands) or None
         if threads:
             set_threads(threads)
         self.config = cfg

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import sys
 from pathlib import Path
 
 import numpy as np

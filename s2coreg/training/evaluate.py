@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path

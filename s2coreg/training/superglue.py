@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import s2coreg.cli as cli
 from s2coreg.config import SuperGlueConfig, SuperGlueTrainConfig
 from s2coreg.training.dataset import TrainingPairs, load_scenes
 from s2coreg.matching.pipeline import SuperPointExtractor

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import s2coreg.config as config  # noqa: I001  first: OpenMP's waiting policy is set there, before torch loads
 
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import s2coreg.cli as cli
 from s2coreg.config import SuperPointConfig, SuperPointTrainConfig
 from s2coreg.training.dataset import TrainingPairs, load_scenes
 from s2coreg.models.superpoint import SuperPoint, fine_patches, sample_descriptors, snap_to_fine_grid
