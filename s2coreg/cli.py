@@ -32,12 +32,20 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose refusals are one line (``prog: error: …; see prog --help``), not the
+    whole usage — a command of thirty flags printed fifteen lines of it before the one that says
+    what is wrong."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser(doc: str | None, prog: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
     """A parser described by the first paragraph of ``doc``, defaults shown in ``--help``; the
-    epilog (exit codes, conventions) kept as written."""
+    epilog (exit codes, conventions) kept as written; its refusals one line."""
     cls = _HelpRaw if epilog else _Help
-    return argparse.ArgumentParser(prog=prog, description=(doc or "").strip().split("\n\n")[0], epilog=epilog,
-                                   formatter_class=cls)
+    return _Parser(prog=prog, description=(doc or "").strip().split("\n\n")[0], epilog=epilog, formatter_class=cls)
 
 
 class _HelpRaw(_Help, argparse.RawDescriptionHelpFormatter):
@@ -91,6 +99,7 @@ FLAG_OF = {
     "bbox": "--bbox", "datetime": "--datetime", "max_cloud": "--max-cloud", "root": "--data", "resume": "--resume",
     "size": "--size", "tile": "--tile", "overlap": "--overlap", "gamma": "--gamma", "format": "--format",
     "reflectance_min": "--reflectance-range MIN", "reflectance_max": "--reflectance-range MAX",
+    "window": "--window", "overview": "--overview", "max_windows": "--max-windows", "scheduler": "--scheduler",
 }
 # ``name=`` (not ``x.name=`` or ``--name=``) and its value: quoted as Python writes a string, or a bare word
 _PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)'\"]*)")

@@ -415,3 +415,53 @@ def test_no_library_error_names_a_flag():
                     if FLAG.search(text) and (rel, function.name) not in NAMES_A_FLAG:
                         found.append(f"{rel}:{node.lineno} ({function.name}): {text[:80]}")
     assert not found, "library errors naming flags:\n" + "\n".join(found)
+
+
+PAIR = [str(DATA / "bracciano" / "20160718.tif"), str(DATA / "bracciano" / "20170404.tif")]
+
+
+@pytest.mark.parametrize("setting, value", [("window", 0), ("window", -5), ("max_windows", 0), ("overview", 3)])
+def test_sizes_that_cannot_measure_are_refused_in_one_line(setting, value, tmp_path, capsys):
+    """``--window 0`` divided by zero (a traceback, exit 3), ``--window -5`` failed in numpy,
+    ``--max-windows 0`` and ``--overview 3`` were taken silently: each is one line, before any
+    work — the parameter from Python (pair and stack), the flag from the command line."""
+    cfg = dataclasses.replace(config.CoregisterConfig(), **{setting: value})
+    with pytest.raises(PipelineError, match=rf"^{setting}={value}: must be a whole number of at least"):
+        coregister.coregister(*PAIR, cfg=cfg, progress=False)
+    with pytest.raises(PipelineError, match=rf"^{setting}={value}: "):
+        stack.coregister_stack(DATES, cfg=cfg, progress=False)
+    flag = cli.FLAG_OF[setting]
+    assert coregister.main([*PAIR, "--output", str(tmp_path / "out"), flag, str(value)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag} {value}: must be"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line(monkeypatch):
+    """``scheduler=`` where no Dask scheduler answers: one line naming the address (was Dask's
+    OSError traceback, exit 3, after 30 s)."""
+    monkeypatch.setattr(stack, "SCHEDULER_TIMEOUT_S", 2)
+    with pytest.raises(PipelineError, match=r"^scheduler='tcp://127.0.0.1:1': no Dask scheduler answered within 2 s"):
+        stack.coregister_stack(DATES, scheduler="tcp://127.0.0.1:1", progress=False)
+
+
+def test_one_folder_given_as_a_string_is_one_input(dask_client, tmp_path):
+    """``coregister_stack("dates/")``: the folder (not its characters one by one, which read
+    ``/`` and every one-letter path)."""
+    folder = tmp_path / "dates"
+    folder.mkdir()
+    for date in DATES:
+        (folder / date.name).symlink_to(date)
+    for given in (str(folder), folder):
+        r = stack.coregister_stack(given, client=dask_client, progress=False)
+        assert sorted(Path(row["path"]).name for row in r["dates"]) == sorted(d.name for d in DATES)
+
+
+def test_a_refused_flag_is_one_line_not_the_usage(capsys):
+    """A refusal while the flags are read is one line (``prog: error: …; see prog --help``): the
+    whole usage came first, fifteen lines of it."""
+    with pytest.raises(SystemExit) as ended:
+        coregister.main([*PAIR, "--workers", "2"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers: for --stack only" in err[0] and err[0].endswith("--help)"), err

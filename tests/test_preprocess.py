@@ -319,3 +319,18 @@ def test_preprocess_function_returns_what_it_wrote(products, pixels, tmp_path):
     with pytest.raises(stage.PipelineError, match="unknown band B13"):
         stage.preprocess(products["new"], tmp_path / "never", bands=("B04", "B13"))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_folder_of_unnamed_band_files_is_named_by_its_folder(tmp_path, capsys):
+    """One date's band files that name no band: the error line names their folder, not a Python
+    list of paths."""
+    folder = tmp_path / "in" / "d1"
+    folder.mkdir(parents=True)
+    for name in ("blue", "green"):
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", width=32, height=32, count=1, dtype="uint16",
+                           crs="EPSG:32632", transform=rasterio.transform.from_origin(5e5, 48e5, 10, 10)) as dst:
+            dst.write(np.ones((1, 32, 32), "uint16"))
+    assert stage.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {folder}: no band recognised in ['blue.tif', 'green.tif']; name single-band files by "
+                   "band (B04.tif) or set band descriptions"], err

@@ -228,6 +228,21 @@ def _open_product(path: str | Path | list, role: str, bands: tuple[str, ...]) ->
     return product
 
 
+SMALLEST = {"window": 64, "overview": 128, "max_windows": 1}    # below these a setting cannot measure anything
+
+
+def check_settings(cfg: CoregisterConfig) -> None:
+    """The sizes a run is given can measure something (a window of SuperPoint's cells, an overview
+    that can hold a product, at least one window), or one line naming the setting: ``window=0``
+    divided by zero, a negative one failed in numpy, ``max_windows=0`` published a result of
+    nothing."""
+    for name, least in SMALLEST.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < least:
+            raise PipelineError(f"{name}={value!r}: must be a whole number of at least {least}"
+                                f"{' px' if name != 'max_windows' else ''} (default {getattr(CoregisterConfig, name)})")
+
+
 def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:
     """``cfg`` with ``matcher`` as every process takes it (``matching.matcher_spec``: a user's matcher
     as ``package.module:name``, whose module a Dask worker imports), or one line saying what the

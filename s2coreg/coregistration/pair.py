@@ -83,6 +83,7 @@ class Coregistration:
         engine.check_given_dates(dates, [reference, target])
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
+        engine.check_settings(self.cfg)
         self.cfg = engine.check_matcher(self.cfg)       # a user's matcher as package.module:name
         shared = bands if bands else tuple(self.cfg.bands)
         specs = (self.cfg.reference_bands or shared, self.cfg.target_bands or shared)   # as the user gave them
@@ -575,7 +576,7 @@ def main(argv=None) -> int:
     parser.add_argument("target", nargs="?", help="the product to co-register (a path or URL)")
     parser.add_argument("--stack", nargs="*", default=None, metavar="INPUT",
                         help="co-register these dates jointly instead (files, folders, globs, URLs of rasters, "
-                             "STAC Items or ItemCollections; see s2coreg/coregistration/stack.py)")
+                             "STAC Items or ItemCollections; docs/coregistration.md)")
     parser.add_argument("--stac-search", metavar="API_URL", default=None,
                         help="with --stack: the dates are the Items this STAC API finds (see --collection, --bbox, "
                              "--datetime, --max-cloud)")
@@ -704,6 +705,7 @@ def main(argv=None) -> int:
     try:
         set_threads(args.threads or None)
         cfg = config_of(args, cfg)
+        engine.check_settings(cfg)
         cfg = engine.check_matcher(cfg)        # before any model loads: one line naming what is taken
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,

@@ -312,6 +312,9 @@ def dask_setup(worker):
 """
 
 
+SCHEDULER_TIMEOUT_S = 30     # a scheduler's address that answers nothing: refused after this long
+
+
 def start_client(scheduler: str | None, workers: int | None):
     """A client of ``scheduler``, or of a new LocalCluster of ``workers`` processes (one per core
     when None) that ignore Ctrl-C (``WORKER_IGNORES_CTRL_C``) and close without log lines
@@ -319,7 +322,12 @@ def start_client(scheduler: str | None, workers: int | None):
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler), None
+        try:
+            return Client(scheduler, timeout=SCHEDULER_TIMEOUT_S), None
+        except (OSError, TimeoutError) as exc:      # no scheduler there (refused, unknown host, no answer)
+            raise PipelineError(f"scheduler={scheduler!r}: no Dask scheduler answered within {SCHEDULER_TIMEOUT_S} s "
+                                f"({' '.join(str(exc).split())[:160]}); start one there (dask scheduler) or give "
+                                "its address") from exc
     n = workers or len(os.sched_getaffinity(0))
     cluster = client = None
     try:
@@ -473,6 +481,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``). ``device``:
     the workers' (``cpu``, ``cuda``; None or ``"auto"``: each worker's CUDA GPU where torch can use
     one, else its CPU, resolved on the worker), checked on every worker before any work."""
+    engine.check_settings(cfg or CoregisterConfig())
     cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
     if client is not None and (scheduler is not None or workers is not None):
         raise PipelineError("client= runs the stack on that client; scheduler= and workers= start or reach a cluster "
@@ -480,6 +489,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     bands = dp.normalise_bands(bands) or tuple(cfg.bands)
     if output is not None:
         engine.OutputFolder(output, engine.RESULT_NAMES).check()          # before any work
+    if isinstance(inputs, (str, Path, dp.ItemRef)):        # one folder, glob, URL or collection: one input
+        inputs = [inputs]
     start = time.time()
     paths, ref_k = given_reference(unique_dates(expand_inputs(inputs)), reference)
     pinned, pinned_grid, pinned_content = _earlier_run(output, paths) if ref_k is None else (None, None, None)

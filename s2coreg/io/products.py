@@ -139,8 +139,11 @@ def _rasters(folder: Path) -> list[Path]:
 def _try(fn, *args):
     try:
         return fn(*args)
-    except PipelineError as exc:
-        return (str(args[0]), str(exc))
+    except PipelineError as exc:       # an input as a line names it: one date's band files by their folder
+        source = args[0]
+        if isinstance(source, (list, tuple)) and source:
+            source = Path(source[0]).parent
+        return (str(source), str(exc))
 
 
 def _try_item(ref: "ItemRef"):

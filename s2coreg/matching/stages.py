@@ -42,7 +42,7 @@ MATCH_HELP = "Match pairs of SuperPoint feature files (SuperGlue or mutual neare
 def extract_main(argv=None) -> int:
     """``python SuperPoint.py``: keypoints and descriptors of every image (see the module docstring)."""
     cfg = SuperPointConfig()
-    parser = cli.parser(EXTRACT_HELP, prog="SuperPoint.py")
+    parser = cli.parser(EXTRACT_HELP)
     parser.add_argument("--input", type=Path, default=config.PREPROCESSED_DIR,
                         help="an image file or a folder of images (searched recursively)")
     parser.add_argument("--output", type=Path, default=config.FEATURES_DIR, help="folder for the .npz files")
@@ -70,7 +70,7 @@ def _extract(args) -> int:
     elif args.input.is_dir():
         root, images = args.input, list_images(args.input)
     else:
-        raise PipelineError(f"{args.input}: no such file or folder; run data_preprocess.py first or fix --input")
+        raise PipelineError(f"{args.input}: no such file or folder; run stage 1 first (data_preprocess.py, or s2coreg-preprocess) or fix --input")
     if not images:
         raise PipelineError(f"{args.input}: no images (.jpg .png .tif .jp2) found")
     args.output.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def result_to_file(result: dict) -> dict:
 
 def match_main(argv=None) -> int:
     """``python SuperGlue_architecture.py``: every listed pair matched (see the module docstring)."""
-    parser = cli.parser(MATCH_HELP, prog="SuperGlue_architecture.py")
+    parser = cli.parser(MATCH_HELP)
     parser.add_argument("--features", type=Path, default=config.FEATURES_DIR, help="folder of SuperPoint .npz")
     parser.add_argument("--pairs", type=Path, help="text file: two image (or .npz) names a line, relative "
                                                    "to --features")

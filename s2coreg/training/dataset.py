@@ -251,7 +251,7 @@ def load_scenes(root: str | Path, split: str = "train", sources: tuple[str, ...]
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"{root}: no such data folder; pass root= pointing at the shared data or "
-                            "a data_preprocess.py output")
+                            "a data_preprocess.py / s2coreg-preprocess output")
     wanted = set(sources or ("oscd", "ombria", "ombria_train", "t36uya", "preprocessed"))
     scenes: list[Scene] = []
     if "oscd" in wanted and (root / "oscd").is_dir():
