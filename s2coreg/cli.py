@@ -100,6 +100,7 @@ FLAG_OF = {
     "size": "--size", "tile": "--tile", "overlap": "--overlap", "gamma": "--gamma", "format": "--format",
     "reflectance_min": "--reflectance-range MIN", "reflectance_max": "--reflectance-range MAX",
     "window": "--window", "overview": "--overview", "max_windows": "--max-windows", "scheduler": "--scheduler",
+    "resize": "--resize", "max_keypoints": "--max-keypoints",
 }
 # ``name=`` (not ``x.name=`` or ``--name=``) and its value: quoted as Python writes a string, or a bare word
 _PARAMETER = re.compile(r"(?<![\w.\-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;:)'\"]*)")
@@ -214,6 +215,8 @@ def script(main: Callable[[], int]) -> int:
     130, a refused write (full disk …) or a bad input one line and 2 (``failure``); anything
     unforeseen its traceback and 3 — never Python's 1, which the scripts keep for "results
     written, not all verified". Every script's ``__main__`` runs through it."""
+    import warnings                   # a raster without a georeference: our own line says what that means
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
     try:
         return int(main() or 0)
     except SystemExit:

@@ -465,3 +465,24 @@ def test_a_refused_flag_is_one_line_not_the_usage(capsys):
     assert ended.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--workers: for --stack only" in err[0] and err[0].endswith("--help)"), err
+
+
+def test_a_raster_without_georeference_is_one_line_not_rasterio_s_warning_too(tmp_path):
+    """A target with no georeference: our one line (what it lacks, how to add it), without
+    rasterio's NotGeoreferencedWarning printed above it (``cli.script``), in a fresh interpreter."""
+    import subprocess
+    import sys
+    import warnings
+
+    import numpy as np
+    import rasterio
+
+    bare = tmp_path / "bare.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(bare, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16") as dst:
+            dst.write(np.ones((1, 64, 64), "uint16"))
+    done = subprocess.run([sys.executable, str(PACKAGE.parent / "coregister.py"), PAIR[0], str(bare), "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: {bare}: has no CRS"), err

@@ -192,9 +192,9 @@ def test_bad_names_are_one_line_naming_the_fix(tmp_path, capsys):
         ImageMatcher(matcher="lightglue")
     taken = ", ".join(matching.matcher_choices(superpoint_features=True))
     assert NAME in taken and "sift-first" not in taken
-    for name in ("lightglue", "sift-first"):
-        with pytest.raises(PipelineError, match=f"matcher '{name}': co-registration matches windows with one of "
-                                                f"{taken} or a matcher of your own as package.module:name"):
+    for name, why in (("lightglue", "no such matcher"), ("sift-first", "not for co-registration, which extracts")):
+        with pytest.raises(PipelineError, match=f"^matcher='{name}': {why}.*; co-registration takes "
+                                                f"{taken} or a matcher of your own as package.module:name$"):
             coregister.coregister(REF, TARGET, cfg=cfg(name), progress=False)
     with pytest.raises(PipelineError, match="matcher 'no_such_package.matchers:x': no module "
                                             "no_such_package.matchers to import; install it, or add the folder"):
@@ -203,9 +203,10 @@ def test_bad_names_are_one_line_naming_the_fix(tmp_path, capsys):
                                             f"\\(it registers {NAME}\\); decorate its class with @register_matcher"):
         matching.MatchingPipeline.from_checkpoints(matcher="tests.test_plugin_matcher:lightglue")
     out = str(tmp_path / "out")
-    for argv, said in (([str(REF), str(TARGET), "--matcher", "lightglue"], f"one of {taken} or a matcher"),
+    for argv, said in (([str(REF), str(TARGET), "--matcher", "lightglue"], f"--matcher lightglue: no such matcher; "
+                                                                             f"co-registration takes {taken} or a matcher"),
                        ([str(REF), str(TARGET), "--matcher", "no_such_package.matchers:x"], "no module"),
-                       (["--stack", *map(str, DATES), "--matcher", "lightglue"], f"one of {taken} or a matcher"),
+                       (["--stack", *map(str, DATES), "--matcher", "lightglue"], f"takes {taken} or a matcher"),
                        (["--stack", *map(str, DATES), "--matcher", "no_such_package.matchers:x"], "no module")):
         assert coregister.main([*argv, "--output", out]) == 2
         assert said in one_line(capsys), argv

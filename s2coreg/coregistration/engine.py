@@ -250,15 +250,14 @@ def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:
     from s2coreg.matching.pipeline import CASCADES, OWN_MATCHER, UnknownMatcher, matcher_choices, matcher_spec
 
     taken = matcher_choices(superpoint_features=True)
-    refusal = PipelineError(f"matcher {cfg.matcher!r}: co-registration matches windows with one of {', '.join(taken)} "
-                            f"or a matcher of your own as {OWN_MATCHER} (--matcher): a date's windows are "
-                            "extracted once, as SuperPoint features, and matched in every pair")
+    choose = f"co-registration takes {', '.join(taken)} or a matcher of your own as {OWN_MATCHER}"
     try:
         spec = matcher_spec(cfg.matcher)
     except UnknownMatcher:
-        raise refusal from None
+        raise PipelineError(f"matcher={cfg.matcher!r}: no such matcher; {choose}") from None
     if spec in CASCADES and spec not in taken:     # a cascade of other features too (sift-first)
-        raise refusal
+        raise PipelineError(f"matcher={cfg.matcher!r}: not for co-registration, which extracts a date's windows "
+                            f"once, as SuperPoint features, and matches them in every pair; {choose}")
     return config.replace(cfg, matcher=spec)
 
 
