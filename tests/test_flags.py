@@ -387,7 +387,6 @@ def test_cli_flags_says_parameters_as_flags():
 
 # Library errors that may name a flag, and why: a command line to run, or another's work in progress
 NAMES_A_FLAG = {
-    ("coregistration/engine.py", "check_matcher"),      # --matcher: the matcher registry's (another branch)
     ("training/loop.py", "check_resumable"),            # "{the run's own command} --resume": a command to run
     ("training/evaluate.py", "build_method"),           # "train one with train_superpoint.py --fine-from"
 }
