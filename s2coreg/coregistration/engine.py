@@ -71,7 +71,7 @@ RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "
                 "corrected", "shifts.csv", "pairs.csv", "stack.json", "shifts.png", "items.geojson", "items", "search.geojson")
 # what a rotation or scale warning advises; a caller that gives other advice (a stack) or has
 # taken it (a pair corrected by the affine) replaces exactly this
-AFFINE_ADVICE = "use --correction affine"
+AFFINE_ADVICE = "use correction='affine' (--correction affine)"   # read in Python and on the command line
 SPECK_FILL_SIGMA_PX = 2.0    # the Gaussian that fills specks of no data from their valid neighbours
 CE90_PER_SIGMA = 2.146      # radius holding 90 % of a circular normal distribution, in sigmas
 MEDIAN_SE = 1.2533          # standard error of a median = 1.2533 σ / √n (normal errors)
@@ -123,8 +123,9 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     if found is None:
         return product
     path, fill = found
-    flag = {"reference": "--ref-nodata", "target": "--target-nodata"}.get(role)
-    how = (f"give {flag} none to read it as data, or {flag} VALUE" if flag else
+    param, flag = {"reference": ("ref_nodata", "--ref-nodata"), "target": ("target_nodata", "--target-nodata")}.get(
+        role, (None, None))
+    how = (f"give {param}='none' ({flag} none) to read it as data, or another value" if flag else
            "set the file's own no-data tag to choose otherwise, e.g. gdal_edit.py -a_nodata VALUE")
     tag = ("" if fill.declared is None else
            f" (it declares {fill.declared:g}, which does not fill it from the edge; {fill.declared:g} is read as data)")
@@ -487,7 +488,7 @@ def bad_input_line(exc: BaseException, source) -> str | None:
                 f"geotransform?); {WARP_NORTH_UP}")
     if type(exc).__name__ == "KilledWorker":
         return (f"{name}: the worker reading it died each time it tried (out of memory?); give the workers more "
-                "memory or use fewer (--workers)")
+                "memory or use fewer (workers=, --workers)")
     return None
 
 

@@ -172,7 +172,7 @@ class Coregistration:
                 f"{','.join(self.ref_bands)} and NIR disagree by {np.hypot(*d):.1f} m, beyond three combined σ "
                 f"({bound:.1f} m): across sensors ({self.ref.sensor} against {self.tgt.sensor}) the visible bands "
                 f"differ; σ widened to cover both; trust NIR, the more precise on known shifts of a real pair "
-                f"(docs/benchmarks.md): it gives dx {out['dx']:+.1f} m, dy {out['dy']:+.1f} m (--bands nir)")
+                f"(docs/benchmarks.md): it gives dx {out['dx']:+.1f} m, dy {out['dy']:+.1f} m (bands='nir', --bands nir)")
         return out
 
 

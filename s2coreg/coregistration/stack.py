@@ -194,7 +194,8 @@ def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterC
 
 
 # a stack corrects dates by translation only: a date that needs an affine is co-registered as a pair
-STACK_AFFINE_HINT = "co-register this date as a pair against the reference with --correction affine"
+STACK_AFFINE_HINT = ("co-register this date as a pair against the reference with correction='affine' "
+                     "(--correction affine)")
 
 
 # ----------------------------------------------------------------------------- adjustment
@@ -595,7 +596,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             ref_reason = "given"
         elif pinned is not None and pinned in ok and content.get(pinned) == pinned_content:
             ref, ref_reason = pinned, (f"kept from the earlier run in {Path(output).resolve()} (a grown stack keeps "
-                                       "its reference; give --reference to change it)")
+                                       "its reference; give reference= (--reference) to change it)")
         elif ok:
             ref, ref_reason = choose_reference([dates[k] if k in ok else None for k in range(len(paths))])
         else:
