@@ -198,7 +198,7 @@ def process_cost(cmd: list[str], env=None, timeout: int = 1800) -> dict:
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd[:3])} … failed:\n{p.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "stdout": p.stdout.strip().splitlines()[-1:] }
+    return {"wall_s": wall, "cpu_s": cpu, "stdout": p.stdout.strip().splitlines()[-1:]}
 
 
 def arosics_cmd(ref, tgt) -> list[str]:
