@@ -140,8 +140,29 @@ def measure(code: str, timeout: int) -> dict:
     return json.loads(lines[-1])
 
 
-def main(argv=None) -> int:
+def build_tiles(data: Path, folder: Path):
+    """The reference and target tiles in ``folder`` (written once: kept tiles are reused);
+    returns their paths and transforms ``(ref, tgt, ref_transform, tgt_transform)``."""
     from rasterio.transform import Affine
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ref, tgt = folder / "reference.tif", folder / "target.tif"
+    ref_t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
+    r_t = RES * (1 + SCALE)
+    tgt_t = Affine(r_t, 0, ORIGIN[0] + SHIFT[0], 0, -r_t, ORIGIN[1] + SHIFT[1])
+    if not (ref.exists() and tgt.exists()):
+        t = time.perf_counter()
+        write(ref, mosaic(data, "before"), ref_t)
+        base = mosaic(data, "before")
+        rng = np.random.default_rng(0)
+        noisy = base.astype(np.float32) * 1.1 + 40 + rng.normal(0, 15, base.shape).astype(np.float32)
+        write(tgt, np.where(base > 0, np.clip(noisy, 1, 65535), 0).astype(np.uint16), tgt_t)
+        del base, noisy
+        print(f"tiles written in {time.perf_counter() - t:.0f} s → {folder}")
+    return ref, tgt, ref_t, tgt_t
+
+
+def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR)
@@ -152,20 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write the tiles here (default: a temporary folder)")
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp())
-    folder.mkdir(parents=True, exist_ok=True)
-    ref, tgt = folder / "reference.tif", folder / "target.tif"
-    ref_t = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
-    r_t = RES * (1 + SCALE)
-    tgt_t = Affine(r_t, 0, ORIGIN[0] + SHIFT[0], 0, -r_t, ORIGIN[1] + SHIFT[1])
-    if not (ref.exists() and tgt.exists()):
-        t = time.perf_counter()
-        write(ref, mosaic(args.data, "before"), ref_t)
-        base = mosaic(args.data, "before")
-        rng = np.random.default_rng(0)
-        noisy = base.astype(np.float32) * 1.1 + 40 + rng.normal(0, 15, base.shape).astype(np.float32)
-        write(tgt, np.where(base > 0, np.clip(noisy, 1, 65535), 0).astype(np.uint16), tgt_t)
-        del base, noisy
-        print(f"tiles written in {time.perf_counter() - t:.0f} s → {folder}")
+    ref, tgt, ref_t, tgt_t = build_tiles(args.data, folder)
 
     def truth(q):   # displacement (m) at reference pixel centres q (N, 2): same pixel index on both grids
         q = np.asarray(q, np.float64) + 0.5

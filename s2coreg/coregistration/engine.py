@@ -250,15 +250,17 @@ def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:
     engine takes: those whose features are SuperPoint's alone (``matching.matcher_choices``)."""
     from s2coreg.matching.pipeline import CASCADES, OWN_MATCHER, UnknownMatcher, matcher_choices, matcher_spec
 
-    taken = matcher_choices(superpoint_features=True)
-    choose = f"co-registration takes {', '.join(taken)} or a matcher of your own as {OWN_MATCHER}"
+    def choose() -> str:        # the installed plugins looked up only for a refusal (start-up: no scan)
+        taken = matcher_choices(superpoint_features=True)
+        return f"co-registration takes {', '.join(taken)} or a matcher of your own as {OWN_MATCHER}"
+
     try:
         spec = matcher_spec(cfg.matcher)
     except UnknownMatcher:
-        raise PipelineError(f"matcher={cfg.matcher!r}: no such matcher; {choose}") from None
-    if spec in CASCADES and spec not in taken:     # a cascade of other features too (sift-first)
+        raise PipelineError(f"matcher={cfg.matcher!r}: no such matcher; {choose()}") from None
+    if spec in CASCADES and CASCADES[spec] != ("superpoint",):     # a cascade of other features too (sift-first)
         raise PipelineError(f"matcher={cfg.matcher!r}: not for co-registration, which extracts a date's windows "
-                            f"once, as SuperPoint features, and matches them in every pair; {choose}")
+                            f"once, as SuperPoint features, and matches them in every pair; {choose()}")
     return config.replace(cfg, matcher=spec)
 
 
