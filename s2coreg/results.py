@@ -396,6 +396,7 @@ class DateShift(Record):
     """
 
     _derived = ("verified",)
+    _shown = ("date", "status", "dx_m", "dy_m", "sigma_m", "tie_points", "reason", "warnings", "path")
 
     path: str | None = None
     date: str | None = None
@@ -426,6 +427,8 @@ class StackDate(DateShift):
         offset_px: its coarse offset on the reference grid, px (None where never located)
         shift_px: its displacement on the reference grid, px (x right, y down)
     """
+
+    _shown = ("id", "date", "status", "dx_m", "dy_m", "sigma_m", "tie_points", "reason", "warnings")
 
     id: str | None = None
     date_source: str | None = None
