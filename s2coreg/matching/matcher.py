@@ -235,7 +235,8 @@ class ImageMatcher:
                           max_lines: int = 250):
         """Side-by-side picture of the matches (``visualization.plot_matches``): inliers coloured
         by confidence, outliers red, the counts drawn of the total in the title. Returns the
-        matplotlib figure (shown inline in a notebook); with ``output`` also writes a PNG."""
+        matplotlib figure (a ``picture.Picture``: a notebook shows it, pyplot imported or not);
+        with ``output`` also writes a PNG."""
         result = result if result is not None else self.match_images(image0, image1)
         l0, _ = self.features(image0)
         l1, _ = self.features(image1)
