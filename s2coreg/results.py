@@ -22,12 +22,21 @@ estimate); ``dict(r)`` holds every field, ``None`` where it does not apply. Keys
 the fields (``ShiftEstimate.dx_m``, alias of ``dx``; ``CoregistrationResult.dx_m``, from its
 ``shift_m``) read by key and attribute like the others, but are read-only and not iterated: they
 are not in ``dict(r)``, ``to_dict()`` or the JSON.
+
+* ``StackResult`` — a stack co-registered (``coregister_stack``): the dict it always was
+  (``r["dates"]``, ``r["pairs"]``, ``r["reference"]``, …), with ``to_dataframe()`` and ``report()``.
+
+In a notebook (docs/coregistration.md#in-a-notebook): each shows a compact ``repr`` — the numbers a
+user looks at first, the fields that are set; an array as its shape and dtype (``<(412, 2)
+float32>``), a list of warnings as its length — and an HTML table (``_repr_html_``): a pair's with
+its ``report.png`` beside it, a stack's its dates' table and its report picture.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any, ClassVar, TypedDict
 
 import numpy as np
@@ -49,6 +58,62 @@ class Features(TypedDict, total=False):
     texture_scale: np.ndarray      # (2,) texture size / own size
     valid: np.ndarray              # (h, w) bool, where the image holds data (co-registration windows)
     reason: str                    # why there are no keypoints (blank, cloud, no data)
+
+
+def _unset(value) -> bool:
+    """None, an empty list / dict / string, NaN: left out of a compact repr."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, (list, tuple, dict, str)):
+        return len(value) == 0
+    return False
+
+
+def _short(value) -> str:
+    """A value as a compact repr shows it: an array as its shape and dtype, floats to mm (3
+    decimals), a list of texts (warnings) as its length, a long text or dict shortened."""
+    if isinstance(value, np.ndarray):
+        return f"<{tuple(value.shape)} {value.dtype}>"
+    if isinstance(value, Record):
+        return repr(value)
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.3f}"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, str) for v in value) and sum(map(len, value)) > 60:
+            return f"<{len(value)} texts>"
+        inner = ", ".join(_short(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, dict):
+        text = "{" + ", ".join(f"{k!r}: {_short(v)}" for k, v in value.items()) + "}"
+        return text if len(text) <= 80 else f"<dict of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "…'"
+
+
+def _html_value(value):
+    """A value as the HTML table shows it: an array as its shape, a record as its repr."""
+    if isinstance(value, (np.ndarray, Record, dict)):
+        return _short(value)
+    return value
+
+
+def _optional(module: str, what: str):
+    """``module`` imported, or one clear error naming what needs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what} needs {module}, which is not installed: pip install {module}") from None
+
+
+def _name(path: str | None) -> str | None:
+    """A path's or URL's last part (a compact repr's)."""
+    return None if path is None else str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 class Record(MutableMapping):
@@ -116,8 +181,29 @@ class Record(MutableMapping):
         """A plain dict (nested records too), for JSON."""
         return {k: (v.to_dict() if isinstance(v, Record) else v) for k, v in self.items()}
 
+    # what a notebook (or print) shows: the fields that are set, compactly; ``_shown`` names the
+    # keys worth a first look, in order (all that are set where empty)
+    _shown: ClassVar[tuple[str, ...]] = ()
 
-@dataclasses.dataclass(eq=False)
+    def _summary(self) -> list[tuple[str, Any]]:
+        """(name, value) of the keys shown: ``_shown``'s (else every field's and extra's), those set."""
+        names = self._shown or tuple(self)
+        return [(k, self[k]) for k in names if k in self and not _unset(self[k])]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={_short(v)}' for k, v in self._summary())})"
+
+    def _table(self) -> list[tuple[str, Any]]:
+        """The rows of the HTML table: every key that is set."""
+        return [(k, v) for k, v in self.items() if not _unset(v)]
+
+    def _repr_html_(self) -> str:
+        from s2coreg.display import key_value_table
+
+        return key_value_table([(k, _html_value(v)) for k, v in self._table()], caption=type(self).__name__)
+
+
+@dataclasses.dataclass(eq=False, repr=False)
 class ShiftEstimate(Record):
     """The displacement of one date's content relative to another's: a feature at map point P in
     the first is found at P + (dx, dy) in the second. Metres, x east, y north, in ``metric_crs``
@@ -147,6 +233,7 @@ class ShiftEstimate(Record):
     """
 
     _derived = ("dx_m", "dy_m")
+    _shown = ("dx", "dy", "sigma_m", "points", "r68", "ce90_m", "metric_crs")
 
     dx: float = 0.0
     dy: float = 0.0
@@ -183,7 +270,7 @@ class ShiftEstimate(Record):
         return {k: v for k, v in super().to_dict().items() if v is not None}
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class MatchResult(Record):
     """Two images matched (``ImageMatcher.match_images``); names as SuperGlue / LightGlue /
     glue-factory use them. Image 1's matched points are refined (fine head, correlation stage).
@@ -255,8 +342,38 @@ class MatchResult(Record):
     shift_m: ShiftEstimate | None = None          # from the verified inliers
     extra: dict = dataclasses.field(default_factory=dict)
 
+    def _summary(self) -> list[tuple[str, Any]]:
+        def count(a):
+            return None if a is None else len(a)
 
-@dataclasses.dataclass(eq=False)
+        out = [("names", self.names), ("method", self.method), ("cascade_path", self.cascade_path),
+               ("keypoints", (count(self.keypoints0), count(self.keypoints1))), ("matches", count(self.mkpts0)),
+               ("num_inliers", self.num_inliers), ("verified", self.verified), ("reason", self.reason),
+               ("crs", self.crs), ("shift_m", self.shift_m)]
+        return [(k, v) for k, v in out if not _unset(v)]
+
+    def _table(self) -> list[tuple[str, Any]]:
+        rows = [(k, v) for k, v in self._summary() if k != "shift_m"]
+        if self.shift_m is not None:
+            rows += [(f"shift_m.{k}", v) for k, v in self.shift_m._table()]
+        return rows
+
+    def to_geodataframe(self):
+        """The matches as points (``geopandas.GeoDataFrame``, optional: ``pip install geopandas``)
+        at image 0's map points, in ``crs``: ``x1`` / ``y1`` their matches in image 1 (same CRS),
+        ``dx`` / ``dy`` the displacement (``crs``'s units), ``confidence``, ``inlier``. Needs two
+        georeferenced inputs."""
+        if self.map_points0 is None or self.crs is None:
+            raise ValueError("to_geodataframe: the matches have no map coordinates (two georeferenced inputs needed)")
+        gpd = _optional("geopandas", "to_geodataframe")
+        p0, p1 = np.asarray(self.map_points0, np.float64), np.asarray(self.map_points1, np.float64)
+        inliers = np.zeros(len(p0), bool) if self.inliers is None else np.asarray(self.inliers, bool)
+        return gpd.GeoDataFrame({"x1": p1[:, 0], "y1": p1[:, 1], "dx": p1[:, 0] - p0[:, 0], "dy": p1[:, 1] - p0[:, 1],
+                                 "confidence": np.asarray(self.mconf, np.float64), "inlier": inliers},
+                                geometry=gpd.points_from_xy(p0[:, 0], p0[:, 1]), crs=self.crs)
+
+
+@dataclasses.dataclass(eq=False, repr=False)
 class DateShift(Record):
     """One date's shift relative to the reference: the fields a pair's result
     (``CoregistrationResult``: its target's) and a stack's row (``StackDate``) share, with the same
@@ -279,6 +396,7 @@ class DateShift(Record):
     """
 
     _derived = ("verified",)
+    _shown = ("date", "status", "dx_m", "dy_m", "sigma_m", "tie_points", "reason", "warnings", "path")
 
     path: str | None = None
     date: str | None = None
@@ -297,7 +415,7 @@ class DateShift(Record):
         return self.status != "excluded"
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class StackDate(DateShift):
     """A stack's row (``coregister_stack(...)["dates"]``; a line of ``shifts.csv``, whose
     ``warnings`` are joined by "; "): a ``DateShift`` with the stack's own fields.
@@ -310,6 +428,8 @@ class StackDate(DateShift):
         shift_px: its displacement on the reference grid, px (x right, y down)
     """
 
+    _shown = ("id", "date", "status", "dx_m", "dy_m", "sigma_m", "tie_points", "reason", "warnings")
+
     id: str | None = None
     date_source: str | None = None
     bands: str | None = None
@@ -317,7 +437,7 @@ class StackDate(DateShift):
     shift_px: list[float] | None = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class CoregistrationResult(Record):
     """Two products co-registered (``coregister.coregister``; ``coregistration.json``).
 
@@ -392,3 +512,95 @@ class CoregistrationResult(Record):
     def status(self) -> str:
         """``ok`` where verified, else ``excluded`` (a stack's words for its target's row)."""
         return "ok" if self.verified else "excluded"
+
+    def _summary(self) -> list[tuple[str, Any]]:
+        windows = self.windows or {}
+        out = [("verified", self.verified), ("reason", self.reason), ("dx_m", self.dx_m), ("dy_m", self.dy_m),
+               ("sigma_m", self.sigma_m), ("ce90_m", (self.shift_m or {}).get("ce90_m")),
+               ("tie_points", self.tie_points),
+               ("windows_used", windows.get("used")), ("windows_rejected", windows.get("rejected")),
+               ("warnings", self.warnings), ("date", self.date), ("target", _name(self.target))]
+        return [(k, v) for k, v in out if not _unset(v)]
+
+    def _table(self) -> list[tuple[str, Any]]:
+        rows = [(k, v) for k, v in self._summary() if k not in ("warnings", "target")]
+        rows += [("warning", w) for w in self.warnings]
+        rows += [("reference", self.reference), ("target", self.target), ("seconds", self.seconds)]
+        return [(k, v) for k, v in rows if not _unset(v)]
+
+    def report_path(self) -> Path | None:
+        """The ``report.png`` this run wrote (with ``output``), where it still is; else None."""
+        for name in self.outputs or []:
+            if Path(name).name == "report.png" and Path(name).is_file():
+                return Path(name)
+        return None
+
+    def report(self):
+        """The ``report.png`` this run wrote, as a picture a notebook shows (``display.PngFile``);
+        None where none was written (no ``output``)."""
+        from s2coreg.display import PngFile
+
+        path = self.report_path()
+        return PngFile(path) if path is not None else None
+
+    def _repr_html_(self) -> str:
+        from s2coreg.display import img_tag, side_by_side
+
+        table = super()._repr_html_()
+        path = self.report_path()
+        return side_by_side(table, img_tag(path.read_bytes(), width=900)) if path is not None else table
+
+    def tie_points_gdf(self):
+        """The tie points it wrote (``tie_points.geojson``, with ``output``) as a
+        ``geopandas.GeoDataFrame`` (optional: ``pip install geopandas``), WGS84 points at their
+        reference position with the CSV's columns (``dx_m``, ``dy_m``, ``score``, ``inlier``, …)."""
+        gpd = _optional("geopandas", "tie_points_gdf")
+        found = [Path(n) for n in self.outputs or [] if Path(n).name == "tie_points.geojson"]
+        if not found or not found[0].is_file():
+            raise ValueError("tie_points_gdf: no tie_points.geojson (coregister(..., output=FOLDER) writes it)")
+        return gpd.read_file(found[0])
+
+
+class StackResult(dict):
+    """A stack co-registered (``coregister_stack``): the dict it always was — ``"dates"`` (a
+    ``StackDate`` a date), ``"pairs"`` (dicts, the lines of ``pairs.csv``), ``"reference"``,
+    ``"reference_id"``, ``"placed"``, ``"excluded"``, ``"timing"``, ``"provenance"``, … — read,
+    pickled and written as JSON as a dict, with what a notebook shows: a compact ``repr``, the
+    dates as an HTML table with the report picture (``_repr_html_``, no pandas needed),
+    ``to_dataframe()`` and ``report()``."""
+
+    DATE_COLUMNS: ClassVar[tuple[str, ...]] = ("date", "id", "status", "dx_m", "dy_m", "sigma_m", "tie_points",
+                                               "reason", "warnings")
+
+    def __repr__(self) -> str:
+        dates = self.get("dates", [])
+        return (f"StackResult({len(dates)} dates: {self.get('placed')} placed, {self.get('excluded')} excluded; "
+                f"reference={self.get('reference_id')!r}; {len(self.get('pairs', []))} pairs; "
+                f"{self.get('seconds')} s)")
+
+    def to_dataframe(self, table: str = "dates"):
+        """``table`` (``"dates"``: one row a date, ``StackDate``'s fields; ``"pairs"``: one row a
+        pair, as ``pairs.csv``) as a ``pandas.DataFrame`` (optional: ``pip install pandas``)."""
+        if table not in ("dates", "pairs"):
+            raise ValueError(f"to_dataframe: table={table!r}; 'dates' or 'pairs'")
+        pd = _optional("pandas", "to_dataframe")
+        return pd.DataFrame([dict(r) for r in self[table]])
+
+    def report(self):
+        """dx and dy of each date over time (``report.png``'s picture), a ``picture.Picture``:
+        a notebook shows it; ``.savefig(path)`` writes it."""
+        from s2coreg.coregistration.outputs import report_figure
+
+        return report_figure(self)
+
+    def _repr_html_(self) -> str:
+        from s2coreg.display import html_table, img_tag, png_bytes
+
+        caption = (f"{len(self['dates'])} dates: {self.get('placed')} placed, {self.get('excluded')} excluded; "
+                   f"reference {self.get('reference_id')}")
+        table = html_table([dict(r) for r in self["dates"]], list(self.DATE_COLUMNS), caption=caption)
+        try:
+            picture = img_tag(png_bytes(self.report()), width=900)
+        except Exception:            # a table without its picture rather than no table (a hand-made dict)
+            picture = ""
+        return table + picture

@@ -47,13 +47,20 @@ def shifts_row(row) -> dict:
 
 
 def plot_report(result: dict, path: Path) -> None:
+    """``report_figure(result)`` written as ``path`` (PNG, atomically)."""
+    from s2coreg.utils import atomic_path
+
+    fig = report_figure(result)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def report_figure(result: dict):
     """dx and dy over time with ±2 sigma, the reference marked (a star), excluded dates marked
-    on the time axis, warned dates in orange."""
+    on the time axis, warned dates in orange: a ``picture.Picture`` (a notebook shows it)."""
     from datetime import datetime
 
-    from matplotlib.figure import Figure
-
-    from s2coreg.utils import atomic_path
+    from s2coreg.picture import Picture
 
     def when(s):
         try:
@@ -62,7 +69,7 @@ def plot_report(result: dict, path: Path) -> None:
             return None
 
     rows = result["dates"]
-    fig = Figure(figsize=(11, 5.5), dpi=100)
+    fig = Picture(figsize=(11, 5.5), dpi=100)
     axes = [fig.add_subplot(2, 1, k + 1) for k in range(2)]
     timed = all(when(r["date"]) for r in rows)
     xs = [when(r["date"]) if timed else k for k, r in enumerate(rows)]
@@ -81,8 +88,7 @@ def plot_report(result: dict, path: Path) -> None:
                       f"excluded; orange: warned) — {result['placed']} placed, {result['excluded']} excluded",
                       fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    return fig
 
 
 def _dated(row: dict) -> bool:

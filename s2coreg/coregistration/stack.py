@@ -64,7 +64,7 @@ import s2coreg.coregistration.outputs as stack_outputs
 from s2coreg.coregistration.cache import WorkCache
 from s2coreg.config import CoregisterConfig
 from s2coreg.coregistration.engine import DateFeatures, PairMeasure
-from s2coreg.results import StackDate
+from s2coreg.results import StackDate, StackResult
 from s2coreg.utils import PipelineError, atomic_path, set_threads
 from s2coreg.coregistration.dates import (date_label, expand_inputs, failure_reason, find_date, given_reference,
                                           open_dates, unique_dates)
@@ -401,7 +401,7 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
     """Results of ``futures`` (key → future) as they finish; a failing one's error recorded.
     ``on_done(key, value)`` is called on each result as it arrives (the cache keeps it then, so
     a run interrupted in the middle of a stage keeps the work that stage finished)."""
-    from tqdm import tqdm
+    from s2coreg.display import tqdm
 
     by_key = {f.key: k for k, f in futures.items()}
     out = {}
@@ -471,7 +471,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
                      bands: tuple[str, ...] | None = None, cfg: CoregisterConfig | None = None,
                      scheduler: str | None = None, workers: int | None = None, neighbours: int = 2,
                      write_corrected: bool = False, progress: bool = True, client=None,
-                     dates: dict | None = None, device: str | None = None) -> dict:
+                     dates: dict | None = None, device: str | None = None) -> StackResult:
     """Co-register every date of ``inputs`` jointly (see the module docstring); returns the rows of
     ``shifts.csv`` (``"dates"``: a ``results.StackDate`` a date, read as a dict too, whose shared
     fields are a pair's ``CoregistrationResult``'s: ``dx_m``, ``dy_m``, ``sigma_m``, ``status``, …)
@@ -481,7 +481,9 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     more dates reuses it (``cache``; counted in ``reused`` / ``computed``). ``dates``:
     {NAME: YYYY-MM-DD} for dates whose metadata and name do not give one (``--date``). ``device``:
     the workers' (``cpu``, ``cuda``; None or ``"auto"``: each worker's CUDA GPU where torch can use
-    one, else its CPU, resolved on the worker), checked on every worker before any work."""
+    one, else its CPU, resolved on the worker), checked on every worker before any work.
+    The result is a ``results.StackResult``: the dict, with ``to_dataframe()`` and ``report()``
+    (a notebook shows it as the dates' table and the report picture)."""
     engine.check_settings(cfg or CoregisterConfig())
     cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
     if client is not None and (scheduler is not None or workers is not None):
@@ -677,7 +679,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
               progress: bool, cache: WorkCache, feature_keys: dict, device: str | None = None) -> list[PairMeasure]:
     """The pairs measured as Dask tasks, those of an earlier run taken from ``cache``."""
-    from tqdm import tqdm
+    from s2coreg.display import tqdm
 
     keys = {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
     out = []
@@ -727,7 +729,7 @@ def item_ids(paths: list, products: dict) -> list[str]:
 
 
 def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_reason, grid, seconds,
-           scheduler, given_dates: dict | None = None) -> dict:
+           scheduler, given_dates: dict | None = None) -> StackResult:
     px = engine.metres_per_px(grid)
     x_m = _to_metres(grid, solution["x"])
     kinds = [tuple(loc.bands) for loc in locations.values()]
@@ -780,12 +782,12 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
                           "reason": r.reason, "error": r.error, "warnings": "; ".join(r.warnings) or None,
                           **{f"windows_{k}": v for k, v in engine.refinement_counts(r.windows).items()
                              if k != "learned_reasons"}})
-    return {"reference": rows[ref]["path"], "reference_id": ids[ref], "reference_reason": ref_reason, "dates": rows,
+    return StackResult({"reference": rows[ref]["path"], "reference_id": ids[ref], "reference_reason": ref_reason, "dates": rows,
             "pairs": pair_rows, "seconds": round(seconds, 1), "scheduler": scheduler or "LocalCluster",
             "crs": grid.crs.to_string(), "grid": {"transform": list(grid.transform)[:6],
                                                   "width": grid.width, "height": grid.height},
             "placed": sum(r["status"] != "excluded" for r in rows), "excluded": sum(r["status"] == "excluded" for r in rows),
-            "errors": [f"{rows[r.i]['path']} / {rows[r.j]['path']}: {r.error}" for r in pairs if r.error]}
+            "errors": [f"{rows[r.i]['path']} / {rows[r.j]['path']}: {r.error}" for r in pairs if r.error]})
 
 
 # ----------------------------------------------------------------------------- xarray

@@ -187,7 +187,7 @@ class ImageMatcher:
     def match_images(self, image0, image1) -> MatchResult:
         """Match two images (paths or arrays, any sizes). See ``s2coreg/matching/pipeline.py`` for the fields;
         with two georeferenced inputs also ``crs``, ``map_points0/1`` and ``shift_m``."""
-        from tqdm import tqdm
+        from s2coreg.display import tqdm
 
         big = any(_pixels(im) > MatchingConfig.progress_pixels for im in (image0, image1))
         with tqdm(total=3, desc="match", unit="step", disable=not big, leave=False) as bar:
@@ -208,7 +208,7 @@ class ImageMatcher:
         last with its ``error``; the others go on. Features are cached (``cache_size``). With
         ``matcher="sift-first"`` a candidate's inliers are SIFT's or the learned path's
         (``cascade_path``), which count differently: rank with one path (the default, ``fast``)."""
-        from tqdm import tqdm
+        from s2coreg.display import tqdm
 
         if isinstance(candidates, (str, Path)) and Path(candidates).is_dir():
             candidates = list_images(candidates)
@@ -235,7 +235,8 @@ class ImageMatcher:
                           max_lines: int = 250):
         """Side-by-side picture of the matches (``visualization.plot_matches``): inliers coloured
         by confidence, outliers red, the counts drawn of the total in the title. Returns the
-        matplotlib figure (shown inline in a notebook); with ``output`` also writes a PNG."""
+        matplotlib figure (a ``picture.Picture``: a notebook shows it, pyplot imported or not);
+        with ``output`` also writes a PNG."""
         result = result if result is not None else self.match_images(image0, image1)
         l0, _ = self.features(image0)
         l1, _ = self.features(image1)

@@ -29,12 +29,13 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     ratio of the display size to ``result["image_size0/1"]``. At most ``max_lines`` matches are
     drawn, the most confident of each kind, a quarter of them (at least) outliers; the title says
     how many of how many.
-    Returns the figure; with ``output``, also writes it as PNG (atomically).
+    Returns the figure (a ``picture.Picture``: a notebook shows it); with ``output``, also writes it as PNG (atomically).
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
+
+    from s2coreg.picture import Picture
 
     a, b = display_image(image0), display_image(image1)
     s0 = np.array([a.shape[1], a.shape[0]], np.float64) / np.array(result["image_size0"], np.float64)
@@ -76,7 +77,7 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, result: dict, names: tu
     title_h = 0.2 * len(lines) + 0.15                                  # inches
     image_h = 0.92 * width * h / canvas.shape[1]                      # the image fills the axes' width
     fig_h = image_h + title_h + 0.1
-    fig = Figure(figsize=(width, fig_h), dpi=100)
+    fig = Picture(figsize=(width, fig_h), dpi=100)
     ax = fig.add_axes([0, 0.1 / fig_h, 0.92, image_h / fig_h])
     ax.imshow(canvas)
     ax.set_axis_off()
