@@ -589,9 +589,9 @@ class StackResult(dict):
     def report(self):
         """dx and dy of each date over time (``report.png``'s picture), a ``picture.Picture``:
         a notebook shows it; ``.savefig(path)`` writes it."""
-        from s2coreg.coregistration.outputs import report_figure
+        from s2coreg.picture import stack_report_figure
 
-        return report_figure(self)
+        return stack_report_figure(self)
 
     def _repr_html_(self) -> str:
         from s2coreg.display import html_table, img_tag, png_bytes

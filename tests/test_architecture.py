@@ -178,7 +178,7 @@ LAYERS = {  # docs/architecture.md's module map: a module imports from its own l
     "s2coreg.config": 0, "s2coreg.io": 0, "s2coreg.models": 0, "s2coreg.matching": 0,
     "s2coreg.coregistration": 0, "s2coreg.training": 0,
     "s2coreg.utils": 1, "s2coreg.io.imaging": 1, "s2coreg.matching.geometry": 1, "s2coreg.io.geo": 1,
-    "s2coreg.results": 1, "s2coreg.cli": 1, "s2coreg.io.remote": 1,
+    "s2coreg.results": 1, "s2coreg.display": 1, "s2coreg.picture": 1, "s2coreg.cli": 1, "s2coreg.io.remote": 1,
     "s2coreg.io.grid": 2,
     "s2coreg.io.products": 2, "s2coreg.models.checkpoints": 2, "s2coreg.training.dataset": 2, "s2coreg.samples": 2,
     "s2coreg.models.superpoint": 3, "s2coreg.models.superglue": 3,
