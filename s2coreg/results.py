@@ -73,7 +73,8 @@ def _unset(value) -> bool:
 
 def _short(value) -> str:
     """A value as a compact repr shows it: an array as its shape and dtype, floats to mm (3
-    decimals), a list of texts (warnings) as its length, a long text or dict shortened."""
+    decimals), a long list of texts (warnings) as its first, shortened, and how many more, a long
+    text or dict shortened."""
     if isinstance(value, np.ndarray):
         return f"<{tuple(value.shape)} {value.dtype}>"
     if isinstance(value, Record):
@@ -84,7 +85,9 @@ def _short(value) -> str:
         return f"{float(value):.3f}"
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, str) for v in value) and sum(map(len, value)) > 60:
-            return f"<{len(value)} texts>"
+            first = value[0] if len(value[0]) <= 72 else value[0][:71] + "…"     # what it says, shortened
+            more = f" (+{len(value) - 1} more)" if len(value) > 1 else ""
+            return f"[{first!r}{more}]"
         inner = ", ".join(_short(v) for v in value)
         return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
     if isinstance(value, dict):
@@ -95,8 +98,9 @@ def _short(value) -> str:
 
 
 def _html_value(value):
-    """A value as the HTML table shows it: an array as its shape, a record as its repr."""
-    if isinstance(value, (np.ndarray, Record, dict)):
+    """A value as the HTML table shows it: an array as its shape, a record as its repr, numbers to
+    the millimetre (in lists too)."""
+    if isinstance(value, (np.ndarray, Record, dict, list, tuple, float, np.floating)):
         return _short(value)
     return value
 
@@ -528,12 +532,28 @@ class CoregistrationResult(Record):
         rows += [("reference", self.reference), ("target", self.target), ("seconds", self.seconds)]
         return [(k, v) for k, v in rows if not _unset(v)]
 
-    def report_path(self) -> Path | None:
-        """The ``report.png`` this run wrote (with ``output``), where it still is; else None."""
-        for name in self.outputs or []:
-            if Path(name).name == "report.png" and Path(name).is_file():
-                return Path(name)
+    def own_output(self, name: str) -> Path | None:
+        """This run's file ``name`` in its output folder, while the folder still holds this run's
+        result; else None. A later run into the same folder (a notebook cell run again) replaces
+        the folder's files: they are then that run's, never shown as this one's."""
+        import json
+
+        for written in self.outputs or []:
+            path = Path(written)
+            if path.name != name or not path.is_file():
+                continue
+            try:
+                published = json.loads((path.parent / "coregistration.json").read_text()).get("provenance")
+            except (OSError, ValueError):
+                return None
+            mine = json.loads(json.dumps(self.provenance, default=str))       # as the JSON holds it
+            return path if published == mine else None
         return None
+
+    def report_path(self) -> Path | None:
+        """The ``report.png`` this run wrote (with ``output``) while its folder holds this run's
+        result (``own_output``); else None."""
+        return self.own_output("report.png")
 
     def report(self):
         """The ``report.png`` this run wrote, as a picture a notebook shows (``display.PngFile``);
@@ -555,10 +575,13 @@ class CoregistrationResult(Record):
         ``geopandas.GeoDataFrame`` (optional: ``pip install geopandas``), WGS84 points at their
         reference position with the CSV's columns (``dx_m``, ``dy_m``, ``score``, ``inlier``, …)."""
         gpd = _optional("geopandas", "tie_points_gdf")
-        found = [Path(n) for n in self.outputs or [] if Path(n).name == "tie_points.geojson"]
-        if not found or not found[0].is_file():
+        found = self.own_output("tie_points.geojson")
+        if found is None:
+            if any(Path(n).name == "tie_points.geojson" for n in self.outputs or []):
+                raise ValueError("tie_points_gdf: the output folder now holds a later run's result (its "
+                                 "tie_points.geojson is that run's); co-register into another folder to keep both")
             raise ValueError("tie_points_gdf: no tie_points.geojson (coregister(..., output=FOLDER) writes it)")
-        return gpd.read_file(found[0])
+        return gpd.read_file(found)
 
 
 class StackResult(dict):

@@ -66,9 +66,11 @@ def test_coregistration_result_shows_its_report_beside_the_numbers(tmp_path):
     fig = Picture(figsize=(2, 1))
     fig.add_subplot().plot([0, 1])
     fig.savefig(report)
+    (tmp_path / "coregistration.json").write_text(json.dumps({"provenance": {"time": "2026-12-07T05:00:00"}}))
     c = CoregistrationResult(verified=True, shift_m=ShiftEstimate(dx=1.0, dy=-1.0, sigma_m=0.2, ce90_m=0.43),
                              tie_points=120, windows={"used": 4, "rejected": 1}, target="/x/t.tif", date="20200101",
-                             warnings=["a warning"], outputs=[str(report)])
+                             warnings=["a warning"], outputs=[str(report)],
+                             provenance={"time": "2026-12-07T05:00:00"})     # the folder's result is this one
     text = repr(c)
     assert "dx_m=1.000" in text and "tie_points=120" in text and "target='t.tif'" in text and "None" not in text
     html = c._repr_html_()
@@ -179,3 +181,24 @@ def test_tour_notebook_runs_in_a_fresh_kernel():
     assert data(outputs("shifts = coregister_dataarray("), "text/html")
     for o in outputs("s = coregister_stack("):
         assert "8787" not in str(o) and "distributed" not in str(o)
+
+
+@pytest.mark.shipped
+def test_a_result_never_shows_a_later_run_s_picture_or_tie_points(tmp_path):
+    """Two pairs co-registered into one folder (a notebook cell run again): the first result no
+    longer shows the folder's picture or tie points — they are the second run's — while the
+    second shows its own; one warning reads as its text in the repr, not as a count."""
+    from s2coreg import coregister
+
+    dates = sorted((ROOT / "tests" / "data" / "t36uya").glob("*.tif"))
+    out = tmp_path / "out"
+    first = coregister(str(dates[1]), str(dates[2]), out, progress=False)
+    assert first.report_path() is not None and first.own_output("tie_points.geojson") is not None
+    second = coregister(str(dates[2]), str(dates[3]), out, progress=False)
+    assert first.report_path() is None and first.report() is None and "<img" not in first._repr_html_()
+    assert first.own_output("tie_points.geojson") is None
+    assert second.report_path() is not None and "<img" in second._repr_html_()
+    warned = CoregistrationResult(verified=True, warnings=["windows disagree by 34–183 m: the translation is only "
+                                                           "an average; use correction='affine' (--correction affine)"])
+    assert "warnings=['windows disagree by 34–183 m: the translation is only an average; use c…']" in repr(warned)
+    assert "texts>" not in repr(warned)
