@@ -32,37 +32,23 @@ def run(command: str, argv: list[str] | None = None) -> int:
     return cli.script(main if argv is None else lambda: main(argv))
 
 
-def coregister() -> int:
-    return run("coregister")
+def _command(command: str, function: str):
+    """The console entry point of ``command`` (a function of no arguments, as pyproject's
+    ``[project.scripts]`` and the checkout's scripts call it)."""
+    def entry() -> int:
+        return run(command)
+
+    entry.__name__ = entry.__qualname__ = function
+    entry.__doc__ = f"``{command}``: {COMMANDS[command][0]}'s main, through ``cli.script``."
+    return entry
 
 
-def preprocess() -> int:
-    return run("s2coreg-preprocess")
-
-
-def extract() -> int:
-    return run("s2coreg-extract")
-
-
-def match_features() -> int:
-    return run("s2coreg-match-features")
-
-
-def match() -> int:
-    return run("s2coreg-match")
-
-
-def evaluate() -> int:
-    return run("s2coreg-evaluate")
-
-
-def train_superpoint() -> int:
-    return run("s2coreg-train-superpoint")
-
-
-def train_superglue() -> int:
-    return run("s2coreg-train-superglue")
-
-
-def checkpoints() -> int:
-    return run("s2coreg-checkpoints")
+coregister = _command("coregister", "coregister")
+preprocess = _command("s2coreg-preprocess", "preprocess")
+extract = _command("s2coreg-extract", "extract")
+match_features = _command("s2coreg-match-features", "match_features")
+match = _command("s2coreg-match", "match")
+evaluate = _command("s2coreg-evaluate", "evaluate")
+train_superpoint = _command("s2coreg-train-superpoint", "train_superpoint")
+train_superglue = _command("s2coreg-train-superglue", "train_superglue")
+checkpoints = _command("s2coreg-checkpoints", "checkpoints")
