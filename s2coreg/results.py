@@ -627,3 +627,18 @@ class StackResult(dict):
         except Exception:            # a table without its picture rather than no table (a hand-made dict)
             picture = ""
         return table + picture
+
+
+class Ranking(list):
+    """``ImageMatcher.rank``'s answer: the list of candidates it always was (a dict each:
+    ``candidate``, ``num_inliers``, ``verified``, ``num_matches``, ``reason``, ``error``, ``method``,
+    ``cascade_path``; best first), shown in a notebook as a table (``_repr_html_``)."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("rank", "candidate", "verified", "num_inliers", "num_matches", "reason")
+
+    def _repr_html_(self) -> str:
+        from s2coreg.display import html_table
+
+        rows = [{**r, "rank": k + 1, "candidate": Path(str(r["candidate"])).name} for k, r in enumerate(self)]
+        verified = sum(bool(r.get("verified")) for r in self)
+        return html_table(rows, list(self.COLUMNS), caption=f"{len(self)} candidates ranked, {verified} verified")

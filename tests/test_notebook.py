@@ -202,3 +202,18 @@ def test_a_result_never_shows_a_later_run_s_picture_or_tie_points(tmp_path):
                                                            "an average; use correction='affine' (--correction affine)"])
     assert "warnings=['windows disagree by 34–183 m: the translation is only an average; use c…']" in repr(warned)
     assert "texts>" not in repr(warned)
+
+
+def test_a_ranking_reads_as_a_list_and_shows_as_a_table():
+    """``ImageMatcher.rank``'s answer is the list of dicts it was (sorted, JSON-writable) and shows
+    in a notebook as a table of the candidates (their names, not whole paths)."""
+    from s2coreg.results import Ranking
+
+    ranked = Ranking([{"candidate": "/data/a/b.tif", "num_inliers": 40, "verified": True, "num_matches": 90,
+                       "reason": None, "error": False, "method": "superpoint+superglue", "cascade_path": None},
+                      {"candidate": "/data/a/c.tif", "num_inliers": 0, "verified": False, "num_matches": 3,
+                       "reason": "0 RANSAC inliers < 15", "error": False, "method": None, "cascade_path": None}])
+    assert isinstance(ranked, list) and json.loads(json.dumps(ranked))[0]["num_inliers"] == 40
+    html = ranked._repr_html_()
+    assert "<table" in html and "2 candidates ranked, 1 verified" in html and "b.tif" in html
+    assert "/data/a" not in html and "0 RANSAC inliers" in html

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -292,3 +293,16 @@ def test_a_file_is_hashed_once_a_run(tmp_path, monkeypatch):
     assert opened.count(str(band)) == 1
     remote.content_key(band, {})
     assert opened.count(str(band)) == 2
+
+
+def test_a_rerun_that_computes_nothing_draws_no_empty_bars(first, dask_client, tmp_path, capsys):
+    """A stack run again with nothing new: every stage from the cache, and no progress bar of
+    nothing (``locate: 0date``, ``dates: 0date``, ``pairs: 0pair`` printed four empty bars)."""
+    files, out0, before = first
+    out = tmp_path / "out"
+    shutil.copytree(out0, out)
+    capsys.readouterr()
+    rerun = stack.coregister_stack(files, out, client=dask_client, progress=True)
+    assert rerun["computed"] == {k: 0 for k in rerun["computed"]}
+    err = capsys.readouterr().err
+    assert not re.search(r"\b0(date|pair) \[", err), err[-500:]

@@ -406,7 +406,7 @@ def _gather(futures: dict, label: str, progress: bool, errors: dict, paths: list
     by_key = {f.key: k for k, f in futures.items()}
     out = {}
     for fut in tqdm(_as_completed(list(futures.values())), total=len(futures), desc=label, unit="date",
-                    disable=not progress):
+                    disable=not progress or not futures):          # all cached: no empty bar
         k = by_key[fut.key]
         try:
             value = fut.result()
@@ -692,7 +692,7 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
     futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device, retries=2,
                              key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
     for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
-                    disable=not progress):
+                    disable=not progress or not futures):
         i, j = futures[fut]
         try:
             measure = fut.result()

@@ -35,7 +35,7 @@ import s2coreg.io.geo as geo
 import s2coreg.matching.visualization as visualization
 from s2coreg.config import MatchingConfig
 from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, matcher_choices, select_bands
-from s2coreg.results import MatchResult
+from s2coreg.results import MatchResult, Ranking
 from s2coreg.io.imaging import IMAGE_SUFFIXES, image_dimensions, list_images, load_image, load_valid_mask, resize_to
 from s2coreg.utils import PipelineError, set_threads, write_json
 
@@ -202,7 +202,7 @@ class ImageMatcher:
         result.update(geo.georeference_matches(result["mkpts0"], result["mkpts1"], l0.georef, l1.georef, inliers))
         return result
 
-    def rank(self, query, candidates, progress: bool = True) -> list[dict]:
+    def rank(self, query, candidates, progress: bool = True) -> Ranking:
         """Rank ``candidates`` (paths, arrays, or a folder) by geometrically verified matches
         (RANSAC inliers) with ``query``; best first. A candidate that cannot be read is listed
         last with its ``error``; the others go on. Features are cached (``cache_size``). With
@@ -228,7 +228,7 @@ class ImageMatcher:
             ranking.append({"candidate": name, "num_inliers": r.num_inliers, "verified": r.verified,
                             "num_matches": len(r.mkpts0), "reason": r.reason, "error": False,
                             "method": r.method, "cascade_path": r.cascade_path})
-        return sorted(ranking, key=lambda x: (x["error"], -x["num_inliers"], -x["num_matches"]))
+        return Ranking(sorted(ranking, key=lambda x: (x["error"], -x["num_inliers"], -x["num_matches"])))
 
     # ------------------------------------------------------------------ output
     def visualize_matches(self, image0, image1, result: MatchResult | None = None, output: str | Path | None = None,
