@@ -120,7 +120,7 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
 def preprocess_product(product: Product, output: Path, bands: list[str], cfg: PreprocessConfig,
                        progress: bool = True) -> int:
     """Write every output of one product; all or nothing. Returns the number of images."""
-    from tqdm import tqdm
+    from s2coreg.display import tqdm
 
     missing = [b for b in bands if b not in product.band_files]
     if missing:
@@ -249,7 +249,7 @@ def preprocess(inputs, output=config.PREPROCESSED_DIR, cfg: PreprocessConfig | N
     found = resolve_inputs(inputs, scale, offset)
     output = writable_folder(output)
 
-    from tqdm import tqdm
+    from s2coreg.display import tqdm
 
     done = Preprocessed([], list(found.errors))
     for product in tqdm(found.products, desc="products", unit="product", disable=not progress or len(found) < 2):

@@ -62,6 +62,7 @@ import s2coreg.config as config
 import s2coreg.io.products as dp
 import s2coreg.io.geo as geo
 import s2coreg.io.remote as remote
+from s2coreg.cli import FLAG_OF
 from s2coreg.config import CoregisterConfig, PreprocessConfig
 from s2coreg.io.imaging import BorderFill, DenseFit, border_fill, dense_translation, edge_fraction, fill_from_neighbours
 from s2coreg.utils import PipelineError, atomic_path
@@ -97,6 +98,9 @@ def open_date(path: str | Path | list, role: str = "date", bands: tuple[str, ...
     return with_nodata(_open_product(path, role, bands), nodata, role, bands)
 
 
+NODATA_PARAMETERS = {"reference": "ref_nodata", "target": "target_nodata"}    # a pair's no-data rules, by role
+
+
 def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "date",
                 bands: tuple[str, ...] = ()) -> dp.Product:
     """``product`` under the no-data rule ``nodata`` (see ``open_date``). Fill that a file does not
@@ -123,18 +127,14 @@ def with_nodata(product: dp.Product, nodata: float | str | None, role: str = "da
     if found is None:
         return product
     path, fill = found
-    param, flag = {"reference": ("ref_nodata", "--ref-nodata"), "target": ("target_nodata", "--target-nodata")}.get(
-        role, (None, None))
-    how = (f"give {param}='none' ({flag} none) to read it as data, or another value" if flag else
+    param = NODATA_PARAMETERS.get(role)
+    how = (f"give {param}='none' ({FLAG_OF[param]} none) to read it as data, or another value" if param else
            "set the file's own no-data tag to choose otherwise, e.g. gdal_edit.py -a_nodata VALUE")
     tag = ("" if fill.declared is None else
            f" (it declares {fill.declared:g}, which does not fill it from the edge; {fill.declared:g} is read as data)")
     note = (f"{path}: {fill.fraction:.0%} of it is {fill.value:g} from the edge inwards, not declared as no-data"
             f"{tag}: read as no-data ({how})")
     return dataclasses.replace(product, nodata=fill.value, fill=note)
-
-
-NODATA_PARAMETERS = {"reference": "ref_nodata", "target": "target_nodata"}    # a pair's no-data rules, by role
 
 
 def nodata_named(role: str, value: str) -> str:
@@ -242,6 +242,16 @@ def check_settings(cfg: CoregisterConfig) -> None:
         if not isinstance(value, int) or value < least:
             raise PipelineError(f"{name}={value!r}: must be a whole number of at least {least}"
                                 f"{' px' if name != 'max_windows' else ''} (default {getattr(CoregisterConfig, name)})")
+
+
+def checked_config(cfg: CoregisterConfig | None) -> CoregisterConfig:
+    """``cfg`` (the defaults where None) as a run takes it, checked before any work (a pair before
+    its models load, a stack before its cluster starts): sizes that can measure
+    (``check_settings``), a matcher co-registration takes, named as every process finds it
+    (``check_matcher``)."""
+    cfg = cfg or CoregisterConfig()
+    check_settings(cfg)
+    return check_matcher(cfg)
 
 
 def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:

@@ -83,8 +83,7 @@ class Coregistration:
         engine.check_given_dates(dates, [reference, target])
         if pipeline is not None:     # the path given is the one that runs, and the one recorded
             self.cfg = config.replace(self.cfg, matcher=pipeline.matcher_name)
-        engine.check_settings(self.cfg)
-        self.cfg = engine.check_matcher(self.cfg)       # a user's matcher as package.module:name
+        self.cfg = engine.checked_config(self.cfg)      # a user's matcher as package.module:name
         shared = bands if bands else tuple(self.cfg.bands)
         specs = (self.cfg.reference_bands or shared, self.cfg.target_bands or shared)   # as the user gave them
         self.inputs = (reference, target)
@@ -704,9 +703,7 @@ def main(argv=None) -> int:
         parser.error(f"{', '.join(stack_only)}: for --stack only; a pair runs in this process")
     try:
         set_threads(args.threads or None)
-        cfg = config_of(args, cfg)
-        engine.check_settings(cfg)
-        cfg = engine.check_matcher(cfg)        # before any model loads: one line naming what is taken
+        cfg = engine.checked_config(config_of(args, cfg))    # before any model loads: one line naming what is wrong
         pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,

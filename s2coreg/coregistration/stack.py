@@ -484,8 +484,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     one, else its CPU, resolved on the worker), checked on every worker before any work.
     The result is a ``results.StackResult``: the dict, with ``to_dataframe()`` and ``report()``
     (a notebook shows it as the dates' table and the report picture)."""
-    engine.check_settings(cfg or CoregisterConfig())
-    cfg = engine.check_matcher(cfg or CoregisterConfig())   # the workers get a user's matcher as package.module:name
+    cfg = engine.checked_config(cfg)      # the workers get a user's matcher as package.module:name
     if client is not None and (scheduler is not None or workers is not None):
         raise PipelineError("client= runs the stack on that client; scheduler= and workers= start or reach a cluster "
                             "of its own: give one or the other")

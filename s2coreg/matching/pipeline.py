@@ -364,14 +364,12 @@ def _import_own(name: str, module: str) -> None:
     """Import the module of ``package.module:name`` (its ``@register_matcher`` registers the matcher)."""
     try:
         importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+    except Exception as exc:         # the module's own error: one line; its traceback stays chained
+        missing = getattr(exc, "name", None)         # ModuleNotFoundError: which module is not there
+        if isinstance(exc, ModuleNotFoundError) and missing and (module == missing or module.startswith(missing + ".")):
             raise PipelineError(f"matcher {name!r}: no module {module} to import; install it, or add the folder "
                                 "that holds it to PYTHONPATH (every process that matches imports it, Dask's "
                                 "workers too)") from exc
-        raise PipelineError(f"matcher {name!r}: importing {module} failed ({_one_line(exc)}); fix that "
-                            "module") from exc
-    except Exception as exc:         # the module's own error: one line; its traceback stays chained
         raise PipelineError(f"matcher {name!r}: importing {module} failed ({_one_line(exc)}); fix that "
                             "module") from exc
 
