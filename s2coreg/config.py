@@ -177,6 +177,7 @@ class SuperPointTrainConfig:
     desc_weight: float = 1.0
     negative_radius: float = 6.0      # other points closer than this are not negatives (px)
     fine_max_shift: float = 5.0       # px: fine-head training moves the window off the truth by up to this
+    sensor_mix: float = 0.0           # share of pairs whose image 1 is another sensor's view (dataset.SENSOR_VIEWS)
 
 
 @dataclass
@@ -196,6 +197,7 @@ class SuperGlueTrainConfig:
     difficulty: str = "train"
     positive_threshold: float = 3.0   # px: mutual nearest within this → a match
     negative_threshold: float = 5.0   # px: nearest beyond this → unmatched (dustbin); between: ignored
+    sensor_mix: float = 0.0           # share of pairs whose image 1 is another sensor's view (dataset.SENSOR_VIEWS)
 
 
 # ----------------------------------------------------------------------------- geometry

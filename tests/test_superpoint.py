@@ -195,6 +195,44 @@ def test_warped_pair_ground_truth():
     assert np.median(np.abs(v0 - v1)) < 0.02 * (img.max() - img.min())
 
 
+@pytest.mark.parametrize("kind", sorted(dataset.SENSOR_VIEWS))
+def test_a_landsat_like_view_keeps_the_geometry_and_loses_the_detail(kind):
+    """Another sensor's view (training's --sensor-mix, evaluate.py --sensor) stays on the same
+    grid — where a feature was, it still is (phase correlation within 0.1 px) — and has that
+    sensor's coarser detail: what a 10 m pixel shows beside its neighbour is smoothed away in
+    proportion to the pixel size."""
+    import cv2
+
+    img = sample_gray().astype(np.float32)[:256, :256]
+    valid = np.ones(img.shape, bool)
+    valid[:20, :20] = False
+    view, v = dataset.sensor_view(np.random.default_rng(0), img, valid, kind)
+    assert view.shape == img.shape and view.dtype == np.float32
+    (dx, dy), _ = cv2.phaseCorrelate(img.astype(np.float64), view.astype(np.float64))
+    assert np.hypot(dx, dy) < 0.1                 # a half-pixel slip would be 0.5
+    assert not v[:20, :20].any() and v[40:, 40:].all()          # the invalid corner stays invalid
+
+    def detail(x):     # high-frequency energy relative to the image's spread
+        return np.abs(np.diff(x, axis=1)).mean() / x.std()
+
+    assert detail(view) < (0.8 if kind == "landsat15" else 0.5) * detail(img)
+    factor = dataset.SENSOR_VIEWS[kind]
+    assert factor in (1.5, 3.0)
+
+
+def test_the_sensor_mix_changes_only_the_pairs_it_draws():
+    """The sensor view draws from a stream of its own: ``sensor_mix=0`` leaves every pair as it
+    was (earlier runs' pairs, and a resumed run's), a mix of 1 changes image 1 alone."""
+    img = sample_gray()
+    scene = dataset.Scene("pisa", "test", [img, img.copy()], [np.ones(img.shape, bool)] * 2)
+    cfg = config.replace(config.SuperPointTrainConfig(), crop=96, num_desc_points=64, num_labels=30)
+    plain = dataset.TrainingPairs([scene], cfg).pair(3)[1]
+    again = dataset.TrainingPairs([scene], config.replace(cfg, sensor_mix=0.0)).pair(3)[1]
+    mixed = dataset.TrainingPairs([scene], config.replace(cfg, sensor_mix=1.0)).pair(3)[1]
+    assert np.array_equal(plain["image1"], again["image1"])
+    assert np.array_equal(plain["image0"], mixed["image0"]) and not np.allclose(plain["image1"], mixed["image1"])
+
+
 def test_keypoint_labels():
     valid = np.ones((16, 16), bool)
     valid[8:, 8:] = False

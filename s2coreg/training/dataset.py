@@ -324,6 +324,40 @@ def photometric(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray
     return np.clip(x, 0, 1).astype(np.float32), visible
 
 
+# Other sensors' views of a 10 m Sentinel-2 crop: their pixel size over Sentinel-2's 10 m.
+# Landsat 8/9 OLI: 30 m multispectral bands, the 15 m panchromatic band (503-676 nm).
+SENSOR_VIEWS = {"landsat30": 3.0, "landsat15": 1.5}
+
+
+def sensor_view(rng: np.random.Generator, image: np.ndarray, valid: np.ndarray,
+                kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (a crop on Sentinel-2's 10 m grid) as another sensor would see it, back on the
+    same grid, so the pair's homography and labels still hold: blurred by the coarser sensor's
+    point spread (a Gaussian of FWHM one of its pixels), sampled at its pixel size (area
+    average, ``SENSOR_VIEWS``), given its noise (a standard deviation of 0.2-1 % of the crop's
+    1-99 % range at its pixels), quantised to 12 bits of that range (OLI's), and resampled back
+    bilinearly, as a co-registration reads it onto another grid. Its spectral response differs
+    too — a mild random tone curve (the pan band spans green and red; on one grey band there is
+    no spectrum to re-mix, so a curve is what remains of it). ``valid`` shrinks to the coarse
+    pixels that are wholly valid. Returns (image as float32 in the input's range, valid)."""
+    factor = SENSOR_VIEWS[kind]
+    h, w = image.shape
+    x = image.astype(np.float32)
+    lo, hi = np.percentile(x[valid] if valid.any() else x, (1, 99))
+    span = max(float(hi - lo), 1e-6)
+    u = np.clip((x - lo) / span, 0, 1)
+    u = u ** np.float32(np.exp(rng.uniform(-0.15, 0.15)))                    # the spectral tone curve
+    u = cv2.GaussianBlur(u, (0, 0), factor / 2.355)                          # the sensor's PSF
+    small = (max(2, round(w / factor)), max(2, round(h / factor)))
+    coarse = cv2.resize(u, small, interpolation=cv2.INTER_AREA)
+    coarse = coarse + rng.normal(0, rng.uniform(0.002, 0.01), coarse.shape).astype(np.float32)
+    coarse = np.round(np.clip(coarse, 0, 1) * 4095) / 4095                   # 12 bits
+    u = cv2.resize(coarse.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    bad = cv2.resize((~valid).astype(np.float32), small, interpolation=cv2.INTER_AREA) > 0
+    ok = cv2.resize((~bad).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return (lo + u * span).astype(np.float32), valid & ok
+
+
 def repeatable_corners(img0: np.ndarray, img1: np.ndarray, valid0: np.ndarray, valid1: np.ndarray,
                        H: np.ndarray, num: int, nms_radius: int = 4, block: int = 5) -> np.ndarray:
     """Pseudo-ground-truth keypoints of image 0 that are corners on *both* dates.
@@ -392,6 +426,11 @@ class TrainingPairs(torch.utils.data.Dataset):
         ``visible0/1`` (not under a synthetic cloud) and ``H_0to1``; and the rng to go on with."""
         rng = np.random.default_rng([self.seed, k])
         pair = self._sample_pair(rng)
+        mix = getattr(self.cfg, "sensor_mix", 0.0)
+        sensor = np.random.default_rng([self.seed, k, 1])  # a stream of its own: the rest of the pair as without
+        if mix > 0 and sensor.random() < mix:
+            kind = sorted(SENSOR_VIEWS)[sensor.integers(len(SENSOR_VIEWS))]
+            pair["image1"], pair["valid1"] = sensor_view(sensor, pair["image1"], pair["valid1"], kind)
         for i in "01":
             image = percentile_stretch(pair[f"image{i}"], valid=pair[f"valid{i}"])
             pair[f"image{i}"], pair[f"visible{i}"] = photometric(rng, image)
@@ -485,11 +524,14 @@ def evaluation_pairs(root: str | Path, sources: tuple[str, ...] | None = None) -
     return pairs
 
 
-def make_eval_sample(pair: EvalPair, crop: int, difficulty: str, seed: int, repeat: int = 0) -> dict:
+def make_eval_sample(pair: EvalPair, crop: int, difficulty: str, seed: int, repeat: int = 0,
+                     sensor: str | None = None) -> dict:
     """Deterministic crop (centre) and warp of one evaluation pair.
 
     The crop is ``min(crop, image side)``; the homography is drawn from
-    ``seed, crc32(name), repeat``.
+    ``seed, crc32(name), repeat``. ``sensor`` (a key of ``SENSOR_VIEWS``): image 1 is then that
+    sensor's view of its date (``sensor_view``, drawn from the same seed), image 0 stays
+    Sentinel-2's.
     """
     h, w = pair.scene.images[pair.i].shape
     c = min(crop, h, w)
@@ -497,5 +539,7 @@ def make_eval_sample(pair: EvalPair, crop: int, difficulty: str, seed: int, repe
     x0, y0 = (w - c) // 2, (h - c) // 2
     H = sample_homography(rng, (c, c), difficulty)
     sample = warp_pair(pair.scene, pair.i, pair.j, x0, y0, (c, c), H)
+    if sensor is not None:
+        sample["image1"], sample["valid1"] = sensor_view(rng, sample["image1"], sample["valid1"], sensor)
     sample.update(name=pair.name, category=pair.category)
     return sample

@@ -32,7 +32,8 @@ import torch
 
 import s2coreg.cli as cli
 from s2coreg.config import EvalConfig
-from s2coreg.training.dataset import VALIDATION_SOURCES, evaluation_pairs, make_eval_sample, test_pairs
+from s2coreg.training.dataset import (SENSOR_VIEWS, VALIDATION_SOURCES, evaluation_pairs, make_eval_sample,
+                                      test_pairs)
 from s2coreg.matching.pipeline import (CASCADES, MATCHERS, OWN_MATCHER, MatchingPipeline, Pipeline, UnknownMatcher,
                                        correlate_keypoints1, matcher_class)
 from s2coreg.matching.geometry import corner_error, estimate_homography, is_verified, pose_auc, warp_points
@@ -334,6 +335,9 @@ def _main(argv=None) -> int:
                         help="a SuperGlue checkpoint to use instead of the one in --model-path")
     parser.add_argument("--match-threshold", type=float, default=None,
                         help="the matcher's score threshold (default: the checkpoint's)")
+    parser.add_argument("--sensor", default=None, choices=sorted(SENSOR_VIEWS),
+                        help="image 1 seen as another sensor: Landsat OLI's 30 m bands or its 15 m pan "
+                             "(dataset.sensor_view); image 0 stays Sentinel-2's")
     parser.add_argument("--seed", type=int, default=config.SEED)
     # the CPU by default, deliberately: the baselines run there and the timings are compared
     cli.add_runtime(parser, device="cpu", device_help="the learned methods' device; timings are reported for it")
@@ -363,17 +367,18 @@ def _main(argv=None) -> int:
         if unknown:
             raise PipelineError(f"--sources {','.join(unknown)}: unknown; choose from {','.join(VALIDATION_SOURCES)}")
         pairs = test_pairs(args.data) if args.split == "test" else evaluation_pairs(args.data, sources)
-        samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r)
+        samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r, sensor=args.sensor)
                    for p in pairs for r in range(args.repeats)]
         results = run_benchmark(methods, samples, cfg)
     except PipelineError as exc:
         return cli.fail(exc)
     table = markdown_table(results, cfg)
     print(f"\n{len(samples)} {args.split} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
+          f"{'image 1 as ' + args.sensor + ', ' if args.sensor else ''}"
           f"{torch.get_num_threads()} threads\n\n{table}")
-    out = args.output or config.RESULTS_DIR / f"eval_{args.split}_{cfg.difficulty}.json"
+    out = args.output or config.RESULTS_DIR / f"eval_{args.split}_{cfg.difficulty}{'_' + args.sensor if args.sensor else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed,
+    write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed, "sensor": args.sensor,
                      "results": results, "table": table})
     print(f"\nresults → {out}")
     if args.reference:

@@ -239,6 +239,9 @@ def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--difficulty", default=tcfg.difficulty, choices=sorted(config.DIFFICULTIES),
                         help="range of the training warps (config.DIFFICULTIES)")
     parser.add_argument("--lr", type=float, default=tcfg.lr)
+    parser.add_argument("--sensor-mix", type=float, default=tcfg.sensor_mix,
+                        help="share of training pairs whose second image is a Landsat-like view (30 m or 15 m, "
+                             "its noise and tone: dataset.sensor_view); 0 = Sentinel-2 only")
     parser.add_argument("--val-every", type=int, default=tcfg.val_every, help="steps between validations")
     parser.add_argument("--val-pairs", type=int, default=tcfg.val_pairs, help="held-out pairs for validation")
     cli.add_runtime(parser, device=None)
@@ -270,7 +273,7 @@ def train_config_from_args(tcfg, args):
     set_threads(args.threads or None)
     return config.replace(tcfg, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
                           crop=args.crop, lr=args.lr, val_every=args.val_every, val_pairs=args.val_pairs,
-                          difficulty=args.difficulty)
+                          difficulty=args.difficulty, sensor_mix=args.sensor_mix)
 
 
 def run_training(train_fn, argv, output: Path) -> int:
