@@ -317,6 +317,7 @@ class EvalConfig:
     auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0)
     max_keypoints: int = 1024
     sift_ratio: float = 0.8
+    sensor: str | None = None         # image 1 as another sensor's view (dataset.SENSOR_VIEWS), None: Sentinel-2
 
 
 def as_dict(cfg) -> dict:

@@ -335,7 +335,7 @@ def _main(argv=None) -> int:
                         help="a SuperGlue checkpoint to use instead of the one in --model-path")
     parser.add_argument("--match-threshold", type=float, default=None,
                         help="the matcher's score threshold (default: the checkpoint's)")
-    parser.add_argument("--sensor", default=None, choices=sorted(SENSOR_VIEWS),
+    parser.add_argument("--sensor", default=cfg.sensor, choices=sorted(SENSOR_VIEWS),
                         help="image 1 seen as another sensor: Landsat OLI's 30 m bands or its 15 m pan "
                              "(dataset.sensor_view); image 0 stays Sentinel-2's")
     parser.add_argument("--seed", type=int, default=config.SEED)
@@ -347,7 +347,8 @@ def _main(argv=None) -> int:
                         help="also write every 10th pair's per-method corner errors here (the tests rerun them "
                              "to check that the shipped checkpoints reproduce these figures)")
     args = parser.parse_args(argv)
-    cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints)
+    cfg = config.replace(cfg, crop=args.crop, difficulty=args.difficulty, max_keypoints=args.max_keypoints,
+                         sensor=args.sensor)
     try:
         set_threads(args.threads or None)
         if args.max_keypoints == 0 or args.max_keypoints < -1:     # named as the flag (the extractor says it too)
@@ -367,18 +368,18 @@ def _main(argv=None) -> int:
         if unknown:
             raise PipelineError(f"--sources {','.join(unknown)}: unknown; choose from {','.join(VALIDATION_SOURCES)}")
         pairs = test_pairs(args.data) if args.split == "test" else evaluation_pairs(args.data, sources)
-        samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r, sensor=args.sensor)
+        samples = [make_eval_sample(p, cfg.crop, cfg.difficulty, args.seed, r, sensor=cfg.sensor)
                    for p in pairs for r in range(args.repeats)]
         results = run_benchmark(methods, samples, cfg)
     except PipelineError as exc:
         return cli.fail(exc)
     table = markdown_table(results, cfg)
     print(f"\n{len(samples)} {args.split} pairs, crop {cfg.crop}, difficulty {cfg.difficulty}, "
-          f"{'image 1 as ' + args.sensor + ', ' if args.sensor else ''}"
+          f"{'image 1 as ' + cfg.sensor + ', ' if cfg.sensor else ''}"
           f"{torch.get_num_threads()} threads\n\n{table}")
-    out = args.output or config.RESULTS_DIR / f"eval_{args.split}_{cfg.difficulty}{'_' + args.sensor if args.sensor else ''}.json"
+    out = args.output or config.RESULTS_DIR / f"eval_{args.split}_{cfg.difficulty}{'_' + cfg.sensor if cfg.sensor else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed, "sensor": args.sensor,
+    write_json(out, {"config": config.as_dict(cfg), "data": str(args.data), "seed": args.seed,
                      "results": results, "table": table})
     print(f"\nresults → {out}")
     if args.reference:
