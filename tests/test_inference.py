@@ -65,7 +65,8 @@ def test_refinement_brings_matches_closer_to_the_truth(sample):
     H = geometry.sample_homography(np.random.default_rng(4), (1024, 1024), "medium")
     big1 = cv2.warpPerspective(big0, H, (1024, 1024), flags=cv2.INTER_LINEAR)
     refined = ImageMatcher(device="cpu", resize=512, correlate=False, matcher="auto").match_images(big0, big1)
-    plain = ImageMatcher(device="cpu", resize=512, refine=False, correlate=False, matcher="auto").match_images(big0, big1)
+    plain = ImageMatcher(device="cpu", resize=512, refine=False, correlate=False,
+                         matcher="auto").match_images(big0, big1)
     assert refined.method.endswith("+refine") and not plain.method.endswith("+refine")
     np.testing.assert_array_equal(refined.matches0, plain.matches0)
     np.testing.assert_allclose(refined.mkpts0, plain.mkpts0)
@@ -216,7 +217,8 @@ def test_main_job_on_the_sample(tmp_path, monkeypatch):
     # the README's statement of this run: the default (SIFT's path verifies the pair) 94 matches, 82
     # verified, dx -2.4 m, dy +11.2 m; the learned path (--matcher auto) 778, 611, dx -2.6 m, dy +11.8 m
     assert info["cascade_path"] == "sift" and abs(info["matches"] - 94) <= 5 and abs(info["inliers"] - 82) <= 5
-    assert info["shift_m"]["dx"] == pytest.approx(-2.4, abs=0.15) and info["shift_m"]["dy"] == pytest.approx(11.2, abs=0.15)
+    assert info["shift_m"]["dx"] == pytest.approx(-2.4, abs=0.15)
+    assert info["shift_m"]["dy"] == pytest.approx(11.2, abs=0.15)
     assert (tmp_path / "out" / "matches.geojson").exists()
     assert inference.main(["--output", str(tmp_path / "auto"), "--matcher", "auto"]) == 0
     info = json.loads((tmp_path / "auto" / "matches.json").read_text())

@@ -355,9 +355,9 @@ def main(argv=None) -> int:
                            "auto: the learned pipeline alone (SuperGlue where its checkpoint is there); fast: see "
                            "--fast. A ranking (--query) scores every candidate with a cascade's learned path")
     mode.add_argument("--fast", action="store_true",
-                        help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
-                             "same features where they give few inliers; at or below SIFT's time a pair on 256² "
-                             "images, about 1.3x on 512² ones (docs/benchmarks.md)")
+                      help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
+                           "same features where they give few inliers; at or below SIFT's time a pair on 256² "
+                           "images, about 1.3x on 512² ones (docs/benchmarks.md)")
     cli.add_runtime(parser)
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,

@@ -633,6 +633,8 @@ class Pipeline(Protocol):
         name: the path that runs, as the provenance records it (``superpoint+superglue+refine+correlate``;
             a cascade's: ``FIRST, else FALLBACK``)
         matcher_name: the name ``matcher=`` takes for it (``superglue``, ``mnn``, ``fast``, ...)
+        ranking_name: the one path ``match_for_ranking`` scores every pair with (a cascade's: its
+            fallback), as a ranking's ``method`` records it
     """
 
     extractor: SuperPointExtractor | SiftExtractor | None
@@ -643,6 +645,9 @@ class Pipeline(Protocol):
 
     @property
     def matcher_name(self) -> str: ...
+
+    @property
+    def ranking_name(self) -> str: ...
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         """One image's features (the module docstring's Features)."""
@@ -658,6 +663,11 @@ class Pipeline(Protocol):
 
     def match(self, image0, image1, valid0=None, valid1=None) -> dict:
         """Extract, match, refine and verify two image arrays."""
+        ...
+
+    def match_for_ranking(self, f0: dict, f1: dict) -> dict:
+        """Two images' features matched and verified by the one path ``ranking_name`` names, for
+        every pair: inlier counts that compare across the candidates of a ranking."""
         ...
 
 

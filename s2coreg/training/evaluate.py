@@ -320,8 +320,8 @@ def _main(argv=None) -> int:
                              "sen2dwater/, sen12mscrts_roi146/ (test)")
     parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine,"
                                              + config.MatchingConfig.matcher,
-                        help="comma-separated, from " + ", ".join(method_names()) + f"; {config.MatchingConfig.matcher} is what "
-                             "ImageMatcher() runs (MatchingConfig.matcher)")
+                        help="comma-separated, from " + ", ".join(method_names())
+                             + f"; {config.MatchingConfig.matcher} is what ImageMatcher() runs (MatchingConfig.matcher)")
     parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
     parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
