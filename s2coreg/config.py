@@ -226,9 +226,11 @@ DIFFICULTIES = {
 class MatchingConfig:
     """Defaults of the matching pipeline (``s2coreg/matching/pipeline.py``), ``ImageMatcher`` and the scripts."""
 
-    matcher: str = "auto"             # matching.matcher_choices(): auto = superglue if its checkpoint is there,
-                                      # a matcher of matching.MATCHERS (one of your own module as
-                                      # package.module:name), or a cascade (fast, sift-first)
+    # ImageMatcher's and s2coreg-match's: the cascade sift-first (SIFT + ratio test + correlation stage, the
+    # learned pipeline where that does not verify), chosen on validation (docs/matching.md "The default").
+    # Also matching.matcher_choices(): auto = superglue if its checkpoint is there (else mnn), a matcher of
+    # matching.MATCHERS (one of your own module as package.module:name), or the cascade fast
+    matcher: str = "sift-first"
     resize: int = 1024                # longer side the network sees (ImageMatcher); 0 = never resize
     refine: bool = True               # move matches with SuperPoint's fine head, when it has one
     correlate: bool = True            # then make them precise by correlation (Lucas-Kanade, local contrast)

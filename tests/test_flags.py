@@ -114,8 +114,8 @@ NOT_CONFIG = {
 }
 # Config fields whose flag has another default, and why (the test fails once they agree: then drop the line)
 DIFFERS = {
-    # a registered matcher by name, built from --checkpoint alone (matching.MATCHERS): "auto"
-    # (MatchingConfig.matcher) is resolved by MatchingPipeline.from_checkpoints, which this stage does not build
+    # a registered matcher by name, built from --checkpoint alone (matching.MATCHERS): this stage matches
+    # SuperPoint feature files, where MatchingConfig.matcher's cascade (sift-first) extracts SIFT from pixels
     "s2coreg-match-features": {"matcher": "superglue"},
     # None: the train config's max_steps, or 12 with --smoke (training/loop.py)
     "s2coreg-train-superpoint": {"max_steps": None,

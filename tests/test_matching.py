@@ -60,10 +60,11 @@ def training_data(tmp_path):
 
 # ----------------------------------------------------------------------------- one path
 @shipped
-def test_image_matcher_benchmark_and_stage_scripts_agree(matcher, sample, tmp_path):
-    """The same pair through ImageMatcher, the benchmark's method and the two stage scripts:
-    identical keypoints, matches, refined points and verification."""
-    r = matcher.match_images(sample[0], sample[1])
+def test_image_matcher_benchmark_and_stage_scripts_agree(sample, tmp_path):
+    """The same pair through ImageMatcher's learned pipeline (``matcher="auto"``, the default
+    cascade's fallback), the benchmark's method and the two stage scripts (which match SuperPoint
+    feature files): identical keypoints, matches, refined points and verification."""
+    r = ImageMatcher(device="cpu", matcher="auto").match_images(sample[0], sample[1])
     assert r.method == "superpoint+superglue+refine+correlate" and r.verified
 
     method = evaluate.build_method("superpoint+superglue+refine+correlate", config.EvalConfig())
@@ -204,8 +205,10 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(capsys):
 
 @shipped
 def test_a_superpoint_file_keeps_the_superglue_beside_it():
-    assert (ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method
+    assert (ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt", matcher="auto").method
             == "superpoint+superglue+refine+correlate")
+    assert (ImageMatcher(model_path=config.CHECKPOINT_DIR / "superpoint.pt").method       # the default's fallback
+            == "sift+ratio+correlate, else superpoint+superglue+refine+correlate")
     assert ImageMatcher(matcher="mnn", correlate=False).method == "superpoint+mnn+refine"
 
 
@@ -229,10 +232,16 @@ def test_matcher_choices_and_bad_settings_are_one_line(tmp_path, capsys):
         ImageMatcher(max_keypoints=1.5)
     with pytest.raises(utils.PipelineError, match="threads '2'"):
         ImageMatcher(threads="2")
-    for argv in (["--fast", "--matcher", "sift-first"], ["--threads", "-1"], ["--resize", "-5"]):
+    for argv in (["--threads", "-1"], ["--resize", "-5"]):
         assert inference.main([*argv, "--output", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+    # --fast is --matcher fast: with any --matcher (the default's value given too) argparse refuses it
+    for value in ("sift-first", "auto"):
+        with pytest.raises(SystemExit) as exit_:
+            inference.main(["--fast", "--matcher", value, "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "not allowed with" in err, err
     # the benchmark's --sources choose validation places only, and only those it has
     for argv in (["--split", "test", "--sources", "oscd"], ["--sources", "ombria,bogus"], ["--max-keypoints", "0"]):
         assert evaluate.main([*argv, "--methods", "sift", "--output", str(tmp_path / "e.json")]) == 2
@@ -245,8 +254,9 @@ def test_the_checkpoints_match_threshold_holds_unless_overridden(tmp_path):
     ckpt = torch.load(config.CHECKPOINT_DIR / "superglue.pt", weights_only=True)
     ckpt["config"]["match_threshold"] = 0.35
     torch.save(ckpt, tmp_path / "superglue.pt")
-    assert ImageMatcher(model_path=tmp_path).pipeline.matcher.model.config.match_threshold == 0.35
-    assert ImageMatcher(model_path=tmp_path, match_threshold=0.5).pipeline.matcher.model.config.match_threshold == 0.5
+    assert ImageMatcher(model_path=tmp_path, matcher="auto").pipeline.matcher.model.config.match_threshold == 0.35
+    default = ImageMatcher(model_path=tmp_path, match_threshold=0.5).pipeline      # the cascade's learned path
+    assert default.fallback.matcher.model.config.match_threshold == 0.5
 
 
 @shipped
@@ -305,7 +315,8 @@ def test_features_cache_is_bounded(monkeypatch):
 
 
 @shipped
-def test_figure_says_what_it_draws(matcher, sample):
+def test_figure_says_what_it_draws(sample):
+    matcher = ImageMatcher(device="cpu", matcher="auto")          # the learned path: many outliers to draw
     r = matcher.match_images(sample[0], sample[1])
     fig = matcher.visualize_matches(sample[0], sample[1], r, max_lines=50)
     text = "\n".join(t.get_text() for t in fig.texts)

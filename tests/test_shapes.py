@@ -82,7 +82,8 @@ def test_both_pipelines_follow_the_one_protocol():
     import s2coreg.matching.pipeline as matching
 
     members = {n for n in vars(matching.Pipeline) if not n.startswith("_")} | set(matching.Pipeline.__annotations__)
-    assert members == {"extractor", "refine", "name", "matcher_name", "extract", "match_features", "verify", "match"}
+    assert members == {"extractor", "refine", "name", "matcher_name", "ranking_name", "extract", "match_features",
+                       "verify", "match", "match_for_ranking"}
     assert inspect.signature(matching.MatchingPipeline.from_checkpoints).return_annotation == "Pipeline"
     learned = matching.MatchingPipeline.from_checkpoints(matcher="superglue", device="cpu")
     pipelines = {"superglue": learned,
@@ -94,16 +95,17 @@ def test_both_pipelines_follow_the_one_protocol():
     for name, p in pipelines.items():
         assert isinstance(p, matching.Pipeline), name
         assert p.matcher_name == name and isinstance(p.name, str) and isinstance(p.refine, bool)
+        assert p.ranking_name == learned.name               # every ranking is scored by the learned path
         assert p.extractor is not None and p.extractor.network_size(600, 400) == (600, 400)
     features_only = matching.MatchingPipeline(None, matching.MutualNearestNeighbours())   # features read from files
     assert isinstance(features_only, matching.Pipeline)
     for cls in (matching.MatchingPipeline, matching.CascadePipeline):
-        for method in ("extract", "match_features", "verify", "match"):
+        for method in ("extract", "match_features", "verify", "match", "match_for_ranking"):
             assert (list(inspect.signature(getattr(cls, method)).parameters)
                     == list(inspect.signature(getattr(matching.Pipeline, method)).parameters)), f"{cls.__name__}.{method}"
 
     class NoName:
-        extractor, refine = None, False
+        extractor, refine, ranking_name = None, False, "x"
 
         def extract(self, image, valid=None, name="image", size=None, normalized=False): ...
 
@@ -112,5 +114,7 @@ def test_both_pipelines_follow_the_one_protocol():
         def verify(self, result): ...
 
         def match(self, image0, image1, valid0=None, valid1=None): ...
+
+        def match_for_ranking(self, f0, f1): ...
 
     assert not isinstance(NoName(), matching.Pipeline)              # the check is a real one

@@ -52,8 +52,11 @@ class Loaded:
 
 
 class ImageMatcher:
-    """SuperPoint keypoints matched by SuperGlue (mutual nearest neighbours if no SuperGlue
-    checkpoint is present), refined by the fine head, verified by a USAC_MAGSAC homography.
+    """Two images matched and verified by a USAC_MAGSAC homography. By default
+    (``MatchingConfig.matcher``, ``sift-first``, chosen on validation: docs/matching.md "The
+    default"): SIFT + the ratio test + the correlation stage where that verifies, else the learned
+    pipeline — SuperPoint keypoints matched by SuperGlue (mutual nearest neighbours if no SuperGlue
+    checkpoint is present), refined by the fine head and the correlation stage.
 
     Args:
         model_path: folder with ``superpoint*.pt`` (and ``superglue*.pt``), or a SuperPoint
@@ -77,13 +80,15 @@ class ImageMatcher:
         min_inliers: fewer RANSAC inliers leave the pair unverified: no homography, no shift,
             ``verified`` False and a ``reason`` (snow, cloud, water or no overlap make a few
             chance agreements, not a transform).
-        matcher: a name of ``matching.MATCHERS`` (``superglue``, ``mnn``; a matcher of your own
-            module as ``package.module:name``, an installed plugin's by its name:
-            ``matching.matcher_class``), ``auto``, or a cascade
-            (``matching.CascadePipeline``): ``fast`` (mutual nearest neighbours first, SuperGlue on
-            the same features where they give fewer than ``fast_min_inliers`` inliers: about SIFT's
-            time a pair) or ``sift-first`` (SIFT, the ratio test and the correlation stage first,
-            the learned pipeline where that does not verify: the most precise at one pixel).
+        matcher: None: ``MatchingConfig.matcher``, ``sift-first``; a cascade
+            (``matching.CascadePipeline``): ``sift-first`` (SIFT, the ratio test and the correlation
+            stage first, the learned pipeline where that does not verify: the most precise at one
+            pixel and the best at 5 px on validation and test) or ``fast`` (mutual nearest neighbours
+            first, SuperGlue on the same features where they give fewer than ``fast_min_inliers``
+            inliers: about SIFT's time a pair); ``auto`` (the learned pipeline alone: SuperGlue where
+            its checkpoint is there, else mutual nearest neighbours); or a name of
+            ``matching.MATCHERS`` (``superglue``, ``mnn``; a matcher of your own module as
+            ``package.module:name``, an installed plugin's by its name: ``matching.matcher_class``).
         threads: torch's and OpenCV's CPU threads (None leaves their settings: all cores); give
             each of several parallel workers ``cores // workers``.
         cache_size: images whose features are kept (least recently used dropped first).
@@ -119,7 +124,13 @@ class ImageMatcher:
 
     @property
     def method(self) -> str:
+        """The path that runs, as the provenance records it (a cascade's: ``FIRST, else FALLBACK``)."""
         return self.pipeline.name
+
+    @property
+    def ranking_method(self) -> str:
+        """The one path ``rank`` scores every candidate with (a cascade's: its learned fallback)."""
+        return self.pipeline.ranking_name
 
     @property
     def refine(self) -> bool:
@@ -187,6 +198,10 @@ class ImageMatcher:
     def match_images(self, image0, image1) -> MatchResult:
         """Match two images (paths or arrays, any sizes). See ``s2coreg/matching/pipeline.py`` for the fields;
         with two georeferenced inputs also ``crs``, ``map_points0/1`` and ``shift_m``."""
+        return self._match(image0, image1, lambda f0, f1: self.pipeline.verify(self.pipeline.match_features(f0, f1)))
+
+    def _match(self, image0, image1, match) -> MatchResult:
+        """Two images' (cached) features through ``match(f0, f1)``, as a georeferenced result."""
         from s2coreg.display import tqdm
 
         big = any(_pixels(im) > MatchingConfig.progress_pixels for im in (image0, image1))
@@ -195,7 +210,7 @@ class ImageMatcher:
             bar.update()
             l1, f1 = self.features(image1)
             bar.update()
-            result = MatchResult.from_dict(self.pipeline.verify(self.pipeline.match_features(f0, f1)))
+            result = MatchResult.from_dict(match(f0, f1))
             bar.update()
         result["names"] = (l0.name, l1.name)
         inliers = result["inliers"] if result["verified"] else np.zeros_like(result["inliers"])
@@ -205,9 +220,13 @@ class ImageMatcher:
     def rank(self, query, candidates, progress: bool = True) -> Ranking:
         """Rank ``candidates`` (paths, arrays, or a folder) by geometrically verified matches
         (RANSAC inliers) with ``query``; best first. A candidate that cannot be read is listed
-        last with its ``error``; the others go on. Features are cached (``cache_size``). With
-        ``matcher="sift-first"`` a candidate's inliers are SIFT's or the learned path's
-        (``cascade_path``), which count differently: rank with one path (the default, ``fast``)."""
+        last with its ``error``; the others go on. Features are cached (``cache_size``).
+
+        Every candidate is scored by one path, ``ranking_method``, so that inlier counts compare: a
+        cascade's (``sift-first``, the default, and ``fast``) is its learned fallback for every
+        candidate — SIFT's inliers (or mutual nearest neighbours') on the pairs the first path
+        accepts would not compare with SuperGlue's on the others. A ranking so costs the learned
+        pipeline a candidate, and each entry's ``method`` is that path's."""
         from s2coreg.display import tqdm
 
         if isinstance(candidates, (str, Path)) and Path(candidates).is_dir():
@@ -220,7 +239,7 @@ class ImageMatcher:
                     and Path(cand).resolve() == Path(query).resolve():
                 continue
             try:
-                r = self.match_images(query, cand)
+                r = self._match(query, cand, self.pipeline.match_for_ranking)
             except PipelineError as exc:
                 ranking.append({"candidate": name, "num_inliers": 0, "verified": False, "num_matches": 0,
                                 "reason": str(exc), "error": True, "method": None, "cascade_path": None})
@@ -328,14 +347,17 @@ def main(argv=None) -> int:
                         help="folder for matches.png, matches.json, .geojson, .csv (or ranking.json)")
     parser.add_argument("--model-path", type=Path, default=config.CHECKPOINT_DIR,
                         help="folder of the checkpoints, or a SuperPoint file (its matcher looked for beside it)")
-    parser.add_argument("--matcher", default=MatchingConfig.matcher,
-                        help=f"{', '.join(matcher_choices())}, or a matcher of your own as {OWN_MATCHER} (its "
-                             "module registers it) (see --fast; sift-first: SIFT + the correlation stage first, the "
-                             "learned pipeline where that does not verify)")
-    parser.add_argument("--fast", action="store_true",
-                        help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
-                             "same features where they give few inliers; at or below SIFT's time a pair on 256² "
-                             "images, about 1.3x on 512² ones (docs/benchmarks.md)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--matcher", default=MatchingConfig.matcher,
+                      help=f"{', '.join(matcher_choices())}, or a matcher of your own as {OWN_MATCHER} (its module "
+                           "registers it). sift-first: SIFT + the correlation stage first, the learned pipeline where "
+                           "that does not verify (chosen on validation, the best at 1 and 5 px: docs/matching.md); "
+                           "auto: the learned pipeline alone (SuperGlue where its checkpoint is there); fast: see "
+                           "--fast. A ranking (--query) scores every candidate with a cascade's learned path")
+    mode.add_argument("--fast", action="store_true",
+                      help="the fast mode (--matcher fast): mutual nearest neighbours first, SuperGlue on the "
+                           "same features where they give few inliers; at or below SIFT's time a pair on 256² "
+                           "images, about 1.3x on 512² ones (docs/benchmarks.md)")
     cli.add_runtime(parser)
     parser.add_argument("--max-keypoints", type=int, default=None, help="default: the checkpoint's (1024)")
     parser.add_argument("--resize", type=int, default=MatchingConfig.resize,
@@ -346,8 +368,6 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         set_threads(args.threads or None)
-        if args.fast and args.matcher not in (MatchingConfig.matcher, "fast"):
-            raise PipelineError(f"--fast is --matcher fast; it cannot go with --matcher {args.matcher}")
         matcher = ImageMatcher(args.model_path, args.device, args.max_keypoints, resize=args.resize, bands=args.bands,
                                matcher="fast" if args.fast else args.matcher)
         if args.query or args.gallery:
@@ -357,12 +377,13 @@ def main(argv=None) -> int:
                 raise PipelineError(f"{args.gallery}: no such folder")
             ranking = matcher.rank(args.query, args.gallery)
             args.output.mkdir(parents=True, exist_ok=True)
-            write_json(args.output / "ranking.json", {"query": str(args.query), "method": matcher.method,
-                                                      "ranking": ranking})
+            # one path scored every candidate (a cascade's learned one): "method" names it
+            write_json(args.output / "ranking.json", {"query": str(args.query), "method": matcher.ranking_method,
+                                                      "matcher": matcher.config.matcher, "ranking": ranking})
             for i, r in enumerate(ranking, 1):
                 note = f"  error: {r['reason']}" if r["error"] else ("" if r["verified"] else "  (not verified)")
                 print(f"{i:3d}. {r['num_inliers']:5d} inliers  {r['candidate']}{note}")
-            print(f"ranking → {args.output / 'ranking.json'}")
+            print(f"ranking ({matcher.ranking_method}, for every candidate) → {args.output / 'ranking.json'}")
             return 0
         if len(args.images) not in (0, 2):
             raise PipelineError("give two images, or none for the shipped sample pair")

@@ -633,6 +633,8 @@ class Pipeline(Protocol):
         name: the path that runs, as the provenance records it (``superpoint+superglue+refine+correlate``;
             a cascade's: ``FIRST, else FALLBACK``)
         matcher_name: the name ``matcher=`` takes for it (``superglue``, ``mnn``, ``fast``, ...)
+        ranking_name: the one path ``match_for_ranking`` scores every pair with (a cascade's: its
+            fallback), as a ranking's ``method`` records it
     """
 
     extractor: SuperPointExtractor | SiftExtractor | None
@@ -643,6 +645,9 @@ class Pipeline(Protocol):
 
     @property
     def matcher_name(self) -> str: ...
+
+    @property
+    def ranking_name(self) -> str: ...
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         """One image's features (the module docstring's Features)."""
@@ -658,6 +663,11 @@ class Pipeline(Protocol):
 
     def match(self, image0, image1, valid0=None, valid1=None) -> dict:
         """Extract, match, refine and verify two image arrays."""
+        ...
+
+    def match_for_ranking(self, f0: dict, f1: dict) -> dict:
+        """Two images' features matched and verified by the one path ``ranking_name`` names, for
+        every pair: inlier counts that compare across the candidates of a ranking."""
         ...
 
 
@@ -686,7 +696,7 @@ class MatchingPipeline:
         self.ransac_threshold, self.min_inliers = ransac_threshold, min_inliers
 
     @classmethod
-    def from_checkpoints(cls, model_path: str | Path = config.CHECKPOINT_DIR, matcher: str = MatchingConfig.matcher,
+    def from_checkpoints(cls, model_path: str | Path = config.CHECKPOINT_DIR, matcher: str = "auto",
                          device=None, *, max_keypoints: int | None = None, resize: int = 0,
                          match_threshold: float | None = None, refine: bool = MatchingConfig.refine,
                          ransac_threshold: float = MatchingConfig.ransac_threshold,
@@ -697,8 +707,10 @@ class MatchingPipeline:
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
-        checkpoint's. ``matcher="fast"`` or ``"sift-first"`` gives a ``CascadePipeline``
-        (``fast_min_inliers``: the fast one's acceptance): either is a ``Pipeline``."""
+        checkpoint's. ``matcher="auto"`` (the default here) is the learned pipeline, SuperGlue where
+        its checkpoint is there (what co-registration and the benchmarks build); ``ImageMatcher``'s
+        default is ``MatchingConfig.matcher``. ``matcher="fast"`` or ``"sift-first"`` gives a
+        ``CascadePipeline`` (``fast_min_inliers``: the fast one's acceptance): either is a ``Pipeline``."""
         if matcher in CASCADES:
             return CascadePipeline.from_checkpoints(matcher, model_path, device, max_keypoints=max_keypoints,
                                                     accept_inliers=fast_min_inliers,
@@ -779,6 +791,16 @@ class MatchingPipeline:
         """Extract, match, refine and verify two image arrays."""
         f0 = self.extract(image0, valid0, "image 0")
         f1 = self.extract(image1, valid1, "image 1")
+        return self.verify(self.match_features(f0, f1))
+
+    @property
+    def ranking_name(self) -> str:
+        """The path ``match_for_ranking`` scores every pair with (``ImageMatcher.rank``): this one."""
+        return self.name
+
+    def match_for_ranking(self, f0: dict, f1: dict) -> dict:
+        """Two images' features matched and verified by one path for every pair, so that inlier
+        counts compare across the candidates of a ranking: this pipeline's own."""
         return self.verify(self.match_features(f0, f1))
 
 
@@ -866,6 +888,20 @@ class CascadePipeline:
 
     def match(self, image0, image1, valid0=None, valid1=None) -> dict:
         return self.match_features(self.extract(image0, valid0, "image 0"), self.extract(image1, valid1, "image 1"))
+
+    @property
+    def ranking_name(self) -> str:
+        """The path ``match_for_ranking`` scores every pair with: the fallback (the learned pipeline)."""
+        return self.fallback.name
+
+    def match_for_ranking(self, f0: dict, f1: dict) -> dict:
+        """The fallback path on every pair, whatever the first path would give: a pair the first
+        path accepts and one it hands on would otherwise be scored by different paths, whose inlier
+        counts do not compare (SIFT's against SuperGlue's; mutual nearest neighbours' against
+        SuperGlue's). The fallback is the one path that answers every pair (``ImageMatcher.rank``)."""
+        g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
+        r = self.fallback.verify(self.fallback.match_features(g0, g1))
+        return {**r, "method": self.fallback.name, "cascade_path": self.labels[1]}
 
 
 # ----------------------------------------------------------------------------- features files

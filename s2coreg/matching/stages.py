@@ -142,7 +142,8 @@ def match_main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=config.MATCHES_DIR)
     parser.add_argument("--matcher", default="superglue",
                         help=f"a registered matcher ({', '.join(sorted(MATCHERS))}), or one of your own as "
-                             f"{OWN_MATCHER} (its module registers it)")
+                             f"{OWN_MATCHER} (its module registers it); not a cascade (ImageMatcher's default, "
+                             "sift-first, extracts SIFT from the pixels, not from these feature files)")
     parser.add_argument("--checkpoint", type=Path, default=config.CHECKPOINT_DIR / "superglue.pt",
                         help="the matcher's checkpoint")
     parser.add_argument("--match-threshold", type=float, default=None, help="default: the checkpoint's")

@@ -319,8 +319,10 @@ def _main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="the shared data folder: oscd/, ombria/, ukraine_T36UYA/ (validation), ombria2021/, "
                              "sen2dwater/, sen12mscrts_roi146/ (test)")
-    parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine",
-                        help="comma-separated, from " + ", ".join(method_names()))
+    parser.add_argument("--methods", default="sift,superpoint+mnn,superpoint+superglue,superpoint+superglue+refine,"
+                                             + config.MatchingConfig.matcher,
+                        help="comma-separated, from " + ", ".join(method_names())
+                             + f"; {config.MatchingConfig.matcher} is what ImageMatcher() runs (MatchingConfig.matcher)")
     parser.add_argument("--difficulty", default=cfg.difficulty, choices=["easy", "medium", "hard"])
     parser.add_argument("--crop", type=int, default=cfg.crop, help="crop side in px (smaller images: their side)")
     parser.add_argument("--max-keypoints", type=int, default=cfg.max_keypoints, help="budget for every method")
