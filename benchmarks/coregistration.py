@@ -229,7 +229,7 @@ class Matcher:
     def __init__(self):
         from s2coreg.matching.matcher import ImageMatcher
 
-        self.matcher = ImageMatcher(bands=(1, 2, 3))
+        self.matcher = ImageMatcher(bands=(1, 2, 3), matcher="auto")     # the learned path, as the published row
 
     def __call__(self, ref: Path, tgt: Path):
         r = self.matcher.match_images(ref, tgt)

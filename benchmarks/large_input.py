@@ -23,7 +23,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import s2coreg.config as config
 from s2coreg.matching.matcher import ImageMatcher
-m = ImageMatcher(device="cpu")
+m = ImageMatcher(device="cpu", matcher="auto")        # the learned path: its networks are what this measures
 t = time.perf_counter()
 r = m.match_images({a!r}, {b!r})
 seconds = time.perf_counter() - t

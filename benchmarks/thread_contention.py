@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 from s2coreg.matching.matcher import ImageMatcher, sample_pair
 a, b = (np.asarray(Image.open(p)) for p in sample_pair())
-m = ImageMatcher(device="cpu", cache_size=0)
+m = ImageMatcher(device="cpu", cache_size=0, matcher="auto")     # the learned path: torch threads are what this measures
 m.match_images(a, b)
 times = []
 for _ in range({repeats}):
