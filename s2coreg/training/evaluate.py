@@ -249,16 +249,19 @@ def validation_metrics(method, samples: list[dict], cfg: EvalConfig | None = Non
     return {k: summary[k] for k in keys}
 
 
-def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True) -> dict:
+def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True,
+                  configs: dict[str, EvalConfig] | None = None) -> dict:
     """Evaluate every method on every sample; methods interleaved per pair so that machine
-    noise hits them alike. Returns ``{method: {"records": [...], "overall": {...},
-    "by_category": {...}}}``."""
+    noise hits them alike. ``configs``: a method's own settings by its name (another inlier
+    threshold: ``benchmarks/learned_precision_ablation.py``), else ``cfg``. Returns ``{method:
+    {"records": [...], "overall": {...}, "by_category": {...}}}``."""
     from tqdm import tqdm
 
+    configs = configs or {}
     records = defaultdict(list)
     for sample in tqdm(samples, desc="pairs", unit="pair", disable=not progress):
         for method in methods:
-            records[method.name].append(evaluate_sample(method, sample, cfg))
+            records[method.name].append(evaluate_sample(method, sample, configs.get(method.name, cfg)))
     results = {}
     for name, recs in records.items():
         cats = defaultdict(list)
