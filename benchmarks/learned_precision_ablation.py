@@ -20,8 +20,9 @@ with the shipped settings and with ONE of them changed at a time:
 SIFT (ratio test, the 1-99 % stretch) and SIFT with the correlation stage run in the same run as
 the baselines. Pairs, warps and scoring are ``evaluate.py``'s (``evaluation_pairs``,
 ``make_eval_sample``, ``run_benchmark``: the methods interleaved pair by pair). Per difficulty:
-AUC of the mean corner error at 1/3/5/10 px, AUC@5px on the OSCD city pairs, the median seconds a
-pair, and each variant's change of AUC@1px and AUC@5px against the same method with the shipped
+AUC of the mean corner error at 1/3/5/10 px, AUC@5px on the OSCD city pairs, the residual (the
+median over pairs of the correct matches' median reprojection error: localisation, RANSAC aside),
+the median seconds a pair, and each variant's change of AUC@1px and AUC@5px against the same method with the shipped
 settings, with a paired bootstrap's 95 % interval over the pairs (the noise a 56-pair split has);
 the last table pools the difficulties. JSON: ``data/results/learned_precision_ablation_<split>.json``.
 """
@@ -161,7 +162,7 @@ def paired_delta(errors: np.ndarray, shipped: np.ndarray, thresholds, rng) -> di
 
 
 def compare(rows: list[Variant], errors: dict[str, np.ndarray], categories: np.ndarray, seconds: dict,
-            thresholds) -> dict:
+            residuals: dict, thresholds) -> dict:
     """Per variant: AUCs, the city pairs' AUC@5px, seconds a pair and the paired change against
     the same method as shipped."""
     rng = np.random.default_rng(config.SEED)
@@ -172,6 +173,8 @@ def compare(rows: list[Variant], errors: dict[str, np.ndarray], categories: np.n
         entry = {"method": v.method, "factor": v.factor, "setting": v.setting,
                  "auc": dict(zip((f"{t:g}px" for t in thresholds), pose_auc(e, thresholds))),
                  "auc5_cities": pose_auc(e[cities], (5.0,))[0] if cities.any() else float("nan"),
+                 "residual": float(np.nanmedian(residuals[v.name])) if not np.isnan(residuals[v.name]).all()
+                 else float("nan"),
                  "seconds_pair": float(np.median(seconds[v.name])), "pairs": len(e)}
         if v.setting:
             entry["vs_shipped"] = paired_delta(e, errors[Variant(v.method).name], (1.0, 5.0), rng)
@@ -187,13 +190,13 @@ def markdown(rows: list[Variant], summary: dict) -> str:
         mark = "**" if d["low"] > 0 or d["high"] < 0 else ""
         return f"{mark}{d['delta']:+.3f}{mark} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
-    lines = ["| factor | method | setting | AUC@1px | AUC@3px | AUC@5px | AUC@10px | AUC@5px cities | s/pair "
-             "| ΔAUC@1px [95 %] | ΔAUC@5px [95 %] |", "|" + "---|" * 11]
+    lines = ["| factor | method | setting | AUC@1px | AUC@3px | AUC@5px | AUC@10px | AUC@5px cities | residual px "
+             "| s/pair | ΔAUC@1px [95 %] | ΔAUC@5px [95 %] |", "|" + "---|" * 12]
     for v in rows:
         e = summary[v.name]
         setting = ", ".join(f"{k}={val}" for k, val in v.setting.items()) or "shipped"
         aucs = " | ".join(f"{e['auc'][k]:.3f}" for k in ("1px", "3px", "5px", "10px"))
-        lines.append(f"| {v.factor} | {v.method} | {setting} | {aucs} | {e['auc5_cities']:.3f} | "
+        lines.append(f"| {v.factor} | {v.method} | {setting} | {aucs} | {e['auc5_cities']:.3f} | {e['residual']:.2f} | "
                      f"{e['seconds_pair']:.3f} | {delta(e, '1px')} | {delta(e, '5px')} |")
     return "\n".join(lines)
 
@@ -207,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--factors", default=",".join(FACTORS), help="comma-separated, from " + ", ".join(FACTORS))
     parser.add_argument("--methods", default=None,
                         help="comma-separated subset of " + ", ".join((*BASELINES, *LEARNED)) + " (default: all)")
+    parser.add_argument("--every", type=int, default=1, help="every n-th pair only (a quick look)")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--threads", type=int, default=0, help="torch's and OpenCV's CPU threads; 0 = all cores")
     parser.add_argument("--output", type=Path, default=None,
@@ -222,11 +226,13 @@ def main(argv=None) -> int:
     if args.methods:
         keep = {m.strip() for m in args.methods.split(",")}
         rows = [v for v in rows if v.method in keep]
-    pairs = test_pairs(args.data) if args.split == "test" else evaluation_pairs(args.data)
+    pairs = (test_pairs(args.data) if args.split == "test" else evaluation_pairs(args.data))[::args.every]
     thresholds = EvalConfig.auc_thresholds
     report = {"split": args.split, "seed": args.seed, "threads": torch.get_num_threads(), "shipped": SHIPPED,
               "factors": {f: FACTORS[f] for f in factors}, "difficulties": {}}
-    pooled_errors, pooled_seconds, pooled_categories = {}, {}, []
+    out = args.output or config.RESULTS_DIR / f"learned_precision_ablation_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pooled_errors, pooled_seconds, pooled_residuals, pooled_categories = {}, {}, {}, []
     text = []
     for difficulty in [d.strip() for d in args.difficulty.split(",") if d.strip()]:
         cfg = config.replace(EvalConfig(), difficulty=difficulty)
@@ -235,28 +241,29 @@ def main(argv=None) -> int:
         results = run_benchmark([m for m, _ in built], samples, cfg, configs={m.name: c for m, c in built})
         errors = {n: np.array([r["corner_error"] for r in res["records"]]) for n, res in results.items()}
         seconds = {n: [r["seconds_pair"] for r in res["records"]] for n, res in results.items()}
+        residuals = {n: np.array([r["residual"] for r in res["records"]]) for n, res in results.items()}
         categories = np.array([r["category"] for r in next(iter(results.values()))["records"]])
-        summary = compare(rows, errors, categories, seconds, thresholds)
+        summary = compare(rows, errors, categories, seconds, residuals, thresholds)
         report["difficulties"][difficulty] = {
             "summary": summary, "corner_errors": {n: e.tolist() for n, e in errors.items()},
             "pairs": [r["name"] for r in next(iter(results.values()))["records"]], "categories": categories.tolist()}
         for n in errors:
             pooled_errors.setdefault(n, []).extend(errors[n])
             pooled_seconds.setdefault(n, []).extend(seconds[n])
+            pooled_residuals.setdefault(n, []).extend(residuals[n])
         pooled_categories.extend(categories)
         text.append(f"\n{len(samples)} {args.split} pairs, {difficulty} warps, crop {cfg.crop}, "
                     f"{torch.get_num_threads()} thread(s):\n\n{markdown(rows, summary)}")
         print(text[-1], flush=True)
+        write_json(out, {**report, "table": "\n".join(text)})      # each difficulty as it is done
     if len(report["difficulties"]) > 1:
         pooled = compare(rows, {n: np.array(e) for n, e in pooled_errors.items()}, np.array(pooled_categories),
-                         pooled_seconds, thresholds)
+                         pooled_seconds, {n: np.array(r) for n, r in pooled_residuals.items()}, thresholds)
         report["pooled"] = pooled
         text.append(f"\nPooled ({', '.join(report['difficulties'])}: {len(pooled_categories)} samples):\n\n"
                     + markdown(rows, pooled))
         print(text[-1])
     report["table"] = "\n".join(text)
-    out = args.output or config.RESULTS_DIR / f"learned_precision_ablation_{args.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
     print(f"\nresults → {out}")
     return 0

@@ -268,6 +268,21 @@ def test_benchmark_scores_sift_on_identity_pairs():
     assert out["verified_precision"] == pytest.approx(rec["verified_precision"] / 2)
 
 
+def test_benchmark_runs_each_method_with_its_own_settings():
+    """``run_benchmark(configs=...)``: a method named there is scored with its own EvalConfig (the
+    ablation's inlier thresholds), the others with the run's."""
+    img = imaging.percentile_stretch(sample_gray())
+    valid = np.ones((256, 256), bool)
+    sample = {"image0": img[:256, :256], "image1": img[:256, :256], "valid0": valid, "valid1": valid,
+              "H_0to1": np.eye(3), "name": "id", "category": "test"}
+    cfg = config.EvalConfig()
+    lenient, strict = evaluate.OpenCVMethod("sift", 1024, 0.8), evaluate.OpenCVMethod("sift", 1024, 0.8)
+    strict.name = "sift (strict)"
+    out = evaluate.run_benchmark([lenient, strict], [sample], cfg, progress=False,
+                                 configs={strict.name: config.replace(cfg, min_inliers=10 ** 6)})
+    assert out["sift"]["overall"]["verified"] == 1 and out["sift (strict)"]["overall"]["verified"] == 0
+
+
 # ----------------------------------------------------------------------------- training
 def test_smoke_training_loss_decreases(tmp_path):
     (tmp_path / "oscd").mkdir()

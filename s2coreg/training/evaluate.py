@@ -214,6 +214,8 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
         "corner_error": error,
         "num_keypoints": (len(k0) + len(k1)) / 2, "num_matches": int(m.sum()), "num_correct": correct,
         "precision": correct / max(int(m.sum()), 1),
+        # how well the correct matches are localised: their median reprojection error (px), RANSAC aside
+        "residual": float(np.median(reproj[is_correct])) if correct else float("nan"),
         "num_inliers": int(inliers.sum()), "verified": float(verified),
         "verified_precision": float(is_correct[inliers].mean()) if verified else 0.0,
         "verified_wrong": float(verified and error > cfg.wrong_error),
@@ -232,6 +234,8 @@ def summarise(records: list[dict], cfg: EvalConfig) -> dict:
         out[key] = float(np.mean([r[key] for r in records]))
     verified = [r["verified_precision"] for r in records if r["verified"]]
     out["precision_where_verified"] = float(np.mean(verified)) if verified else float("nan")
+    residuals = [r["residual"] for r in records if not np.isnan(r.get("residual", np.nan))]
+    out["residual"] = float(np.median(residuals)) if residuals else float("nan")   # over pairs with a correct match
     for key in ("seconds_pair", "seconds_image"):
         out[key] = float(np.median([r[key] for r in records]))
     out["pairs"] = len(records)
