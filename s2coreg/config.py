@@ -115,7 +115,9 @@ class SuperPointConfig:
     detection_threshold: float = 0.005
     max_keypoints: int = 1024                     # -1 = all above the threshold
     remove_borders: int = 4
-    subpixel: bool = True                         # soft-argmax refinement of each peak
+    subpixel: bool = True                         # each NMS peak refined to sub-pixel on the heatmap, by:
+    subpixel_fit: str = "softargmax"              # softargmax: the heat's expectation over the peak's 3×3;
+                                                  # quadratic: a parabola through the log-heat, per axis
     # fine head (0 = none): a dense map at stride 2 whose patches around each keypoint let a
     # match be moved to the pixel in image 1 that best fits image 0's keypoint
     fine_dim: int = 0

@@ -88,6 +88,30 @@ def test_subpixel_refinement_moves_towards_heat():
     assert refined[0, 0] == pytest.approx(5 + 1 / 3, abs=1e-5) and refined[0, 1] == pytest.approx(5.0)
 
 
+def test_quadratic_subpixel_fit_finds_a_gaussian_peaks_centre():
+    ys, xs = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
+    heat = torch.exp(-((xs - 5.3) ** 2 + (ys - 6.8) ** 2) / (2 * 1.2 ** 2))      # peak pixel (5, 7)
+    fitted = sp.SuperPoint._fit_quadratic(heat, torch.tensor([[5.0, 7.0]]))
+    np.testing.assert_allclose(fitted.numpy(), [[5.3, 6.8]], atol=1e-4)
+    soft = sp.SuperPoint._refine(heat, torch.tensor([[5.0, 7.0]]))            # the expectation: pulled to the pixel
+    assert abs(float(soft[0, 0]) - 5.3) > 0.05
+    flat = sp.SuperPoint._fit_quadratic(torch.ones(12, 12), torch.tensor([[5.0, 7.0]]))
+    assert flat.tolist() == [[5.0, 7.0]]
+
+
+def test_subpixel_fit_is_chosen_by_the_config():
+    model = sp.SuperPoint(config.replace(SLIM, detection_threshold=0.0, max_keypoints=30)).eval()
+    image = torch.rand(1, 1, 64, 64)
+    found = {fit: model.extract(image, cfg=config.replace(model.config, subpixel_fit=fit))[0]["keypoints"]
+             for fit in ("softargmax", "quadratic")}
+    integer = model.extract(image, cfg=config.replace(model.config, subpixel=False))[0]["keypoints"]
+    assert torch.equal(integer, integer.round())
+    assert not torch.equal(found["softargmax"], found["quadratic"])
+    assert (found["quadratic"] - integer).abs().max() <= 0.5
+    with pytest.raises(utils.PipelineError, match="subpixel_fit='cubic'"):
+        model.extract(image, cfg=config.replace(model.config, subpixel_fit="cubic"))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip(tmp_path):
     model = sp.SuperPoint(config.replace(SLIM, descriptor_dim=64)).eval()
@@ -280,6 +304,21 @@ def test_benchmark_scores_sift_on_identity_pairs():
     out = evaluate.summarise([rec, strict], cfg)
     assert out["auc@5px"] > 0.9 and out["verified"] == 0.5 and out["precision_where_verified"] > 0.99
     assert out["verified_precision"] == pytest.approx(rec["verified_precision"] / 2)
+
+
+def test_benchmark_runs_each_method_with_its_own_settings():
+    """``run_benchmark(configs=...)``: a method named there is scored with its own EvalConfig (the
+    ablation's inlier thresholds), the others with the run's."""
+    img = imaging.percentile_stretch(sample_gray())
+    valid = np.ones((256, 256), bool)
+    sample = {"image0": img[:256, :256], "image1": img[:256, :256], "valid0": valid, "valid1": valid,
+              "H_0to1": np.eye(3), "name": "id", "category": "test"}
+    cfg = config.EvalConfig()
+    lenient, strict = evaluate.OpenCVMethod("sift", 1024, 0.8), evaluate.OpenCVMethod("sift", 1024, 0.8)
+    strict.name = "sift (strict)"
+    out = evaluate.run_benchmark([lenient, strict], [sample], cfg, progress=False,
+                                 configs={strict.name: config.replace(cfg, min_inliers=10 ** 6)})
+    assert out["sift"]["overall"]["verified"] == 1 and out["sift (strict)"]["overall"]["verified"] == 0
 
 
 # ----------------------------------------------------------------------------- training

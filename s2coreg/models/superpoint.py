@@ -254,6 +254,8 @@ class SuperPoint(CheckpointMixin, nn.Module):
         with a fine head ``fine_descriptors`` (N, C) and ``fine_patches`` (N, P, C); N may be 0.
         """
         cfg = cfg or self.config
+        if cfg.subpixel and cfg.subpixel_fit not in SUBPIXEL_FITS:
+            raise PipelineError(f"subpixel_fit={cfg.subpixel_fit!r}: choose from {', '.join(SUBPIXEL_FITS)}")
         if image.dim() != 4 or image.shape[1] != cfg.in_channels:
             raise PipelineError(f"SuperPoint takes (B, {cfg.in_channels}, H, W) images, got {tuple(image.shape)}")
         b, _, h, w = image.shape
@@ -282,7 +284,7 @@ class SuperPoint(CheckpointMixin, nn.Module):
                 ys, xs = ys[order], xs[order]
             kpts = torch.stack([xs, ys], dim=-1).float()
             if cfg.subpixel and len(kpts):
-                kpts = self._refine(heat[i], kpts)
+                kpts = SUBPIXEL_FITS[cfg.subpixel_fit](heat[i], kpts)
             dense = out["descriptors_dense"]
             if len(kpts):
                 desc = sample_descriptors(kpts[None], dense[i:i + 1], cfg.cell)[0]
@@ -309,6 +311,29 @@ class SuperPoint(CheckpointMixin, nn.Module):
         weights = heat[y.long(), x.long()]
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return torch.stack([(weights * x).sum(1), (weights * y).sum(1)], dim=-1)
+
+    @staticmethod
+    def _fit_quadratic(heat: torch.Tensor, kpts: torch.Tensor) -> torch.Tensor:
+        """Each integer peak moved to the vertex of a parabola through the log-heat at it and its
+        two neighbours, along x and along y apart (a Gaussian peak's exact centre); at most ±0.5 px."""
+        h, w = heat.shape
+        x, y = kpts[:, 0].long(), kpts[:, 1].long()
+
+        def log_heat(dx: int, dy: int) -> torch.Tensor:
+            return heat[(y + dy).clamp(0, h - 1), (x + dx).clamp(0, w - 1)].clamp_min(1e-12).log()
+
+        centre = log_heat(0, 0)
+
+        def vertex(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+            curvature = before - 2 * centre + after
+            step = 0.5 * (before - after) / curvature.clamp_max(-1e-6)   # a flat or upturned fit: no move
+            return torch.where(curvature < -1e-6, step, torch.zeros_like(step)).clamp(-0.5, 0.5)
+
+        return kpts + torch.stack([vertex(log_heat(-1, 0), log_heat(1, 0)), vertex(log_heat(0, -1), log_heat(0, 1))], -1)
+
+
+# ``SuperPointConfig.subpixel_fit``: how an NMS peak (integer x y) is refined on the heatmap (H, W)
+SUBPIXEL_FITS = {"softargmax": SuperPoint._refine, "quadratic": SuperPoint._fit_quadratic}
 
 
 def default_checkpoint() -> Path:

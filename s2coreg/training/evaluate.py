@@ -215,6 +215,8 @@ def evaluate_sample(method, sample: dict, cfg: EvalConfig) -> dict:
         "corner_error": error,
         "num_keypoints": (len(k0) + len(k1)) / 2, "num_matches": int(m.sum()), "num_correct": correct,
         "precision": correct / max(int(m.sum()), 1),
+        # how well the correct matches are localised: their median reprojection error (px), RANSAC aside
+        "residual": float(np.median(reproj[is_correct])) if correct else float("nan"),
         "num_inliers": int(inliers.sum()), "verified": float(verified),
         "verified_precision": float(is_correct[inliers].mean()) if verified else 0.0,
         "verified_wrong": float(verified and error > cfg.wrong_error),
@@ -233,6 +235,8 @@ def summarise(records: list[dict], cfg: EvalConfig) -> dict:
         out[key] = float(np.mean([r[key] for r in records]))
     verified = [r["verified_precision"] for r in records if r["verified"]]
     out["precision_where_verified"] = float(np.mean(verified)) if verified else float("nan")
+    residuals = [r["residual"] for r in records if not np.isnan(r.get("residual", np.nan))]
+    out["residual"] = float(np.median(residuals)) if residuals else float("nan")   # over pairs with a correct match
     for key in ("seconds_pair", "seconds_image"):
         out[key] = float(np.median([r[key] for r in records]))
     out["pairs"] = len(records)
@@ -250,16 +254,19 @@ def validation_metrics(method, samples: list[dict], cfg: EvalConfig | None = Non
     return {k: summary[k] for k in keys}
 
 
-def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True) -> dict:
+def run_benchmark(methods: list, samples: list[dict], cfg: EvalConfig, progress: bool = True,
+                  configs: dict[str, EvalConfig] | None = None) -> dict:
     """Evaluate every method on every sample; methods interleaved per pair so that machine
-    noise hits them alike. Returns ``{method: {"records": [...], "overall": {...},
-    "by_category": {...}}}``."""
+    noise hits them alike. ``configs``: a method's own settings by its name (another inlier
+    threshold: ``benchmarks/learned_precision_ablation.py``), else ``cfg``. Returns ``{method:
+    {"records": [...], "overall": {...}, "by_category": {...}}}``."""
     from tqdm import tqdm
 
+    configs = configs or {}
     records = defaultdict(list)
     for sample in tqdm(samples, desc="pairs", unit="pair", disable=not progress):
         for method in methods:
-            records[method.name].append(evaluate_sample(method, sample, cfg))
+            records[method.name].append(evaluate_sample(method, sample, configs.get(method.name, cfg)))
     results = {}
     for name, recs in records.items():
         cats = defaultdict(list)
