@@ -266,6 +266,11 @@ class CoregisterConfig:
     window: int = 512                 # px at native resolution, side of a matching window
     min_window: int = 256             # px, smallest window side where the data allows it
     max_windows: int = 48             # windows matched at most, spread evenly over the valid area
+    # A stack's windows at most (with max_windows, the smaller): every date's windows are matched in
+    # about three pairs (the reference, its neighbours in time), where a pair reads its own best-first
+    # and stops; 16 of 512 px spread evenly cover a full tile in 4 x 4 and cost a third of 48
+    # (docs/benchmarks.md "A tile-year's cost"); small scenes have fewer windows than this anyway.
+    stack_windows: int = 16
     min_valid: float = 0.5            # share of a window valid (no nodata, cloud, snow) on both dates
     edge_tolerance_px: float = 16.0   # px: a date whose edge lies this little inside the grid's border (a coarse
                                       # offset of a few px) does not shrink the windows: they keep their plan, so

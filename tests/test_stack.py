@@ -84,6 +84,31 @@ def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path, dask_client
     assert settings["matcher"] == "auto" and settings["matching"] == "superpoint+superglue+refine+correlate"
 
 
+def test_a_stack_plans_at_most_stack_windows_spread_over_the_overlap(tmp_path, dask_client):
+    """A stack's dates are each matched in several pairs: it plans at most ``stack_windows``
+    windows (the smaller of it and ``max_windows``), spread evenly over the overlap — the
+    same dates on 64 px windows give 16 windows, 4 with ``stack_windows=4``, one in each
+    quarter — and places the date with them (a date against its own content, its georeference
+    moved by (+3, −2) m)."""
+    ref = BRACCIANO / "20160718.tif"
+    moved = tmp_path / "moved.tif"
+    with rasterio.open(ref) as src:
+        profile, data = src.profile, src.read()
+        profile["transform"] = Affine.translation(3.0, -2.0) * src.transform
+    with rasterio.open(moved, "w", **profile) as dst:
+        dst.write(data)
+    dates = [str(ref), str(moved)]
+    small = config.replace(config.CoregisterConfig(), window=64, min_window=64)
+    every = stack.coregister_stack(dates, None, dates[0], cfg=small, client=dask_client, progress=False)
+    four = stack.coregister_stack(dates, None, dates[0], cfg=config.replace(small, stack_windows=4),
+                                  client=dask_client, progress=False)
+    assert every["windows"]["planned"] == 16 and four["windows"]["planned"] == 4
+    row, row4 = (next(r for r in res["dates"] if r["status"] == "ok") for res in (every, four))
+    for r in (row, row4):
+        assert abs(abs(r["dx_m"]) - 3.0) < 0.1 and abs(abs(r["dy_m"]) - 2.0) < 0.1
+    assert row4["tie_points"] < row["tie_points"]
+
+
 def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys, stack_cli_on_shared_cluster):
     folder = tmp_path / "dates"
     folder.mkdir()

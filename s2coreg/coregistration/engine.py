@@ -229,7 +229,7 @@ def _open_product(path: str | Path | list, role: str, bands: tuple[str, ...]) ->
     return product
 
 
-SMALLEST = {"window": 64, "overview": 128, "max_windows": 1}    # below these a setting cannot measure anything
+SMALLEST = {"window": 64, "overview": 128, "max_windows": 1, "stack_windows": 1}    # below these a setting cannot measure anything
 
 
 def check_settings(cfg: CoregisterConfig) -> None:

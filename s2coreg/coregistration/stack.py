@@ -568,7 +568,8 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             locations[k] = loc
         locations = {k: engine.with_given_date(loc, dates) for k, loc in locations.items()}
         region = engine.common_region(grid, [loc.extent_px for loc in locations.values()], cfg.edge_tolerance_px)
-        windows = engine.plan_windows(region, cfg)
+        windows = engine.plan_windows(region, config.replace(cfg, max_windows=min(cfg.max_windows,
+                                                                                 cfg.stack_windows)))
         feature_keys = {k: cache.key("date", loc_keys[k], windows) for k in locations}
         results, extracted = {}, {}
         for k, loc in locations.items():
