@@ -14,7 +14,14 @@ functions, in this order:
 3. ``plan_windows``: windows on the reference grid, inside the part that every date's raster
    covers after its offset (a window never reads past a date's data).
 4. ``extract_date``: every window of a date read at native resolution (its no-data, cloud and
-   scene-class masks applied, specks of no data inpainted), its features extracted once.
+   scene-class masks applied, specks of no data inpainted), its features extracted once
+   (``extract_window``). A stack extracts every window of every date (each is matched in several
+   pairs). A pair instead reads its windows best first (``measure_in_rounds``): ranked on the
+   overviews step 2 read (``window_prospects``: valid on both, keypoints, the coarse inliers),
+   in rounds over blocks of the overlap (``window_order``), each window read, extracted and
+   matched (step 5's ``measure_window``) until the verified ones bound the pair as well as more
+   would (``enough_windows``); windows the overviews show invalid, and those after the stop, are
+   not read. ``--threads`` windows run side by side, each on one torch thread.
 5. ``measure_pair``: two dates matched window by window. A window's displacement starts from the
    **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine head
    and the correlation stage — and is then refined by a dense fit of every pixel both dates show
@@ -812,14 +819,17 @@ class DateFeatures:
 
 
 def extract_date(pipeline, product: dp.Product, location: DateLocation, grid: dp.Grid, windows: list[Window],
-                 cfg: CoregisterConfig, images: bool = False) -> DateFeatures:
-    """Every window of the date read on its ``date_grid`` and its features extracted once
-    (windows with less than ``min_valid`` valid area are skipped). ``images``: keep each
-    window's rendered image in its features (``image``; for the pair's report)."""
+                 cfg: CoregisterConfig, images: bool = False, only: set[int] | None = None) -> DateFeatures:
+    """Every window of the date (``only``: those of these indices) read on its ``date_grid`` and
+    its features extracted once (windows with less than ``min_valid`` valid area are skipped).
+    ``images``: keep each window's rendered image in its features (``image``; for the pair's
+    report)."""
     g = date_grid(grid, location.offset_px)
     out = DateFeatures(location, windows)
     shares = []
     for k, window in enumerate(windows):
+        if only is not None and k not in only:
+            continue
         f, share, _ = extract_window(pipeline, product, location, g, k, window, cfg, images)
         shares.append(share)
         if f is not None:

@@ -156,9 +156,10 @@ class Coregistration:
         e, c, g = engine, self.cfg, self.grid
         px_m = e.metres_per_px(g)
         loc_a, loc_b = (dataclasses.replace(loc, bands=[nir]) for loc in (self.loc_ref, self.loc_tgt))
-        a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c)
-        b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c)
-        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, px_m)
+        read = {k for k in range(len(self.windows)) if k not in self.skipped}     # the windows the pair read
+        a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c, only=read)
+        b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c, only=read)
+        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, px_m, skipped=self.skipped)
         out = {"bands": "nir", "verified": other.verified}
         if not other.verified:
             return out
