@@ -694,24 +694,22 @@ def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, fl
 
 
 def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.Grid, overview: Overview | None,
-                cfg: CoregisterConfig, keep_overview: bool = False) -> DateLocation:
+                cfg: CoregisterConfig, keep_overview: bool = False, seen: Overview | None = None) -> DateLocation:
     """The date's coarse offset against the reference overview (whole px, plus the fraction by
     which its own pixels sit off the grid's: ``grid_fraction``; 0 for the reference itself, and
     the whole part 0 when the overviews do not verify) and its raster's extent on the grid.
     ``keep_overview``: the location carries the date's own overview (``date_overview``) with
     ``inliers``, where the verified coarse inliers lie on the reference overview (a pair ranks
-    its windows on them: ``window_prospects``)."""
-    own = band_grids(product, bands)
-    fraction = grid_fraction(own, grid)
+    its windows on them: ``window_prospects``); ``seen``: that overview, already read (a pair
+    reads both dates' at once)."""
+    own, fraction, extent = date_footprint(product, bands, grid)
     warp = fraction is None
-    extent = raster_extent(own, grid)
     g = grid
-    if extent[0] >= g.width or extent[2] <= 0 or extent[1] >= g.height or extent[3] <= 0:
-        raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
     coarse = {"verified": None, "inliers": 0, "reason": "the reference itself", "offset_px": [0, 0]}
-    offset, seen = np.zeros(2), None
+    offset = np.zeros(2)
     if overview is not None:
-        seen = date_overview(pipeline, product, bands, g, cfg, f"{remote.name_of(str(path))} overview")
+        if seen is None:
+            seen = date_overview(pipeline, product, bands, g, cfg, f"{remote.name_of(str(path))} overview")
         r = pipeline.verify(pipeline.match_features(overview.features, seen.features))
         coarse = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"]}
         if r["verified"]:
@@ -726,6 +724,17 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
     return DateLocation(path, date or remote.stem_of(first_path(path)), product.name, bands,
                         (float(offset[0]), float(offset[1])), ext, warp, coarse, pixel_ratio(own, grid), source,
                         product.nodata, seen if keep_overview and overview is not None else None)
+
+
+def date_footprint(product: dp.Product, bands: list[str], grid: dp.Grid):
+    """A date's band grids, the fraction by which its pixels sit off ``grid``'s (``grid_fraction``;
+    None: read through a warp) and its raster's extent on ``grid`` (``raster_extent``); one line
+    where it does not overlap the grid at all."""
+    own = band_grids(product, bands)
+    extent = raster_extent(own, grid)
+    if extent[0] >= grid.width or extent[2] <= 0 or extent[1] >= grid.height or extent[3] <= 0:
+        raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
+    return own, grid_fraction(own, grid), extent
 
 
 def with_given_date(location: DateLocation, dates: dict | None) -> DateLocation:

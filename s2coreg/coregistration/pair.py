@@ -105,11 +105,18 @@ class Coregistration:
     def run(self) -> dict:
         start = time.time()
         e, c, g = engine, self.cfg, self.grid
-        self.overview = e.reference_overview(self.pipeline, self.ref, self.ref_bands, g, c)
+        threads = window_threads()
+        e.date_footprint(self.tgt, self.tgt_bands, g)       # one line, before reading, if it lies elsewhere
+        # both dates' overviews read and extracted side by side (``--threads`` 2 or more)
+        with e.window_runner(min(threads, 2)) as submit:
+            ref_job = submit(e.reference_overview, self.pipeline, self.ref, self.ref_bands, g, c)
+            tgt_job = submit(e.date_overview, self.pipeline, self.tgt, self.tgt_bands, g, c,
+                             f"{remote.name_of(str(self.inputs[1]))} overview")
+            self.overview, seen = ref_job.result(), tgt_job.result()
         self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
         # the target's overview kept: its windows are ranked on it before any is read in full
         self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c,
-                                     keep_overview=True)
+                                     keep_overview=True, seen=seen)
         self.overview_tgt = self.loc_tgt.overview
         self.loc_ref, self.loc_tgt = (e.with_given_date(loc, self.dates) for loc in (self.loc_ref, self.loc_tgt))
         # exactly what both cover: a pair has no earlier plan to keep (a stack's edge tolerance
@@ -120,7 +127,7 @@ class Coregistration:
         # best first, until the verified windows bound the shift and the field; both cores as whole windows
         self.a, self.b, measured, self.skipped = e.measure_in_rounds(
             self.pipeline, (self.ref, self.tgt), (self.loc_ref, self.loc_tgt), g, self.windows, self.region,
-            (self.overview, self.overview_tgt), c, threads=window_threads())
+            (self.overview, self.overview_tgt), c, threads=threads)
         self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g), measured,
                                    self.skipped)
         self.check = self.second_band_check()
