@@ -11,9 +11,18 @@ displacement at the tile centre, 5.5 m at the far edge). (Cross-date accuracy is
 ``benchmarks/coregistration.py``: OMBRIA's before/after chips come from different products, each
 registered to its own ~1 px, so a mosaic of them has no exact truth.) The truth at the tile centre is compared with the
 translation; the affine's displacement field with the truth's over the whole tile. Each method
-runs in a fresh process; its wall time and peak resident memory are reported. ``coregister.py``
-runs twice: its windows matched by SuperGlue (the default), and in the fast mode (``--matcher
-fast``: mutual nearest neighbours, SuperGlue where they give few inliers).
+runs in a fresh process; its wall time, CPU time (user + system) and peak resident memory are
+reported, and for ``coregister.py`` its windows: planned, read (tried) and used.
+
+A second, cloudy target (``--cloudy``, written once beside the others): the same target with bright
+opaque cloud blobs over ~40 % of it (not masked: no cloud mask comes with a GeoTIFF) and a
+no-data corner — where windows that cannot answer are many, and reading them costs most.
+
+``coregister.py`` runs with its defaults on 2 threads (windows side by side) and on 1
+(``--threads 1``), its windows matched by SuperGlue (``--matcher auto``), and every planned
+window read (``stop_windows=0``); ``--baseline-root DIR`` adds a row run from another checkout
+of this repository (e.g. ``git worktree add /tmp/main main``: the code before a change, in the
+same run).
 """
 from __future__ import annotations
 
@@ -70,6 +79,11 @@ def peak_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+
+def cpu_s():
+    import os
+    t = os.times()                 # its worker processes too (AROSICS's CPUs=2)
+    return t.user + t.system + t.children_user + t.children_system
 """
 
 OURS = PEAK + """
@@ -77,23 +91,26 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import s2coreg.config as config
 from s2coreg.coregistration.pair import coregister
-t = time.perf_counter()
+from s2coreg.utils import set_threads
+set_threads({threads!r})
+t, c = time.perf_counter(), cpu_s()
 r = coregister({ref!r}, {tgt!r}, {out!r}, progress=False,
-               cfg=config.replace(config.CoregisterConfig(), matcher={matcher!r}))
-print(json.dumps({{"seconds": time.perf_counter() - t, "shift": [r["shift_m"]["dx"], r["shift_m"]["dy"]]
-                   if r["shift_m"] else None, "affine": r["affine"], "windows": r["windows"], "reason": r["reason"],
-                   "peak_mb": peak_mb()}}))
+               cfg=config.replace(config.CoregisterConfig(), **{settings!r}))
+print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_s": cpu_s() - c,
+                   "shift": [r["shift_m"]["dx"], r["shift_m"]["dy"]] if r["shift_m"] else None,
+                   "sigma_m": r["shift_m"]["sigma_m"] if r["shift_m"] else None, "affine": r["affine"],
+                   "windows": r["windows"], "reason": r["reason"], "peak_mb": peak_mb()}}))
 """
 
 AROSICS = PEAK + """
 import json, time, warnings
 warnings.simplefilter("ignore")
 from arosics import COREG
-t = time.perf_counter()
+t, c = time.perf_counter(), cpu_s()
 cr = COREG({ref!r}, {tgt!r}, r_b4match=1, s_b4match=1, max_shift=10, nodata=(0, 0), q=True, ignore_errors=True)
 cr.calculate_spatial_shifts()
 ok = bool(cr.success)
-print(json.dumps({{"seconds": time.perf_counter() - t,
+print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_s": cpu_s() - c,
                    "shift": [-cr.x_shift_map, -cr.y_shift_map] if ok else None, "reason": None if ok else "not successful",
                    "peak_mb": peak_mb()}}))
 """
@@ -108,7 +125,7 @@ import json, time, warnings
 import numpy as np
 warnings.simplefilter("ignore")
 from arosics import COREG_LOCAL
-t = time.perf_counter()
+t, c = time.perf_counter(), cpu_s()
 cl = COREG_LOCAL({ref!r}, {tgt!r}, grid_res={grid}, window_size=(256, 256), r_b4match=1, s_b4match=1,
                  max_shift=10, nodata=(0, 0), q=True, ignore_errors=True, CPUs=2)
 tbl = cl.CoRegPoints_table
@@ -120,7 +137,8 @@ if len(ok) >= 3:
     X = np.hstack([p, np.ones((len(p), 1))])
     coef = np.linalg.lstsq(X, p + d, rcond=None)[0].T          # reference map -> target map
     res = coef.tolist()
-print(json.dumps({{"seconds": time.perf_counter() - t, "affine": {{"matrix": res}} if res else None,
+print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_s": cpu_s() - c,
+                   "affine": {{"matrix": res}} if res else None,
                    "points": int(len(ok)), "grid_points": int(len(tbl)),
                    "reason": None if res else "fewer than 3 valid tie points", "peak_mb": peak_mb()}}))
 """
@@ -162,6 +180,42 @@ def build_tiles(data: Path, folder: Path):
     return ref, tgt, ref_t, tgt_t
 
 
+CLOUD_SHARE, CLOUD_DN = 0.4, 9000          # share of the cloudy target under cloud, their brightness (DN)
+
+
+def build_cloudy(folder: Path, tgt: Path) -> Path:
+    """``target_cloudy.tif`` in ``folder`` (written once): the target with bright opaque cloud
+    blobs over ``CLOUD_SHARE`` of it (a smoothed random field, thresholded; a faint texture of
+    noise over them) and its north-west corner no-data (a triangle of a fifth of the side)."""
+    import cv2
+    import rasterio
+    from s2coreg.utils import atomic_path
+
+    out = folder / "target_cloudy.tif"
+    if out.exists():
+        return out
+    t = time.perf_counter()
+    rng = np.random.default_rng(1)
+    low = cv2.GaussianBlur(rng.normal(size=(344, 344)).astype(np.float32), (0, 0), 6)
+    low = cv2.resize(low, (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
+    cloud = low > np.quantile(low[::16, ::16], 1 - CLOUD_SHARE)
+    del low
+    with rasterio.open(tgt) as src:
+        transform = src.transform
+        data = src.read()
+    noise = rng.normal(0, 20, (SIDE, SIDE)).astype(np.float32)
+    for b in range(data.shape[0]):
+        data[b][cloud] = np.clip(CLOUD_DN + noise[cloud], 1, 65535).astype(np.uint16)
+    del noise, cloud
+    corner = SIDE // 5
+    rows, cols = np.ogrid[:corner, :corner]
+    data[:, :corner, :corner][:, (rows + cols) < corner] = 0
+    with atomic_path(out) as tmp:
+        write(tmp, data, transform)
+    print(f"cloudy target written in {time.perf_counter() - t:.0f} s → {out}")
+    return out
+
+
 def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -170,10 +224,21 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds each method may take")
     parser.add_argument("--arosics-grid", type=int, default=1000, help="COREG_LOCAL's grid_res, px")
     parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "coregistration_full_tile.json")
-    parser.add_argument("--keep", type=Path, default=None, help="write the tiles here (default: a temporary folder)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write the tiles here, or reuse those already there (default: a temporary folder)")
+    parser.add_argument("--cloudy", action="store_true", help="also the cloudy target (built once in --keep)")
+    parser.add_argument("--baseline-root", type=Path, default=None,
+                        help="another checkout of this repository whose coregister.py runs as a row (the code "
+                             "before a change, in the same run)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="only the defaults (2 and 1 threads), no --matcher auto / every-window rows")
+    parser.add_argument("--no-local", action="store_true", help="leave out AROSICS's COREG_LOCAL")
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp())
     ref, tgt, ref_t, tgt_t = build_tiles(args.data, folder)
+    targets = {"clear": tgt}
+    if args.cloudy:
+        targets["cloudy"] = build_cloudy(folder, tgt)
 
     def truth(q):   # displacement (m) at reference pixel centres q (N, 2): same pixel index on both grids
         q = np.asarray(q, np.float64) + 0.5
@@ -182,25 +247,41 @@ def main(argv=None) -> int:
         return p_tgt - p_ref
 
     centre_truth = truth([[SIDE / 2 - 0.5, SIDE / 2 - 0.5]])[0]
+    ours = {"coregister.py": ({}, 2), "coregister.py --threads 1": ({}, 1)}
+    if not args.no_variants:
+        ours.update({"coregister.py --matcher auto": ({"matcher": "auto"}, 2),
+                     "coregister.py, every window (stop_windows=0)": ({"stop_windows": 0}, 2)})
     rows = {}
-    for name, matcher in (("coregister.py", "auto"), ("coregister.py --matcher fast", "fast")):
-        rows[name] = measure(OURS.format(root=str(ROOT), ref=str(ref), tgt=str(tgt), out=str(folder / "out"),
-                                         matcher=matcher), args.timeout)
-    if not args.no_arosics:
+    for case, target in targets.items():
+        def row(name):
+            return f"{name} [{case}]" if len(targets) > 1 else name
+        runs = [(row(name), ROOT, settings, threads) for name, (settings, threads) in ours.items()]
+        if args.baseline_root:
+            runs.append((row(f"coregister.py ({args.baseline_root})"), args.baseline_root.resolve(), {}, 2))
+        for name, root, settings, threads in runs:
+            rows[name] = measure(OURS.format(root=str(root), ref=str(ref), tgt=str(target),
+                                             out=str(folder / f"out_{case}"), settings=settings, threads=threads),
+                                 args.timeout)
+        if args.no_arosics:
+            continue
         try:
             import arosics  # noqa: F401
-            rows["AROSICS COREG (global)"] = measure(AROSICS.format(ref=str(ref), tgt=str(tgt)), args.timeout)
-            local = measure(AROSICS_LOCAL.format(ref=str(ref), tgt=str(tgt), grid=args.arosics_grid), args.timeout)
+        except ImportError:
+            print("AROSICS is not installed: skipped (see benchmarks/coregistration.py)", file=sys.stderr)
+            continue
+        rows[row("AROSICS COREG (global)")] = measure(AROSICS.format(ref=str(ref), tgt=str(target)), args.timeout)
+        if not args.no_local:
+            local = measure(AROSICS_LOCAL.format(ref=str(ref), tgt=str(target), grid=args.arosics_grid),
+                            args.timeout)
             if local.get("affine"):      # its translation: the affine's displacement at the tile's centre
                 M = np.array(local["affine"]["matrix"])
                 c = np.array([ref_t.c + ref_t.a * SIDE / 2, ref_t.f + ref_t.e * SIDE / 2])
                 local["shift"] = (M[:, :2] @ c + M[:, 2] - c).tolist()
-            rows[f"AROSICS COREG_LOCAL (every {args.arosics_grid} px, affine fit)"] = local
-        except ImportError:
-            print("AROSICS is not installed: skipped (see benchmarks/coregistration.py)", file=sys.stderr)
+            rows[row(f"AROSICS COREG_LOCAL (every {args.arosics_grid} px, affine fit)")] = local
     print(f"truth at the tile centre: dx {centre_truth[0]:+.2f} m, dy {centre_truth[1]:+.2f} m\n")
-    print("| method | seconds | peak memory | error at the centre | affine field RMSE | result |")
-    print("|---|---|---|---|---|---|")
+    print("| method | wall s | CPU s | peak memory | error at the centre | σ | affine field RMSE | windows planned / "
+          "read / used | result |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         err = "—" if r.get("shift") is None else f"{np.hypot(*(np.array(r['shift']) - centre_truth)):.2f} m"
         field = "—"
@@ -211,9 +292,15 @@ def main(argv=None) -> int:
             pred = p @ M[:, :2].T + M[:, 2] - p
             field = f"{np.sqrt(np.mean(np.sum((pred - truth(g)) ** 2, 1))):.2f} m"
         peak = "—" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f} MB"
-        status = r.get("reason") or (f"{r['windows']['used']} windows" if r.get("windows") else
-                                     f"{r['points']} of {r['grid_points']} points" if r.get("points") else "ok")
-        print(f"| {name} | {r['seconds']:.1f} | {peak} | {err} | {field} | {status} |")
+        status = r.get("reason") or (f"{r['points']} of {r['grid_points']} points" if r.get("points") else "ok")
+        wn = r.get("windows")
+        counts = "—"
+        if wn:
+            planned = wn.get("planned", wn["used"] + wn["rejected"])
+            counts = f"{planned} / {wn.get('tried', planned)} / {wn['used']}"
+        cpu = "—" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
+        sigma = "—" if r.get("sigma_m") is None else f"{r['sigma_m']:.2f} m"
+        print(f"| {name} | {r['seconds']:.1f} | {cpu} | {peak} | {err} | {sigma} | {field} | {counts} | {status} |")
         r.update(error_at_centre_m=None if err == "—" else float(err[:-2]),
                  field_rmse_m=None if field == "—" else float(field[:-2]))
     from s2coreg.utils import write_json

@@ -258,10 +258,10 @@ class CoregisterConfig:
     # — a 5-band target against a 1-band reference. A stack has one ``bands`` for all its dates.
     reference_bands: tuple[str, ...] = ()
     target_bands: tuple[str, ...] = ()
-    matcher: str = "auto"             # every window's matching: auto (SuperGlue), a registered matcher (mnn, ...;
-                                      # one of your own module as package.module:name), or fast (mutual nearest
-                                      # neighbours, SuperGlue where they give few inliers): a full tile in
-                                      # 0.8x the time, the same shift (docs/benchmarks.md "A full tile")
+    matcher: str = "fast"             # every window's matching: fast (mutual nearest neighbours, SuperGlue where
+                                      # they give few inliers: a full tile in 0.8x the time of auto, the same
+                                      # shift, docs/benchmarks.md "A full tile"), auto (SuperGlue), or a
+                                      # registered matcher (mnn, ...; one of your own module as package.module:name)
     overview: int = 1024              # px, longer side of the coarse (whole-product) estimate
     window: int = 512                 # px at native resolution, side of a matching window
     min_window: int = 256             # px, smallest window side where the data allows it
@@ -278,6 +278,22 @@ class CoregisterConfig:
                                       # (stacks only: a pair plans on exactly what both dates cover)
     speck_px: int = 16                # invalid specks up to this many px are inpainted and matched through
     min_windows: int = 3              # fewer verified windows (or all, where fewer fit): refused
+    # A pair reads its windows best first (engine.measure_in_rounds): ranked on the overviews both
+    # dates were located on (valid on both, keypoints on both, the coarse step's inliers), in rounds
+    # of the next best window of each of rank_blocks x rank_blocks blocks of the overlap, and stops
+    # once stop_windows verified windows agree and cover every block row and column (the shift
+    # field and the affine need windows over the whole overlap) and the pair's σ is within
+    # stop_sigma_gain of what every candidate window would give (two acquisitions: their 0.4 m
+    # floor is soon reached; one acquisition: its σ keeps shrinking as 1/√n, so it reads on)
+    # (chosen on the full-tile benchmark, whose tile is built from OMBRIA's training chips;
+    # benchmarks/coregistration_full_tile.py, docs/benchmarks.md "A full tile").
+    # 0: every planned window (as a stack does). Windows whose overviews show less than
+    # rank_min_valid of them valid on both dates are not read (min_valid at full resolution, less a
+    # margin for the overview's ~11x coarser pixels at a cloud's or the data's edge).
+    rank_blocks: int = 3
+    stop_windows: int = 9
+    stop_sigma_gain: float = 0.1
+    rank_min_valid: float = 0.4
     outlier_sigmas: float = 3.0       # windows further than this × their spread are rejected
     min_spread_px: float = 0.05       # px, smallest spread the outlier rule assumes
     disagreement_px: float = 1.0      # px, windows differing more than this (and their noise) warn

@@ -695,3 +695,79 @@ def test_a_pair_without_dates_writes_stac_that_validates_once_dated(pipeline, tm
     assert item.datetime.strftime("%Y-%m-%d") == "2018-06-10" and item.geometry and item.bbox
     pystac.Item.from_dict(item.to_dict())
     assert r["verified"]
+
+
+def tiled(src: Path, out: Path, n: int = 3, blank: tuple[slice, slice] | None = None) -> Path:
+    """``src`` repeated ``n`` × ``n`` on one grid (a scene large enough for many small windows);
+    ``blank``: (rows, cols) set to no-data."""
+    with rasterio.open(src) as s:
+        profile, data, desc = s.profile, s.read(), s.descriptions
+    data = np.tile(data, (1, n, n))
+    if blank is not None:
+        data[:, blank[0], blank[1]] = 0
+    profile.update(width=data.shape[2], height=data.shape[1], nodata=0)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = desc
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiled_pair(tmp_path_factory):
+    """Bracciano's two dates, each repeated 3 × 3 (951 × 954 px); the target's top-left 320² px
+    no-data (the windows there cannot answer)."""
+    folder = tmp_path_factory.mktemp("tiled")
+    return tiled(REF, folder / "ref.tif"), tiled(SUMMER, folder / "tgt.tif", blank=(slice(0, 320), slice(0, 320)))
+
+
+SMALL_WINDOWS = dict(window=128, min_window=128)        # 49 windows of 128² on the tiled scene
+
+
+def test_windows_are_read_best_first_until_they_bound_the_pair(pipeline, tiled_pair):
+    """A pair ranks its windows on the overviews, reads them best first in rounds over 3 × 3
+    blocks of the overlap and stops once enough verified windows span it: fewer windows read than
+    planned, those under the target's no-data never read, the used ones in every block row and
+    column, and the shift that of every window read (within 0.05 px). The JSON counts them:
+    planned = read + not read, read = used + rejected."""
+    ref, tgt = tiled_pair
+    every = coregister.Coregistration(ref, tgt, cfg=config.replace(config.CoregisterConfig(), stop_windows=0,
+                                                                    **SMALL_WINDOWS), pipeline=pipeline)
+    r_all = every.run()
+    co = coregister.Coregistration(ref, tgt, cfg=config.replace(config.CoregisterConfig(), **SMALL_WINDOWS),
+                                   pipeline=pipeline)
+    r = co.run()
+    w = r["windows"]
+    assert w["planned"] == r_all["windows"]["planned"] >= 40
+    assert w["planned"] == w["tried"] + sum(w["skipped"].values()) and w["tried"] == w["used"] + w["rejected"]
+    assert w["skipped"].get(coregister.engine.SKIP_INVALID, 0) >= 4          # under the target's no-data
+    assert w["skipped"].get(coregister.engine.SKIP_ENOUGH, 0) > 0 and w["tried"] < r_all["windows"]["tried"]
+    assert r_all["windows"]["skipped"].get(coregister.engine.SKIP_ENOUGH, 0) == 0
+    blank = [k for k, (c, row, ww, wh) in enumerate(co.windows) if c + ww <= 320 and row + wh <= 320]
+    assert blank and not set(blank) & set(co.a.features)          # never read (the reference's either)
+    c0, r0, c1, r1 = co.region
+    used = np.array([m.centre for m in co.pair.windows if m.status == "used"])
+    cols = set(((used[:, 0] - c0) / (c1 - c0) * 3).astype(int))
+    rows = set(((used[:, 1] - r0) / (r1 - r0) * 3).astype(int))
+    assert cols == rows == {0, 1, 2}
+    assert np.abs(np.array(r["shift_m"]["shift_px"]) - r_all["shift_m"]["shift_px"]).max() < 0.05
+
+
+def test_windows_side_by_side_give_the_same_answer_as_one_thread(pipeline, tiled_pair):
+    """Two threads (windows side by side, one torch thread each) measure the same windows and the
+    same shift as one: a window still running when enough are measured is dropped, not used."""
+    from s2coreg.utils import set_threads
+
+    ref, tgt = tiled_pair
+    cfg = config.replace(config.CoregisterConfig(), **SMALL_WINDOWS)
+    results = []
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            co = coregister.Coregistration(ref, tgt, cfg=cfg, pipeline=pipeline)
+            r = co.run()
+            results.append((r["windows"], r["shift_m"]["shift_px"],
+                            sorted(m.index for m in co.pair.windows if m.status == "used")))
+    finally:
+        set_threads(1)
+    assert results[0][2] and results[0][2] == results[1][2]
+    assert results[0][0] == results[1][0] and np.allclose(results[0][1], results[1][1], atol=1e-6)

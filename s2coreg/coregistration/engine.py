@@ -14,7 +14,14 @@ functions, in this order:
 3. ``plan_windows``: windows on the reference grid, inside the part that every date's raster
    covers after its offset (a window never reads past a date's data).
 4. ``extract_date``: every window of a date read at native resolution (its no-data, cloud and
-   scene-class masks applied, specks of no data inpainted), its features extracted once.
+   scene-class masks applied, specks of no data inpainted), its features extracted once
+   (``extract_window``). A stack extracts every window of every date (each is matched in several
+   pairs). A pair instead reads its windows best first (``measure_in_rounds``): ranked on the
+   overviews step 2 read (``window_prospects``: valid on both, keypoints, the coarse inliers),
+   in rounds over blocks of the overlap (``window_order``), each window read, extracted and
+   matched (step 5's ``measure_window``) until the verified ones bound the pair as well as more
+   would (``enough_windows``); windows the overviews show invalid, and those after the stop, are
+   not read. ``--threads`` windows run side by side, each on one torch thread.
 5. ``measure_pair``: two dates matched window by window. A window's displacement starts from the
    **learned estimate** — the median of its USAC_MAGSAC inliers' displacements after the fine head
    and the correlation stage — and is then refined by a dense fit of every pixel both dates show
@@ -613,6 +620,9 @@ class Overview:
     image: np.ndarray                 # the rendered overview (the pair's report draws on it)
     scale: tuple[float, float]        # grid px per overview px (x, y)
     shape: tuple[int, int]
+    valid: np.ndarray | None = None   # (rows, cols) bool: data, no cloud, no snow (``valid_mask``)
+    inliers: np.ndarray | None = None  # (N, 2) a date's overview: where the coarse step's verified inliers
+                                       # lie on the reference overview (px; ``locate_date``), else None
 
 
 def overview_shape(grid: dp.Grid, cfg: CoregisterConfig) -> tuple[int, int]:
@@ -623,13 +633,22 @@ def overview_shape(grid: dp.Grid, cfg: CoregisterConfig) -> tuple[int, int]:
 def reference_overview(pipeline, product: dp.Product, bands: list[str], grid: dp.Grid,
                        cfg: CoregisterConfig) -> Overview:
     """The reference read whole at ``cfg.overview`` px (decimated), its features extracted."""
-    shape = overview_shape(grid, cfg)
-    image, valid = read_date(product, bands, grid, (0, 0, grid.width, grid.height), shape, False, cfg)
-    if not valid.any():
+    ov = date_overview(pipeline, product, bands, grid, cfg, "reference overview", warp=False)
+    if not ov.valid.any():
         raise PipelineError(f"{product.source}: no valid pixel in the bands {', '.join(bands)} (nodata, cloud or "
                             "snow everywhere): nothing to match on it; choose another date")
-    f = pipeline.extract(image, valid, "reference overview")
-    return Overview(f, image, (grid.width / shape[1], grid.height / shape[0]), shape)
+    return ov
+
+
+def date_overview(pipeline, product: dp.Product, bands: list[str], grid: dp.Grid, cfg: CoregisterConfig,
+                  name: str, warp: bool = True) -> Overview:
+    """A date read whole on ``grid`` at ``cfg.overview`` px (decimated), its features extracted:
+    what ``locate_date`` matches against the reference's, and what a pair ranks its windows on
+    (``window_prospects``)."""
+    shape = overview_shape(grid, cfg)
+    image, valid = read_date(product, bands, grid, (0, 0, grid.width, grid.height), shape, warp, cfg)
+    f = pipeline.extract(image, valid, name)
+    return Overview(f, image, (grid.width / shape[1], grid.height / shape[0]), shape, valid)
 
 
 @dataclass
@@ -647,6 +666,7 @@ class DateLocation:
     pixel_ratio: float = 1.0                         # the date's pixel size over the grid's (a 60 m date on 20 m: 3)
     date_source: str = ""                            # where ``date`` came from (``acquisition_date``)
     nodata: float | str | None = None                # its product's no-data rule, as decided (``with_nodata``)
+    overview: Overview | None = field(default=None, repr=False, compare=False)   # its own, where kept (a pair)
 
 
 def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, float, float]:
@@ -674,27 +694,28 @@ def raster_extent(bands: list[dp.Grid], grid: dp.Grid) -> tuple[float, float, fl
 
 
 def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.Grid, overview: Overview | None,
-                cfg: CoregisterConfig) -> DateLocation:
+                cfg: CoregisterConfig, keep_overview: bool = False, seen: Overview | None = None) -> DateLocation:
     """The date's coarse offset against the reference overview (whole px, plus the fraction by
     which its own pixels sit off the grid's: ``grid_fraction``; 0 for the reference itself, and
-    the whole part 0 when the overviews do not verify) and its raster's extent on the grid."""
-    own = band_grids(product, bands)
-    fraction = grid_fraction(own, grid)
+    the whole part 0 when the overviews do not verify) and its raster's extent on the grid.
+    ``keep_overview``: the location carries the date's own overview (``date_overview``) with
+    ``inliers``, where the verified coarse inliers lie on the reference overview (a pair ranks
+    its windows on them: ``window_prospects``); ``seen``: that overview, already read (a pair
+    reads both dates' at once)."""
+    own, fraction, extent = date_footprint(product, bands, grid)
     warp = fraction is None
-    extent = raster_extent(own, grid)
     g = grid
-    if extent[0] >= g.width or extent[2] <= 0 or extent[1] >= g.height or extent[3] <= 0:
-        raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
     coarse = {"verified": None, "inliers": 0, "reason": "the reference itself", "offset_px": [0, 0]}
     offset = np.zeros(2)
     if overview is not None:
-        image, valid = read_date(product, bands, g, (0, 0, g.width, g.height), overview.shape, True, cfg)
-        f = pipeline.extract(image, valid, f"{remote.name_of(str(path))} overview")
-        r = pipeline.verify(pipeline.match_features(overview.features, f))
+        if seen is None:
+            seen = date_overview(pipeline, product, bands, g, cfg, f"{remote.name_of(str(path))} overview")
+        r = pipeline.verify(pipeline.match_features(overview.features, seen.features))
         coarse = {"verified": bool(r["verified"]), "inliers": int(r["num_inliers"]), "reason": r["reason"]}
         if r["verified"]:
             d = r["mkpts1"][r["inliers"]] - r["mkpts0"][r["inliers"]]
             offset = np.round(np.median(d, axis=0) * np.array(overview.scale))
+            seen.inliers = np.asarray(r["mkpts0"][r["inliers"]], np.float64)
         coarse["offset_px"] = offset.tolist()
     if fraction is not None:
         offset = offset + fraction
@@ -702,7 +723,18 @@ def locate_date(pipeline, path, product: dp.Product, bands: list[str], grid: dp.
     date, source = acquisition_date(product, path)
     return DateLocation(path, date or remote.stem_of(first_path(path)), product.name, bands,
                         (float(offset[0]), float(offset[1])), ext, warp, coarse, pixel_ratio(own, grid), source,
-                        product.nodata)
+                        product.nodata, seen if keep_overview and overview is not None else None)
+
+
+def date_footprint(product: dp.Product, bands: list[str], grid: dp.Grid):
+    """A date's band grids, the fraction by which its pixels sit off ``grid``'s (``grid_fraction``;
+    None: read through a warp) and its raster's extent on ``grid`` (``raster_extent``); one line
+    where it does not overlap the grid at all."""
+    own = band_grids(product, bands)
+    extent = raster_extent(own, grid)
+    if extent[0] >= grid.width or extent[2] <= 0 or extent[1] >= grid.height or extent[3] <= 0:
+        raise PipelineError(f"{product.source}: does not overlap the reference; give dates of the same place")
+    return own, grid_fraction(own, grid), extent
 
 
 def with_given_date(location: DateLocation, dates: dict | None) -> DateLocation:
@@ -796,32 +828,45 @@ class DateFeatures:
 
 
 def extract_date(pipeline, product: dp.Product, location: DateLocation, grid: dp.Grid, windows: list[Window],
-                 cfg: CoregisterConfig, images: bool = False) -> DateFeatures:
-    """Every window of the date read on its ``date_grid`` and its features extracted once
-    (windows with less than ``min_valid`` valid area are skipped). ``images``: keep each
-    window's rendered image in its features (``image``; for the pair's report)."""
+                 cfg: CoregisterConfig, images: bool = False, only: set[int] | None = None) -> DateFeatures:
+    """Every window of the date (``only``: those of these indices) read on its ``date_grid`` and
+    its features extracted once (windows with less than ``min_valid`` valid area are skipped).
+    ``images``: keep each window's rendered image in its features (``image``; for the pair's
+    report)."""
     g = date_grid(grid, location.offset_px)
     out = DateFeatures(location, windows)
     shares = []
-    name = remote.name_of(str(location.path))
-    for k, (col, row, w, h) in enumerate(windows):
-        e = location.extent_px              # a window reaching past the date's raster: through the warp
-        inside = col >= e[0] - 1e-6 and row >= e[1] - 1e-6 and col + w <= e[2] + 1e-6 and row + h <= e[3] + 1e-6
-        image, valid = read_date(product, location.bands, g, (col, row, w, h), (h, w), location.warp or not inside,
-                                 cfg)
-        shares.append(valid.mean())
-        if valid.mean() < cfg.min_valid:
+    for k, window in enumerate(windows):
+        if only is not None and k not in only:
             continue
-        f = pipeline.extract(image, valid, f"{name} window {k}")
-        if len(f["keypoints"]) == 0:
-            continue
-        f["valid"] = valid
-        if images:
-            f["image"] = image
-        out.features[k] = f
-        out.keypoints += len(f["keypoints"])
+        f, share, _ = extract_window(pipeline, product, location, g, k, window, cfg, images)
+        shares.append(share)
+        if f is not None:
+            out.features[k] = f
+            out.keypoints += len(f["keypoints"])
     out.valid_share = float(np.mean(shares)) if shares else 0.0
     return out
+
+
+def extract_window(pipeline, product: dp.Product, location: DateLocation, g: dp.Grid, k: int, window: Window,
+                   cfg: CoregisterConfig, images: bool = False) -> tuple[dict | None, float, str | None]:
+    """One window of a date read on its ``date_grid`` ``g`` at native resolution, once, and its
+    features extracted: ``(features, valid share, None)``, or ``(None, share, why)`` where it has
+    less than ``min_valid`` valid area or no keypoint."""
+    col, row, w, h = window
+    e = location.extent_px              # a window reaching past the date's raster: through the warp
+    inside = col >= e[0] - 1e-6 and row >= e[1] - 1e-6 and col + w <= e[2] + 1e-6 and row + h <= e[3] + 1e-6
+    image, valid = read_date(product, location.bands, g, (col, row, w, h), (h, w), location.warp or not inside, cfg)
+    share = float(valid.mean())
+    if share < cfg.min_valid:
+        return None, share, f"too little valid area ({share:.0%} < min_valid {cfg.min_valid:.0%})"
+    f = pipeline.extract(image, valid, f"{remote.name_of(str(location.path))} window {k}")
+    if len(f["keypoints"]) == 0:
+        return None, share, f.get("reason") or "no keypoint"
+    f["valid"] = valid
+    if images:
+        f["image"] = image
+    return f, share, None
 
 
 # ----------------------------------------------------------------------------- per pair
@@ -877,6 +922,7 @@ class PairMeasure:
     affine_shown: bool = False                # the tie points show a rotation or scale (an affine fits them)
     at_px: list[float] | None = None          # (2,) grid px where shift_px applies: the measured overlap's centre
     windows: list[WindowMeasure] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)   # windows planned but not read: why → count
 
 
 def refine_translation(fa: dict, fb: dict, shift: np.ndarray, reach_px: float,
@@ -1083,16 +1129,22 @@ def overlap_centre(windows: list[Window]) -> np.ndarray:
 
 
 def translation_at(windows: list[WindowMeasure], shifts: np.ndarray, se: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """The translation that best moves the whole overlap: the displacement at its centre ``at``.
-    Each window's estimate (``shifts``, N × 2) applies where it was measured (its ``centre``); where the windows
-    can show a gradient (``windows_span``, at least 4) and an affine field of them departs from
-    one translation beyond their noise (χ² of its gradient, 4 degrees of freedom, p < 0.001),
-    each estimate is carried to ``at`` along the fitted gradient before their median (a 50 ppm
-    scale left the median of a full tile's windows 0.17 m from the displacement at its centre);
-    else the windows' median (a gradient fitted to noise would add noise)."""
-    med = np.median(shifts, axis=0)
+    """The translation that best moves the whole overlap: the displacement at its centre ``at``,
+    the median of the windows' estimates carried there (``carried_to``)."""
+    return np.median(carried_to(windows, shifts, se, at), axis=0)
+
+
+def carried_to(windows: list[WindowMeasure], shifts: np.ndarray, se: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The windows' estimates (``shifts``, N × 2) carried to ``at``. Each estimate applies where it
+    was measured (its ``centre``); where the windows can show a gradient (``windows_span``, at
+    least 4) and an affine field of them departs from one translation beyond their noise (χ² of
+    its gradient, 4 degrees of freedom, p < 0.001), each is carried to ``at`` along the fitted
+    gradient (a 50 ppm scale left the median of a full tile's windows 0.17 m from the
+    displacement at its centre), and their spread about their median is then their noise, not the
+    gradient (``pair_standard_error``); else they are returned as they are (a gradient fitted to
+    noise would add noise)."""
     if len(shifts) < 4 or not windows_span(windows):
-        return med
+        return shifts
     centres = np.array([w.centre for w in windows], np.float64)
     X = np.hstack([centres - at, np.ones((len(centres), 1))])
     coef, *_ = np.linalg.lstsq(X, shifts, rcond=None)           # (3, 2): gradient rows, then the offset
@@ -1103,26 +1155,34 @@ def translation_at(windows: list[WindowMeasure], shifts: np.ndarray, se: np.ndar
         chi2 = sum(float(coef[:2, k] @ np.linalg.solve(inv, coef[:2, k])) / max(noise[k], 1e-9) ** 2
                    for k in range(2))
     except np.linalg.LinAlgError:
-        return med
+        return shifts
     if chi2 <= GRADIENT_CHI2:
-        return med
-    return np.median(shifts - (centres - at) @ coef[:2], axis=0)
+        return shifts
+    return shifts - (centres - at) @ coef[:2]
 
 
 def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig,
-                 px_m: float = 10.0) -> PairMeasure:
+                 px_m: float = 10.0, measured: dict[int, WindowMeasure] | None = None,
+                 skipped: dict[int, str] | None = None) -> PairMeasure:
     """Match two dates window by window (features extracted once per date) and combine the
     windows: the median of the used windows' estimates, its calibrated standard error,
-    warnings where they disagree. ``px_m``: metres per grid px (for the warnings' wording)."""
+    warnings where they disagree. ``px_m``: metres per grid px (for the warnings' wording).
+    ``measured``: windows already matched (``measure_in_rounds``: not matched again);
+    ``skipped``: windows planned but never read, and why (counted in the refusal and in
+    ``PairMeasure.skipped``)."""
     common = sorted(set(a.features) & set(b.features))
     # every window refined, resampled dates too: with both images blurred alike (imaging.
     # dense_translation), the dense fit is not drawn by the resampling kernel's bias — dates on the
     # neighbouring UTM zone (Lanczos) re-registered within 0.002 px where the learned estimate was
     # 0.03 px off; the full tile (a mosaic of chips with sharp seams) 0.03 m, learned 0.01 m
     refine = cfg.refine
-    measures = [measure_window(pipeline, k, a.windows[k], a.features[k], b.features[k], a.offset, b.offset,
-                               cfg, refine) for k in common]
+    measured, skipped = measured or {}, skipped or {}
+    measures = [measured[k] if k in measured else
+                measure_window(pipeline, k, a.windows[k], a.features[k], b.features[k], a.offset, b.offset, cfg,
+                               refine) for k in common]
     out = PairMeasure(i, j, False, windows=measures)
+    for why in skipped.values():
+        out.skipped[why] = out.skipped.get(why, 0) + 1
     used = [m for m in measures if m.status == "used"]
     # at least ``min_windows`` verified windows, or all of those both dates have (a small scene
     # is one window; a partly cloudy date has a few): each window is verified on its own
@@ -1131,9 +1191,11 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
         kinds: dict[str, int] = {}
         for m in measures:
             kinds[reason_kind(m.reason)] = kinds.get(reason_kind(m.reason), 0) + 1
-        missing = len(a.windows) - len(measures)
+        missing = len(a.windows) - len(measures) - len(skipped)
         if missing:
             kinds["too little valid area or texture on one date"] = missing
+        for why, n in out.skipped.items():
+            kinds[f"not read, {why}"] = n
         head = (f"only {len(used)} of {len(a.windows)} windows verified (at least {needed} needed)" if common
                 else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
         out.reason = head + "".join(f"; {k}: {v} window{'s' if v != 1 else ''}" for k, v in kinds.items())
@@ -1157,11 +1219,14 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     shifts, se = shifts[keep], se[keep]
     n = len(used)
     out.at_px = overlap_centre(a.windows).tolist()
-    med = translation_at(used, shifts, se, np.array(out.at_px))
+    carried = carried_to(used, shifts, se, np.array(out.at_px))
+    med = np.median(carried, axis=0)              # translation_at
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
     cross = cross_date_pair(a, b)
-    total, gap = pair_standard_error(shifts, se, np.array([m.learned_px for m in used]), cfg, cross_date=cross,
-                                     px_m=px_m)
+    # the standard error from the estimates carried to the centre: a gradient the translation
+    # took out (a scale of the full tile: 2.6 m of spread over its windows) is not its noise
+    learned = np.array([m.learned_px for m in used]) + (carried - shifts)
+    total, gap = pair_standard_error(carried, se, learned, cfg, cross_date=cross, px_m=px_m)
     if gap is not None:
         out.warnings.append(estimates_disagree_warning(used, med, gap, total, px_m, cfg))
     out.verified = True
@@ -1172,6 +1237,208 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     out.windows_used = n
     out.tie_points = int(sum(m.inliers for m in used))
     return out
+
+
+# ----------------------------------------------------------------------------- a pair's windows, best first
+SKIP_INVALID = "too little valid area on the overviews (nodata, cloud or snow)"
+SKIP_ENOUGH = "enough verified windows over the overlap already"
+
+
+def window_prospects(windows: list[Window], ref: Overview, tgt: Overview, offset_px,
+                     cfg: CoregisterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """What the overviews both dates were located on (nothing read at full resolution) say of
+    each window: the share of it valid on both (N,: data, no cloud, no snow; the target's
+    content for a window lies ``offset_px`` further on its overview) and a score (N,) of how
+    likely it is to answer — that share × (1 + log(1 + the keypoints the poorer of the two
+    overviews has in it) + log(1 + the coarse step's verified inliers in it)): texture both dates
+    show, and where the reference's content was already matched (``Overview.inliers``)."""
+    sx, sy = ref.scale
+    ox, oy = float(offset_px[0]) / sx, float(offset_px[1]) / sy
+    kr = np.asarray(ref.features.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
+    kt = np.asarray(tgt.features.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
+    inl = np.zeros((0, 2)) if tgt.inliers is None else tgt.inliers
+    share, score = np.zeros(len(windows)), np.zeros(len(windows))
+
+    def inside(points, x0, y0, x1, y1):
+        return int(((points[:, 0] >= x0) & (points[:, 0] < x1) & (points[:, 1] >= y0) & (points[:, 1] < y1)).sum())
+
+    for k, (c, r, w, h) in enumerate(windows):
+        x0, y0, nx, ny = c / sx, r / sy, max(1, round(w / sx)), max(1, round(h / sy))
+        va = _crop(ref.valid, round(x0), round(y0), nx, ny)
+        vb = _crop(tgt.valid, round(x0 + ox), round(y0 + oy), nx, ny)
+        share[k] = float((va & vb).mean())
+        x1, y1 = x0 + w / sx, y0 + h / sy
+        points = min(inside(kr, x0, y0, x1, y1), inside(kt, x0 + ox, y0 + oy, x1 + ox, y1 + oy))
+        score[k] = share[k] * (1 + np.log1p(points) + np.log1p(inside(inl, x0, y0, x1, y1)))
+    return share, score
+
+
+def _crop(mask: np.ndarray | None, x0: int, y0: int, nx: int, ny: int) -> np.ndarray:
+    """``mask[y0:y0+ny, x0:x0+nx]``, False where that reaches past it (no mask: all True)."""
+    if mask is None:
+        return np.ones((ny, nx), bool)
+    out = np.zeros((ny, nx), bool)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + ny, mask.shape[0]), max(x0, 0), min(x0 + nx, mask.shape[1])
+    if yb > ya and xb > xa:
+        out[ya - y0:yb - y0, xa - x0:xb - x0] = mask[ya:yb, xa:xb]
+    return out
+
+
+def window_blocks(windows: list[Window], region: tuple[int, int, int, int], blocks: int) -> list[tuple[int, int]]:
+    """Each window's block (column, row) of ``blocks`` × ``blocks`` over ``region``, by its middle."""
+    c0, r0, c1, r1 = region
+    out = []
+    for c, r, w, h in windows:
+        bx = int(np.clip((c + w / 2 - c0) / max(c1 - c0, 1) * blocks, 0, blocks - 1))
+        by = int(np.clip((r + h / 2 - r0) / max(r1 - r0, 1) * blocks, 0, blocks - 1))
+        out.append((bx, by))
+    return out
+
+
+def window_order(share: np.ndarray, score: np.ndarray, blocks: list[tuple[int, int]],
+                 cfg: CoregisterConfig) -> tuple[list[int], dict[int, str]]:
+    """The order a pair reads its windows in, and those it does not read (index → why): windows
+    whose overviews show less than ``rank_min_valid`` of them valid on both dates are skipped;
+    the others go in rounds — round n holds the n-th best-scored window of every block (best
+    block first), so that the first windows read already span the overlap (the affine and the
+    shift field need windows all over it, not the best texture in one corner)."""
+    skipped = {k: SKIP_INVALID for k in range(len(share)) if share[k] < cfg.rank_min_valid}
+    per_block: dict[tuple[int, int], list[int]] = {}
+    for k in sorted(range(len(share)), key=lambda k: (-score[k], k)):
+        if k not in skipped:
+            per_block.setdefault(blocks[k], []).append(k)
+    order, n = [], 0
+    while any(n < len(v) for v in per_block.values()):
+        order += sorted((v[n] for v in per_block.values() if n < len(v)), key=lambda k: (-score[k], k))
+        n += 1
+    return order, skipped
+
+
+def enough_windows(measures: list[WindowMeasure], tried: int, candidates: int, blocks: list[tuple[int, int]],
+                   wanted: tuple[set, set], at: np.ndarray, cross_date: bool, px_m: float,
+                   cfg: CoregisterConfig) -> bool:
+    """Whether the windows measured so far (``tried`` read) bound the pair as well as more would:
+    at least ``stop_windows`` verified windows that agree (``consistent_windows``), in every block
+    column and every block row that has windows to read (``wanted``: the field and the affine
+    need both axes spanned), and a standard error (``pair_standard_error``, the estimates carried
+    to the overlap's centre ``at``) within ``stop_sigma_gain`` of what all ``candidates`` windows
+    would give, verified at the rate seen so far (its windows' part shrinks as 1/√n; a floor — two
+    acquisitions' ``sigma_cross_date_m`` — does not). ``stop_windows`` 0: never (every planned
+    window is read)."""
+    used = [m for m in measures if m.status == "used"]
+    if cfg.stop_windows <= 0 or len(used) < cfg.stop_windows:
+        return False
+    shifts, se = np.array([m.shift_px for m in used]), np.array([m.se_px for m in used])
+    keep = consistent_windows(shifts, se, cfg)
+    used, shifts, se = [m for m, ok in zip(used, keep) if ok], shifts[keep], se[keep]
+    if not (len(used) >= cfg.stop_windows and {blocks[m.index][0] for m in used} >= wanted[0]
+            and {blocks[m.index][1] for m in used} >= wanted[1]):
+        return False
+    carried = carried_to(used, shifts, se, at)
+    more = max(len(used), candidates * len(used) / max(tried, 1))
+    f = np.sqrt(len(used) / more)            # the windows' part of σ with ``more`` of them, as spread and own errors
+    med = np.median(carried, axis=0)
+    now, _ = pair_standard_error(carried, se, None, cfg, cross_date=cross_date, px_m=px_m)
+    best, _ = pair_standard_error(med + (carried - med) * f, se * f, None, cfg, cross_date=cross_date, px_m=px_m)
+    return bool(np.sqrt(np.mean(now ** 2)) <= (1 + cfg.stop_sigma_gain) * np.sqrt(np.mean(best ** 2)))
+
+
+def measure_in_rounds(pipeline, products: tuple[dp.Product, dp.Product], locations: tuple[DateLocation, DateLocation],
+                      grid: dp.Grid, windows: list[Window], region: tuple[int, int, int, int],
+                      overviews: tuple[Overview, Overview], cfg: CoregisterConfig,
+                      threads: int = 1) -> tuple[DateFeatures, DateFeatures, dict[int, WindowMeasure], dict[int, str]]:
+    """A pair's windows read, extracted and matched best first (``window_prospects``,
+    ``window_order``) until ``enough_windows``; the rest are not read. Each window of each date is
+    read once, at native resolution; a window the reference cannot answer (too little valid
+    area, no keypoint) leaves the target's unread. ``threads`` windows run at once, each on one
+    torch thread (reading in one overlaps the other's extraction: GDAL releases the GIL); the
+    result does not depend on ``threads`` (windows are taken in order, and one still running
+    when enough are measured is dropped). Returns both dates' features, the measured windows
+    and the skipped ones (index → why), for ``measure_pair``."""
+    (pa, pb), (la, lb) = products, locations
+    ga, gb = date_grid(grid, la.offset_px), date_grid(grid, lb.offset_px)
+    a, b = DateFeatures(la, windows), DateFeatures(lb, windows)
+    share, score = window_prospects(windows, overviews[0], overviews[1], lb.offset_px, cfg)
+    blocks = window_blocks(windows, region, max(1, cfg.rank_blocks))
+    order, skipped = window_order(share, score, blocks, cfg)
+    wanted = ({blocks[k][0] for k in order}, {blocks[k][1] for k in order})
+    at, cross, px_m = overlap_centre(windows), cross_date_pair(a, b), metres_per_px(grid)
+    measured: dict[int, WindowMeasure] = {}
+    shares: list[float] = []
+
+    def one(k: int):
+        import torch
+
+        with torch.no_grad():             # thread-local: entered in the thread that runs the window
+            fa, sa, why = extract_window(pipeline, pa, la, ga, k, windows[k], cfg)
+            fb, sb = None, None
+            if fa is not None:
+                fb, sb, why = extract_window(pipeline, pb, lb, gb, k, windows[k], cfg)
+            m = None if fb is None else measure_window(pipeline, k, windows[k], fa, fb, a.offset, b.offset, cfg,
+                                                       cfg.refine)
+        return fa, fb, sa, sb, m
+
+    with window_runner(threads) as submit:
+        pending = [(k, submit(one, k)) for k in order[:threads]]
+        nxt = len(pending)
+        while pending:
+            k, job = pending.pop(0)
+            fa, fb, sa, sb, m = job.result()
+            shares.append(sa)
+            for date, f in ((a, fa), (b, fb)):
+                if f is not None:
+                    date.features[k] = f
+                    date.keypoints += len(f["keypoints"])
+            if m is not None:
+                measured[k] = m
+            if enough_windows(list(measured.values()), len(shares), len(order), blocks, wanted, at, cross, px_m, cfg):
+                for k2, job2 in pending:      # running when enough were measured: dropped (the same answer
+                    job2.cancel()             # whatever ``threads``)
+                for k2 in [k2 for k2, _ in pending] + order[nxt:]:
+                    skipped[k2] = SKIP_ENOUGH
+                    a.features.pop(k2, None), b.features.pop(k2, None)
+                break
+            if nxt < len(order):
+                pending.append((order[nxt], submit(one, order[nxt])))
+                nxt += 1
+    a.valid_share = b.valid_share = float(np.mean(shares)) if shares else 0.0
+    return a, b, measured, skipped
+
+
+@contextlib.contextmanager
+def window_runner(threads: int):
+    """``submit(fn, *args)`` → a future: run in this thread (``threads`` 1), else in a pool of
+    ``threads`` threads, each with one torch and one OpenCV thread (the process's ``threads``
+    spent as whole windows side by side, not split inside each operation: no thread waits on
+    another's share of a core, so one busy core elsewhere slows it no more than one thread);
+    torch's and OpenCV's thread counts are restored after."""
+    if threads <= 1:
+        from concurrent.futures import Future
+
+        def now(fn, *args):
+            f = Future()
+            f.set_result(fn(*args))
+            return f
+        yield now
+        return
+    import cv2
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    before_torch, before_cv = torch.get_num_threads(), cv2.getNumThreads()
+
+    def one_thread():
+        torch.set_num_threads(1)
+
+    cv2.setNumThreads(1)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="window", initializer=one_thread)
+    try:
+        yield pool.submit
+    finally:
+        # a window still running is not waited for (its result is dropped: ``measure_in_rounds``)
+        pool.shutdown(wait=False, cancel_futures=True)
+        torch.set_num_threads(before_torch)
+        cv2.setNumThreads(before_cv)
 
 
 def cross_date_pair(a: DateFeatures, b: DateFeatures) -> bool:

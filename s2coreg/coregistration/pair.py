@@ -105,18 +105,31 @@ class Coregistration:
     def run(self) -> dict:
         start = time.time()
         e, c, g = engine, self.cfg, self.grid
-        self.overview = e.reference_overview(self.pipeline, self.ref, self.ref_bands, g, c)
+        threads = window_threads()
+        e.date_footprint(self.tgt, self.tgt_bands, g)       # one line, before reading, if it lies elsewhere
+        # both dates' overviews read and extracted side by side (``--threads`` 2 or more)
+        with e.window_runner(min(threads, 2)) as submit:
+            ref_job = submit(e.reference_overview, self.pipeline, self.ref, self.ref_bands, g, c)
+            tgt_job = submit(e.date_overview, self.pipeline, self.tgt, self.tgt_bands, g, c,
+                             f"{remote.name_of(str(self.inputs[1]))} overview")
+            self.overview, seen = ref_job.result(), tgt_job.result()
         self.loc_ref = e.locate_date(self.pipeline, self.inputs[0], self.ref, self.ref_bands, g, None, c)
-        self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c)
+        # the target's overview kept: its windows are ranked on it before any is read in full
+        self.loc_tgt = e.locate_date(self.pipeline, self.inputs[1], self.tgt, self.tgt_bands, g, self.overview, c,
+                                     keep_overview=True, seen=seen)
+        self.overview_tgt = self.loc_tgt.overview
         self.loc_ref, self.loc_tgt = (e.with_given_date(loc, self.dates) for loc in (self.loc_ref, self.loc_tgt))
         # exactly what both cover: a pair has no earlier plan to keep (a stack's edge tolerance
         # would put the target's few px of no data inside a window, where they moved a changed
         # scene's learned estimate by 0.6 px and left the dense fit out of reach)
         self.region = e.common_region(g, [self.loc_ref.extent_px, self.loc_tgt.extent_px])
         self.windows = e.plan_windows(self.region, c)
-        self.a = e.extract_date(self.pipeline, self.ref, self.loc_ref, g, self.windows, c)
-        self.b = e.extract_date(self.pipeline, self.tgt, self.loc_tgt, g, self.windows, c)
-        self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g))
+        # best first, until the verified windows bound the shift and the field; both cores as whole windows
+        self.a, self.b, measured, self.skipped = e.measure_in_rounds(
+            self.pipeline, (self.ref, self.tgt), (self.loc_ref, self.loc_tgt), g, self.windows, self.region,
+            (self.overview, self.overview_tgt), c, threads=threads)
+        self.pair = e.measure_pair(self.pipeline, 0, 1, self.a, self.b, c, e.metres_per_px(g), measured,
+                                   self.skipped)
         self.check = self.second_band_check()
         result = pair_result(self, self.pair)
         result.update(coarse=self.loc_tgt.coarse, seconds=round(time.time() - start, 2),
@@ -150,9 +163,10 @@ class Coregistration:
         e, c, g = engine, self.cfg, self.grid
         px_m = e.metres_per_px(g)
         loc_a, loc_b = (dataclasses.replace(loc, bands=[nir]) for loc in (self.loc_ref, self.loc_tgt))
-        a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c)
-        b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c)
-        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, px_m)
+        read = {k for k in range(len(self.windows)) if k not in self.skipped}     # the windows the pair read
+        a = e.extract_date(self.pipeline, self.ref, loc_a, g, self.windows, c, only=read)
+        b = e.extract_date(self.pipeline, self.tgt, loc_b, g, self.windows, c, only=read)
+        other = e.measure_pair(self.pipeline, 0, 1, a, b, c, px_m, skipped=self.skipped)
         out = {"bands": "nir", "verified": other.verified}
         if not other.verified:
             return out
@@ -175,6 +189,14 @@ class Coregistration:
         return out
 
 
+def window_threads() -> int:
+    """Windows a pair runs side by side: the torch threads this process was given (``--threads``,
+    ``set_threads``), each window then on one."""
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     """The content of ``coregistration.json`` for a measured pair (shift in metres, its
     uncertainty, the affine, the windows' counts and the warnings)."""
@@ -183,7 +205,9 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
         if w.status != "used":
             key = engine.reason_kind(w.reason)
             reasons[key] = reasons.get(key, 0) + 1
-    missing = len(co.windows) - len(pair.windows)
+    skipped = sum(pair.skipped.values())
+    tried = len(co.windows) - skipped
+    missing = tried - len(pair.windows)
     if missing:
         reasons["too little valid area or texture"] = missing
     warnings = [p.fill for p in (co.ref, co.tgt) if p.fill] + list(pair.warnings)
@@ -192,8 +216,11 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
                         f"{','.join(co.tgt_bands)}): what they show differs; give both the same bands if you can")
     result = {"verified": pair.verified, "reason": pair.reason, "warnings": warnings, "shift_m": None,
               "affine": None, "tie_points": pair.tie_points,
-              "windows": {"used": pair.windows_used, "rejected": len(co.windows) - pair.windows_used,
-                          "reasons": reasons, "size_px": list(co.windows[0][2:]) if co.windows else None,
+              # planned = tried + skipped (not read: ranked out on the overviews, or enough already);
+              # tried = used + rejected (read, and why not used: reasons)
+              "windows": {"used": pair.windows_used, "rejected": tried - pair.windows_used,
+                          "reasons": reasons, "planned": len(co.windows), "tried": tried,
+                          "skipped": dict(pair.skipped), "size_px": list(co.windows[0][2:]) if co.windows else None,
                           **engine.refinement_counts(pair.windows)}}
     if not co.windows:
         c0, r0, c1, r1 = co.region
@@ -494,8 +521,10 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
     ax.imshow(normalize_for_network(overview, 1)[0], cmap="gray", extent=(-0.5, g.width - 0.5, g.height - 0.5, -0.5))
     measured = {w.index: w for w in co.pair.windows}
     for k, (col, row, ww, wh) in enumerate(co.windows):
-        colour = "lime" if k in measured and measured[k].status == "used" else "red"
-        ax.add_patch(Rectangle((col, row), ww, wh, fill=False, ec=colour, lw=0.6, alpha=0.6))
+        colour = ("lime" if k in measured and measured[k].status == "used" else
+                  "grey" if k in getattr(co, "skipped", {}) else "red")
+        ax.add_patch(Rectangle((col, row), ww, wh, fill=False, ec=colour, lw=0.6, alpha=0.6,
+                               ls=":" if colour == "grey" else "-"))
     used = [w for w in co.pair.windows if w.status == "used" and w.shift_px is not None]
     if used:
         c = np.array([w.centre for w in used])
@@ -503,7 +532,7 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
         scale = 0.25 * co.cfg.window / max(np.abs(d).max(), 0.5)
         ax.quiver(c[:, 0], c[:, 1], d[:, 0], d[:, 1], color="yellow", angles="xy", scale_units="xy", scale=1 / scale,
                   width=0.004)
-        ax.set_title(f"window shifts ×{scale:.0f} (green: used, red: rejected)", fontsize=9)
+        ax.set_title(f"window shifts ×{scale:.0f} (green: used, red: rejected, grey: not read)", fontsize=9)
     ax.set_axis_off()
     ax2 = fig.add_axes([0.58, 0.45, 0.38, 0.45])
     if rows:
@@ -523,7 +552,8 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
                     f"(σ {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m)")
     text += [f"warning: {w}" for w in result.get("warnings", [])]
     wn = result["windows"]
-    text.append(f"windows: {wn['used']} used, {wn['rejected']} rejected; tie points {result['tie_points']}; "
+    text.append(f"windows: {wn['used']} used, {wn['rejected']} rejected, {wn['tried']} of {wn['planned']} read; "
+                f"tie points {result['tie_points']}; "
                 f"{result.get('seconds', 0):.1f} s")
     fig.text(0.58, 0.36, "\n".join(textwrap.fill(t, 70) for t in text), va="top", fontsize=8.5,
              family="monospace")
@@ -719,7 +749,8 @@ def main(argv=None) -> int:
     if shift:
         print(f"shift of the target: dx {shift['dx']:+.2f} m east, dy {shift['dy']:+.2f} m north "
               f"(sigma {shift['sigma_m']:.2f} m, CE90 {shift['ce90_m']:.2f} m); {result['windows']['used']} "
-              f"window{'s' if result['windows']['used'] != 1 else ''}, "
+              f"window{'s' if result['windows']['used'] != 1 else ''} used of {result['windows']['tried']} read "
+              f"({result['windows']['planned']} planned), "
               f"{result['tie_points']} tie points, {result['seconds']:.1f} s → {args.output}")
         return 0
     print(f"not co-registered: {result['reason']} → {args.output}", file=sys.stderr)
