@@ -84,6 +84,27 @@ def test_known_shift_recovered_along_each_axis(pipeline, tmp_path):
     np.testing.assert_allclose(south - base, [0.0, -3.3], atol=0.15)
 
 
+def test_numpy_blas_runs_on_one_thread_while_a_pair_is_measured_and_as_it_was_after(pipeline, monkeypatch):
+    """``utils.one_blas_thread``: OpenBLAS's threads only spin on the engine's small systems, so a
+    co-registration runs numpy's BLAS on one thread; the caller's setting (here 2) is back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen, run = [], coregister.Coregistration.run
+
+    def recording(self):
+        seen.append(blas_threads())
+        return run(self)
+
+    monkeypatch.setattr(coregister.Coregistration, "run", recording)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        coregister.coregister(REF, SUMMER, pipeline=pipeline, progress=False)
+        assert seen == [{1}] and blas_threads() == before == {2}
+
+
 def test_georeference_offsets_keep_sign_and_units(pipeline, summer_pair, tmp_path):
     """Sign and units only (the pixels read are the same; the engine adds the fraction by which
     the target's grid sits off the reference's): a georeference moved 4.2 m east, then 3.3 m

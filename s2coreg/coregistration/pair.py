@@ -60,7 +60,7 @@ from s2coreg.coregistration.engine import CE90_PER_SIGMA, pixel_shifts_in_metres
 from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, Pipeline, matcher_choices
 from s2coreg.results import CoregistrationResult, ShiftEstimate
 from s2coreg.io.imaging import normalize_for_network
-from s2coreg.utils import PipelineError, atomic_path, set_threads, write_json
+from s2coreg.utils import PipelineError, atomic_path, one_blas_thread, set_threads, write_json
 
 PAIR_OUTPUTS = engine.RESULT_NAMES         # a rerun replaces any earlier result of ours, pair or stack
 
@@ -583,18 +583,19 @@ def coregister(reference, target, output: str | Path | None = None, bands: tuple
     if output is not None:
         engine.OutputFolder(output, PAIR_OUTPUTS).check()         # before any work
     co = Coregistration(reference, target, bands, cfg, pipeline, progress, ref_nodata, target_nodata, dates)
-    result = co.run()
-    if write_corrected and correction != "translation":     # the warning's advice is already taken
-        result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
-                              for w in result.get("warnings", [])]
-    result["provenance"] = engine.provenance([reference, target], co.cfg,
-                                             bands=list(dp.normalise_bands(bands) or co.cfg.bands),
-                                             correction=correction if write_corrected else None,
-                                             matching=co.pipeline.name, device=engine.pipeline_device(co.pipeline))
-    if output is not None:
-        result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
-    if result.get("shift_m") is not None:
-        result["shift_m"] = ShiftEstimate.from_dict(result["shift_m"])
+    with one_blas_thread():            # numpy's BLAS: see utils.one_blas_thread
+        result = co.run()
+        if write_corrected and correction != "translation":     # the warning's advice is already taken
+            result["warnings"] = [w.replace(engine.AFFINE_ADVICE, f"corrected here with --correction {correction}")
+                                  for w in result.get("warnings", [])]
+        result["provenance"] = engine.provenance([reference, target], co.cfg,
+                                                 bands=list(dp.normalise_bands(bands) or co.cfg.bands),
+                                                 correction=correction if write_corrected else None,
+                                                 matching=co.pipeline.name, device=engine.pipeline_device(co.pipeline))
+        if output is not None:
+            result["outputs"] = [str(p) for p in write_outputs(co, result, Path(output), write_corrected, correction)]
+        if result.get("shift_m") is not None:
+            result["shift_m"] = ShiftEstimate.from_dict(result["shift_m"])
     return CoregistrationResult.from_dict(result)
 
 
