@@ -78,12 +78,12 @@ def date_spec(k: int) -> dict:
     """Target ``k`` (1-based): its name and date, its georeference's move (m, east and north: its
     truth), its radiometry (gain, offset, noise σ in DN), its cloud cover (a fraction, bright and
     opaque) and its no-data corner (a fraction of the tile, 0 = none; which corner). Deterministic;
-    the pattern of six repeats: clear, some cloud, a no-data corner, clear, cloudy with a corner, a
-    little cloud."""
+    the pattern of six repeats: clear, some cloud, a no-data corner, clear, cloudy with a corner,
+    overcast (nearly all cloud: a date a real year has, which should be refused)."""
     rng = np.random.default_rng(1000 + k)
     dx, dy = rng.uniform(-6, 6, 2).round(2)
     kind = k % 6
-    cloud = {2: 0.2, 5: 0.45, 0: 0.1}.get(kind, 0.0)
+    cloud = {2: 0.2, 5: 0.45, 0: 0.95}.get(kind, 0.0)
     corner = {3: 0.3, 5: 0.2}.get(kind, 0.0)
     day = np.datetime64("2025-03-01") + np.timedelta64(STEP_DAYS * k, "D")
     return {"name": str(day).replace("-", ""), "shift_m": [float(dx), float(dy)],
@@ -166,7 +166,8 @@ def tree_cost(cmd: list[str], timeout: int, env=None) -> dict:
     """Wall seconds, CPU seconds (user + system) of ``cmd``'s whole process tree, as the kernel
     accounts them for waited-for children, and its peak resident memory (the sum over the tree's
     live processes, sampled) with the largest CPU sum sampled (a check that the kernel's figure
-    holds every worker: a process not waited for would be missing from it)."""
+    holds every worker: a process not waited for would be missing from it) and its main process's
+    share (the rest is its workers')."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -206,6 +207,7 @@ def tree_cost(cmd: list[str], timeout: int, env=None) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"rc": p.returncode, "wall_s": wall, "cpu_s": cpu, "cpu_sampled_s": sum(seen.values()),
+            "cpu_sampled_main_s": seen.get(p.pid, 0.0),
             "processes": len(seen), "peak_mb": peak[0], "stdout": out, "stderr": err}
 
 
@@ -377,7 +379,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, default=Path("/tmp/tileyear/dates"),
                         help="the dates are written here once and reused (~0.7 GB a date)")
-    parser.add_argument("--dates", type=int, default=5, help="targets beside the reference (at least 2)")
+    parser.add_argument("--dates", type=int, default=6, help="targets beside the reference (at least 2)")
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR, help="OMBRIA's chips for the mosaic")
     parser.add_argument("--work", type=Path, default=None, help="the runs' outputs (default: KEEP/../runs)")
     parser.add_argument("--no-arosics", action="store_true")
