@@ -57,12 +57,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import s2coreg.config as config  # noqa: E402
-from coregistration_full_tile import ORIGIN, PEAK, RES, SIDE, mosaic, write  # noqa: E402
+from coregistration_full_tile import ORIGIN, RES, SIDE, mosaic, write  # noqa: E402
 
 YEAR = 70                   # dates a tile-year (a 5-day revisit)
 NEIGHBOURS = 2              # coregister --stack's default --neighbours
 POLL_S = 0.25               # the process tree's memory and CPU sampled this often
 REFERENCE_DATE = "20250301"
+# the stack's tasks timed by --profile (s2coreg/coregistration/stack.py); a task's CPU is its worker
+# thread's: work it hands to threads of its own is counted in the profile's other threads
+TASKS = ("task_overview", "task_locate", "task_extract", "task_pair")
 STEP_DAYS = 5
 
 # what a year of many tiles is scaled by (--country-tiles, --continent-tiles, --price)
@@ -267,6 +270,7 @@ def nominal_pairs(n: int, ref_pos: int = 0, neighbours: int = NEIGHBOURS) -> int
 
 
 # ----------------------------------------------------------------------------- --profile
+OTHER = "threads other than the worker's and the main one (Dask's event loops, OpenBLAS's, GDAL's: not attributed)"
 def profile_child(args) -> int:
     """The stack of ``args.inputs`` (the reference first) in this process under a per-thread CPU
     stage clock, on an in-process Dask worker of one thread; prints one JSON line."""
@@ -321,8 +325,10 @@ def profile_child(args) -> int:
 
     clock.hook_stages()
     tasks = defaultdict(lambda: [0, 0.0])           # task → [calls, CPU s of its thread]
-    for name in ("task_overview", "task_locate", "task_extract", "task_pair"):
-        fn = getattr(stack, name)
+    for name in TASKS:
+        fn = getattr(stack, name, None)
+        if fn is None:                              # an engine without that task: its row is left out
+            continue
 
         def timed(*a, _fn=fn, _name=name, **kw):
             t = time.thread_time()
@@ -364,10 +370,10 @@ def profile_table(prof: dict) -> list[str]:
     stages = {k: v for k, v in stages.items() if not k.startswith("imports")}
     stages["imports"] = imports
     other = max(prof["process_cpu_s"] - sum(stages.values()), 0.0)
-    stages["other threads (GDAL's, Dask's event loop, torch's)"] = other
+    stages[OTHER] = other
     total = sum(stages.values())
     lines = ["| stage | CPU s | share |", "|---|---|---|"]
-    for s in [*STAGES, REST, "other threads (GDAL's, Dask's event loop, torch's)"]:
+    for s in [*STAGES, REST, OTHER]:
         if s in stages:
             lines.append(f"| {s} | {stages[s]:.1f} | {100 * stages[s] / total:.0f} % |")
     lines.append(f"| **the process's CPU** | **{total:.1f}** | 100 % |")
@@ -382,14 +388,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dates", type=int, default=6, help="targets beside the reference (at least 2)")
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR, help="OMBRIA's chips for the mosaic")
     parser.add_argument("--work", type=Path, default=None, help="the runs' outputs (default: KEEP/../runs)")
-    parser.add_argument("--no-arosics", action="store_true")
+    parser.add_argument("--no-arosics", action="store_true", help="leave AROSICS's pair out")
     parser.add_argument("--profile", action="store_true", help="also profile a stack by stage (slow: one core)")
     parser.add_argument("--profile-dates", type=int, default=2, help="targets in the profiled stack")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds each run may take")
     parser.add_argument("--country-tiles", type=int, default=COUNTRY[1], help=f"{COUNTRY[0]}: {COUNTRY[2]}")
     parser.add_argument("--continent-tiles", type=int, default=CONTINENT[1], help=f"{CONTINENT[0]}: {CONTINENT[2]}")
     parser.add_argument("--price", type=float, default=PRICE[0], help=PRICE[1])
-    parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "stack_tile_year.json")
+    parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "stack_tile_year.json", help="the JSON")
     parser.add_argument("--profile-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("inputs", nargs="*", help=argparse.SUPPRESS)
@@ -429,14 +435,15 @@ def main(argv=None) -> int:
         prof = profile_stack(ref, targets[:args.profile_dates], work / "stack_profiled", args.timeout)
         report["profile"] = prof
         t = prof["tasks"]
-        own = (t["task_locate"]["cpu_s"] + t["task_extract"]["cpu_s"]) / max(t["task_extract"]["calls"], 1)
-        pair = t["task_pair"]["cpu_s"] / max(t["task_pair"]["calls"], 1)
-        # m = e + q·c with c = pair/own·e (the profile's ratio): a date added to a 70-date stack
-        e = m / (1 + pairs_run * pair / own)
-        m_year = e * (1 + pairs_year * pair / own)
-        cost.update(pair_over_date=pair / own, added_to_a_stack_year_s=m_year)
-        year_s = one["cpu_s"] + (YEAR - 2) * m_year
-        per_date["share_of_a_tile_year_s"] = year_s / YEAR
+        if all(k in t and t[k]["calls"] for k in ("task_locate", "task_extract", "task_pair")):
+            own = (t["task_locate"]["cpu_s"] + t["task_extract"]["cpu_s"]) / t["task_extract"]["calls"]
+            pair = t["task_pair"]["cpu_s"] / t["task_pair"]["calls"]
+            # m = e + q·c with c = pair/own·e (the profile's ratio): a date added to a 70-date stack
+            e = m / (1 + pairs_run * pair / own)
+            m_year = e * (1 + pairs_year * pair / own)
+            cost.update(pair_over_date=pair / own, added_to_a_stack_year_s=m_year)
+            year_s = one["cpu_s"] + (YEAR - 2) * m_year
+            per_date["share_of_a_tile_year_s"] = year_s / YEAR
     year_h = year_s / 3600
     scale = {"tile_year_core_hours": year_h,
              "country": {"name": COUNTRY[0], "tiles": args.country_tiles, "source": COUNTRY[2],
@@ -466,15 +473,16 @@ def main(argv=None) -> int:
         status = d["status"] + (f" ({d['reason']})" if d["reason"] else "")
         print(f"| {d['date']} | {d['truth_m'][0]:+.2f}, {d['truth_m'][1]:+.2f} | {est} | {err} | {status} | "
               f"{d['cloud']:.0%} | {d['corner']:.0%} |")
-    print(f"\n| run | CPU s (process tree) | wall s | peak memory (tree) | pairs (verified) |\n|---|---|---|---|---|")
+    print("\n| run | CPU s (process tree) | of which the main process | wall s | peak memory (tree) | pairs (verified) |"
+          "\n|---|---|---|---|---|---|")
     for name, run in (("reference + 1 target", one), (f"reference + {n} targets", full)):
-        print(f"| {name} | {run['cpu_s']:.0f} | {run['wall_s']:.0f} | {run['peak_mb'] / 1024:.2f} GB | "
-              f"{run['pairs']} ({run['pairs_verified']}) |")
+        print(f"| {name} | {run['cpu_s']:.0f} | {run['cpu_sampled_main_s']:.0f} | {run['wall_s']:.0f} | "
+              f"{run['peak_mb'] / 1024:.2f} GiB | {run['pairs']} ({run['pairs_verified']}) |")
     a = report.get("arosics_global_pair")
     if a:
         err = "—" if a["error_m"] is None else f"{a['error_m']:.2f} m"
-        print(f"| AROSICS COREG (global), one pair | {a['cpu_s']:.1f} | {a['wall_s']:.1f} | "
-              f"{a['peak_mb'] / 1024:.2f} GB | error {err} |")
+        print(f"| AROSICS COREG (global), one pair | {a['cpu_s']:.1f} | — | {a['wall_s']:.1f} | "
+              f"{a['peak_mb'] / 1024:.2f} GiB | error {err} |")
     print(f"\ncore-seconds a date: {m:.0f} added to a stack (its once-per-stack cost excluded); "
           f"{per_date['share_of_a_tile_year_s']:.0f} as its share of a {YEAR}-date tile-year (that cost included); "
           f"{per_date['as_run_s']:.0f} as run ({n} targets)" + (f"; AROSICS global: {a['cpu_s']:.1f} a date" if a else ""))
