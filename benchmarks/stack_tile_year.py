@@ -350,12 +350,15 @@ def profile_child(args) -> int:
     return 0
 
 
-def profile_stack(ref: Path, targets: list[tuple[Path, dict]], out: Path, timeout: int) -> dict:
+def profile_stack(ref: Path, targets: list[tuple[Path, dict]], out: Path, timeout: int,
+                  env: dict | None = None) -> dict:
+    """``profile_child`` in a fresh process (``env``: variables set for it, beside this one's)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, __file__, "--profile-child", "--profile-out", str(out), str(ref),
            *(str(p) for p, _ in targets)]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                       env={**os.environ, **env} if env else None)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
         raise SystemExit(f"the profiled stack failed:\n{p.stderr[-3000:]}")
@@ -391,6 +394,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-arosics", action="store_true", help="leave AROSICS's pair out")
     parser.add_argument("--profile", action="store_true", help="also profile a stack by stage (slow: one core)")
     parser.add_argument("--profile-dates", type=int, default=2, help="targets in the profiled stack")
+    parser.add_argument("--profile-env", action="append", default=[], metavar="VAR=VALUE",
+                        help="with --profile: profile again with this variable set, beside the plain profile "
+                             "(e.g. OPENBLAS_NUM_THREADS=1: numpy's BLAS on the worker's own thread); repeatable")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds each run may take")
     parser.add_argument("--country-tiles", type=int, default=COUNTRY[1], help=f"{COUNTRY[0]}: {COUNTRY[2]}")
     parser.add_argument("--continent-tiles", type=int, default=CONTINENT[1], help=f"{CONTINENT[0]}: {CONTINENT[2]}")
@@ -434,6 +440,10 @@ def main(argv=None) -> int:
     if args.profile:
         prof = profile_stack(ref, targets[:args.profile_dates], work / "stack_profiled", args.timeout)
         report["profile"] = prof
+        for setting in args.profile_env:
+            var, _, value = setting.partition("=")
+            report.setdefault("profile_with", {})[setting] = profile_stack(
+                ref, targets[:args.profile_dates], work / "stack_profiled_env", args.timeout, {var: value})
         t = prof["tasks"]
         if all(k in t and t[k]["calls"] for k in ("task_locate", "task_extract", "task_pair")):
             own = (t["task_locate"]["cpu_s"] + t["task_extract"]["cpu_s"]) / t["task_extract"]["calls"]
@@ -507,6 +517,10 @@ def main(argv=None) -> int:
         print("\n| task | calls | CPU s a call |\n|---|---|---|")
         for k, v in prof["tasks"].items():
             print(f"| {k} | {v['calls']} | {v['cpu_s'] / max(v['calls'], 1):.1f} |")
+        for setting, other in report.get("profile_with", {}).items():
+            rest = other["process_cpu_s"] - sum(other["stages"].values())
+            print(f"with {setting}: the process's CPU {other['process_cpu_s']:.1f} s (plain: {prof['process_cpu_s']:.1f}), "
+                  f"of which other threads {max(rest, 0):.1f} s")
     print(f"\nresults → {args.output}")
     return 0
 
