@@ -93,6 +93,20 @@ def test_arrays_and_paths_give_the_same_result(matcher, sample):
     assert by_path.crs == "EPSG:4326" and by_array.crs is None   # only files carry georeferencing
 
 
+def test_non_finite_pixels_of_a_float_array_are_no_data(learned, sample):
+    """A float array's NaN or ±inf is no data there (as a raster's NaN nodata tag): the pair
+    matches as without them, and no keypoint lies in them (one NaN pixel used to make the whole
+    stretch NaN: no keypoint anywhere, "blank or cloud-covered?")."""
+    a, b = (np.asarray(Image.open(p).convert("L")).astype(np.float32) for p in sample)
+    clean = learned.match_images(a, b)
+    a[10, 10] = np.nan
+    b[100:200, 100:200] = np.inf
+    r = learned.match_images(a, b)
+    assert r.verified and r.num_inliers > 0.8 * clean.num_inliers
+    k1 = r.keypoints1
+    assert not ((k1[:, 0] > 100) & (k1[:, 0] < 199) & (k1[:, 1] > 100) & (k1[:, 1] < 199)).any()
+
+
 def test_different_input_sizes(matcher, sample):
     small = cv2.resize(rgb(sample[1]), (300, 300), interpolation=cv2.INTER_AREA)
     r = matcher.match_images(rgb(sample[0]), small)

@@ -257,6 +257,15 @@ def test_the_sensor_mix_changes_only_the_pairs_it_draws():
     assert np.array_equal(plain["image0"], mixed["image0"]) and not np.allclose(plain["image1"], mixed["image1"])
 
 
+@pytest.mark.parametrize("value", ["1.5", "-1", "half"])
+def test_a_sensor_mix_outside_0_to_1_is_refused_in_one_line(value, capsys):
+    parser = training.training_parser("doc", config.SuperGlueTrainConfig(), "superglue")
+    assert parser.parse_args(["--sensor-mix", "0.3"]).sensor_mix == 0.3
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--sensor-mix", value])
+    assert exit_.value.code == 2 and "a share from 0 to 1" in capsys.readouterr().err
+
+
 def test_keypoint_labels():
     valid = np.ones((16, 16), bool)
     valid[8:, 8:] = False

@@ -164,6 +164,13 @@ class ImageMatcher:
             if bands is None and any(d != "?" for d in described):   # the names bands= could take
                 raise PipelineError(f"{exc}; its bands: {', '.join(described)}") from None
             raise
+        if np.issubdtype(array.dtype, np.floating):
+            # NaN or ±inf (a float raster's no data, or an array's gaps): no data there, as a NaN
+            # nodata tag is read — one such pixel made the whole image's stretch NaN, and no keypoint
+            finite = np.isfinite(array).all(-1) if array.ndim == 3 else np.isfinite(array)
+            if not finite.all():
+                array = np.where(finite[..., None] if array.ndim == 3 else finite, array, 0).astype(array.dtype)
+                valid = finite if valid is None else valid & finite
         array = resize_to(array, *net)       # an image smaller than a network cell is refused by extract()
         if valid is not None:
             valid = resize_to(valid, *net)

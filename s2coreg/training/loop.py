@@ -217,6 +217,17 @@ def fit(model, optimizer, cfg, next_batch, step_fn, validate_fn, output: Path, r
     return record
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share, 0 to 1 (``--sensor-mix 1.5`` is refused in one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a share from 0 to 1 (of the training pairs)")
+    return value
+
+
 def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
     """The flags every training script shares (defaults from its train config)."""
     parser = cli.parser(doc)
@@ -239,7 +250,7 @@ def training_parser(doc: str, tcfg, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--difficulty", default=tcfg.difficulty, choices=sorted(config.DIFFICULTIES),
                         help="range of the training warps (config.DIFFICULTIES)")
     parser.add_argument("--lr", type=float, default=tcfg.lr)
-    parser.add_argument("--sensor-mix", type=float, default=tcfg.sensor_mix,
+    parser.add_argument("--sensor-mix", type=_share, default=tcfg.sensor_mix,
                         help="share of training pairs whose second image is a Landsat-like view (30 m or 15 m, "
                              "its noise and tone: dataset.sensor_view); 0 = Sentinel-2 only")
     parser.add_argument("--val-every", type=int, default=tcfg.val_every, help="steps between validations")
