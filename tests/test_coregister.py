@@ -105,6 +105,17 @@ def test_numpy_blas_runs_on_one_thread_while_a_pair_is_measured_and_as_it_was_af
         assert seen == [{1}] and blas_threads() == before == {2}
 
 
+def test_a_vrt_named_on_its_own_is_read_as_its_raster(pipeline, summer_pair, tmp_path):
+    """Operators hand over GDAL VRTs (a mosaic, a band subset): one named as an input is read as
+    the raster it describes — the same shift as from the file itself."""
+    import rasterio.shutil
+
+    vrt = tmp_path / "summer.vrt"
+    rasterio.shutil.copy(SUMMER, vrt, driver="VRT")
+    np.testing.assert_allclose(shift_of(coregister.coregister(REF, vrt, pipeline=pipeline, progress=False)),
+                               shift_of(summer_pair), atol=1e-6)
+
+
 def test_georeference_offsets_keep_sign_and_units(pipeline, summer_pair, tmp_path):
     """Sign and units only (the pixels read are the same; the engine adds the fraction by which
     the target's grid sits off the reference's): a georeference moved 4.2 m east, then 3.3 m

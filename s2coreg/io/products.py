@@ -112,11 +112,13 @@ def _find(path: Path, scale: float, offset: float) -> list:
         return [_try(open_safe, path)]
     if path.is_file() and path.suffix.lower() == ".json":
         return [_try_item(ref) for ref in stac_items(path)]
-    if path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2"):
+    # a GDAL VRT named on its own (a mosaic, a band subset, a window an operator built): read as a
+    # raster; never picked up from a folder (a stack's items/ are VRTs of ours)
+    if path.is_file() and path.suffix.lower() in (".tif", ".tiff", ".jp2", ".vrt"):
         return [_try(open_band_files, [path], scale, offset)]
     if path.is_file():
         raise PipelineError(f"{path}: not a Sentinel-2 product (expected a .SAFE folder, a .zip holding "
-                            "one, a .tif/.jp2 band file or a STAC Item .json)")
+                            "one, a .tif/.jp2/.vrt raster or a STAC Item .json)")
     safes = sorted(p for p in path.iterdir() if is_safe(p))
     if safes:
         return [_try(open_safe, p) for p in safes]
