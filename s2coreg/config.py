@@ -243,6 +243,9 @@ class MatchingConfig:
     min_inliers: int = 15             # fewer RANSAC inliers: the pair is not verified (COLMAP's default)
     fast_min_inliers: int = 40        # matcher="fast": fewer mutual-NN inliers hand the pair to SuperGlue
                                       # (chosen on validation: docs/benchmarks.md "The fast mode")
+    sift_first_confirm_inliers: int = 40  # matcher="sift-first": SIFT verified with fewer inliers is checked by
+    sift_first_confirm_px: float = 5.0    # the learned path; where both verify and their homographies' corners lie
+                                          # further apart than this (px), the learned path's answer is taken
     min_texture: float = 1e-3         # std of the normalised image below which it counts as blank
     cache_size: int = 64              # images whose features ImageMatcher keeps (least recently used out)
     progress_pixels: int = 4_000_000   # ImageMatcher shows a progress bar for inputs above this

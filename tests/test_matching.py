@@ -412,3 +412,48 @@ def test_an_array_in_rasterios_band_order_is_named_as_such():
     with pytest.raises(utils.PipelineError, match=r"looks like \(bands, rows, cols\).*np.moveaxis"):
         matching.select_bands(np.zeros((3, 317, 318), np.uint16), None, "array")
     assert matching.select_bands(np.zeros((317, 318, 3), np.uint8), None, "array").shape == (317, 318, 3)
+
+
+class _Path:
+    """A stand-in matching path: ``match_features`` gives a fixed verified (or not) result."""
+
+    refine = correlate = False
+    ransac_threshold, min_inliers = 3.0, 15
+
+    def __init__(self, name: str, homography, inliers: int):
+        self.name, self.homography, self.inliers = name, homography, inliers
+        self.extractor = self
+
+    def match_features(self, f0, f1):
+        verified = self.homography is not None
+        return {"verified": verified, "homography": self.homography, "num_inliers": self.inliers,
+                "reason": None if verified else "too few inliers"}
+
+    def verify(self, r):
+        return r
+
+    def extract(self, image, valid=None, name="image", size=None, normalized=False):
+        return {"image_size": np.array([100, 100])}
+
+
+@pytest.mark.parametrize("sift_inliers, learned_dx, path", [
+    (16, 0.0, "learned"),        # few SIFT inliers, 40 px from the learned path's fit: the learned answer
+    (16, 39.0, "sift"),          # few SIFT inliers that the learned path confirms (within 5 px): SIFT's, precise
+    (60, 0.0, "sift"),           # many SIFT inliers: accepted without the check
+])
+def test_sift_first_checks_a_few_inlier_sift_fit_against_the_learned_path(sift_inliers, learned_dx, path):
+    """sift-first's wrong answers on validation were SIFT fits of 15-22 inliers (39 px, and 459 px
+    on a Landsat-like view): below ``sift_first_confirm_inliers`` SIFT's homography is kept only
+    where the learned path agrees with it (``sift_first_confirm_px``) or does not verify."""
+    from s2coreg.matching.pipeline import CascadePipeline
+
+    off = np.array([[1, 0, 40.0], [0, 1, 0], [0, 0, 1]])
+    learned = np.array([[1, 0, learned_dx], [0, 1, 0], [0, 0, 1]])
+    cascade = CascadePipeline("sift-first", _Path("sift", off, sift_inliers), _Path("learned", learned, 80),
+                              ("sift", "learned"), 15, shared=False)
+    cascade.confirm_below = config.MatchingConfig.sift_first_confirm_inliers
+    f = cascade.extract(None)
+    r = cascade.match_features(f, f)
+    assert r["cascade_path"] == path
+    if path == "learned":
+        assert "40 px from the learned path's" in r["method"]

@@ -804,6 +804,15 @@ class MatchingPipeline:
         return self.verify(self.match_features(f0, f1))
 
 
+def corners_apart(h_a: np.ndarray, h_b: np.ndarray, f0: dict) -> float:
+    """The largest distance (image 1 px) between where two homographies put image 0's corners."""
+    w, h = f0.get("image_size", (0, 0))
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64).reshape(-1, 1, 2)
+    a = cv2.perspectiveTransform(corners, np.asarray(h_a, np.float64))
+    b = cv2.perspectiveTransform(corners, np.asarray(h_b, np.float64))
+    return float(np.linalg.norm(a - b, axis=-1).max())
+
+
 class CascadePipeline:
     """A cheap matching path first, a stronger one only where the first does not verify: the
     same interface as ``MatchingPipeline`` (both are a ``Pipeline``); a result says which path made it (``method``, and
@@ -824,6 +833,9 @@ class CascadePipeline:
         self.matcher_name = kind          # fast | sift-first: the name matcher= takes for it
         self.first, self.fallback, self.labels = first, fallback, labels
         self.accept_inliers, self.shared = accept_inliers, shared
+        # the first path's answer, verified with fewer inliers than this, is checked against the
+        # fallback's (sift-first: SIFT's few-inlier fits were the wrong ones; 0: never)
+        self.confirm_below, self.confirm_px = 0, MatchingConfig.sift_first_confirm_px
         self.extractor = first.extractor
         self.refine, self.correlate = fallback.refine, fallback.correlate
         self.ransac_threshold, self.min_inliers = fallback.ransac_threshold, fallback.min_inliers
@@ -851,7 +863,9 @@ class CascadePipeline:
             classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
                                          min_inliers=min_inliers, correlate=learned.correlate)
             classical.extractor = sift
-            return cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False)
+            cascade = cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False)
+            cascade.confirm_below = MatchingConfig.sift_first_confirm_inliers
+            return cascade
         raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
 
     @property
@@ -876,11 +890,18 @@ class CascadePipeline:
         fallback's (verified or not)."""
         first = self.first.verify(self.first.match_features(f0, f1))
         nothing = self.shared and (f0.get("reason") or f1.get("reason"))   # blank: the fallback has nothing more
-        if nothing or (first["verified"] and first["num_inliers"] >= self.accept_inliers):
+        accepted = first["verified"] and first["num_inliers"] >= self.accept_inliers
+        if nothing or (accepted and first["num_inliers"] >= self.confirm_below):
             return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
         why = (f"{first['num_inliers']} inliers < {self.accept_inliers}" if first["verified"] else "did not verify")
         g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
         r = self.fallback.verify(self.fallback.match_features(g0, g1))
+        if accepted:           # few inliers: kept where the fallback does not verify, or agrees with it
+            apart = corners_apart(first["homography"], r["homography"], f0) if r["verified"] else None
+            if apart is None or apart <= self.confirm_px:
+                return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
+            why = (f"{first['num_inliers']} inliers, its homography {apart:.0f} px from the "
+                   f"{self.labels[1]} path's")
         return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
 
     def verify(self, result: dict) -> dict:
