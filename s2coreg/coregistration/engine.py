@@ -1193,11 +1193,12 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
             kinds[reason_kind(m.reason)] = kinds.get(reason_kind(m.reason), 0) + 1
         missing = len(a.windows) - len(measures) - len(skipped)
         if missing:
-            kinds["too little valid area or texture on one date"] = missing
+            kinds[f"less than min_valid ({cfg.min_valid:.0%}) of it valid, or no texture, on one date"] = missing
         for why, n in out.skipped.items():
             kinds[f"not read, {why}"] = n
         head = (f"only {len(used)} of {len(a.windows)} windows verified (at least {needed} needed)" if common
-                else "no window with enough valid, textured area on both dates (cloud, snow or nodata)")
+                else f"no window with enough valid, textured area on both dates (cloud, snow or nodata; a window "
+                     f"needs min_valid, {cfg.min_valid:.0%}, of it valid on both)")
         out.reason = head + "".join(f"; {k}: {v} window{'s' if v != 1 else ''}" for k, v in kinds.items())
         return out
     warning, out.affine_shown = disagreement_warning(used, px_m, cfg,
