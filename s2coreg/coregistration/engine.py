@@ -1100,7 +1100,8 @@ def disagreement_warning(windows: list[WindowMeasure], px_m: float, cfg: Coregis
                     f"{reach.max() * px_m:.0f} m from it at the corners of the measured area), but "
                     f"{plural(n, 'window')} cannot tell a misregistration that varies over the scene from local "
                     f"distortion or the matcher's error (at least {MIN_AFFINE_WINDOWS} windows across the scene can): "
-                    "the shift is their average; check report.png"), True
+                    "the shift is their affine's at the overlap's centre where an affine explains them, else their "
+                    "median; check report.png"), True
         return None, False
     if reach.max() > limit:
         # counter-clockwise as seen on a map (north up), as the affine in map coordinates: grid px
@@ -1222,6 +1223,20 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
     out.at_px = overlap_centre(a.windows).tolist()
     carried = carried_to(used, shifts, se, np.array(out.at_px))
     med = np.median(carried, axis=0)              # translation_at
+    if out.affine_shown and not windows_span(used):
+        # too few windows to carry their estimates along a gradient, and their tie points are not
+        # one translation (a rotation, a scale): the displacement at the centre from an affine of
+        # the tie points — the median of points bunched on one side of a rotated scene is not the
+        # centre's (a 3° rotation of one window: 2.95 px off, where the affine gave 0.00)
+        tie_a = np.concatenate([m.tie_a for m in used])
+        d = np.concatenate([m.tie_b for m in used]) - tie_a
+        M, residual = fit_affine_px(tie_a, d)
+        # only where the affine explains the tie points (their spread about it a quarter of that
+        # about one translation, or less): points pulled by changed content (a coast between two
+        # sensors' dates) stray without a rotation, and an affine of them extrapolates their noise
+        if np.median(residual) < 0.25 * np.median(np.linalg.norm(d - np.median(d, axis=0), axis=1)):
+            at = np.array(out.at_px)
+            med = M[:, :2] @ at + M[:, 2] - at
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(shifts - med), axis=0) if n > 2 else np.abs(shifts - med).max(0)
     cross = cross_date_pair(a, b)
     # the standard error from the estimates carried to the centre: a gradient the translation
