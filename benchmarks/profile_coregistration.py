@@ -70,31 +70,46 @@ REST = "the rest"
 
 class StageClock:
     """Exclusive wall time per stage on the main thread: a call's time goes to the innermost
-    stage running (an absorbing stage keeps everything under it but imports)."""
+    stage running (an absorbing stage keeps everything under it but imports). A subclass may
+    time other threads or another clock by overriding ``_now``, ``_state``, ``_timed_here`` and
+    ``_add`` (``stack_tile_year.py``'s per-thread CPU clock)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
         self.stack = [REST]
-        self.t = time.perf_counter()
+        self.t = self._now()
         self.main = threading.get_ident()
         self.planned = None
 
+    def _now(self) -> float:
+        return time.perf_counter()
+
+    def _state(self):
+        """What holds the running ``stack`` of stages and the time ``t`` of the last switch."""
+        return self
+
+    def _timed_here(self) -> bool:
+        return threading.get_ident() == self.main
+
+    def _add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
     def _switch(self, push: str | None):
-        now = time.perf_counter()
-        self.seconds[self.stack[-1]] += now - self.t
-        self.t = now
+        st, now = self._state(), self._now()
+        self._add(st.stack[-1], now - st.t)
+        st.t = now
         if push is None:
-            self.stack.pop()
+            st.stack.pop()
         else:
-            top = self.stack[-1]
+            top = st.stack[-1]
             if (top.startswith("imports") or top in ABSORBING) and not push.startswith("imports"):
                 push = top                  # an import's own work, whatever it runs; locating's reads
-            self.stack.append(push)
+            st.stack.append(push)
 
     def wrap(self, fn, stage: str | None):
         """``fn`` timed as ``stage`` (None: an import, named by its top-level package)."""
         def timed(*args, **kwargs):
-            if threading.get_ident() != self.main:
+            if not self._timed_here():
                 return fn(*args, **kwargs)
             self._switch(stage or f"imports: {str(args[0]).partition('.')[0]}")
             try:
@@ -141,7 +156,7 @@ class StageClock:
 
     def totals(self) -> dict[str, float]:
         self._switch(REST)          # close the running stretch
-        self.stack.pop()
+        self._state().stack.pop()
         return dict(self.seconds)
 
 

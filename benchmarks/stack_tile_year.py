@@ -274,48 +274,30 @@ OTHER = "threads other than the worker's and the main one (Dask's event loops, O
 def profile_child(args) -> int:
     """The stack of ``args.inputs`` (the reference first) in this process under a per-thread CPU
     stage clock, on an in-process Dask worker of one thread; prints one JSON line."""
-    from profile_coregistration import ABSORBING, REST, StageClock
+    from profile_coregistration import REST, StageClock
 
     class ThreadCpuClock(StageClock):
         """``StageClock`` on every thread, in that thread's CPU seconds (``time.thread_time``)."""
 
         def __init__(self):
-            super().__init__()
             self.local = threading.local()
             self.lock = threading.Lock()
+            super().__init__()
+
+        def _now(self):
+            return time.thread_time()
 
         def _state(self):
             if not hasattr(self.local, "stack"):
                 self.local.stack, self.local.t = [REST], time.thread_time()
             return self.local
 
-        def _switch(self, push):
-            st, now = self._state(), time.thread_time()
+        def _timed_here(self):
+            return True
+
+        def _add(self, stage, seconds):
             with self.lock:
-                self.seconds[st.stack[-1]] += now - st.t
-            st.t = now
-            if push is None:
-                st.stack.pop()
-            else:
-                top = st.stack[-1]
-                if (top.startswith("imports") or top in ABSORBING) and not push.startswith("imports"):
-                    push = top
-                st.stack.append(push)
-
-        def wrap(self, fn, stage):
-            def timed(*a, **kw):
-                self._switch(stage or f"imports: {str(a[0]).partition('.')[0]}")
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    self._switch(None)
-            timed.__wrapped__ = fn
-            return timed
-
-        def totals(self):
-            self._switch(REST)
-            self._state().stack.pop()
-            return dict(self.seconds)
+                self.seconds[stage] += seconds
 
     clock = ThreadCpuClock()
     clock.hook_imports()

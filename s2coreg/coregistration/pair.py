@@ -522,7 +522,7 @@ def write_report(co: Coregistration, result: dict, rows: list[dict], path: Path)
     measured = {w.index: w for w in co.pair.windows}
     for k, (col, row, ww, wh) in enumerate(co.windows):
         colour = ("lime" if k in measured and measured[k].status == "used" else
-                  "grey" if k in getattr(co, "skipped", {}) else "red")
+                  "grey" if k in co.skipped else "red")
         ax.add_patch(Rectangle((col, row), ww, wh, fill=False, ec=colour, lw=0.6, alpha=0.6,
                                ls=":" if colour == "grey" else "-"))
     used = [w for w in co.pair.windows if w.status == "used" and w.shift_px is not None]

@@ -829,13 +829,13 @@ class CascadePipeline:
     """
 
     def __init__(self, kind: str, first: MatchingPipeline, fallback: MatchingPipeline, labels: tuple[str, str],
-                 accept_inliers: int, shared: bool):
+                 accept_inliers: int, shared: bool, confirm_below: int = 0):
         self.matcher_name = kind          # fast | sift-first: the name matcher= takes for it
         self.first, self.fallback, self.labels = first, fallback, labels
         self.accept_inliers, self.shared = accept_inliers, shared
         # the first path's answer, verified with fewer inliers than this, is checked against the
         # fallback's (sift-first: SIFT's few-inlier fits were the wrong ones; 0: never)
-        self.confirm_below, self.confirm_px = 0, MatchingConfig.sift_first_confirm_px
+        self.confirm_below, self.confirm_px = confirm_below, MatchingConfig.sift_first_confirm_px
         self.extractor = first.extractor
         self.refine, self.correlate = fallback.refine, fallback.correlate
         self.ransac_threshold, self.min_inliers = fallback.ransac_threshold, fallback.min_inliers
@@ -863,9 +863,8 @@ class CascadePipeline:
             classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
                                          min_inliers=min_inliers, correlate=learned.correlate)
             classical.extractor = sift
-            cascade = cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False)
-            cascade.confirm_below = MatchingConfig.sift_first_confirm_inliers
-            return cascade
+            return cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False,
+                       confirm_below=MatchingConfig.sift_first_confirm_inliers)
         raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
 
     @property
