@@ -420,16 +420,18 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="default data/results/coregistration_<split>.json")
     args = parser.parse_args(argv)
-    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.coregistration import engine
+    from s2coreg.coregistration.pair import pair_pipeline
     from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads or None)
     cfg = config.CoregisterConfig()
     for item in args.set:
         name, value = item.split("=", 1)
-        kind = type(getattr(cfg, name))
+        kind = type(getattr(cfg, name)) if getattr(cfg, name) is not None else str
         cfg = config.replace(cfg, **{name: value == "True" if kind is bool else kind(value)})
-    methods = [Ours(MatchingPipeline.from_checkpoints(matcher=cfg.matcher), cfg)] + ([] if args.no_matcher else [Matcher()])
+    cfg = engine.checked_config(cfg)           # the matcher a pair runs (sift-first unless --set matcher=...)
+    methods = [Ours(pair_pipeline(cfg), cfg)] + ([] if args.no_matcher else [Matcher()])
     if not args.no_arosics:
         try:
             methods += [Arosics(band) for band in (1, 2, 3)]

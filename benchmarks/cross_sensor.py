@@ -125,11 +125,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=config.RESULTS_DIR / "cross_sensor.json")
     args = parser.parse_args(argv)
-    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.coregistration import engine
+    from s2coreg.coregistration.pair import pair_pipeline
     from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads)
-    out = run(args.trials, args.seed, MatchingPipeline.from_checkpoints())
+    out = run(args.trials, args.seed, pair_pipeline(engine.checked_config(config.CoregisterConfig())))   # a pair's
     write_json(args.output, out)
     print(f"→ {args.output}", file=sys.stderr)
     return 0

@@ -144,11 +144,12 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=1, help="every n-th date of the two series (quicker runs)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.coregistration import engine
+    from s2coreg.coregistration.pair import pair_pipeline
     from s2coreg.utils import set_threads, write_json
 
     set_threads(args.threads)
-    pipeline = MatchingPipeline.from_checkpoints()
+    pipeline = pair_pipeline(engine.checked_config(config.CoregisterConfig()))     # what a pair runs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cities = city_pairs(args.data, tmp)

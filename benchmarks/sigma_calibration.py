@@ -279,13 +279,14 @@ def main(argv=None) -> int:
                              "matching: valid for the same engine and data only), else written")
     args = parser.parse_args(argv)
 
-    from s2coreg.matching.pipeline import MatchingPipeline
+    from s2coreg.coregistration import engine
+    from s2coreg.coregistration.pair import pair_pipeline
     from s2coreg.utils import set_threads
 
     set_threads(args.threads)
-    cfg = config.CoregisterConfig()
+    cfg = engine.checked_config(config.CoregisterConfig())     # the matcher a pair runs
     before = config.replace(cfg, sigma_cross_date_m=0.0, sigma_disagreement=float("inf"))
-    pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher)
+    pipeline = pair_pipeline(cfg)
     start = time.time()
     import pickle
 

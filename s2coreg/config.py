@@ -261,10 +261,13 @@ class CoregisterConfig:
     # — a 5-band target against a 1-band reference. A stack has one ``bands`` for all its dates.
     reference_bands: tuple[str, ...] = ()
     target_bands: tuple[str, ...] = ()
-    matcher: str = "fast"             # every window's matching: fast (mutual nearest neighbours, SuperGlue where
-                                      # they give few inliers: a full tile in 0.8x the time of auto, the same
-                                      # shift, docs/benchmarks.md "A full tile"), auto (SuperGlue), or a
-                                      # registered matcher (mnn, ...; one of your own module as package.module:name)
+    # Every window's matching; None: the job's own (engine.JOB_MATCHER) — a pair: sift-first (SIFT, the
+    # learned path only where SIFT does not verify or verifies with few inliers: a pair SIFT answers never
+    # imports torch, a 256² pair's whole process in AROSICS's CPU time; the same shifts, docs/benchmarks.md
+    # "Start-up"), a stack: fast (mutual nearest neighbours, SuperGlue where they give few inliers: a date's
+    # windows extracted once as SuperPoint features). Or auto (SuperGlue), a registered matcher (mnn, ...;
+    # one of your own module as package.module:name), or either cascade (a stack: not sift-first).
+    matcher: str | None = None
     overview: int = 1024              # px, longer side of the coarse (whole-product) estimate
     window: int = 512                 # px at native resolution, side of a matching window
     min_window: int = 256             # px, smallest window side where the data allows it

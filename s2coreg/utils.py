@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -85,21 +87,60 @@ def one_blas_thread():
         yield
 
 
+# the thread count ``set_threads`` was given: torch, imported later (a pair whose windows SIFT
+# verifies never imports it; ``matching.pipeline``'s learned path loads it on first need), gets it
+# then (``torch_threads``); a window's thread of ``engine.window_runner`` keeps its own (1)
+_THREADS: dict[str, int | None] = {"process": None}
+_THREAD_LOCAL = threading.local()
+
+
 def set_threads(threads: int | None = None) -> int:
     """Set torch's and OpenCV's CPU threads: ``threads``, or every core this process may use
-    when ``None``.
+    when ``None``. torch is not imported for it: where torch is not loaded yet, it gets the count
+    when it is (``torch_threads``).
 
     When several workers share a machine, give each ``cores // workers`` (1 per worker on 2
     cores): more threads than cores make every thread wait for the others. Returns the count.
     """
     import cv2
-    import torch
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0):
         raise PipelineError(f"threads {threads!r}: give a whole number of threads (1 or more), or 0 for all cores")
     if not threads:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    _THREADS["process"] = int(threads)
     cv2.setNumThreads(threads)
+    torch_threads()
     return threads
+
+
+def threads_given() -> int | None:
+    """The thread count ``set_threads`` set for this process (None: never called)."""
+    return _THREADS["process"]
+
+
+def pin_thread(threads: int | None) -> None:
+    """This thread's own torch thread count (a window's thread of ``engine.window_runner``: 1;
+    None: the process's), applied now where torch is loaded, else when it is."""
+    _THREAD_LOCAL.threads = threads
+    torch_threads()
+
+
+def torch_threads():
+    """torch, if this process has loaded it, on the threads this thread was given (``pin_thread``,
+    else ``set_threads``); returns the module, or None where torch is not loaded (nothing is
+    imported here). Called where the learned path first uses torch, so a count given before torch
+    was imported still holds."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "set_num_threads"):
+        return None
+    want = getattr(_THREAD_LOCAL, "threads", None) or _THREADS["process"]
+    if want and torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+    return torch
+
+
+def no_grad():
+    """torch's ``no_grad`` where torch is loaded, else nothing to switch off (a context)."""
+    torch = sys.modules.get("torch")
+    return torch.no_grad() if torch is not None and hasattr(torch, "no_grad") else contextlib.nullcontext()

@@ -91,24 +91,28 @@ STACK_ONLY = ("dask", "distributed", "xarray", "pystac", "pystac_client")
 
 def test_a_pair_loads_no_stack_or_plotting_library_until_it_needs_one(tmp_path):
     """A pair's command (``s2coreg.coregistration.pair``, what ``coregister A B`` runs) imports none of
-    the stack's libraries nor matplotlib at import; a whole pair run loads matplotlib for its
-    report only, and never the stack's (Dask, xarray, STAC): start-up is torch's, not theirs."""
+    the stack's libraries, matplotlib or torch at import; a whole pair run loads matplotlib for its
+    report only, never the stack's (Dask, xarray, STAC), and torch only where SIFT does not answer
+    (the default, sift-first, on the sample pair: SIFT answers; ``--matcher fast`` loads it):
+    start-up is what the run needs."""
     data = ROOT / "tests" / "data" / "bracciano"
     code = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from s2coreg import commands
 import s2coreg.coregistration.pair
-heavy = {STACK_ONLY + ("matplotlib",)!r}
+heavy = {STACK_ONLY + ("matplotlib", "torch")!r}
 print("at import:", sorted(m for m in sys.modules if m.split(".")[0] in heavy))
 rc = commands.run("coregister", [{str(data / "20160718.tif")!r}, {str(data / "20180610.tif")!r},
-                                 "--output", {str(tmp_path / "out")!r}])
+                                 "--output", {str(tmp_path / "out")!r}] + sys.argv[1:])
 print("after the run:", rc, sorted({{m.split(".")[0] for m in sys.modules}} & set(heavy)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    lines = out.stdout.splitlines()
-    assert "at import: []" in lines
-    assert "after the run: 0 ['matplotlib']" in lines       # the report's figure, nothing of the stack's
+    for extra, loaded in (([], "['matplotlib']"), (["--matcher", "fast"], "['matplotlib', 'torch']")):
+        out = subprocess.run([sys.executable, "-c", code, *extra], capture_output=True, text=True, check=True,
+                             cwd=tmp_path)
+        lines = out.stdout.splitlines()
+        assert "at import: []" in lines
+        assert f"after the run: 0 {loaded}" in lines, (extra, lines)   # the report's figure, nothing of the stack's
 
 
 def test_benchmarks_stand_alone():

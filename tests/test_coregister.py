@@ -687,20 +687,19 @@ def test_the_result_is_typed_and_reads_as_its_json(summer_pair):
 
 
 def test_windows_matched_in_the_fast_mode(pipeline, summer_pair, tmp_path):
-    """``--matcher fast`` (``CoregisterConfig.matcher``): the same shift as SuperGlue's within
-    0.05 m (the dense fit makes both precise), the path in the provenance; a matcher whose features
-    are not SuperPoint's alone is one line."""
+    """``--matcher fast`` and the pair's default, sift-first (``CoregisterConfig.matcher`` None):
+    the same shift as SuperGlue's within 0.05 m (the dense fit makes each precise), the path in
+    the provenance."""
     cfg = config.replace(config.CoregisterConfig(), matcher="fast")
     fast = coregister.coregister(REF, SUMMER, cfg=cfg, progress=False)
     direct = summer_pair
     assert np.hypot(*(shift_of(fast) - shift_of(direct))) < 0.05
     assert fast["provenance"]["settings"]["matcher"] == "fast"
     assert fast["provenance"]["settings"]["matching"].startswith("superpoint+mnn")
-    with pytest.raises(PipelineError, match="^matcher='sift-first': not for co-registration"):
-        coregister.coregister(REF, SUMMER, cfg=config.replace(cfg, matcher="sift-first"), progress=False)
-    with pytest.raises(PipelineError, match="^matcher='sift-first': not for co-registration"):      # given as a pipeline too
-        coregister.coregister(REF, SUMMER, pipeline=MatchingPipeline.from_checkpoints(matcher="sift-first"),
-                              progress=False)
+    default = coregister.coregister(REF, SUMMER, progress=False)
+    assert config.CoregisterConfig.matcher is None and default["provenance"]["settings"]["matcher"] == "sift-first"
+    assert default["provenance"]["settings"]["matching"].startswith("sift+ratio+correlate, else superpoint+superglue")
+    assert np.hypot(*(shift_of(default) - shift_of(direct))) < 0.05
     # a pipeline given is what runs, and what the provenance records, whatever cfg.matcher says
     given = coregister.coregister(REF, SUMMER, cfg=cfg, pipeline=pipeline, progress=False)
     assert given["provenance"]["settings"]["matcher"] == "superglue"

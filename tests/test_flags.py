@@ -204,7 +204,7 @@ def passed_on(monkeypatch, tmp_path):
 
     class Pipeline:
         @staticmethod
-        def from_checkpoints(matcher=None, device=None):
+        def from_checkpoints(matcher=None, device=None, **_):
             seen["device"] = device
 
     def pair(reference, target, output, bands, write_corrected, cfg, pipeline, **kw):

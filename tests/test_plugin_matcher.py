@@ -190,12 +190,16 @@ def test_bad_names_are_one_line_naming_the_fix(tmp_path, capsys):
     with pytest.raises(PipelineError, match="unknown matcher 'lightglue'; choose from auto, .*mnn.*"
                                             f"{NAME}.*sift-first, or name your own as package.module:name"):
         ImageMatcher(matcher="lightglue")
-    taken = ", ".join(matching.matcher_choices(superpoint_features=True))
+    taken = ", ".join(matching.matcher_choices())                      # a pair: every one, the cascades too
+    assert NAME in taken and "sift-first" in taken
+    with pytest.raises(PipelineError, match=f"^matcher='lightglue': no such matcher; co-registration takes "
+                                            f"{taken} or a matcher of your own as package.module:name$"):
+        coregister.coregister(REF, TARGET, cfg=cfg("lightglue"), progress=False)
+    taken = ", ".join(matching.matcher_choices(superpoint_features=True))  # a stack: SuperPoint's features alone
     assert NAME in taken and "sift-first" not in taken
-    for name, why in (("lightglue", "no such matcher"), ("sift-first", "not for co-registration, which extracts")):
-        with pytest.raises(PipelineError, match=f"^matcher='{name}': {why}.*; co-registration takes "
-                                                f"{taken} or a matcher of your own as package.module:name$"):
-            coregister.coregister(REF, TARGET, cfg=cfg(name), progress=False)
+    with pytest.raises(PipelineError, match=f"^matcher='sift-first': not for a stack, which extracts.*; a stack takes "
+                                            f"{taken} or a matcher of your own as package.module:name$"):
+        stack.coregister_stack([str(p) for p in DATES], cfg=cfg("sift-first"), progress=False)
     with pytest.raises(PipelineError, match="matcher 'no_such_package.matchers:x': no module "
                                             "no_such_package.matchers to import; install it, or add the folder"):
         stack.coregister_stack([str(p) for p in DATES], cfg=cfg("no_such_package.matchers:x"), progress=False)
@@ -203,8 +207,9 @@ def test_bad_names_are_one_line_naming_the_fix(tmp_path, capsys):
                                             f"\\(it registers {NAME}\\); decorate its class with @register_matcher"):
         matching.MatchingPipeline.from_checkpoints(matcher="tests.test_plugin_matcher:lightglue")
     out = str(tmp_path / "out")
+    pair_taken = ", ".join(matching.matcher_choices())
     for argv, said in (([str(REF), str(TARGET), "--matcher", "lightglue"], f"--matcher lightglue: no such matcher; "
-                                                                             f"co-registration takes {taken} or a matcher"),
+                                                                             f"co-registration takes {pair_taken} or a matcher"),
                        ([str(REF), str(TARGET), "--matcher", "no_such_package.matchers:x"], "no module"),
                        (["--stack", *map(str, DATES), "--matcher", "lightglue"], f"takes {taken} or a matcher"),
                        (["--stack", *map(str, DATES), "--matcher", "no_such_package.matchers:x"], "no module")):

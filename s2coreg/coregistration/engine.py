@@ -72,7 +72,7 @@ import s2coreg.io.remote as remote
 from s2coreg.cli import FLAG_OF
 from s2coreg.config import CoregisterConfig, PreprocessConfig
 from s2coreg.io.imaging import BorderFill, DenseFit, border_fill, dense_translation, edge_fraction, fill_from_neighbours
-from s2coreg.utils import PipelineError, atomic_path
+from s2coreg.utils import PipelineError, atomic_path, no_grad, pin_thread, torch_threads
 
 # every output name of a pair or a stack: a rerun into a folder replaces our earlier result, whichever it was
 RESULT_NAMES = ("coregistration.json", "tie_points.geojson", "tie_points.csv", "shift_field.tif", "report.png",
@@ -251,33 +251,42 @@ def check_settings(cfg: CoregisterConfig) -> None:
                                 f"{' px' if name != 'max_windows' else ''} (default {getattr(CoregisterConfig, name)})")
 
 
-def checked_config(cfg: CoregisterConfig | None) -> CoregisterConfig:
+def checked_config(cfg: CoregisterConfig | None, stack: bool = False) -> CoregisterConfig:
     """``cfg`` (the defaults where None) as a run takes it, checked before any work (a pair before
     its models load, a stack before its cluster starts): sizes that can measure
     (``check_settings``), a matcher co-registration takes, named as every process finds it
     (``check_matcher``)."""
     cfg = cfg or CoregisterConfig()
     check_settings(cfg)
-    return check_matcher(cfg)
+    return check_matcher(cfg, stack)
 
 
-def check_matcher(cfg: CoregisterConfig) -> CoregisterConfig:
-    """``cfg`` with ``matcher`` as every process takes it (``matching.matcher_spec``: a user's matcher
+# the matcher a job runs where ``CoregisterConfig.matcher`` is None (its comment says why)
+JOB_MATCHER = {"pair": "sift-first", "stack": "fast"}
+
+
+def check_matcher(cfg: CoregisterConfig, stack: bool = False) -> CoregisterConfig:
+    """``cfg`` with ``matcher`` as every process takes it (None: the job's own, ``JOB_MATCHER``;
+    ``matching.matcher_spec``: a user's matcher
     as ``package.module:name``, whose module a Dask worker imports), or one line saying what the
-    engine takes: those whose features are SuperPoint's alone (``matching.matcher_choices``)."""
+    engine takes: a pair, every matcher and cascade; a stack, those whose features are SuperPoint's
+    alone (``matching.matcher_choices``): it extracts a date's windows once and matches them in
+    every pair, from its cache too, where a cascade of SIFT and the learned path would keep each
+    window's image to extract the learned features from."""
     from s2coreg.matching.pipeline import CASCADES, OWN_MATCHER, UnknownMatcher, matcher_choices, matcher_spec
 
     def choose() -> str:        # the installed plugins looked up only for a refusal (start-up: no scan)
-        taken = matcher_choices(superpoint_features=True)
-        return f"co-registration takes {', '.join(taken)} or a matcher of your own as {OWN_MATCHER}"
+        taken = matcher_choices(superpoint_features=stack)
+        return f"{'a stack' if stack else 'co-registration'} takes {', '.join(taken)} or a matcher of your own as {OWN_MATCHER}"
 
+    name = cfg.matcher or JOB_MATCHER["stack" if stack else "pair"]
     try:
-        spec = matcher_spec(cfg.matcher)
+        spec = matcher_spec(name)
     except UnknownMatcher:
-        raise PipelineError(f"matcher={cfg.matcher!r}: no such matcher; {choose()}") from None
-    if spec in CASCADES and CASCADES[spec] != ("superpoint",):     # a cascade of other features too (sift-first)
-        raise PipelineError(f"matcher={cfg.matcher!r}: not for co-registration, which extracts a date's windows "
-                            f"once, as SuperPoint features, and matches them in every pair; {choose()}")
+        raise PipelineError(f"matcher={name!r}: no such matcher; {choose()}") from None
+    if stack and spec in CASCADES and CASCADES[spec] != ("superpoint",):     # a cascade of other features too
+        raise PipelineError(f"matcher={name!r}: not for a stack, which extracts a date's windows once, as "
+                            f"SuperPoint features, and matches them in every pair; {choose()}")
     return config.replace(cfg, matcher=spec)
 
 
@@ -1270,8 +1279,12 @@ def window_prospects(windows: list[Window], ref: Overview, tgt: Overview, offset
     show, and where the reference's content was already matched (``Overview.inliers``)."""
     sx, sy = ref.scale
     ox, oy = float(offset_px[0]) / sx, float(offset_px[1]) / sy
-    kr = np.asarray(ref.features.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
-    kt = np.asarray(tgt.features.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
+    # sift-first's overviews: the learned path's keypoints where the coarse step extracted them
+    # (SIFT's crowd on cloud edges, which a window's dense fit cannot use; the cloudy full tile:
+    # 0.10 m of the truth with SIFT's, 0.0x m with SuperPoint's)
+    fr, ft = (f.get("fallback", f) for f in (ref.features, tgt.features))
+    kr = np.asarray(fr.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
+    kt = np.asarray(ft.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
     inl = np.zeros((0, 2)) if tgt.inliers is None else tgt.inliers
     share, score = np.zeros(len(windows)), np.zeros(len(windows))
 
@@ -1383,9 +1396,7 @@ def measure_in_rounds(pipeline, products: tuple[dp.Product, dp.Product], locatio
     shares: list[float] = []
 
     def one(k: int):
-        import torch
-
-        with torch.no_grad():             # thread-local: entered in the thread that runs the window
+        with no_grad():                   # thread-local: entered in the thread that runs the window
             fa, sa, why = extract_window(pipeline, pa, la, ga, k, windows[k], cfg)
             fb, sb = None, None
             if fa is not None:
@@ -1438,22 +1449,19 @@ def window_runner(threads: int):
         yield now
         return
     import cv2
-    import torch
     from concurrent.futures import ThreadPoolExecutor
 
-    before_torch, before_cv = torch.get_num_threads(), cv2.getNumThreads()
-
-    def one_thread():
-        torch.set_num_threads(1)
-
+    before_cv = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="window", initializer=one_thread)
+    # each window's thread on one torch thread, now or when torch loads (the learned path of
+    # sift-first loads where SIFT first does not verify: ``utils.pin_thread``)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="window", initializer=pin_thread, initargs=(1,))
     try:
         yield pool.submit
     finally:
         # a window still running is not waited for (its result is dropped: ``measure_in_rounds``)
         pool.shutdown(wait=False, cancel_futures=True)
-        torch.set_num_threads(before_torch)
+        torch_threads()           # this thread's count, as it was given (a pool thread may have loaded torch)
         cv2.setNumThreads(before_cv)
 
 
@@ -1592,6 +1600,8 @@ def pipeline_device(pipeline) -> str | None:
     """The device a matching pipeline's learned models run on (``cpu``, ``cuda:0``), for the
     provenance; None where none does."""
     for part in (pipeline, getattr(pipeline, "fallback", None)):
+        if getattr(part, "loaded", True) is False:     # sift-first's learned path, never needed
+            continue
         device = getattr(getattr(part, "extractor", None), "device", None)
         if device is not None:
             return str(device)

@@ -60,7 +60,7 @@ from s2coreg.coregistration.engine import CE90_PER_SIGMA, pixel_shifts_in_metres
 from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, Pipeline, matcher_choices
 from s2coreg.results import CoregistrationResult, ShiftEstimate
 from s2coreg.io.imaging import normalize_for_network
-from s2coreg.utils import PipelineError, atomic_path, one_blas_thread, set_threads, write_json
+from s2coreg.utils import PipelineError, atomic_path, one_blas_thread, set_threads, threads_given, write_json
 
 PAIR_OUTPUTS = engine.RESULT_NAMES         # a rerun replaces any earlier result of ours, pair or stack
 
@@ -99,7 +99,7 @@ class Coregistration:
         engine.check_georeference(self.ref, self.ref_bands, "reference")
         self.grid = engine.grid_of(self.ref, self.ref_bands)
         engine.check_georeference(self.tgt, self.tgt_bands, "target", self.grid)
-        self.pipeline = pipeline or MatchingPipeline.from_checkpoints(matcher=self.cfg.matcher)
+        self.pipeline = pipeline or pair_pipeline(self.cfg)
         self.progress = progress
 
     def run(self) -> dict:
@@ -189,12 +189,29 @@ class Coregistration:
         return out
 
 
-def window_threads() -> int:
-    """Windows a pair runs side by side: the torch threads this process was given (``--threads``,
-    ``set_threads``), each window then on one."""
-    import torch
+def pair_pipeline(cfg: CoregisterConfig, device=None) -> Pipeline:
+    """The matching path a pair runs for ``cfg`` (``engine.checked_config``'s: its matcher named),
+    what ``coregister`` builds: sift-first's learned path is built where a window or the coarse step
+    first needs it (a pair SIFT answers never imports torch: ``matching.LazyPipeline``), and of its
+    two answers that agree, the one with more inliers is kept (they rank the windows and make the
+    tie points; the dense fit, not the matches, makes a window's estimate precise)."""
+    return MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=device, lazy=True, keep_more_inliers=True)
 
-    return max(1, torch.get_num_threads())
+
+def window_threads() -> int:
+    """Windows a pair runs side by side: the threads this process was given (``--threads``,
+    ``set_threads``; else torch's count where torch is loaded, else every core), each window
+    then on one."""
+    import os
+    import sys
+
+    given = threads_given()
+    if given:
+        return given
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return max(1, torch.get_num_threads())
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
@@ -641,11 +658,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-windows", type=int, default=cfg.max_windows, help="windows matched at most")
     parser.add_argument("--overview", type=int, default=cfg.overview, help="coarse estimate's longer side, px")
     parser.add_argument("--matcher", default=cfg.matcher,
-                        help=f"every window's matching: {', '.join(matcher_choices(superpoint_features=True))}, or "
-                             f"a matcher of your own as {OWN_MATCHER} (its module registers it; Dask's workers "
-                             "import it too). auto: SuperGlue where its checkpoint is, else mnn (mutual nearest "
-                             "neighbours); fast: mnn, SuperGlue where they give few inliers (quicker on large "
-                             "windows, the same shifts within a few hundredths of a metre)")
+                        help=f"every window's matching: {', '.join(matcher_choices())}, or a matcher of your own "
+                             f"as {OWN_MATCHER} (its module registers it; Dask's workers import it too). Default: "
+                             "a pair sift-first (SIFT, the learned path only where SIFT does not verify or has few "
+                             "inliers: a pair SIFT answers never loads torch), a stack fast (mnn, SuperGlue where "
+                             "they give few inliers; a stack takes no sift-first). auto: SuperGlue where its "
+                             "checkpoint is, else mnn (mutual nearest neighbours)")
     parser.add_argument("--write-corrected", action="store_true",
                         help="also write the target aligned to the reference, as COGs (see --correction)")
     for role, flag in (("reference", "--ref-nodata"), ("target", "--target-nodata")):
@@ -735,7 +753,7 @@ def main(argv=None) -> int:
     try:
         set_threads(args.threads or None)
         cfg = engine.checked_config(config_of(args, cfg))    # before any model loads: one line naming what is wrong
-        pipeline = MatchingPipeline.from_checkpoints(matcher=cfg.matcher, device=args.device)
+        pipeline = pair_pipeline(cfg, args.device)
         result = coregister(args.reference, args.target, args.output, args.bands,
                             args.write_corrected, cfg, pipeline, correction=args.correction,
                             ref_nodata=args.ref_nodata, target_nodata=args.target_nodata, dates=args.date)

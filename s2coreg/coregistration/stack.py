@@ -72,8 +72,9 @@ from s2coreg.coregistration.dates import (date_label, expand_inputs, failure_rea
 _PIPELINES: dict = {}     # one matching pipeline per worker process, matcher and device, loaded on its first task
 
 
-def worker_pipeline(matcher: str = CoregisterConfig.matcher, device: str | None = None):
-    """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher``) on
+def worker_pipeline(matcher: str = engine.JOB_MATCHER["stack"], device: str | None = None):
+    """The matching pipeline of this process for ``matcher`` (``CoregisterConfig.matcher`` as
+    ``engine.checked_config`` gives it) on
     ``device`` as ``coregister_stack`` was given it (None or ``"auto"``: this worker's CUDA GPU
     where torch can use one, else its CPU — resolved here, on the worker); loaded once; one torch
     thread per worker."""
@@ -484,7 +485,7 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     one, else its CPU, resolved on the worker), checked on every worker before any work.
     The result is a ``results.StackResult``: the dict, with ``to_dataframe()`` and ``report()``
     (a notebook shows it as the dates' table and the report picture)."""
-    cfg = engine.checked_config(cfg)      # the workers get a user's matcher as package.module:name
+    cfg = engine.checked_config(cfg, stack=True)      # the workers get a user's matcher as package.module:name
     if client is not None and (scheduler is not None or workers is not None):
         raise PipelineError("client= runs the stack on that client; scheduler= and workers= start or reach a cluster "
                             "of its own: give one or the other")

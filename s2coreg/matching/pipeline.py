@@ -48,20 +48,24 @@ image 1's refined), ``mconf`` (M), ``image_size0/1``, ``method``, and after ``ve
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-import torch
 
 import s2coreg.config as config
 from s2coreg.models.checkpoints import find_checkpoint, resolve_device
 from s2coreg.config import MatchingConfig, SuperPointConfig
-from s2coreg.models.superpoint import SuperPoint, refine_matches
 from s2coreg.matching.geometry import estimate_homography, is_verified, mutual_nearest_neighbours, warp_points
 from s2coreg.io.imaging import local_contrast, normalize_for_network, percentile_stretch, resize_to, to_gray, to_uint8
-from s2coreg.utils import PipelineError
+from s2coreg.utils import PipelineError, torch_threads
+
+if TYPE_CHECKING:       # torch and the networks load with the learned path, not with this module
+    import torch
+
+    from s2coreg.models.superpoint import SuperPoint
 
 
 # ----------------------------------------------------------------------------- frames
@@ -134,6 +138,15 @@ def empty_features(cfg: SuperPointConfig, size: tuple[int, int], net_size: tuple
     return empty
 
 
+def check_extraction(max_keypoints: int | None, resize: int) -> None:
+    """An extractor's settings that can run, or one line naming the setting."""
+    if max_keypoints is not None and (not isinstance(max_keypoints, (int, np.integer)) or max_keypoints == 0
+                                      or max_keypoints < -1):
+        raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
+    if resize < 0:
+        raise PipelineError(f"resize={resize}: the longer side the network sees, in px (0: never resize)")
+
+
 class SuperPointExtractor:
     """SuperPoint on any image array: normalisation, blank/nodata checks, resize, and back.
 
@@ -151,11 +164,7 @@ class SuperPointExtractor:
     def __init__(self, model: SuperPoint, max_keypoints: int | None = None, resize: int = 0,
                  detection_threshold: float | None = None, nms_radius: int | None = None,
                  min_texture: float = MatchingConfig.min_texture, texture: bool = True):
-        if max_keypoints is not None and (not isinstance(max_keypoints, (int, np.integer)) or max_keypoints == 0
-                                          or max_keypoints < -1):
-            raise PipelineError(f"max_keypoints={max_keypoints}: keypoints per image, 1 or more (-1: all)")
-        if resize < 0:
-            raise PipelineError(f"resize={resize}: the longer side the network sees, in px (0: never resize)")
+        check_extraction(max_keypoints, resize)
         # the model's own config is left alone: several extractors may share one model; the
         # extractor runs an inference copy with the batch norms folded in (``SuperPoint.fused``)
         self.config = config.replace(model.config, detection_threshold=detection_threshold, nms_radius=nms_radius,
@@ -164,6 +173,8 @@ class SuperPointExtractor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = config.CHECKPOINT_DIR, device=None, **options) -> "SuperPointExtractor":
+        from s2coreg.models.superpoint import SuperPoint
+
         return cls(SuperPoint.from_checkpoint(path, resolve_device(device)), **options)
 
     @property
@@ -173,7 +184,6 @@ class SuperPointExtractor:
     def network_size(self, width: int, height: int) -> tuple[int, int]:
         return network_size(width, height, self.resize, self.config.cell)
 
-    @torch.no_grad()
     def extract(self, image: np.ndarray, valid: np.ndarray | None = None, name: str = "image",
                 size: tuple[int, int] | None = None, normalized: bool = False) -> dict:
         """Features of one image (see the module docstring).
@@ -212,9 +222,11 @@ class SuperPointExtractor:
         if float(net.std()) < self.min_texture:
             return empty_features(self.config, size, (nw, nh),
                                   f"{name}: blank or uniform image (cloud-covered?), nothing to match")
+        torch = torch_threads()
         x = torch.from_numpy(np.ascontiguousarray(net, np.float32))[None].to(self.device)
         v = None if valid is None else torch.from_numpy(valid)[None].to(self.device)
-        f = self.model.extract(x, v, cfg=self.config)[0]
+        with torch.no_grad():
+            f = self.model.extract(x, v, cfg=self.config)[0]
         if len(f["keypoints"]) == 0:
             return empty_features(self.config, size, (nw, nh), f"{name}: no keypoint found (blank or cloud-covered?)")
         scale = np.array([nw, nh], np.float64) / np.array(size, np.float64)
@@ -516,7 +528,6 @@ class SuperGlueMatcher(Matcher):
 
         return cls(SuperGlue.from_checkpoint(model_path, resolve_device(device)), match_threshold)
 
-    @torch.no_grad()
     def match(self, f0, f1):
         from s2coreg.models.superglue import pad_batch
 
@@ -528,7 +539,8 @@ class SuperGlueMatcher(Matcher):
         g0 = {**f0, "keypoints": network_keypoints(f0), "image_size": f0.get("network_size", f0["image_size"])}
         g1 = {**f1, "keypoints": network_keypoints(f1), "image_size": f1.get("network_size", f1["image_size"])}
         device = next(self.model.parameters()).device
-        out = self.model({k: v.to(device) for k, v in pad_batch([g0], [g1]).items()})
+        with torch_threads().no_grad():
+            out = self.model({k: v.to(device) for k, v in pad_batch([g0], [g1]).items()})
         return out["matches0"][0].cpu().numpy(), out["matching_scores0"][0].cpu().numpy().astype(np.float32)
 
 
@@ -541,9 +553,13 @@ def refine_feature_matches(f0: dict, f1: dict, matches0: np.ndarray) -> np.ndarr
     if c0 != c1:
         raise PipelineError(f"fine features of {c0} and {c1} channels: extract both images with the same "
                             "SuperPoint checkpoint")
+    from s2coreg.models.superpoint import refine_matches
+
+    torch = torch_threads()
     kpts1 = network_keypoints(f1)
-    refined, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
-                                torch.from_numpy(kpts1), torch.as_tensor(matches0), float(f1["fine_temperature"]))
+    with torch.no_grad():
+        refined, _ = refine_matches(torch.as_tensor(f0["fine_descriptors"]), torch.as_tensor(f1["fine_patches"]),
+                                    torch.from_numpy(kpts1), torch.as_tensor(matches0), float(f1["fine_temperature"]))
     out = np.asarray(f1["keypoints"], np.float32).copy()
     moved = matches0[matches0 > -1]
     out[moved] = to_own_frame(refined.numpy()[moved], f1.get("scale", 1.0))
@@ -703,23 +719,31 @@ class MatchingPipeline:
                          min_inliers: int = MatchingConfig.min_inliers, detection_threshold: float | None = None,
                          nms_radius: int | None = None, superpoint=None, superglue=None,
                          correlate: bool = MatchingConfig.correlate,
-                         fast_min_inliers: int = MatchingConfig.fast_min_inliers) -> Pipeline:
+                         fast_min_inliers: int = MatchingConfig.fast_min_inliers, lazy: bool = False,
+                         keep_more_inliers: bool = False) -> Pipeline:
         """The pipeline of the checkpoints in ``model_path``: a folder, or a SuperPoint file
         whose folder holds the matcher's checkpoint. ``superpoint`` / ``superglue``: models
         already loaded (training validation) instead of files. ``None`` settings keep the
         checkpoint's. ``matcher="auto"`` (the default here) is the learned pipeline, SuperGlue where
         its checkpoint is there (what co-registration and the benchmarks build); ``ImageMatcher``'s
         default is ``MatchingConfig.matcher``. ``matcher="fast"`` or ``"sift-first"`` gives a
-        ``CascadePipeline`` (``fast_min_inliers``: the fast one's acceptance): either is a ``Pipeline``."""
+        ``CascadePipeline`` (``fast_min_inliers``: the fast one's acceptance): either is a ``Pipeline``.
+        ``lazy``: sift-first's learned path is built where a pair first needs it (``LazyPipeline``:
+        co-registration's pairs, so that one SIFT answers never imports torch); its checkpoints'
+        content is then checked there, not here. ``keep_more_inliers``: of sift-first's two
+        answers that agree, the one with more inliers (co-registration's: see ``CascadePipeline``)."""
         if matcher in CASCADES:
             return CascadePipeline.from_checkpoints(matcher, model_path, device, max_keypoints=max_keypoints,
                                                     accept_inliers=fast_min_inliers,
                                                     resize=resize, ransac_threshold=ransac_threshold,
                                                     min_inliers=min_inliers, match_threshold=match_threshold,
                                                     refine=refine, detection_threshold=detection_threshold,
-                                                    nms_radius=nms_radius, correlate=correlate)
+                                                    nms_radius=nms_radius, correlate=correlate, lazy=lazy,
+                                                    keep_more_inliers=keep_more_inliers)
         if superglue is None and matcher != "auto":
             matcher_class(matcher)           # a bad name is one line before any model loads
+        from s2coreg.models.superpoint import SuperPoint
+
         model_path = Path(model_path)
         device = resolve_device(device)
         sp_model = superpoint if superpoint is not None else SuperPoint.from_checkpoint(model_path, device)
@@ -813,6 +837,54 @@ def corners_apart(h_a: np.ndarray, h_b: np.ndarray, f0: dict) -> float:
     return float(np.linalg.norm(a - b, axis=-1).max())
 
 
+class LazyPipeline:
+    """A ``MatchingPipeline`` of the checkpoints built where it is first used: the learned path of
+    the ``sift-first`` cascade, so that a run whose pairs SIFT verifies never imports torch nor
+    reads a checkpoint (a small pair's whole process: torch's import alone is about AROSICS's
+    whole run, docs/benchmarks.md "Start-up"). Built once, under a lock (windows run in threads);
+    every attribute but those below is the built pipeline's.
+
+    What is checked at once, before any work (one line each): the SuperPoint checkpoint is there,
+    and a GPU named (``cuda``) is usable (that loads torch: a GPU run needs it anyway; ``auto``
+    picks where the path loads).
+    A checkpoint that is there but unreadable is reported where it loads."""
+
+    def __init__(self, build, model_path, device, ransac_threshold: float, min_inliers: int, correlate: bool):
+        find_checkpoint(model_path, "SuperPoint")            # missing: one line now, not mid-run
+        if str(device or "auto") not in ("auto", "cpu"):       # a GPU named: usable, or one line now
+            resolve_device(device)
+        self._build, self._built, self._lock = build, None, threading.Lock()
+        self._glue = "superglue" if SuperGlueMatcher.available(Path(model_path)) else "mnn"
+        self.ransac_threshold, self.min_inliers, self.correlate = ransac_threshold, min_inliers, correlate
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the learned path has been built (torch imported, the checkpoints read)."""
+        return self._built is not None
+
+    @property
+    def pipeline(self) -> MatchingPipeline:
+        if self._built is None:
+            with self._lock:
+                if self._built is None:
+                    self._built = self._build()
+        return self._built
+
+    @property
+    def name(self) -> str:
+        """The built pipeline's name; before it is built, the one it will have with a fine head
+        (the shipped checkpoints'), without loading anything."""
+        if self._built is not None:
+            return self._built.name
+        return (f"superpoint+{self._glue}" + ("+refine" if MatchingConfig.refine else "")
+                + ("+correlate" if self.correlate else ""))
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self.pipeline, attr)
+
+
 class CascadePipeline:
     """A cheap matching path first, a stronger one only where the first does not verify: the
     same interface as ``MatchingPipeline`` (both are a ``Pipeline``); a result says which path made it (``method``, and
@@ -828,29 +900,41 @@ class CascadePipeline:
       needs them (the image is kept with its SIFT features, ``source``). About twice SIFT's time.
     """
 
-    def __init__(self, kind: str, first: MatchingPipeline, fallback: MatchingPipeline, labels: tuple[str, str],
-                 accept_inliers: int, shared: bool, confirm_below: int = 0):
+    def __init__(self, kind: str, first: MatchingPipeline, fallback: "MatchingPipeline | LazyPipeline",
+                 labels: tuple[str, str], accept_inliers: int, shared: bool, confirm_below: int = 0,
+                 keep_more_inliers: bool = False):
         self.matcher_name = kind          # fast | sift-first: the name matcher= takes for it
         self.first, self.fallback, self.labels = first, fallback, labels
         self.accept_inliers, self.shared = accept_inliers, shared
         # the first path's answer, verified with fewer inliers than this, is checked against the
         # fallback's (sift-first: SIFT's few-inlier fits were the wrong ones; 0: never)
         self.confirm_below, self.confirm_px = confirm_below, MatchingConfig.sift_first_confirm_px
+        self.keep_more_inliers = keep_more_inliers
         self.extractor = first.extractor
-        self.refine, self.correlate = fallback.refine, fallback.correlate
+        self.correlate = fallback.correlate
         self.ransac_threshold, self.min_inliers = fallback.ransac_threshold, fallback.min_inliers
+
+    @property
+    def refine(self) -> bool:
+        """The fallback's (the learned path's fine head; sift-first: loads it)."""
+        return self.fallback.refine
 
     @classmethod
     def from_checkpoints(cls, name: str, model_path=config.CHECKPOINT_DIR, device=None, *, max_keypoints=None,
                          resize=0, ransac_threshold=MatchingConfig.ransac_threshold,
                          min_inliers=MatchingConfig.min_inliers, accept_inliers=MatchingConfig.fast_min_inliers,
-                         **learned_options) -> "CascadePipeline":
+                         lazy: bool = False, keep_more_inliers: bool = False, **learned_options) -> "CascadePipeline":
         """``name``: ``fast`` or ``sift-first`` (see the class); ``accept_inliers``: the fast
-        cascade's (mutual nearest neighbours' inliers that keep the pair from SuperGlue)."""
-        learned = MatchingPipeline.from_checkpoints(model_path, "auto", device, max_keypoints=max_keypoints,
-                                                    resize=resize, ransac_threshold=ransac_threshold,
-                                                    min_inliers=min_inliers, **learned_options)
+        cascade's (mutual nearest neighbours' inliers that keep the pair from SuperGlue); ``lazy``:
+        sift-first's learned path built where first needed (``LazyPipeline``); ``keep_more_inliers``:
+        see the class."""
+        def learned_path() -> MatchingPipeline:
+            return MatchingPipeline.from_checkpoints(model_path, "auto", device, max_keypoints=max_keypoints,
+                                                     resize=resize, ransac_threshold=ransac_threshold,
+                                                     min_inliers=min_inliers, **learned_options)
+
         if name == "fast":
+            learned = learned_path()
             if not isinstance(learned.matcher, SuperGlueMatcher):
                 raise PipelineError(f"{model_path}: matcher='fast' falls back to SuperGlue, and there is no superglue*.pt "
                                     "beside the SuperPoint checkpoint; add one, or use matcher='mnn'")
@@ -859,12 +943,21 @@ class CascadePipeline:
             return cls(name, mnn, learned, ("mnn", learned.matcher.name), max(min_inliers, accept_inliers),
                        shared=True)
         if name == "sift-first":
-            sift = SiftExtractor(max_keypoints or learned.extractor.config.max_keypoints, learned.extractor.network_size)
+            correlate = learned_options.get("correlate", MatchingConfig.correlate)
+            given = learned_options.get("superpoint") is not None or learned_options.get("superglue") is not None
+            if not lazy or given:
+                learned = learned_path()          # the checkpoints read now (or models given: training's validation)
+                cell, max_keypoints = learned.extractor.config.cell, max_keypoints or learned.extractor.config.max_keypoints
+            else:                                 # the learned path (torch, both checkpoints) where first needed
+                check_extraction(max_keypoints, resize)
+                learned = LazyPipeline(learned_path, model_path, device, ransac_threshold, min_inliers, correlate)
+                cell, max_keypoints = SuperPointConfig().cell, max_keypoints or SuperPointConfig.max_keypoints
+            sift = SiftExtractor(max_keypoints, lambda w, h: network_size(w, h, resize, cell))
             classical = MatchingPipeline(None, RatioTest(), refine=False, ransac_threshold=ransac_threshold,
-                                         min_inliers=min_inliers, correlate=learned.correlate)
+                                         min_inliers=min_inliers, correlate=correlate)
             classical.extractor = sift
             return cls(name, classical, learned, ("sift", "learned"), min_inliers, shared=False,
-                       confirm_below=MatchingConfig.sift_first_confirm_inliers)
+                       confirm_below=MatchingConfig.sift_first_confirm_inliers, keep_more_inliers=keep_more_inliers)
         raise PipelineError(f"unknown cascade {name!r}; choose from {', '.join(CASCADES)}")
 
     @property
@@ -897,8 +990,12 @@ class CascadePipeline:
         r = self.fallback.verify(self.fallback.match_features(g0, g1))
         if accepted:           # few inliers: kept where the fallback does not verify, or agrees with it
             apart = corners_apart(first["homography"], r["homography"], f0) if r["verified"] else None
-            if apart is None or apart <= self.confirm_px:
+            if apart is None or apart <= self.confirm_px and not (self.keep_more_inliers
+                                                                    and r["num_inliers"] > first["num_inliers"]):
                 return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
+            if apart <= self.confirm_px:
+                why = f"{first['num_inliers']} inliers, {r['num_inliers']} of the {self.labels[1]} path's agree"
+                return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
             why = (f"{first['num_inliers']} inliers, its homography {apart:.0f} px from the "
                    f"{self.labels[1]} path's")
         return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}

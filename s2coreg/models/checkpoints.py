@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import s2coreg.config as config
-from s2coreg.utils import PipelineError
+from s2coreg.utils import PipelineError, torch_threads
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -25,7 +27,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     can use one, else the CPU).
 
     A CUDA device on a machine without one is a clear error, not an unreadable checkpoint.
+    torch is imported here (and in ``load_checkpoint``), not with this module: finding a
+    checkpoint needs no torch (``matching.pipeline``'s learned path loads it on first need).
     """
+    import torch
+
+    torch_threads()              # a thread count given before torch was loaded holds
     name = str(device or config.DEVICE)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,6 +67,8 @@ def find_checkpoint(path: str | Path, kind: str, required: bool = True) -> Path 
 
 def load_checkpoint(path: str | Path, kind: str, device="cpu") -> dict:
     """Read a checkpoint dict safely (``weights_only``) and check it holds a ``kind`` model."""
+    import torch
+
     path = find_checkpoint(path, kind)
     device = resolve_device(device)
     try:
@@ -126,6 +135,8 @@ def training_chain(record: dict) -> list[dict]:
 
 def describe(path: str | Path) -> str:
     """Markdown lines: the training chain of one checkpoint file and its totals."""
+    import torch
+
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     chain = training_chain(ckpt.get("training") or {})
     lines = [f"**{Path(path).name}** ({ckpt.get('kind')}):", ""]
