@@ -81,7 +81,7 @@ def test_joint_placement_of_known_shifts_and_the_snow_date(tmp_path, dask_client
     info = json.loads((tmp_path / "out" / "stack.json").read_text())
     assert info["provenance"]["version"] == config.VERSION and info["reference_id"] == f"T36UYA_{reference}_B04"
     settings = info["provenance"]["settings"]
-    assert settings["matcher"] == config.CoregisterConfig.matcher == "fast"         # the default, recorded
+    assert config.CoregisterConfig.matcher is None and settings["matcher"] == "fast"   # a stack's default, recorded
     assert settings["matching"] == "superpoint+mnn+refine+correlate, else superpoint+superglue+refine+correlate"
 
 
