@@ -686,6 +686,24 @@ def test_the_result_is_typed_and_reads_as_its_json(summer_pair):
     assert r.verified is r["verified"] and r.windows["used"] >= 1 and set(r) >= {"provenance", "warnings"}
 
 
+def test_the_learned_path_loads_where_first_needed_and_a_bad_checkpoint_is_one_line(tmp_path):
+    """sift-first's learned path (a pair's default) is built where SIFT first does not answer: a
+    missing checkpoint is one line before any work, an unreadable one is one line where it loads
+    (here: SIFT made to verify nothing, so the coarse step needs it), and nothing is written."""
+    import shutil
+
+    with pytest.raises(PipelineError, match="no such checkpoint"):
+        MatchingPipeline.from_checkpoints(tmp_path / "missing", matcher="sift-first", lazy=True)
+    (tmp_path / "superpoint.pt").write_bytes(b"not a checkpoint")
+    shutil.copy(config.CHECKPOINT_DIR / "superglue.pt", tmp_path / "superglue.pt")
+    p = MatchingPipeline.from_checkpoints(tmp_path, matcher="sift-first", lazy=True, keep_more_inliers=True)
+    assert not p.fallback.loaded and p.name == "sift+ratio+correlate, else superpoint+superglue+refine+correlate"
+    p.first.min_inliers = 10 ** 6                     # SIFT verifies nothing: the learned path is needed
+    with pytest.raises(PipelineError, match="superpoint.pt: not a readable PyTorch checkpoint"):
+        coregister.coregister(REF, SUMMER, tmp_path / "out", pipeline=p, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_windows_matched_in_the_fast_mode(pipeline, summer_pair, tmp_path):
     """``--matcher fast`` and the pair's default, sift-first (``CoregisterConfig.matcher`` None):
     the same shift as SuperGlue's within 0.05 m (the dense fit makes each precise), the path in

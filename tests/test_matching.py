@@ -352,6 +352,15 @@ def test_threads_are_set_deliberately():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+    # a count set before torch is loaded (a pair's --threads: sift-first loads torch on first need)
+    # holds when the learned path loads it, in the process and in a window's thread (pinned to 1)
+    code = ("import sys, threading; from s2coreg import utils; from s2coreg.models.checkpoints import resolve_device; "
+            "utils.set_threads(1); assert 'torch' not in sys.modules; resolve_device('cpu'); import torch; "
+            "print(torch.get_num_threads()); utils.set_threads(2); "
+            "t = threading.Thread(target=lambda: (utils.pin_thread(1), print(torch.get_num_threads()))); "
+            "t.start(); t.join(); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "2"]
 
 
 def test_correlation_recovers_a_known_sub_pixel_shift_across_gain_and_offset():
