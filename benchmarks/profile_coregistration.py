@@ -12,7 +12,9 @@ real Lake Bracciano dates (``s2coreg.samples.DATA``), profiled once, then its CP
 ``--repeats``) beside AROSICS's ``COREG`` in a subprocess on the same pair, interleaved. Our
 command runs twice: with its bytecode cached (as ``pip install`` leaves a package: the children
 get a ``PYTHONPYCACHEPREFIX`` in a temporary folder, warmed once) and as the environment runs it
-(``PYTHONDONTWRITEBYTECODE`` set here: the package compiled from source at every start).
+(``PYTHONDONTWRITEBYTECODE`` set here: the package compiled from source at every start), and
+with ``--matcher fast`` (the learned path on every window, as a stack runs: torch loaded; the
+pair's default before sift-first, whose learned path loads only where SIFT does not answer).
 
 The profile is cProfile's (the process's main thread; imports included: the profiler starts
 before the command's first import), grouped into stages by the functions that run them, each
@@ -222,8 +224,8 @@ def arosics_cmd(ref, tgt) -> list[str]:
     return [sys.executable, "-c", AROSICS.format(ref=str(ref), tgt=str(tgt))]
 
 
-def ours_cmd(ref, tgt, out) -> list[str]:
-    return [sys.executable, str(ROOT / "coregister.py"), str(ref), str(tgt), "--output", str(out)]
+def ours_cmd(ref, tgt, out, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "coregister.py"), str(ref), str(tgt), "--output", str(out), *extra]
 
 
 def stage_table(run: dict, packages: int = 7) -> list[str]:
@@ -290,6 +292,8 @@ def pair_case(work: Path, repeats: int, arosics: bool) -> dict:
     for _ in range(repeats):                                    # interleaved: the load beside moves all alike
         runs["ours"].append(process_cost(ours_cmd(ref, tgt, out), env_cached))
         runs["ours, bytecode not cached"].append(process_cost(ours_cmd(ref, tgt, out)))
+        # the learned path on every window (a stack's matcher; a pair's default until sift-first): torch loaded
+        runs["ours, --matcher fast"].append(process_cost(ours_cmd(ref, tgt, out, "--matcher", "fast"), env_cached))
         if arosics:
             runs["AROSICS COREG"].append(process_cost(arosics_cmd(ref, tgt)))
     med = {k: {"cpu_s": statistics.median(r["cpu_s"] for r in v), "wall_s": statistics.median(r["wall_s"] for r in v),
