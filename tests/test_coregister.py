@@ -718,6 +718,8 @@ def test_windows_matched_in_the_fast_mode(pipeline, summer_pair, tmp_path):
     assert config.CoregisterConfig.matcher is None and default["provenance"]["settings"]["matcher"] == "sift-first"
     assert default["provenance"]["settings"]["matching"].startswith("sift+ratio+correlate, else superpoint+superglue")
     assert np.hypot(*(shift_of(default) - shift_of(direct))) < 0.05
+    for r, paths in ((default, {"sift", "learned"}), (fast, {"mnn", "superglue"})):   # which path matched each window
+        assert set(r["windows"]["matched_by"]) <= paths and sum(r["windows"]["matched_by"].values()) == r.windows["used"]
     # a pipeline given is what runs, and what the provenance records, whatever cfg.matcher says
     given = coregister.coregister(REF, SUMMER, cfg=cfg, pipeline=pipeline, progress=False)
     assert given["provenance"]["settings"]["matcher"] == "superglue"

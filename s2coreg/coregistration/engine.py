@@ -890,6 +890,7 @@ class WindowMeasure:
     shift_px: np.ndarray | None = None        # (2,) the window's estimate (refined where it could be)
     learned_px: np.ndarray | None = None      # (2,) the learned estimate: median of the inliers' displacements
     refined: bool = False                     # shift_px is the dense refinement of the learned estimate
+    matched_by: str | None = None             # a cascade's path that matched it (sift or learned; mnn or superglue)
     learned_why: str | None = None            # why a used window kept its learned estimate (not refined)
     correlation: float | None = None          # the dense fit's correlation (negative: contrast inverted)
     at_px: np.ndarray | None = None           # (2,) grid px of date a where the estimate applies
@@ -979,6 +980,7 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     cfg = cfg or CoregisterConfig()
     m = WindowMeasure(k, window)
     r = pipeline.verify(pipeline.match_features(fa, fb))
+    m.matched_by = r.get("cascade_path")
     if not r["verified"]:
         m.reason = r["reason"]
         return m
@@ -1020,6 +1022,17 @@ def refinement_counts(windows: list[WindowMeasure]) -> dict:
             why[key] = why.get(key, 0) + 1
     return {"refined": sum(w.refined for w in used), "learned": len(used) - sum(w.refined for w in used),
             "learned_reasons": why}
+
+
+def matched_by(windows: list[WindowMeasure]) -> dict[str, int]:
+    """Of the used windows: how many each path of a cascade matched (sift-first: ``{"sift": n,
+    "learned": m}``, the learned path loaded only where ``learned`` counts; fast: mnn, superglue);
+    empty for a single path."""
+    out: dict[str, int] = {}
+    for w in windows:
+        if w.status == "used" and w.matched_by:
+            out[w.matched_by] = out.get(w.matched_by, 0) + 1
+    return out
 
 
 def reason_kind(reason: str | None) -> str:

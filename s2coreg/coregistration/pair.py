@@ -238,7 +238,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
               "windows": {"used": pair.windows_used, "rejected": tried - pair.windows_used,
                           "reasons": reasons, "planned": len(co.windows), "tried": tried,
                           "skipped": dict(pair.skipped), "size_px": list(co.windows[0][2:]) if co.windows else None,
-                          **engine.refinement_counts(pair.windows)}}
+                          **engine.refinement_counts(pair.windows), "matched_by": engine.matched_by(pair.windows)}}
     if not co.windows:
         c0, r0, c1, r1 = co.region
         result["reason"] = (f"the data both dates cover is {max(0, c1 - c0)}×{max(0, r1 - r0)} px on the reference grid: "
