@@ -1293,8 +1293,8 @@ def window_prospects(windows: list[Window], ref: Overview, tgt: Overview, offset
     sx, sy = ref.scale
     ox, oy = float(offset_px[0]) / sx, float(offset_px[1]) / sy
     # sift-first's overviews: the learned path's keypoints where the coarse step extracted them
-    # (SIFT's crowd on cloud edges, which a window's dense fit cannot use; the cloudy full tile:
-    # 0.10 m of the truth with SIFT's, 0.0x m with SuperPoint's)
+    # (SIFT's crowd on cloud edges, which a window's dense fit cannot use; the cloudy full tile of
+    # benchmarks/coregistration_full_tile.py: 0.10 m from the truth with SIFT's, 0.02 m with these)
     fr, ft = (f.get("fallback", f) for f in (ref.features, tgt.features))
     kr = np.asarray(fr.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)
     kt = np.asarray(ft.get("keypoints", np.zeros((0, 2))), np.float64).reshape(-1, 2)

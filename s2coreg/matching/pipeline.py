@@ -639,8 +639,8 @@ class Pipeline(Protocol):
     """What callers use of a matching path, and what ``MatchingPipeline.from_checkpoints`` returns:
     a ``MatchingPipeline``, or for ``matcher="fast"`` / ``"sift-first"`` a ``CascadePipeline``.
     ``ImageMatcher`` and ``evaluate.py``'s ``PipelineMethod`` take either, the co-registration
-    engine and ``Coregistration`` too (but ``sift-first``, whose features are not SuperPoint's
-    alone: ``engine.check_matcher``). ``isinstance(p, Pipeline)`` checks the names are there.
+    engine and ``Coregistration`` too (a stack not ``sift-first``, whose features are not
+    SuperPoint's alone: ``engine.check_matcher``). ``isinstance(p, Pipeline)`` checks the names are there.
 
     Attributes:
         extractor: the features' extractor (its ``network_size(width, height)``: what
@@ -898,6 +898,12 @@ class CascadePipeline:
       precise at one pixel where it verifies: the same season, clear skies), the learned pipeline
       where it does not; the learned features of an image are extracted once, when a pair first
       needs them (the image is kept with its SIFT features, ``source``). About twice SIFT's time.
+      Built with ``lazy``, the learned path itself is built where first needed (``LazyPipeline``:
+      co-registration's pairs, whose start-up then has no torch where SIFT answers). With
+      ``keep_more_inliers`` (co-registration's), of SIFT's few-inlier answer and the learned
+      path's that agree within ``sift_first_confirm_px``, the one with more inliers is returned
+      (they rank a pair's windows and make its tie points; the cloudy full tile's coarse step:
+      SIFT 20 inliers, the learned path 406).
     """
 
     def __init__(self, kind: str, first: MatchingPipeline, fallback: "MatchingPipeline | LazyPipeline",
