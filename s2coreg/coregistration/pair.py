@@ -231,6 +231,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     if co.ref_bands != co.tgt_bands:
         warnings.append(f"the dates were matched on different bands ({','.join(co.ref_bands)} against "
                         f"{','.join(co.tgt_bands)}): what they show differs; give both the same bands if you can")
+    counted = pair.windows if pair.verified else []      # of the windows used: none where the pair is refused
     result = {"verified": pair.verified, "reason": pair.reason, "warnings": warnings, "shift_m": None,
               "affine": None, "tie_points": pair.tie_points,
               # planned = tried + skipped (not read: ranked out on the overviews, or enough already);
@@ -238,7 +239,7 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
               "windows": {"used": pair.windows_used, "rejected": tried - pair.windows_used,
                           "reasons": reasons, "planned": len(co.windows), "tried": tried,
                           "skipped": dict(pair.skipped), "size_px": list(co.windows[0][2:]) if co.windows else None,
-                          **engine.refinement_counts(pair.windows), "matched_by": engine.matched_by(pair.windows)}}
+                          **engine.refinement_counts(counted), "matched_by": engine.matched_by(counted)}}
     if not co.windows:
         c0, r0, c1, r1 = co.region
         result["reason"] = (f"the data both dates cover is {max(0, c1 - c0)}×{max(0, r1 - r0)} px on the reference grid: "
