@@ -11,8 +11,10 @@ one grid (the first usable date's, or ``--reference PATH``'s), each at its own c
 same windows, and its features are extracted once (one task per date). Pairs are then measured
 window by window (one task per pair): every date against its neighbours in time
 (``--neighbours`` on each side) and the reference and, where a date has too few verified pairs,
-against more distant dates. Each pair gives a displacement with its calibrated standard error and
-its warnings. A robust weighted least-squares adjustment over the pair graph then places every
+against more distant dates; a pair that verified too few of its windows (``stack_more_windows``:
+clouds or snow no mask declares over both dates) is measured again on the full plan, its two dates
+reading the windows the stack's plan left out (``read_more_windows``). Each pair gives a
+displacement with its calibrated standard error and its warnings. A robust weighted least-squares adjustment over the pair graph then places every
 date: ``x_j − x_i = d_ij`` for every verified pair, the reference fixed at 0, Cauchy-reweighted so
 that inconsistent pairs lose their weight (their residuals, the loop-closure errors, are reported).
 A date that cannot be matched to the reference directly is placed through its neighbours; a date
@@ -740,6 +742,18 @@ def task_merge(first: DateFeatures, extended: list, *parts: DateFeatures) -> Dat
                         first.keypoints + sum(len(f["keypoints"]) for x, f in features.items() if x not in first.features))
 
 
+class _OnDemand(dict):
+    """A dict whose missing key's value is made (``make(key)``) and kept when first asked for."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
+
+
 def _read_windows(client, need: dict, got: dict, parts: dict, locations: dict, grid: dp.Grid, extended: list, cfg,
                   device, cache: WorkCache, loc_keys: dict, progress: bool, paths: list) -> None:
     """The windows ``need`` (date → indices of ``extended``) read for each date: into ``got`` (date →
@@ -830,11 +844,12 @@ def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_future
         more[k]["more"] = len(got.get(k, {}))
     if not again:
         return pairs, more, {}
-    futures = {k: client.submit(task_merge, date_futures[k], extended, *parts[k], key=f"merge-{k}-{time.time_ns()}")
-               for k in {k for p in again for k in (p.i, p.j)}}
     # a pair's result is made of the windows both dates read: its key names them (and the dates' own work)
     keys = {(p.i, p.j): cache.key("pair", feature_keys[p.i], feature_keys[p.j], px_m, extended,
                                   sorted(set(got.get(p.i, {})) & set(got.get(p.j, {})))) for p in again}
+    # each date's features on the full plan, merged on a worker where a pair not in the cache asks for them
+    futures = _OnDemand(lambda k: client.submit(task_merge, date_futures[k], extended, *parts[k],
+                                                key=f"merge-{k}-{time.time_ns()}"))
     measured = run_pairs(client, sorted(keys), futures, cfg, px_m, progress, cache, feature_keys, device, keys=keys)
     # the new measure replaces the first where it verifies, or neither did: a pair verified on the one
     # window both dates showed (min_windows asks no more of one) and refused on more (fewer than
