@@ -189,11 +189,16 @@ def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: Cor
 
 
 def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig, px_m: float,
-              device: str | None = None) -> PairMeasure:
-    """Task: two dates measured window by window (their tie points dropped: not needed here)."""
-    pair = engine.measure_pair(worker_pipeline(cfg.matcher, device), i, j, a, b, cfg, px_m)
-    for w in pair.windows:
-        w.tie_a = w.tie_b = w.score = np.zeros(0)
+              device: str | None = None, measured: dict | None = None) -> PairMeasure:
+    """Task: two dates measured window by window (``measured``: windows already matched, as
+    ``engine.measure_pair`` takes them). Their tie points are dropped (not needed here), but for a
+    pair short of verified windows (``short_pairs``), which is measured again on more windows
+    (``read_more_windows``) with these windows' measures reused: its warnings read every used
+    window's tie points, and it has few."""
+    pair = engine.measure_pair(worker_pipeline(cfg.matcher, device), i, j, a, b, cfg, px_m, measured=measured)
+    if measured is not None or not short_pairs([pair], len(a.windows), cfg):
+        for w in pair.windows:
+            w.tie_a = w.tie_b = w.score = np.zeros(0)
     return pair
 
 
@@ -693,9 +698,10 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
               progress: bool, cache: WorkCache, feature_keys: dict, device: str | None = None,
-              keys: dict | None = None) -> list[PairMeasure]:
+              keys: dict | None = None, measured: dict | None = None) -> list[PairMeasure]:
     """The pairs measured as Dask tasks, those of an earlier run taken from ``cache`` (``keys``: each
-    pair's cache key, where not that of its two dates' ``feature_keys``)."""
+    pair's cache key, where not that of its two dates' ``feature_keys``; ``measured``: (i, j) → its
+    windows already matched, ``task_pair``'s)."""
     from s2coreg.display import tqdm
 
     keys = keys or {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
@@ -706,8 +712,9 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
             cached.i, cached.j = i, j
             out.append(cached)
     done = {(p.i, p.j) for p in out}
-    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device, retries=2,
-                             key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
+    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device,
+                             (measured or {}).get((i, j)), retries=2, key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j)
+               for i, j in pairs if (i, j) not in done}
     for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress or not futures):
         i, j = futures[fut]
@@ -850,7 +857,12 @@ def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_future
     # each date's features on the full plan, merged on a worker where a pair not in the cache asks for them
     futures = _OnDemand(lambda k: client.submit(task_merge, date_futures[k], extended, *parts[k],
                                                 key=f"merge-{k}-{time.time_ns()}"))
-    measured = run_pairs(client, sorted(keys), futures, cfg, px_m, progress, cache, feature_keys, device, keys=keys)
+    # the windows the first round matched are not matched again: their measures as they were before
+    # the first round's outlier test (which the new measure makes again, over all its windows)
+    reuse = {(p.i, p.j): {w.index: dataclasses.replace(w, status="used", reason=None) if w.reason == engine.OUTLIER_WINDOW
+                          else dataclasses.replace(w) for w in p.windows} for p in again}
+    measured = run_pairs(client, sorted(keys), futures, cfg, px_m, progress, cache, feature_keys, device, keys=keys,
+                         measured=reuse)
     # the new measure replaces the first where it verifies, or neither did: a pair verified on the one
     # window both dates showed (min_windows asks no more of one) and refused on more (fewer than
     # min_windows of them verified) keeps its first measure
