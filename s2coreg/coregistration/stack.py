@@ -802,8 +802,9 @@ def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_future
     stack's windows, then those of ``max_windows``'s plan it left out (``engine.plan_windows``;
     on a full tile 4 x 4 of 7 x 7). Of each such pair, the date with fewer windows of texture among
     the planned ones (the cloudier) reads all those windows, the other only those where the first
-    has texture (a window blank on one date is never matched); a pair with no new window both show
-    stands as it was. Only these dates read more: a clear date beside clear ones costs what it cost.
+    has texture (a window blank on one date is never matched), and the pair matches only the new
+    windows (those of its first round are reused); a pair with no new window both show stands as
+    it was. Only these dates read more: a clear date beside clear ones costs what it cost.
     ``date_futures``: each date's first-round features where the workers hold them. Returns the
     pairs (those measured again replaced), what each date read beyond the plan (date →
     ``{"more": n, "why": [lines]}``) and each re-measured pair's planned windows ((i, j) → n)."""
