@@ -712,8 +712,10 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
             cached.i, cached.j = i, j
             out.append(cached)
     done = {(p.i, p.j) for p in out}
-    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device,
-                             (measured or {}).get((i, j)), retries=2, key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j)
+    # ``measured`` passed only where there is some: a first round's task is the same call as before it existed
+    futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device, retries=2,
+                             key=f"pair-{i}-{j}-{time.time_ns()}",
+                             **({"measured": measured[i, j]} if measured and (i, j) in measured else {})): (i, j)
                for i, j in pairs if (i, j) not in done}
     for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress or not futures):
