@@ -379,7 +379,7 @@ def test_a_growing_stack_reuses_its_work(tmp_path, dask_client):
         shutil.copy(f, folder / f.name)
     files = sorted(folder.glob("*.tif"))
     first = stack.coregister_stack(files[:3], tmp_path / "out", client=dask_client, progress=False)
-    assert first["reused"] == {"dates": 0, "pairs": 0, "locations": 0}
+    assert first["reused"] == {"dates": 0, "pairs": 0, "locations": 0, "windows": 0}
     grown = stack.coregister_stack(files, tmp_path / "out", client=dask_client, progress=False)
     assert grown["reference"] == first["reference"] and grown["reference_reason"].startswith("kept from the earlier")
     assert grown["reused"]["dates"] == 3 and grown["reused"]["pairs"] >= 2 and grown["computed"]["dates"] == 2

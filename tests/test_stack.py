@@ -110,6 +110,61 @@ def test_a_stack_plans_at_most_stack_windows_spread_over_the_overlap(tmp_path, d
     assert row4["tie_points"] < row["tie_points"]
 
 
+def test_a_pair_short_of_verified_windows_is_measured_again_on_more_of_them(tmp_path, dask_client):
+    """A date under a bright cloud that no mask declares over every window of the stack's plan
+    (``stack_windows`` 4: one in each corner) but the middle of the scene: on those windows its
+    pairs verify none and it is excluded. Its pairs short of verified windows
+    (``stack_more_windows``) are measured again on the full plan (``max_windows`` 16): it reads
+    the 12 windows the plan left out, its partners those where it has texture, and it is placed on
+    its true move. The pairs of clear dates are not measured again; stack.json says what each date
+    read and why, pairs.csv on how many windows each pair was planned; a rerun into the same folder
+    reuses every window read (cached one by one) and gives the same shifts."""
+    with rasterio.open(BRACCIANO / "20160718.tif") as src:
+        profile, data = src.profile, src.read()
+    truth = {"20160718": (0.0, 0.0), "20160728": (3.0, -2.0), "20160807": (-2.0, 4.0), "20160817": (4.0, 3.0)}
+    dates = []
+    for name, (dx, dy) in truth.items():
+        pixels = data.copy()
+        if name == "20160817":                  # the cloud: bright, nearly flat, all but the middle
+            h, w = pixels.shape[1:]
+            yy, xx = np.mgrid[:h, :w]
+            cloud = np.hypot(yy / h - 0.5, xx / w - 0.5) > 0.55
+            pixels[:, cloud] = 9000 + np.random.default_rng(0).integers(-20, 20, (3, int(cloud.sum())))
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", **dict(profile, transform=Affine.translation(dx, dy) * profile["transform"])) as dst:
+            dst.write(pixels)
+        dates.append(str(path))
+    cfg = config.replace(config.CoregisterConfig(), window=64, min_window=64, stack_windows=4, max_windows=16)
+    before = stack.coregister_stack(dates, None, dates[0], cfg=config.replace(cfg, stack_more_windows=0.0),
+                                    client=dask_client, progress=False, neighbours=1)
+    assert by_date(before["dates"])["20160817"]["status"] == "excluded"
+    assert all(d["more"] == 0 for d in before["windows"]["dates"].values())
+    out = tmp_path / "out"
+    after = stack.coregister_stack(dates, out, dates[0], cfg=cfg, client=dask_client, progress=False, neighbours=1)
+    rows = by_date(after["dates"])
+    cloudy = rows["20160817"]
+    assert cloudy["status"] == "ok" and np.hypot(cloudy["dx_m"] - 4.0, cloudy["dy_m"] - 3.0) < 0.05
+    read = after["windows"]["dates"]
+    assert after["windows"]["planned"] == 4 and read[cloudy["id"]]["read"] == 16 and read[cloudy["id"]]["more"] == 12
+    assert "verified 0 of 4 windows" in read[cloudy["id"]]["why_more"][0]
+    for p in after["pairs"]:
+        cloud_pair = "20160817" in p["path_i"] + p["path_j"]
+        assert p["windows_planned"] == (16 if cloud_pair else 4) and (p["verified"] or not cloud_pair)
+    for name, (dx, dy) in truth.items():                   # the clear dates placed as before
+        row = rows[name]
+        assert np.hypot(row["dx_m"] - dx, row["dy_m"] - dy) < 0.05
+        assert read[row["id"]]["more"] <= 12 and (read[row["id"]]["more"] == 0) == (read[row["id"]]["why_more"] is None)
+    assert after["computed"]["windows"] > 12
+    info = json.loads((out / "stack.json").read_text())
+    assert info["windows"]["dates"] == read
+    assert {int(r["windows_planned"]) for r in csv.DictReader(open(out / "pairs.csv"))} == {4, 16}
+    rerun = stack.coregister_stack(dates, out, dates[0], cfg=cfg, client=dask_client, progress=False, neighbours=1)
+    assert rerun["computed"] == {k: 0 for k in rerun["computed"]}
+    assert rerun["reused"]["windows"] == after["computed"]["windows"] and rerun["windows"] == after["windows"]
+    assert [(r["dx_m"], r["dy_m"], r["status"]) for r in rerun["dates"]] == \
+        [(r["dx_m"], r["dy_m"], r["status"]) for r in after["dates"]]
+
+
 def test_auto_reference_and_a_corrupt_file_in_the_stack(tmp_path, capsys, stack_cli_on_shared_cluster):
     folder = tmp_path / "dates"
     folder.mkdir()

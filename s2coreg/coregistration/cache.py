@@ -20,7 +20,8 @@ full-size date of four 10980² uint16 bands takes 1.0 s (deflate GeoTIFF, 533 MB
 ``benchmarks/cache_key_cost.py`` on 2 shared cores (``data/results/cache_key_cost.json``); a
 rerun of a 100-date stack spends 1–2 minutes hashing before it reuses anything.
 
-Entries are pickles in ``OUTPUT/cache/{locations,dates,pairs}/<key>.pkl``, each written
+Entries are pickles in ``OUTPUT/cache/{locations,dates,windows,pairs}/<key>.pkl`` (``windows``: a
+window a date read beyond the stack's plan for a pair short of verified windows, one entry each), each written
 atomically as soon as its task finishes (a run interrupted in the middle of a stage keeps what
 that stage finished); an entry that does not unpickle to its kind's class (``ENTRY_TYPES``) is
 removed and recomputed, with one line on stderr. After a successful run only the entries it used
@@ -40,9 +41,10 @@ import s2coreg.io.products as dp
 import s2coreg.io.remote as remote
 from s2coreg.utils import atomic_path
 
-KINDS = ("locations", "dates", "pairs")
+KINDS = ("locations", "dates", "windows", "pairs")
 # what an entry of each kind must unpickle to: anything else is recomputed (``WorkCache.get``)
-ENTRY_TYPES = {"locations": engine.DateLocation, "dates": engine.DateFeatures, "pairs": engine.PairMeasure}
+ENTRY_TYPES = {"locations": engine.DateLocation, "dates": engine.DateFeatures, "windows": engine.DateFeatures,
+               "pairs": engine.PairMeasure}
 
 
 def _digest(*parts) -> str:
@@ -66,8 +68,8 @@ class WorkCache:
         self.salt = _digest(settings, engine.software_version(), checkpoint_keys(self.content_keys))
         self.used: set[Path] = set()
         self.written: set[Path] = set()     # the entries this run computed and wrote
-        self.reused = {"locations": 0, "dates": 0, "pairs": 0}
-        self.computed = {"locations": 0, "dates": 0, "pairs": 0}
+        self.reused = {"locations": 0, "dates": 0, "windows": 0, "pairs": 0}
+        self.computed = {"locations": 0, "dates": 0, "windows": 0, "pairs": 0}
 
     def key(self, *parts) -> str:
         return _digest(self.salt, *parts)
@@ -146,7 +148,8 @@ class WorkCache:
                     path.unlink(missing_ok=True)
 
     def counts(self) -> dict:
+        # windows: those a date read beyond the stack's plan, one entry each (stack.read_more_windows)
         return {"reused": {"dates": self.reused["dates"], "pairs": self.reused["pairs"],
-                           "locations": self.reused["locations"]},
+                           "locations": self.reused["locations"], "windows": self.reused["windows"]},
                 "computed": {"dates": self.computed["dates"], "pairs": self.computed["pairs"],
-                             "locations": self.computed["locations"]}}
+                             "locations": self.computed["locations"], "windows": self.computed["windows"]}}

@@ -1212,6 +1212,9 @@ def carried_to(windows: list[WindowMeasure], shifts: np.ndarray, se: np.ndarray,
     return shifts - (centres - at) @ coef[:2]
 
 
+OUTLIER_WINDOW = "outlier: its shift disagrees with the other windows"     # a used window measure_pair rejects
+
+
 def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig,
                  px_m: float = 10.0, measured: dict[int, WindowMeasure] | None = None,
                  skipped: dict[int, str] | None = None) -> PairMeasure:
@@ -1266,7 +1269,7 @@ def measure_pair(pipeline, i: int, j: int, a: DateFeatures, b: DateFeatures, cfg
                             "does: all are used, the uncertainty is their spread")
     for m, ok in zip(used, keep):
         if not ok:
-            m.status, m.reason = "rejected", "outlier: its shift disagrees with the other windows"
+            m.status, m.reason = "rejected", OUTLIER_WINDOW
     used = [m for m in used if m.status == "used"]
     shifts, se = shifts[keep], se[keep]
     n = len(used)

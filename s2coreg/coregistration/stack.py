@@ -11,8 +11,10 @@ one grid (the first usable date's, or ``--reference PATH``'s), each at its own c
 same windows, and its features are extracted once (one task per date). Pairs are then measured
 window by window (one task per pair): every date against its neighbours in time
 (``--neighbours`` on each side) and the reference and, where a date has too few verified pairs,
-against more distant dates. Each pair gives a displacement with its calibrated standard error and
-its warnings. A robust weighted least-squares adjustment over the pair graph then places every
+against more distant dates; a pair that verified too few of its windows (``stack_more_windows``:
+clouds or snow no mask declares over both dates) is measured again on the full plan, its two dates
+reading the windows the stack's plan left out (``read_more_windows``). Each pair gives a
+displacement with its calibrated standard error and its warnings. A robust weighted least-squares adjustment over the pair graph then places every
 date: ``x_j − x_i = d_ij`` for every verified pair, the reference fixed at 0, Cauchy-reweighted so
 that inconsistent pairs lose their weight (their residuals, the loop-closure errors, are reported).
 A date that cannot be matched to the reference directly is placed through its neighbours; a date
@@ -179,18 +181,24 @@ def task_locate(path, bands: list[str], grid: dp.Grid, overview: engine.Overview
 
 @reports_bad_input
 def task_extract(location: engine.DateLocation, grid: dp.Grid, windows, cfg: CoregisterConfig,
-                 device: str | None = None) -> DateFeatures:
-    """Task: a date's windows read and their features extracted once."""
+                 device: str | None = None, only: set[int] | None = None) -> DateFeatures:
+    """Task: a date's windows (``only``: those of these indices) read and their features extracted once."""
     product = engine.open_date(location.path, "date", tuple(location.bands), location.nodata)
-    return engine.extract_date(worker_pipeline(cfg.matcher, device), product, location, grid, windows, cfg)
+    return engine.extract_date(worker_pipeline(cfg.matcher, device), product, location, grid, windows, cfg,
+                               only=only)
 
 
 def task_pair(i: int, j: int, a: DateFeatures, b: DateFeatures, cfg: CoregisterConfig, px_m: float,
-              device: str | None = None) -> PairMeasure:
-    """Task: two dates measured window by window (their tie points dropped: not needed here)."""
-    pair = engine.measure_pair(worker_pipeline(cfg.matcher, device), i, j, a, b, cfg, px_m)
-    for w in pair.windows:
-        w.tie_a = w.tie_b = w.score = np.zeros(0)
+              device: str | None = None, measured: dict | None = None) -> PairMeasure:
+    """Task: two dates measured window by window (``measured``: windows already matched, as
+    ``engine.measure_pair`` takes them). Their tie points are dropped (not needed here), but for a
+    pair short of verified windows (``short_pairs``), which is measured again on more windows
+    (``read_more_windows``) with these windows' measures reused: its warnings read every used
+    window's tie points, and it has few."""
+    pair = engine.measure_pair(worker_pipeline(cfg.matcher, device), i, j, a, b, cfg, px_m, measured=measured)
+    if measured is not None or not short_pairs([pair], len(a.windows), cfg):
+        for w in pair.windows:
+            w.tie_a = w.tie_b = w.score = np.zeros(0)
     return pair
 
 
@@ -641,10 +649,13 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
             done = {(p.i, p.j) for p in pairs}
             pairs += run_pairs(client, sorted({(min(k, ref), max(k, ref)) for k in best if k != ref} - done), futures,
                                cfg, px_m, progress, cache, feature_keys, device)
+        t_more = time.time()
+        pairs, more, replanned = read_more_windows(client, pairs, dates, futures, locations, windows, region, grid,
+                                                   cfg, px_m, progress, cache, loc_keys, feature_keys, device, paths)
         matching = client.submit(pipeline_name, cfg.matcher, device, pure=False).result()
         timing = {"workers": len(client.scheduler_info()["workers"]), "dates": len(extracted),
                   "extract_s": round(t_pairs - t_extract, 2), "pairs": len(pairs),
-                  "pairs_s": round(time.time() - t_pairs, 2)}
+                  "pairs_s": round(t_more - t_pairs, 2), "more_windows_s": round(time.time() - t_more, 2)}
     finally:
         try:
             if own_client:
@@ -666,7 +677,15 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
     result["grid_date"] = date_label(paths[grid_k])
     result["reference_content"] = content.get(ref) if cache.folder else None    # what a rerun keeps it by
     result.update(cache.counts())
-    result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None}
+    # read = planned + more: a date reads more where a pair of it verified too few (read_more_windows)
+    result["windows"] = {"planned": len(windows), "size_px": list(windows[0][2:]) if windows else None,
+                         "more_below": cfg.stack_more_windows,
+                         "dates": {row["id"]: {"read": len(windows) + more.get(k, {}).get("more", 0),
+                                               "more": more.get(k, {}).get("more", 0),
+                                               "why_more": more.get(k, {}).get("why")}
+                                   for k, row in enumerate(result["dates"]) if dates[k] is not None}}
+    for row, p in zip(result["pairs"], pairs):
+        row["windows_planned"] = replanned.get((p.i, p.j), len(windows))
     result["provenance"] = engine.provenance([date_label(p) for p in paths], cfg, bands=list(bands),
                                              reference=reference, neighbours=neighbours,
                                              correction="translation" if write_corrected else None,
@@ -678,11 +697,14 @@ def coregister_stack(inputs: list, output: str | Path | None = None, reference: 
 
 
 def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_m: float,
-              progress: bool, cache: WorkCache, feature_keys: dict, device: str | None = None) -> list[PairMeasure]:
-    """The pairs measured as Dask tasks, those of an earlier run taken from ``cache``."""
+              progress: bool, cache: WorkCache, feature_keys: dict, device: str | None = None,
+              keys: dict | None = None, measured: dict | None = None) -> list[PairMeasure]:
+    """The pairs measured as Dask tasks, those of an earlier run taken from ``cache`` (``keys``: each
+    pair's cache key, where not that of its two dates' ``feature_keys``; ``measured``: (i, j) → its
+    windows already matched, ``task_pair``'s)."""
     from s2coreg.display import tqdm
 
-    keys = {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
+    keys = keys or {(i, j): cache.key("pair", feature_keys[i], feature_keys[j], px_m) for i, j in pairs}
     out = []
     for (i, j), key in keys.items():
         cached = cache.get("pairs", key)
@@ -690,8 +712,11 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
             cached.i, cached.j = i, j
             out.append(cached)
     done = {(p.i, p.j) for p in out}
+    # ``measured`` passed only where there is some: a first round's task is the same call as before it existed
     futures = {client.submit(task_pair, i, j, date_futures[i], date_futures[j], cfg, px_m, device, retries=2,
-                             key=f"pair-{i}-{j}-{time.time_ns()}"): (i, j) for i, j in pairs if (i, j) not in done}
+                             key=f"pair-{i}-{j}-{time.time_ns()}",
+                             **({"measured": measured[i, j]} if measured and (i, j) in measured else {})): (i, j)
+               for i, j in pairs if (i, j) not in done}
     for fut in tqdm(_as_completed(list(futures)), total=len(futures), desc="pairs", unit="pair",
                     disable=not progress or not futures):
         i, j = futures[fut]
@@ -704,6 +729,156 @@ def run_pairs(client, pairs: list[tuple[int, int]], date_futures: dict, cfg, px_
         cache.put("pairs", keys[(i, j)], measure)
         out.append(measure)
     return sorted(out, key=lambda p: (p.i, p.j))
+
+
+# ----------------------------------------------------------------------------- more windows for short pairs
+def short_pairs(pairs: list[PairMeasure], planned: int, cfg: CoregisterConfig) -> list[PairMeasure]:
+    """The pairs measured (not failed) that verified fewer than ``stack_more_windows`` of their
+    ``planned`` windows: clouds, snow or no data that no mask declares cover the rest, and the few
+    left (cloud edges, haze) can pull the pair's estimate (45 % cloud beside 95 %: 4 of 16
+    windows, 0.9 m off)."""
+    return [p for p in pairs if p.error is None and p.windows_used < cfg.stack_more_windows * planned]
+
+
+def task_merge(first: DateFeatures, extended: list, *parts: DateFeatures) -> DateFeatures:
+    """Task: a date's features on the ``extended`` plan — its first round's (the stack's plan, the
+    first indices of ``extended``) and the windows read beyond it (``parts``) — where they are:
+    nothing goes through the main process."""
+    features = dict(first.features)
+    for part in parts:
+        features.update(part.features)
+    return DateFeatures(first.location, extended, features, first.valid_share,
+                        first.keypoints + sum(len(f["keypoints"]) for x, f in features.items() if x not in first.features))
+
+
+class _OnDemand(dict):
+    """A dict whose missing key's value is made (``make(key)``) and kept when first asked for."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
+
+
+def _read_windows(client, need: dict, got: dict, parts: dict, locations: dict, grid: dp.Grid, extended: list, cfg,
+                  device, cache: WorkCache, loc_keys: dict, progress: bool, paths: list) -> None:
+    """The windows ``need`` (date → indices of ``extended``) read for each date: into ``got`` (date →
+    {index: features, or None where the window has too little valid area or texture}) and ``parts``
+    (date → the tasks, or cached values, that hold them: ``task_merge``'s), each window cached on its
+    own (kind ``windows``: a grown stack reuses every window read, whichever pairs wanted it). A
+    date whose reading fails keeps what it has (its first round's pairs stand)."""
+    keys = {(k, x): cache.key("window", loc_keys[k], extended[x]) for k, xs in need.items() for x in xs}
+    todo: dict[int, set[int]] = {}
+    cached: dict[int, dict] = {}
+    for (k, x), key in keys.items():
+        entry = cache.get("windows", key)
+        if entry is None:
+            todo.setdefault(k, set()).add(x)
+        else:
+            got.setdefault(k, {})[x] = entry.features.get(0)
+            if 0 in entry.features:
+                cached.setdefault(k, {})[x] = entry.features[0]
+    for k, features in cached.items():
+        parts.setdefault(k, []).append(DateFeatures(locations[k], extended, features))
+
+    def keep(k, value):
+        for x in sorted(todo[k]):
+            f = value.features.get(x)
+            got.setdefault(k, {})[x] = f
+            cache.put("windows", keys[k, x], DateFeatures(value.location, [extended[x]], {} if f is None else {0: f}))
+
+    futures = {k: client.submit(task_extract, locations[k], grid, extended, cfg, device, xs, retries=2,
+                                key=f"more-{k}-{time.time_ns()}") for k, xs in todo.items()}
+    for k in _gather(futures, "more windows", progress, {}, paths, on_done=keep):
+        parts.setdefault(k, []).append(futures[k])
+
+
+def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_futures: dict, locations: dict,
+                      windows: list, region, grid: dp.Grid, cfg: CoregisterConfig, px_m: float, progress: bool,
+                      cache: WorkCache, loc_keys: dict, feature_keys: dict, device: str | None,
+                      paths: list) -> tuple[list[PairMeasure], dict, dict]:
+    """The pairs short of verified windows (``short_pairs``) measured again on the full plan: the
+    stack's windows, then those of ``max_windows``'s plan it left out (``engine.plan_windows``;
+    on a full tile 4 x 4 of 7 x 7). Of each such pair, the date with fewer windows of texture among
+    the planned ones (the cloudier) reads all those windows, the other only those where the first
+    has texture (a window blank on one date is never matched), and the pair matches only the new
+    windows (those of its first round are reused); a pair with no new window both show stands as
+    it was. Only these dates read more: a clear date beside clear ones costs what it cost.
+    ``date_futures``: each date's first-round features where the workers hold them. Returns the
+    pairs (those measured again replaced), what each date read beyond the plan (date →
+    ``{"more": n, "why": [lines]}``) and each re-measured pair's planned windows ((i, j) → n)."""
+    planned = set(windows)
+    extended = list(windows) + [w for w in engine.plan_windows(region, cfg) if w not in planned]
+    extras = range(len(windows), len(extended))
+    short = [p for p in short_pairs(pairs, len(windows), cfg) if dates[p.i] is not None and dates[p.j] is not None] \
+        if len(extended) > len(windows) else []
+    if not short:
+        return pairs, {}, {}
+
+    def name(k):
+        return remote.name_of(date_label(paths[k]))
+
+    def lead(p):            # fewer windows of texture, then the later date: the same choice every run
+        return min((p.i, p.j), key=lambda k: (len(dates[k].features), -k))
+
+    got: dict[int, dict] = {}
+    parts: dict[int, list] = {}
+    _read_windows(client, {lead(p): set(extras) for p in short}, got, parts, locations, grid, extended, cfg, device,
+                  cache, loc_keys, progress, paths)
+    need: dict[int, set[int]] = {}
+    for p in short:
+        first = lead(p)
+        other = p.j if first == p.i else p.i
+        want = {x for x in extras if got.get(first, {}).get(x) is not None} - set(got.get(other, {}))
+        if want:
+            need.setdefault(other, set()).update(want)
+    _read_windows(client, need, got, parts, locations, grid, extended, cfg, device, cache, loc_keys, progress, paths)
+    more: dict[int, dict] = {}
+    again = []
+    for p in short:
+        first = lead(p)
+        other = p.j if first == p.i else p.i
+        short_by = (f"verified {p.windows_used} of {len(windows)} windows (fewer than stack_more_windows, "
+                    f"{cfg.stack_more_windows:.0%})")
+        more.setdefault(first, {"why": []})["why"].append(
+            f"its pair with {name(other)} {short_by}: the full plan's {len(extras)} other windows read")
+        more.setdefault(other, {"why": []})["why"].append(
+            f"its pair with {name(first)} {short_by}: the full plan's other windows where {name(first)} has "
+            "texture read")
+        if any(got.get(p.i, {}).get(x) is not None and got.get(p.j, {}).get(x) is not None for x in extras):
+            again.append(p)
+    for k in more:
+        more[k]["more"] = len(got.get(k, {}))
+    if not again:
+        return pairs, more, {}
+    # a pair's result is made of the windows both dates read: its key names them (and the dates' own work)
+    keys = {(p.i, p.j): cache.key("pair", feature_keys[p.i], feature_keys[p.j], px_m, extended,
+                                  sorted(set(got.get(p.i, {})) & set(got.get(p.j, {})))) for p in again}
+    # each date's features on the full plan, merged on a worker where a pair not in the cache asks for them
+    futures = _OnDemand(lambda k: client.submit(task_merge, date_futures[k], extended, *parts[k],
+                                                key=f"merge-{k}-{time.time_ns()}"))
+    # the windows the first round matched are not matched again: their measures as they were before
+    # the first round's outlier test (which the new measure makes again, over all its windows)
+    reuse = {(p.i, p.j): {w.index: dataclasses.replace(w, status="used", reason=None) if w.reason == engine.OUTLIER_WINDOW
+                          else dataclasses.replace(w) for w in p.windows} for p in again}
+    measured = run_pairs(client, sorted(keys), futures, cfg, px_m, progress, cache, feature_keys, device, keys=keys,
+                         measured=reuse)
+    # the new measure replaces the first where it verifies, or neither did: a pair verified on the one
+    # window both dates showed (min_windows asks no more of one) and refused on more (fewer than
+    # min_windows of them verified) keeps its first measure
+    before = {(p.i, p.j): p for p in pairs}
+    redone = {(m.i, m.j): m for m in measured if m.verified or not before[m.i, m.j].verified}
+    for m in measured:
+        if (m.i, m.j) not in redone:
+            for k in (m.i, m.j):
+                more[k]["why"].append(f"its pair with {name(m.j if k == m.i else m.i)} measured again on "
+                                      f"{len(extended)} windows was refused ({m.reason or m.error}): its first "
+                                      "measure stands")
+    return (sorted([p for p in pairs if (p.i, p.j) not in redone] + list(redone.values()), key=lambda p: (p.i, p.j)),
+            more, {ij: len(extended) for ij in redone})
 
 
 def _to_metres(grid: dp.Grid, d_px) -> np.ndarray:
