@@ -453,6 +453,30 @@ def test_a_rotated_window_gives_the_displacement_where_it_applies(matcher, tmp_p
     assert np.hypot(*(np.asarray(co.pair.shift_px) - (R[:, :2] @ at + R[:, 2] - at))) < 0.1
 
 
+@pytest.mark.parametrize("shear, scale", [(0.005, 0.0), (0.0, 0.002)])
+def test_a_slight_shear_or_scale_in_one_window_is_measured_at_the_centre(shear, scale, tmp_path):
+    """One window (a 318² scene), its content sheared by 0.005 or scaled by 1.002 about the scene's
+    centre: too little for the pair's rotation warning, but its tie points show it; the shift at
+    the overlap's centre is the truth there within 0.03 px (the window's affine evaluated at the
+    window's middle: at its tie points' centroid it was 0.13–0.29 px off, a user trial)."""
+    import cv2
+
+    with rasterio.open(SUMMER) as src:
+        profile, data = src.profile, src.read()
+    h, w = data.shape[1:]
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    L = (1 + scale) * np.array([[1.0, shear], [0.0, 1.0]])
+    A = np.hstack([L, (c - L @ c)[:, None]])
+    target = tmp_path / "affine.tif"
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(np.stack([cv2.warpAffine(b, A, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+                            for b in data]))
+    r = coregister.coregister(SUMMER, target, progress=False)
+    at = np.array(r["shift_m"]["at"]["px"], np.float64)
+    assert r["windows"]["used"] == 1
+    assert np.hypot(*(np.asarray(r["shift_m"]["shift_px"]) - (A[:, :2] @ at + A[:, 2] - at))) < 0.03
+
+
 def test_a_rotated_target_corrected_by_the_affine_registers_to_zero(pipeline, tmp_path):
     """The same date rotated by 2° (one window: a small scene): the affine holds the rotation
     (within 0.05°) and the target it corrects re-registers within 0.2 m, without a rotation

@@ -903,8 +903,8 @@ class WindowMeasure:
     @property
     def centre(self) -> np.ndarray:
         """Where the window's estimate applies (grid px of date a): the centroid of what its dense
-        fit used (weighted by what each pixel told it), else of its inliers, else the window's
-        middle. Under a rotation the displacement varies over a window, and its estimate is the
+        fit used (weighted by what each pixel told it), else of its inliers (the window's middle
+        where an affine explains them: ``points_estimate``), else the window's middle. Under a rotation the displacement varies over a window, and its estimate is the
         displacement there, not at the middle (an affine fitted to the middles held 1.7° of a 2°
         rotation)."""
         if self.at_px is not None:
@@ -986,7 +986,8 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
         return m
     inl = r["inliers"]
     d = (r["mkpts1"][inl] - r["mkpts0"][inl]).astype(np.float64)
-    med, at_points, gradient = points_estimate(r["mkpts0"][inl].astype(np.float64), d)
+    middle = np.array([(window[2] - 1) / 2, (window[3] - 1) / 2])
+    med, at_points, gradient = points_estimate(r["mkpts0"][inl].astype(np.float64), d, middle)
     m.learned_px = med + (np.asarray(offset_b, np.float64) - offset_a)
     spread = geo.MAD_TO_SIGMA * np.median(np.abs(d - med), axis=0)
     se = MEDIAN_SE * np.maximum(spread, 0.05) / np.sqrt(len(d))
@@ -1016,16 +1017,17 @@ def measure_window(pipeline, k: int, window: Window, fa: dict, fb: dict, offset_
     return m
 
 
-def points_estimate(points: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def points_estimate(points: np.ndarray, d: np.ndarray, middle: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """A window's learned estimate from its inliers (window px ``points`` of date a, their
     displacements ``d``): ``(displacement, where it applies, whether an affine explains them)``.
-    The median displacement, at the
-    points' centroid — unless an affine explains the points' displacements (their spread about it
-    a quarter of that about one translation or less: a rotation or scale across the window); then
-    the affine's displacement at the centroid of the points it keeps (those within 3 × its
-    residuals' median). Under a rotation the median belongs to wherever the median point lies,
-    not to the centroid: a 2° rotated city, SIFT's points bunched, put the pair's shift at the
-    centre 4.5 m from the truth, its own affine 0.01 m."""
+    The median displacement, at the points' centroid — unless an affine explains the points'
+    displacements (their spread about it a quarter of that about one translation or less: a
+    rotation, scale or shear across the window); then the affine of the points it keeps (those
+    within 3 × its residuals' median) at the window's ``middle``, where a translation of the
+    window applies (a pair of one window reports it at the overlap's centre: at the points'
+    centroid, a 0.002 shear put it 1.3 m off there). Under a rotation the median belongs to
+    wherever the median point lies: a 2° rotated city, SIFT's points bunched, put the pair's shift
+    at the centre 4.5 m from the truth, its own affine 0.01 m."""
     med, at = np.median(d, axis=0), points.mean(0)
     if len(d) < 8:
         return med, at, False
@@ -1035,8 +1037,8 @@ def points_estimate(points: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
         return med, at, False
     keep = residual <= 3 * max(float(np.median(residual)), 0.05)
     M, _ = fit_affine_px(points[keep], d[keep])
-    at = points[keep].mean(0)
-    return M[:, :2] @ at + M[:, 2] - at, at, True
+    middle = np.asarray(middle, np.float64)
+    return M[:, :2] @ middle + M[:, 2] - middle, middle, True
 
 
 def refinement_counts(windows: list[WindowMeasure]) -> dict:
