@@ -138,6 +138,7 @@ def test_a_pair_short_of_verified_windows_is_measured_again_on_more_of_them(tmp_
     before = stack.coregister_stack(dates, None, dates[0], cfg=config.replace(cfg, stack_more_windows=0.0),
                                     client=dask_client, progress=False, neighbours=1)
     assert by_date(before["dates"])["20160817"]["status"] == "excluded"
+    assert "its pair with the reference: " in by_date(before["dates"])["20160817"]["reason"]   # why, not a guess
     assert all(d["more"] == 0 for d in before["windows"]["dates"].values())
     out = tmp_path / "out"
     after = stack.coregister_stack(dates, out, dates[0], cfg=cfg, client=dask_client, progress=False, neighbours=1)

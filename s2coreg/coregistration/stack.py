@@ -920,8 +920,11 @@ def finish(paths, products, locations, dates, errors, pairs, solution, ref, ref_
         elif solution["placed"][k] and np.isfinite(solution["x"][k]).all():
             direct = any(r.verified and {r.i, r.j} == {k, ref} for r in pairs)
             status, reason = "ok", None if direct else "placed through its neighbours (not matched to the reference)"
-        elif reason is None:
-            reason = "no verified pair joins it to the reference (snow, cloud or a different place?)"
+        elif reason is None:          # why its pair with the reference was refused, where it was measured
+            with_ref = next((r for r in pairs if {r.i, r.j} == {k, ref}), None)
+            why = (with_ref.reason or with_ref.error) if with_ref is not None else None
+            reason = "no verified pair joins it to the reference " + (f"(its pair with the reference: {why})" if why
+                                                                      else "(snow, cloud or a different place?)")
         # a date's warnings come from its pair with the reference (the yardstick; a rotated date
         # would otherwise lend its warning, with either sign, to every neighbour it was matched
         # with), or from all its pairs where it has none with the reference
