@@ -751,6 +751,13 @@ def test_the_learned_path_loads_where_first_needed_and_a_bad_checkpoint_is_one_l
     with pytest.raises(PipelineError, match="superpoint.pt: not a readable PyTorch checkpoint"):
         coregister.coregister(REF, SUMMER, tmp_path / "out", pipeline=p, progress=False)
     assert not (tmp_path / "out").exists()
+    # without superglue.pt the learned path is SuperPoint + mutual nearest neighbours: said, not silent
+    (tmp_path / "superglue.pt").unlink()
+    shutil.copy(config.CHECKPOINT_DIR / "superpoint.pt", tmp_path / "superpoint.pt")
+    p = MatchingPipeline.from_checkpoints(tmp_path, matcher="sift-first", lazy=True, keep_more_inliers=True)
+    r = coregister.coregister(REF, SUMMER, pipeline=p, progress=False)
+    assert r.verified and any("no superglue*.pt" in w for w in r["warnings"])
+    assert not any("superglue" in w for w in coregister.coregister(REF, SUMMER, progress=False)["warnings"])
 
 
 def test_windows_matched_in_the_fast_mode(pipeline, summer_pair, tmp_path):

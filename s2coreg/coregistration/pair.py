@@ -231,6 +231,12 @@ def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:
     if co.ref_bands != co.tgt_bands:
         warnings.append(f"the dates were matched on different bands ({','.join(co.ref_bands)} against "
                         f"{','.join(co.tgt_bands)}): what they show differs; give both the same bands if you can")
+    learned = getattr(co.pipeline, "fallback", None)
+    if co.pipeline.matcher_name == "sift-first" and learned is not None and "superglue" not in learned.name:
+        # fast refuses without it; sift-first's learned path falls back to mutual nearest neighbours
+        warnings.append("no superglue*.pt beside the SuperPoint checkpoint: where SIFT does not answer, windows are "
+                        "matched by mutual nearest neighbours alone (less accurate); restore it (git checkout "
+                        "model_checkpoints/superglue.pt) or give --matcher mnn to say so")
     counted = pair.windows if pair.verified else []      # of the windows used: none where the pair is refused
     result = {"verified": pair.verified, "reason": pair.reason, "warnings": warnings, "shift_m": None,
               "affine": None, "tie_points": pair.tie_points,
