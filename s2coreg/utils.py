@@ -107,11 +107,16 @@ def set_threads(threads: int | None = None) -> int:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0):
         raise PipelineError(f"threads {threads!r}: give a whole number of threads (1 or more), or 0 for all cores")
     if not threads:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cores()
     _THREADS["process"] = int(threads)
     cv2.setNumThreads(threads)
     torch_threads()
     return threads
+
+
+def cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def threads_given() -> int | None:

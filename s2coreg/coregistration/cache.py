@@ -68,8 +68,8 @@ class WorkCache:
         self.salt = _digest(settings, engine.software_version(), checkpoint_keys(self.content_keys))
         self.used: set[Path] = set()
         self.written: set[Path] = set()     # the entries this run computed and wrote
-        self.reused = {"locations": 0, "dates": 0, "windows": 0, "pairs": 0}
-        self.computed = {"locations": 0, "dates": 0, "windows": 0, "pairs": 0}
+        self.reused = dict.fromkeys(KINDS, 0)
+        self.computed = dict.fromkeys(KINDS, 0)
 
     def key(self, *parts) -> str:
         return _digest(self.salt, *parts)
@@ -148,8 +148,5 @@ class WorkCache:
                     path.unlink(missing_ok=True)
 
     def counts(self) -> dict:
-        # windows: those a date read beyond the stack's plan, one entry each (stack.read_more_windows)
-        return {"reused": {"dates": self.reused["dates"], "pairs": self.reused["pairs"],
-                           "locations": self.reused["locations"], "windows": self.reused["windows"]},
-                "computed": {"dates": self.computed["dates"], "pairs": self.computed["pairs"],
-                             "locations": self.computed["locations"], "windows": self.computed["windows"]}}
+        # per kind (windows: those a date read beyond the stack's plan, one entry each: stack.read_more_windows)
+        return {"reused": dict(self.reused), "computed": dict(self.computed)}

@@ -60,7 +60,7 @@ from s2coreg.coregistration.engine import CE90_PER_SIGMA, pixel_shifts_in_metres
 from s2coreg.matching.pipeline import OWN_MATCHER, MatchingPipeline, Pipeline, matcher_choices
 from s2coreg.results import CoregistrationResult, ShiftEstimate
 from s2coreg.io.imaging import normalize_for_network
-from s2coreg.utils import PipelineError, atomic_path, one_blas_thread, set_threads, threads_given, write_json
+from s2coreg.utils import PipelineError, atomic_path, cores, one_blas_thread, set_threads, threads_given, write_json
 
 PAIR_OUTPUTS = engine.RESULT_NAMES         # a rerun replaces any earlier result of ours, pair or stack
 
@@ -202,7 +202,6 @@ def window_threads() -> int:
     """Windows a pair runs side by side: the threads this process was given (``--threads``,
     ``set_threads``; else torch's count where torch is loaded, else every core), each window
     then on one."""
-    import os
     import sys
 
     given = threads_given()
@@ -211,7 +210,7 @@ def window_threads() -> int:
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "get_num_threads"):
         return max(1, torch.get_num_threads())
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores()
 
 
 def pair_result(co: Coregistration, pair: engine.PairMeasure) -> dict:

@@ -821,17 +821,17 @@ def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_future
     def name(k):
         return remote.name_of(date_label(paths[k]))
 
-    def lead(p):            # fewer windows of texture, then the later date: the same choice every run
-        return min((p.i, p.j), key=lambda k: (len(dates[k].features), -k))
+    def lead(p):            # (the cloudier: fewer windows of texture, then the later date; the other)
+        first = min((p.i, p.j), key=lambda k: (len(dates[k].features), -k))
+        return first, p.j if first == p.i else p.i
 
     got: dict[int, dict] = {}
     parts: dict[int, list] = {}
-    _read_windows(client, {lead(p): set(extras) for p in short}, got, parts, locations, grid, extended, cfg, device,
-                  cache, loc_keys, progress, paths)
+    _read_windows(client, {lead(p)[0]: set(extras) for p in short}, got, parts, locations, grid, extended, cfg,
+                  device, cache, loc_keys, progress, paths)
     need: dict[int, set[int]] = {}
     for p in short:
-        first = lead(p)
-        other = p.j if first == p.i else p.i
+        first, other = lead(p)
         want = {x for x in extras if got.get(first, {}).get(x) is not None} - set(got.get(other, {}))
         if want:
             need.setdefault(other, set()).update(want)
@@ -839,8 +839,7 @@ def read_more_windows(client, pairs: list[PairMeasure], dates: list, date_future
     more: dict[int, dict] = {}
     again = []
     for p in short:
-        first = lead(p)
-        other = p.j if first == p.i else p.i
+        first, other = lead(p)
         short_by = (f"verified {p.windows_used} of {len(windows)} windows (fewer than stack_more_windows, "
                     f"{cfg.stack_more_windows:.0%})")
         more.setdefault(first, {"why": []})["why"].append(

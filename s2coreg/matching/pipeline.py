@@ -687,6 +687,11 @@ class Pipeline(Protocol):
         ...
 
 
+def path_name(detector: str, matcher: str, refine: bool, correlate: bool) -> str:
+    """A matching path's name as provenances record it: ``superpoint+superglue+refine+correlate``."""
+    return f"{detector}+{matcher}" + ("+refine" if refine else "") + ("+correlate" if correlate else "")
+
+
 class MatchingPipeline:
     """Extractor + matcher + refinement + verification: arrays in, the standard dict out.
 
@@ -763,8 +768,8 @@ class MatchingPipeline:
 
     @property
     def name(self) -> str:
-        detector = self.extractor.name if self.extractor is not None else "superpoint"
-        return f"{detector}+{self.matcher.name}" + ("+refine" if self.refine else "") + ("+correlate" if self.correlate else "")
+        return path_name(self.extractor.name if self.extractor is not None else "superpoint", self.matcher.name,
+                         self.refine, self.correlate)
 
     def extract(self, image, valid=None, name: str = "image", size=None, normalized: bool = False) -> dict:
         if self.extractor is None:
@@ -876,8 +881,7 @@ class LazyPipeline:
         (the shipped checkpoints'), without loading anything."""
         if self._built is not None:
             return self._built.name
-        return (f"superpoint+{self._glue}" + ("+refine" if MatchingConfig.refine else "")
-                + ("+correlate" if self.correlate else ""))
+        return path_name("superpoint", self._glue, MatchingConfig.refine, self.correlate)
 
     def __getattr__(self, attr: str):
         if attr.startswith("_"):
@@ -995,15 +999,15 @@ class CascadePipeline:
         g0, g1 = self._fallback_features(f0), self._fallback_features(f1)
         r = self.fallback.verify(self.fallback.match_features(g0, g1))
         if accepted:           # few inliers: kept where the fallback does not verify, or agrees with it
-            apart = corners_apart(first["homography"], r["homography"], f0) if r["verified"] else None
-            if apart is None or apart <= self.confirm_px and not (self.keep_more_inliers
-                                                                    and r["num_inliers"] > first["num_inliers"]):
+            if not r["verified"]:
                 return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
-            if apart <= self.confirm_px:
+            apart = corners_apart(first["homography"], r["homography"], f0)
+            if apart > self.confirm_px:
+                why = f"{first['num_inliers']} inliers, its homography {apart:.0f} px from the {self.labels[1]} path's"
+            elif self.keep_more_inliers and r["num_inliers"] > first["num_inliers"]:
                 why = f"{first['num_inliers']} inliers, {r['num_inliers']} of the {self.labels[1]} path's agree"
-                return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
-            why = (f"{first['num_inliers']} inliers, its homography {apart:.0f} px from the "
-                   f"{self.labels[1]} path's")
+            else:
+                return {**first, "method": self.first.name, "cascade_path": self.labels[0]}
         return {**r, "method": f"{self.fallback.name} ({self.labels[0]}: {why})", "cascade_path": self.labels[1]}
 
     def verify(self, result: dict) -> dict:
